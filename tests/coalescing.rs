@@ -1,0 +1,221 @@
+//! Concurrent misses share one backend request; unstorable keys do not queue
+//! (SPEC section 3, step 10).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Time given to concurrent requests to reach the proxy before the backend is
+/// released. Not a synchronisation the assertions rely on: a request that comes
+/// later finds the stored entry and still costs no backend request. It only gives
+/// a proxy without coalescing the chance to show it by calling the backend twice.
+const SETTLE: Duration = Duration::from_millis(300);
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<Resp>>) -> Vec<Resp> {
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.expect("request task did not panic"));
+    }
+    out
+}
+
+fn spawn_sends(req: &Req, n: usize) -> Vec<tokio::task::JoinHandle<Resp>> {
+    (0..n)
+        .map(|_| {
+            let req = req.clone();
+            tokio::spawn(async move { req.send().await })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_misses_send_one_backend_request() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let backend = Backend::start(move |req| Reply::echo(req).hold_until(&held)).await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    let tasks = spawn_sends(&milk, 20);
+    backend.wait_for_count(1).await;
+    tokio::time::sleep(SETTLE).await;
+    gate.open();
+    let answers = join_all(tasks).await;
+
+    assert_eq!(
+        backend.count(),
+        1,
+        "twenty concurrent misses, one backend request"
+    );
+    let leaders: Vec<&Resp> = answers
+        .iter()
+        .filter(|r| r.x_cache() == Some("MISS") && !r.cache_status().has("collapsed"))
+        .collect();
+    assert_eq!(leaders.len(), 1, "exactly one request led: {answers:#?}");
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.backend_n(), 1, "everyone got the one backend answer");
+        match answer.x_cache() {
+            Some("HIT") => {}
+            Some("MISS") => {
+                let cs = answer.cache_status();
+                assert_eq!(cs.get("fwd"), Some("uri-miss"), "{:?}", cs.raw);
+                assert_eq!(cs.key(), leaders[0].key());
+            }
+            other => panic!("unexpected X-Cache {other:?}: {answer:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn waiters_are_answered_when_the_leading_client_hangs_up() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let backend = Backend::start(move |req| Reply::echo(req).hold_until(&held)).await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    let leader = milk.send_and_keep_socket().await;
+    backend.wait_for_count(1).await;
+    let waiters = spawn_sends(&milk, 3);
+    tokio::time::sleep(SETTLE).await;
+    drop(leader);
+
+    // A waiter may take over with its own backend request, or the proxy may finish
+    // the leader's; either way nobody waits for ever once the backend answers.
+    let took_over = became_true(Duration::from_secs(3), || backend.count() >= 2).await;
+    gate.open();
+    let answers = join_all(waiters).await;
+
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(
+            matches!(answer.x_cache(), Some("MISS") | Some("HIT")),
+            "{answer:?}"
+        );
+        answer.backend_n();
+    }
+    assert!(
+        backend.count() <= 2,
+        "one takeover at most, not one backend request per waiter (took over: {took_over}, \
+         backend requests: {})",
+        backend.count()
+    );
+}
+
+/// A backend whose answers are unstorable in global scope (`private`), and which
+/// holds them on `gate` while `holding` is set.
+async fn private_backend(holding: Arc<AtomicBool>, gate: Gate) -> Backend {
+    Backend::start(move |req| {
+        let reply = Reply::echo(req).header("cache-control", "private");
+        if holding.load(Ordering::SeqCst) {
+            reply.hold_until(&gate)
+        } else {
+            reply
+        }
+    })
+    .await
+}
+
+/// Repeats `req` until the proxy says the key is in hit-for-pass.
+async fn wait_for_hit_for_pass(req: &Req) {
+    eventually("the key to be in hit-for-pass", || async {
+        let resp = req.send().await;
+        assert_miss_not_stored(&resp);
+        (resp.cache_status().get("detail") == Some("hit-for-pass")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_an_unstorable_answer_requests_reach_the_backend_concurrently() {
+    let redis = Redis::start().await;
+    let holding = Arc::new(AtomicBool::new(false));
+    let gate = Gate::new();
+    let backend = private_backend(holding.clone(), gate.clone()).await;
+    let config = ProxyConfig::new().route(Route::search().scope("global"));
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    let first = milk.send().await;
+    assert_miss_not_stored(&first);
+    wait_for_hit_for_pass(&milk).await;
+
+    holding.store(true, Ordering::SeqCst);
+    let tasks = spawn_sends(&milk, 5);
+    let concurrent = became_true(Duration::from_secs(5), || backend.inflight() >= 5).await;
+    gate.open();
+    let answers = join_all(tasks).await;
+
+    assert!(
+        concurrent,
+        "five requests for a hit-for-pass key were at the backend together \
+         (peak concurrency {}): they queued instead",
+        backend.peak()
+    );
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_miss_not_stored(answer);
+        assert_eq!(
+            answer.cache_status().get("detail"),
+            Some("hit-for-pass"),
+            "{:?}",
+            answer.cache_status().raw
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cart_intent_answer_puts_the_key_in_hit_for_pass() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(|req| {
+        Reply::json(json!({"n": req.n, "intent": "add_to_order", "products": []}))
+    })
+    .await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    assert_miss_not_stored(&milk.send().await);
+    wait_for_hit_for_pass(&milk).await;
+}
+
+#[tokio::test]
+async fn a_storable_answer_during_hit_for_pass_is_stored_and_ends_it() {
+    let redis = Redis::start().await;
+    let unstorable = Arc::new(AtomicBool::new(true));
+    let flag = unstorable.clone();
+    let backend = Backend::start(move |req| {
+        let reply = Reply::echo(req);
+        if flag.load(Ordering::SeqCst) {
+            reply.header("set-cookie", "sid=1")
+        } else {
+            reply
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    assert_miss_not_stored(&milk.send().await);
+    wait_for_hit_for_pass(&milk).await;
+
+    unstorable.store(false, Ordering::SeqCst);
+    let stored = milk.send().await;
+    assert_eq!(stored.x_cache(), Some("MISS"));
+    assert!(
+        stored.cache_status().has("stored"),
+        "{:?}",
+        stored.cache_status().raw
+    );
+
+    let hit = milk.send().await;
+    assert_hit(&hit);
+    assert_eq!(hit.body, stored.body);
+}

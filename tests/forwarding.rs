@@ -1,0 +1,322 @@
+//! What the backend sees and what the client gets back: header hygiene,
+//! forwarded headers, streaming, and upstream failures (SPEC section 3, steps 8,
+//! 11 and 12).
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+    (redis, backend, proxy)
+}
+
+/// Request hop-by-hop headers, one of them named only by `Connection`.
+fn with_hop_by_hop_headers(req: Req) -> Req {
+    req.header("connection", "x-hop-secret")
+        .header("x-hop-secret", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("trailer", "x-checksum")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-end-to-end", "kept")
+}
+
+const REQUEST_HOP_BY_HOP: [&str; 7] = [
+    "x-hop-secret",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "upgrade",
+];
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_not_forwarded() {
+    let (_redis, backend, proxy) = setup(ProxyConfig::search()).await;
+    let requests = [
+        proxy.get("/static/app.js"),
+        proxy.search(Some("u1"), json!({"query": "milk"})),
+    ];
+
+    for req in requests {
+        let resp = with_hop_by_hop_headers(req).send().await;
+        assert_eq!(resp.status, 200);
+        let seen = backend.last();
+        for name in REQUEST_HOP_BY_HOP {
+            assert_eq!(
+                seen.header(name),
+                None,
+                "{name} reached the backend: {seen:?}"
+            );
+        }
+        for value in seen.header_all("connection") {
+            assert!(
+                !value.to_ascii_lowercase().contains("x-hop-secret"),
+                "the client's Connection reached the backend: {value:?}"
+            );
+        }
+        assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+    }
+}
+
+const RESPONSE_HOP_BY_HOP: [&str; 6] = [
+    "x-backend-hop",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "trailer",
+    "upgrade",
+];
+
+#[track_caller]
+fn assert_no_response_hop_by_hop(resp: &Resp) {
+    for name in RESPONSE_HOP_BY_HOP {
+        assert_eq!(
+            resp.header(name),
+            None,
+            "{name} reached the client: {resp:?}"
+        );
+    }
+    for value in resp.headers.get_all("connection") {
+        let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
+        assert!(
+            !value.contains("x-backend-hop"),
+            "the backend's Connection reached the client: {value:?}"
+        );
+    }
+    assert_eq!(resp.header("x-end-to-end"), Some("kept"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_not_passed_back_nor_stored() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(|req| {
+        Reply::echo(req)
+            .header("connection", "x-backend-hop")
+            .header("x-backend-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic realm=\"shop\"")
+            .header("proxy-connection", "keep-alive")
+            .header("trailer", "x-checksum")
+            .header("upgrade", "h2c")
+            .header("x-end-to-end", "kept")
+    })
+    .await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+
+    assert_no_response_hop_by_hop(&proxy.get("/static/app.js").send().await);
+
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+    let miss = milk.send().await;
+    assert_miss_stored(&miss);
+    assert_no_response_hop_by_hop(&miss);
+    let hit = milk.send().await;
+    assert_hit(&hit);
+    assert_no_response_hop_by_hop(&hit);
+}
+
+#[tokio::test]
+async fn backend_sees_its_own_host_and_the_proxys_forwarded_headers() {
+    let (_redis, backend, proxy) = setup(ProxyConfig::search()).await;
+    let requests = [
+        proxy.get("/static/app.js"),
+        proxy.search(Some("u1"), json!({"query": "milk"})),
+    ];
+
+    for req in requests {
+        req.header("host", "shop.example")
+            .header("x-forwarded-for", "10.9.8.7")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "spoofed.example")
+            .send()
+            .await;
+        let seen = backend.last();
+        assert_eq!(seen.header_all("host"), [backend.authority().as_str()]);
+        assert_eq!(seen.header_all("x-forwarded-host"), ["shop.example"]);
+        assert_eq!(
+            seen.header_all("x-forwarded-for"),
+            ["127.0.0.1"],
+            "the client's X-Forwarded-For is replaced when not trusted"
+        );
+        assert_eq!(seen.header_all("x-forwarded-proto"), ["http"]);
+        let via = seen.header_all("via").join(", ");
+        assert!(via.contains("leafcache"), "Via names leafcache: {via:?}");
+    }
+}
+
+#[tokio::test]
+async fn trusted_forwarded_headers_are_kept_and_extended() {
+    let (_redis, backend, proxy) = setup(ProxyConfig::search().top("trust_forwarded = true")).await;
+    let requests = [
+        proxy.get("/static/app.js"),
+        proxy.search(Some("u1"), json!({"query": "milk"})),
+    ];
+
+    for req in requests {
+        req.header("host", "internal.example")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "www.example")
+            .send()
+            .await;
+        let seen = backend.last();
+        assert_eq!(seen.header_all("host"), [backend.authority().as_str()]);
+        assert_eq!(
+            seen.header_all("x-forwarded-for"),
+            ["203.0.113.9, 127.0.0.1"]
+        );
+        assert_eq!(seen.header_all("x-forwarded-proto"), ["https"]);
+        assert_eq!(seen.header_all("x-forwarded-host"), ["www.example"]);
+    }
+}
+
+/// Reads `resp` until at least `want` bytes arrived, each frame bounded by [`WAIT`].
+async fn read_at_least(
+    body: &mut hyper::body::Incoming,
+    into: &mut BytesMut,
+    want: usize,
+    what: &str,
+) {
+    while into.len() < want {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: no data within {WAIT:?} after {} bytes (is the proxy buffering?)",
+                    into.len()
+                )
+            });
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    into.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => panic!("{what}: body error after {} bytes: {e}", into.len()),
+            None => panic!("{what}: body ended after {} of {want} bytes", into.len()),
+        }
+    }
+}
+
+/// The backend sends the first 64 KiB of a 5 MB answer and then waits for the
+/// test, which opens the gate only once it has read those bytes through the
+/// proxy. A proxy that buffers the answer deadlocks, and the bounded reads fail.
+async fn assert_streams_intact(gate: &Gate, expected: &Bytes, req: Req) -> u16 {
+    let first_len = 64 * 1024;
+    let response = req.send_streaming().await;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut received = BytesMut::new();
+
+    read_at_least(&mut body, &mut received, first_len, "first chunk").await;
+    gate.open();
+    read_at_least(&mut body, &mut received, expected.len(), "rest").await;
+    let end = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("the body ends");
+    assert!(end.is_none(), "no bytes beyond the backend's answer");
+    assert_eq!(received.len(), expected.len());
+    assert!(received.freeze() == *expected, "the 5 MB arrived intact");
+    status
+}
+
+fn five_megabytes() -> Bytes {
+    patterned_bytes(5 * 1024 * 1024)
+}
+
+#[tokio::test]
+async fn a_5mb_unmatched_response_streams_through_intact() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let payload = five_megabytes();
+    let (g, p) = (gate.clone(), payload.clone());
+    let backend =
+        Backend::start(move |_| Reply::gated(p.slice(..64 * 1024), &g, p.slice(64 * 1024..))).await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+
+    let status = assert_streams_intact(&gate, &payload, proxy.get("/downloads/catalog.bin")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_search_answer_above_max_object_bytes_streams_and_is_not_stored() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let payload = five_megabytes();
+    let (g, p) = (gate.clone(), payload.clone());
+    let backend =
+        Backend::start(move |_| Reply::gated(p.slice(..64 * 1024), &g, p.slice(64 * 1024..))).await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    assert_streams_intact(&gate, &payload, milk.clone()).await;
+    let again = milk.send().await;
+    assert_miss_not_stored(&again);
+    assert!(again.body == payload);
+    assert_eq!(backend.count(), 2);
+}
+
+#[track_caller]
+fn assert_upstream_error(resp: &Resp, status: u16, error: &str) {
+    assert_eq!(resp.status, status, "{resp:?}");
+    let content_type = resp.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "JSON error body: {resp:?}"
+    );
+    let body = resp.json();
+    assert_eq!(body["error"], error, "{body}");
+    assert!(body["detail"].is_string(), "detail is text: {body}");
+}
+
+#[tokio::test]
+async fn a_closed_backend_port_answers_502() {
+    let redis = Redis::start().await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let proxy = Proxy::start_with(&ProxyConfig::search(), &closed, &redis.url()).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    assert_upstream_error(&milk.send().await, 502, "upstream_unavailable");
+    assert_upstream_error(&milk.send().await, 502, "upstream_unavailable");
+    assert_upstream_error(
+        &proxy.get("/static/app.js").send().await,
+        502,
+        "upstream_unavailable",
+    );
+    assert!(
+        redis.cache_keys().await.is_empty(),
+        "errors are never stored"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_slower_than_upstream_timeout_answers_504() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let backend = Backend::start(move |req| Reply::echo(req).hold_until(&held)).await;
+    let config = ProxyConfig::search().upstream(r#"timeout = "300ms""#);
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    assert_upstream_error(&milk.send().await, 504, "upstream_timeout");
+    assert_upstream_error(
+        &proxy.get("/static/app.js").send().await,
+        504,
+        "upstream_timeout",
+    );
+
+    // Once the backend answers in time, the search is a miss: the 504 was not stored.
+    gate.open();
+    let answered = milk.send().await;
+    assert_miss_stored(&answered);
+    assert_eq!(answered.status, 200);
+}
