@@ -209,11 +209,14 @@ async fn read_at_least(
 /// The backend sends the first 64 KiB of a 5 MB answer and then waits for the
 /// test, which opens the gate only once it has read those bytes through the
 /// proxy. A proxy that buffers the answer deadlocks, and the bounded reads fail.
-async fn assert_streams_intact(gate: &Gate, expected: &Bytes, req: Req) -> u16 {
+async fn assert_streams_intact(
+    gate: &Gate,
+    expected: &Bytes,
+    req: Req,
+) -> hyper::http::response::Parts {
     let first_len = 64 * 1024;
     let response = req.send_streaming().await;
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
+    let (head, mut body) = response.into_parts();
     let mut received = BytesMut::new();
 
     read_at_least(&mut body, &mut received, first_len, "first chunk").await;
@@ -225,7 +228,7 @@ async fn assert_streams_intact(gate: &Gate, expected: &Bytes, req: Req) -> u16 {
     assert!(end.is_none(), "no bytes beyond the backend's answer");
     assert_eq!(received.len(), expected.len());
     assert!(received.freeze() == *expected, "the 5 MB arrived intact");
-    status
+    head
 }
 
 fn five_megabytes() -> Bytes {
@@ -242,8 +245,9 @@ async fn a_5mb_unmatched_response_streams_through_intact() {
         Backend::start(move |_| Reply::gated(p.slice(..64 * 1024), &g, p.slice(64 * 1024..))).await;
     let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
 
-    let status = assert_streams_intact(&gate, &payload, proxy.get("/downloads/catalog.bin")).await;
-    assert_eq!(status, 200);
+    let head = assert_streams_intact(&gate, &payload, proxy.get("/downloads/catalog.bin")).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers.get("x-cache"), None, "unmatched: no X-Cache");
 }
 
 #[tokio::test]
@@ -257,7 +261,12 @@ async fn a_search_answer_above_max_object_bytes_streams_and_is_not_stored() {
     let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
     let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
 
-    assert_streams_intact(&gate, &payload, milk.clone()).await;
+    let head = assert_streams_intact(&gate, &payload, milk.clone()).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.headers.get("x-cache").and_then(|v| v.to_str().ok()),
+        Some("MISS")
+    );
     let again = milk.send().await;
     assert_miss_not_stored(&again);
     assert!(again.body == payload);
