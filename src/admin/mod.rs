@@ -1,0 +1,119 @@
+//! The admin listener: health and readiness for probes. It runs on a runtime
+//! of its own so that probes answer even when the data path is saturated.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::proxy::Proxy;
+
+type AdminResponse = Response<Full<Bytes>>;
+
+/// Serves the admin API on its own single-threaded runtime, on a thread of
+/// its own. The listener must be a std listener bound beforehand.
+pub fn spawn(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("leafcache-admin")
+        .build()?;
+    std::thread::Builder::new()
+        .name("leafcache-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener unusable");
+                        return;
+                    }
+                };
+                serve(listener, proxy).await;
+            })
+        })?;
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(route(&proxy, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(conn);
+    }
+}
+
+async fn route(proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(proxy).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn readyz(proxy: &Proxy) -> AdminResponse {
+    let redis = proxy.cache.redis().is_some_and(|r| r.health().is_up());
+    let upstream = upstream_reachable(proxy).await;
+    let body = serde_json::json!({
+        "redis": if redis { "up" } else { "down" },
+        "upstream": if upstream { "up" } else { "down" },
+        "spool_bytes": 0,
+    });
+    json(StatusCode::OK, body.to_string())
+}
+
+/// A TCP connect to the backend, bounded to 500 ms.
+async fn upstream_reachable(proxy: &Proxy) -> bool {
+    let Some(authority) = proxy.config.upstream.url.authority() else {
+        return false;
+    };
+    let addr = match authority.port_u16() {
+        Some(_) => authority.as_str().to_string(),
+        None => format!("{}:80", authority.host()),
+    };
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, body: String) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

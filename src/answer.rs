@@ -1,0 +1,50 @@
+//! What a search answer says: its intent, confidence and products, read once
+//! through the route's JSON pointers when the answer is fetched, and kept in
+//! the cache envelope so hits never parse the body again.
+
+use serde_json::Value;
+
+use crate::cache::envelope::SearchMeta;
+use crate::config::RouteConfig;
+
+/// Reads the search facts of a backend answer. A body that is not JSON, or
+/// lacks the fields, gives empty facts: the answer is still served.
+pub fn read(route: &RouteConfig, body: &[u8]) -> SearchMeta {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(doc) => read_value(route, &doc),
+        Err(_) => SearchMeta::default(),
+    }
+}
+
+pub fn read_value(route: &RouteConfig, doc: &Value) -> SearchMeta {
+    let intent = doc.pointer(&route.intent).and_then(scalar_text);
+    let confidence = doc.pointer(&route.confidence).and_then(Value::as_f64);
+    let results = doc.pointer(&route.results).and_then(Value::as_array);
+    let products = results
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| {
+                    let id = item.pointer(&route.product_id).and_then(scalar_text)?;
+                    let supplier = item.pointer(&route.supplier_id).and_then(scalar_text);
+                    Some((id, supplier))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    SearchMeta {
+        intent,
+        confidence,
+        results_count: results.map_or(0, |r| r.len().min(u32::MAX as usize) as u32),
+        products,
+    }
+}
+
+/// Strings as they are, numbers as their text; anything else is absent.
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

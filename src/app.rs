@@ -1,0 +1,96 @@
+//! Putting the parts together: build the cache tiers and the proxy from a
+//! validated config, bind the listeners, serve until a signal, drain.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::cache::Cache;
+use crate::cache::l1::L1;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::redis::RedisPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config names something that cannot be used (exit 2).
+    #[error("{0}")]
+    Config(String),
+    /// A listener could not be bound (exit 1).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the proxy. Must run inside the Tokio runtime (it starts the Redis
+/// monitor and cache writer tasks).
+pub fn build(config: Arc<Config>) -> Result<Arc<Proxy>, StartError> {
+    let redis =
+        RedisPool::new(&config.redis).map_err(|e| StartError::Config(format!("redis.url: {e}")))?;
+    redis.spawn_monitor();
+    let l1 = L1::new(config.cache.l1_max_bytes, config.cache.l1_ttl);
+    let cache = Cache::new(
+        l1,
+        Some(redis),
+        config.cache.stale_if_error,
+        config.cache.hit_for_pass,
+    );
+    Ok(Arc::new(Proxy::new(config, cache)))
+}
+
+/// Binds both listeners, serves until `shutdown` resolves, then drains.
+pub async fn serve(
+    config: Arc<Config>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let proxy = build(config.clone())?;
+    let admin =
+        std::net::TcpListener::bind(config.admin_listen).map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    crate::admin::spawn(admin, proxy.clone()).map_err(|source| StartError::Bind {
+        addr: config.admin_listen,
+        source,
+    })?;
+    tracing::info!(
+        listen = %listener.local_addr().map_or(config.listen, |a| a),
+        admin = %config.admin_listen,
+        upstream = %config.upstream.url,
+        routes = config.routes.len(),
+        "leafcache serving"
+    );
+    crate::server::run(listener, proxy, shutdown).await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

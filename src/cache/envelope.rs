@@ -1,0 +1,334 @@
+//! The stored form of a cached answer: a small versioned binary envelope.
+//!
+//! Layout (all integers big endian):
+//!
+//! ```text
+//! "LC" version:u8 status:u16 stored_at_ms:u64 fresh_ms:u64
+//! header_count:u16 { name:str16 value:bytes32 }*
+//! meta_flags:u8 [intent:str32] [confidence:f64] results_count:u32
+//! product_count:u32 { product_id:str32 supplier_flag:u8 [supplier:str32] }*
+//! body:bytes32
+//! ```
+//!
+//! Anything that does not decode (another version, truncation) reads as a miss,
+//! never as an error the client sees. The search facts of the answer (intent,
+//! confidence, products and their suppliers) travel with it, so a hit can be
+//! logged without parsing the body again.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+const MAGIC: &[u8; 2] = b"LC";
+pub const VERSION: u8 = 1;
+
+/// What a search answer said, read once when it was fetched.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SearchMeta {
+    pub intent: Option<String>,
+    pub confidence: Option<f64>,
+    /// Number of results as returned.
+    pub results_count: u32,
+    /// Product ids in result order, each with its supplier when known.
+    pub products: Vec<(String, Option<String>)>,
+}
+
+/// A cached answer.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// When the answer was stored, in milliseconds since the Unix epoch.
+    pub stored_at_ms: u64,
+    /// How long after `stored_at_ms` it is fresh.
+    pub fresh_for: Duration,
+    pub meta: SearchMeta,
+}
+
+impl Entry {
+    /// Time since the answer was stored.
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
+    }
+
+    /// Freshness left, zero when stale.
+    pub fn remaining(&self, now_ms: u64) -> Duration {
+        self.fresh_for.saturating_sub(self.age(now_ms))
+    }
+
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        self.age(now_ms) < self.fresh_for
+    }
+
+    /// An estimate of the memory the entry holds, for the L1 byte budget.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        let meta: usize = self
+            .meta
+            .products
+            .iter()
+            .map(|(p, s)| p.len() + s.as_ref().map_or(0, String::len) + 48)
+            .sum();
+        self.body.len() + headers + meta + 128
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a leafcache envelope")]
+    Magic,
+    #[error("envelope version {0} is not known")]
+    Version(u8),
+    #[error("truncated envelope")]
+    Truncated,
+    #[error("invalid field in envelope")]
+    Invalid,
+}
+
+pub fn encode(entry: &Entry) -> Bytes {
+    let mut out = BytesMut::with_capacity(entry.weight() + 64);
+    out.put_slice(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u16(entry.status.as_u16());
+    out.put_u64(entry.stored_at_ms);
+    out.put_u64(entry.fresh_for.as_millis() as u64);
+    out.put_u16(entry.headers.len().min(u16::MAX as usize) as u16);
+    for (name, value) in entry.headers.iter().take(u16::MAX as usize) {
+        out.put_u16(name.as_str().len() as u16);
+        out.put_slice(name.as_str().as_bytes());
+        put_bytes(&mut out, value.as_bytes());
+    }
+    let meta = &entry.meta;
+    let flags = u8::from(meta.intent.is_some()) | (u8::from(meta.confidence.is_some()) << 1);
+    out.put_u8(flags);
+    if let Some(intent) = &meta.intent {
+        put_bytes(&mut out, intent.as_bytes());
+    }
+    if let Some(c) = meta.confidence {
+        out.put_f64(c);
+    }
+    out.put_u32(meta.results_count);
+    out.put_u32(meta.products.len() as u32);
+    for (product, supplier) in &meta.products {
+        put_bytes(&mut out, product.as_bytes());
+        match supplier {
+            Some(s) => {
+                out.put_u8(1);
+                put_bytes(&mut out, s.as_bytes());
+            }
+            None => out.put_u8(0),
+        }
+    }
+    put_bytes(&mut out, &entry.body);
+    out.freeze()
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
+}
+
+/// Decodes an envelope; the body is a slice of `input`, not a copy.
+pub fn decode(input: Bytes) -> Result<Entry, DecodeError> {
+    let mut r = Reader { buf: input };
+    if r.take(2)?.as_ref() != MAGIC {
+        return Err(DecodeError::Magic);
+    }
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid)?;
+    let stored_at_ms = r.u64()?;
+    let fresh_for = Duration::from_millis(r.u64()?);
+    let header_count = r.u16()? as usize;
+    // Each header takes at least 7 bytes; a count the input cannot hold is
+    // corruption (and HeaderMap::with_capacity panics past 32768).
+    if header_count > r.buf.remaining() / 7 {
+        return Err(DecodeError::Truncated);
+    }
+    let mut headers = HeaderMap::with_capacity(header_count.min(64));
+    for _ in 0..header_count {
+        let len = r.u16()? as usize;
+        let name = HeaderName::from_bytes(&r.take(len)?).map_err(|_| DecodeError::Invalid)?;
+        let value = r.bytes32()?;
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::Invalid)?;
+        headers.append(name, value);
+    }
+    let flags = r.u8()?;
+    let intent = if flags & 1 != 0 {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let confidence = if flags & 2 != 0 { Some(r.f64()?) } else { None };
+    let results_count = r.u32()?;
+    let product_count = r.u32()? as usize;
+    // Each product takes at least 5 bytes; refuse counts the input cannot hold.
+    if product_count > r.buf.remaining() / 5 {
+        return Err(DecodeError::Truncated);
+    }
+    let mut products = Vec::with_capacity(product_count);
+    for _ in 0..product_count {
+        let product = r.string()?;
+        let supplier = if r.u8()? == 1 {
+            Some(r.string()?)
+        } else {
+            None
+        };
+        products.push((product, supplier));
+    }
+    let body = r.bytes32()?;
+    Ok(Entry {
+        status,
+        headers,
+        body,
+        stored_at_ms,
+        fresh_for,
+        meta: SearchMeta {
+            intent,
+            confidence,
+            results_count,
+            products,
+        },
+    })
+}
+
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            Err(DecodeError::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64())
+    }
+    fn f64(&mut self) -> Result<f64, DecodeError> {
+        self.need(8)?;
+        Ok(self.buf.get_f64())
+    }
+    fn bytes32(&mut self) -> Result<Bytes, DecodeError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let b = self.bytes32()?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        Entry {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(br#"{"products":[]}"#),
+            stored_at_ms: 1_700_000_000_123,
+            fresh_for: Duration::from_secs(3600),
+            meta: SearchMeta {
+                intent: Some("product_search".into()),
+                confidence: Some(0.92),
+                results_count: 2,
+                products: vec![("p1".into(), Some("s1".into())), ("p2".into(), None)],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let e = sample();
+        let d = decode(encode(&e)).unwrap();
+        assert_eq!(d.status, e.status);
+        assert_eq!(d.headers, e.headers);
+        assert_eq!(d.body, e.body);
+        assert_eq!(d.stored_at_ms, e.stored_at_ms);
+        assert_eq!(d.fresh_for, e.fresh_for);
+        assert_eq!(d.meta, e.meta);
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let mut raw = encode(&sample()).to_vec();
+        raw[2] = 99;
+        assert_eq!(
+            decode(Bytes::from(raw)).unwrap_err(),
+            DecodeError::Version(99)
+        );
+    }
+
+    #[test]
+    fn truncation_is_refused_at_every_length() {
+        let raw = encode(&sample());
+        for n in 0..raw.len() {
+            assert!(
+                decode(raw.slice(..n)).is_err(),
+                "prefix of {n} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn freshness_arithmetic() {
+        let e = sample();
+        let t = e.stored_at_ms + 1000;
+        assert_eq!(e.age(t), Duration::from_secs(1));
+        assert_eq!(e.remaining(t), Duration::from_secs(3599));
+        assert!(e.is_fresh(t));
+        assert!(!e.is_fresh(e.stored_at_ms + 3_600_000));
+        assert_eq!(e.remaining(e.stored_at_ms + 9_999_999), Duration::ZERO);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut with_magic = b"LC\x01".to_vec();
+            with_magic.extend_from_slice(&raw);
+            let _ = decode(Bytes::from(raw));
+            let _ = decode(Bytes::from(with_magic));
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The two cache tiers behind one interface: L1 in process, then Redis.
+//!
+//! - [`envelope`]: the stored binary form of an answer.
+//! - [`l1`]: the byte-bounded in-process tier.
+//! - [`coalesce`]: one backend request per key at a time.
+//!
+//! Lookups are bounded by one deadline per request (`redis.timeout` in total,
+//! however many scopes are asked); stores never make the client wait: the
+//! Redis write goes to a background writer through a bounded queue.
+
+pub mod coalesce;
+pub mod envelope;
+pub mod l1;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bb8_redis::redis;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::redis::RedisPool;
+use crate::redis::pool::Command;
+use coalesce::Coalescer;
+use envelope::{Entry, now_ms};
+use l1::L1;
+
+/// Where a hit came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    L1,
+    Redis,
+}
+
+/// A fresh entry found by a lookup, with the key it was found under.
+pub struct Found {
+    pub entry: Arc<Entry>,
+    pub tier: Tier,
+    pub key_index: usize,
+}
+
+/// What a lookup found: a fresh entry, or else an expired one still inside
+/// its stale window (kept for stale-if-error).
+#[derive(Default)]
+pub struct Lookup {
+    pub fresh: Option<Found>,
+    pub stale: Option<Found>,
+}
+
+/// Cache writes waiting for Redis; past this many, new stores skip Redis
+/// (L1 still has them) rather than queueing without bound.
+const WRITE_QUEUE: usize = 4096;
+const WRITE_BATCH: usize = 128;
+
+struct Write {
+    key: String,
+    value: Bytes,
+    ex_secs: u64,
+}
+
+/// Counters the metrics endpoint reads.
+#[derive(Default)]
+pub struct CacheStats {
+    pub redis_writes_dropped: AtomicU64,
+    pub redis_decode_errors: AtomicU64,
+}
+
+pub struct Cache {
+    l1: Option<L1>,
+    redis: Option<RedisPool>,
+    writes: Option<mpsc::Sender<Write>>,
+    /// Added to freshness for the Redis `EX`, so stale copies stay for
+    /// stale-if-error.
+    stale_window: Duration,
+    /// Keys whose last answer could not be stored (hit-for-pass).
+    pass: moka::sync::Cache<String, ()>,
+    pub coalescer: Arc<Coalescer>,
+    pub stats: Arc<CacheStats>,
+}
+
+impl Cache {
+    /// Builds the tiers; must run inside the Tokio runtime when `redis` is
+    /// set (it spawns the writer).
+    pub fn new(
+        l1: Option<L1>,
+        redis: Option<RedisPool>,
+        stale_window: Duration,
+        hit_for_pass: Duration,
+    ) -> Cache {
+        let stats = Arc::new(CacheStats::default());
+        let writes = redis.clone().map(|pool| {
+            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+            tokio::spawn(write_loop(pool, rx));
+            tx
+        });
+        Cache {
+            l1,
+            redis,
+            writes,
+            stale_window,
+            pass: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(hit_for_pass.max(Duration::from_millis(1)))
+                .build(),
+            coalescer: Arc::new(Coalescer::default()),
+            stats,
+        }
+    }
+
+    pub fn l1(&self) -> Option<&L1> {
+        self.l1.as_ref()
+    }
+
+    pub fn redis(&self) -> Option<&RedisPool> {
+        self.redis.as_ref()
+    }
+
+    /// Looks the keys up in order, L1 first for all of them, then Redis in one
+    /// round trip. The first fresh entry wins.
+    pub async fn lookup(&self, keys: &[&str], deadline: Instant) -> Lookup {
+        if let Some(l1) = &self.l1 {
+            for (i, key) in keys.iter().enumerate() {
+                if let Some(entry) = l1.get(key) {
+                    return Lookup {
+                        fresh: Some(Found {
+                            entry,
+                            tier: Tier::L1,
+                            key_index: i,
+                        }),
+                        stale: None,
+                    };
+                }
+            }
+        }
+        let Some(redis) = &self.redis else {
+            return Lookup::default();
+        };
+        let values: Vec<Option<Vec<u8>>> = if keys.len() == 1 {
+            let cmd = redis::cmd("GET").arg(keys[0]).to_owned();
+            match redis
+                .query::<Option<Vec<u8>>>(Command::Cmd(&cmd), deadline)
+                .await
+            {
+                Ok(v) => vec![v],
+                Err(_) => return Lookup::default(),
+            }
+        } else {
+            let cmd = redis::cmd("MGET").arg(keys).to_owned();
+            match redis.query(Command::Cmd(&cmd), deadline).await {
+                Ok(v) => v,
+                Err(_) => return Lookup::default(),
+            }
+        };
+        let now = now_ms();
+        let mut found = Lookup::default();
+        for (i, value) in values.into_iter().enumerate() {
+            let Some(raw) = value else { continue };
+            let entry = match envelope::decode(Bytes::from(raw)) {
+                Ok(e) => Arc::new(e),
+                Err(err) => {
+                    self.stats
+                        .redis_decode_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(key = keys[i], error = %err, "unreadable cache entry; treated as a miss");
+                    continue;
+                }
+            };
+            if entry.is_fresh(now) {
+                if let Some(l1) = &self.l1 {
+                    l1.insert(keys[i].to_owned(), entry.clone());
+                }
+                found.fresh = Some(Found {
+                    entry,
+                    tier: Tier::Redis,
+                    key_index: i,
+                });
+                return found;
+            }
+            if found.stale.is_none() {
+                found.stale = Some(Found {
+                    entry,
+                    tier: Tier::Redis,
+                    key_index: i,
+                });
+            }
+        }
+        found
+    }
+
+    /// Stores an answer in both tiers. Returns at once; Redis is written in
+    /// the background.
+    pub fn store(&self, key: String, entry: Arc<Entry>) {
+        self.pass.invalidate(&key);
+        let ex = entry.fresh_for + self.stale_window;
+        if let Some(writes) = &self.writes {
+            let write = Write {
+                key: key.clone(),
+                value: envelope::encode(&entry),
+                ex_secs: ex.as_secs().max(1),
+            };
+            if writes.try_send(write).is_err() {
+                self.stats
+                    .redis_writes_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(l1) = &self.l1 {
+            l1.insert(key, entry);
+        }
+    }
+
+    /// Drops an L1 copy (purge, invalidation).
+    pub fn forget_local(&self, key: &str) {
+        if let Some(l1) = &self.l1 {
+            l1.remove(key);
+        }
+    }
+
+    pub fn mark_pass(&self, key: &str) {
+        self.pass.insert(key.to_owned(), ());
+    }
+
+    pub fn is_pass(&self, key: &str) -> bool {
+        self.pass.contains_key(key)
+    }
+}
+
+/// Drains cache writes into Redis, pipelining what has queued up.
+async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for w in batch.drain(..) {
+            pipe.cmd("SET")
+                .arg(w.key)
+                .arg(w.value.as_ref())
+                .arg("EX")
+                .arg(w.ex_secs)
+                .ignore();
+        }
+        // A failed write loses a cache copy, never data: nothing to retry.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        if let Err(e) = pool.query::<()>(Command::Pipe(&pipe), deadline).await {
+            tracing::debug!(error = %e, "cache write to redis skipped");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! `Cache-Control` parsing (RFC 9111 section 5.2), for requests and responses.
+//!
+//! Lenient where RFC 9111 asks for leniency: directive names are
+//! case-insensitive, values may be quoted, unknown directives are ignored, and
+//! a delta-seconds value that is not a number makes the directive count as
+//! invalid. Per section 4.2.1, an invalid `max-age`/`s-maxage` on a response
+//! means the answer is stale (we record it as `Some(0)`); on a request an
+//! invalid value is ignored.
+
+use http::HeaderMap;
+use http::header::{CACHE_CONTROL, PRAGMA};
+
+/// The directives leafcache acts on. Delta-seconds are capped at 2^31 as RFC
+/// 9111 section 1.2.2 recommends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub only_if_cached: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    /// `Some(None)`: `max-stale` without a value (any staleness is fine).
+    pub max_stale: Option<Option<u64>>,
+    pub min_fresh: Option<u64>,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+const DELTA_MAX: u64 = 1 << 31;
+
+/// Whether an unparsable delta-seconds becomes `Some(0)` (responses) or is
+/// dropped (requests).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+}
+
+impl CacheControl {
+    /// The request's directives, with `Pragma: no-cache` honoured when the
+    /// request carries no `Cache-Control` at all (RFC 9111 section 5.4).
+    pub fn from_request(headers: &HeaderMap) -> CacheControl {
+        let mut cc = parse_all(headers, Side::Request);
+        if !headers.contains_key(CACHE_CONTROL) {
+            cc.no_cache |= headers
+                .get_all(PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.split(',')
+                        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+                });
+        }
+        cc
+    }
+
+    /// The response's directives.
+    pub fn from_response(headers: &HeaderMap) -> CacheControl {
+        parse_all(headers, Side::Response)
+    }
+
+    /// Parses one header value (test and reuse helper).
+    pub fn parse_response_value(value: &str) -> CacheControl {
+        let mut cc = CacheControl::default();
+        cc.apply(value, Side::Response);
+        cc
+    }
+
+    fn apply(&mut self, value: &str, side: Side) {
+        for (name, arg) in directives(value) {
+            let delta = || parse_delta(arg, side);
+            match name.to_ascii_lowercase().as_str() {
+                "no-store" => self.no_store = true,
+                "no-cache" => self.no_cache = true,
+                "private" => self.private = true,
+                "public" => self.public = true,
+                "must-revalidate" => self.must_revalidate = true,
+                "proxy-revalidate" => self.proxy_revalidate = true,
+                "only-if-cached" => self.only_if_cached = true,
+                // With duplicates, the most restrictive value wins.
+                "max-age" => self.max_age = min_opt(self.max_age, delta()),
+                "s-maxage" => self.s_maxage = min_opt(self.s_maxage, delta()),
+                "min-fresh" => self.min_fresh = delta().or(self.min_fresh),
+                "stale-while-revalidate" => self.stale_while_revalidate = delta(),
+                "stale-if-error" => self.stale_if_error = delta(),
+                "max-stale" => {
+                    self.max_stale = match arg {
+                        None => Some(None),
+                        Some(_) => delta().map(Some).or(self.max_stale),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn parse_all(headers: &HeaderMap, side: Side) -> CacheControl {
+    let mut cc = CacheControl::default();
+    for value in headers.get_all(CACHE_CONTROL) {
+        // A header value that is not visible ASCII cannot carry directives we
+        // understand; read what we can of it.
+        let text = String::from_utf8_lossy(value.as_bytes());
+        cc.apply(&text, side);
+    }
+    cc
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+fn parse_delta(arg: Option<&str>, side: Side) -> Option<u64> {
+    let parsed = arg.and_then(|a| {
+        let a = a.trim();
+        if a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Overflowing values are capped rather than rejected.
+        Some(a.parse::<u64>().unwrap_or(DELTA_MAX).min(DELTA_MAX))
+    });
+    match (parsed, side) {
+        (Some(v), _) => Some(v),
+        (None, Side::Response) => Some(0),
+        (None, Side::Request) => None,
+    }
+}
+
+/// Splits a Cache-Control value into `(name, argument)` pairs, honouring
+/// quoted strings (a comma inside quotes does not end a directive).
+fn directives(value: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    split_outside_quotes(value).filter_map(|part| {
+        let part = part.trim();
+        if part.is_empty() {
+            return None;
+        }
+        Some(match part.split_once('=') {
+            Some((name, arg)) => (name.trim(), Some(unquote(arg.trim()))),
+            None => (part, None),
+        })
+    })
+}
+
+fn split_outside_quotes(value: &str) -> impl Iterator<Item = &str> {
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        while pos < bytes.len() {
+            let b = bytes[pos];
+            pos += 1;
+            if escaped {
+                escaped = false;
+            } else if in_quotes && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_quotes = !in_quotes;
+            } else if b == b',' && !in_quotes {
+                let part = &value[start..pos - 1];
+                start = pos;
+                return Some(part);
+            }
+        }
+        if start <= bytes.len() && start != usize::MAX {
+            let part = &value[start..];
+            start = usize::MAX;
+            return Some(part);
+        }
+        None
+    })
+}
+
+fn unquote(arg: &str) -> &str {
+    arg.strip_prefix('"')
+        .and_then(|a| a.strip_suffix('"'))
+        .unwrap_or(arg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn resp(v: &str) -> CacheControl {
+        CacheControl::parse_response_value(v)
+    }
+
+    #[test]
+    fn reads_common_directives_case_insensitively() {
+        let cc = resp("Public, MAX-AGE=60, s-maxage=30 , no-cache");
+        assert!(cc.public && cc.no_cache);
+        assert_eq!(cc.max_age, Some(60));
+        assert_eq!(cc.s_maxage, Some(30));
+    }
+
+    #[test]
+    fn quoted_values_and_commas_inside_quotes() {
+        let cc = resp(r#"max-age="120", private="set-cookie, x-a", no-store"#);
+        assert_eq!(cc.max_age, Some(120));
+        assert!(cc.private && cc.no_store);
+    }
+
+    #[test]
+    fn invalid_response_max_age_means_stale() {
+        assert_eq!(resp("max-age=abc").max_age, Some(0));
+        assert_eq!(resp("max-age=").max_age, Some(0));
+        assert_eq!(resp("max-age=-1").max_age, Some(0));
+    }
+
+    #[test]
+    fn duplicate_max_age_takes_the_smallest() {
+        assert_eq!(resp("max-age=100, max-age=10").max_age, Some(10));
+    }
+
+    #[test]
+    fn huge_delta_is_capped() {
+        assert_eq!(
+            resp("max-age=99999999999999999999999").max_age,
+            Some(DELTA_MAX)
+        );
+    }
+
+    #[test]
+    fn pragma_no_cache_counts_only_without_cache_control() {
+        let mut h = HeaderMap::new();
+        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        assert!(CacheControl::from_request(&h).no_cache);
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=10"));
+        assert!(!CacheControl::from_request(&h).no_cache);
+    }
+
+    #[test]
+    fn request_max_stale_without_value_means_any() {
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-stale"));
+        assert_eq!(CacheControl::from_request(&h).max_stale, Some(None));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-stale=5, min-fresh=x"),
+        );
+        let cc = CacheControl::from_request(&h);
+        assert_eq!(cc.max_stale, Some(Some(5)));
+        assert_eq!(cc.min_fresh, None);
+    }
+
+    #[test]
+    fn several_header_lines_combine() {
+        let mut h = HeaderMap::new();
+        h.append(CACHE_CONTROL, HeaderValue::from_static("public"));
+        h.append(CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
+        let cc = CacheControl::from_response(&h);
+        assert!(cc.public);
+        assert_eq!(cc.max_age, Some(5));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_any_input(s in "\\PC{0,80}") {
+            let _ = resp(&s);
+        }
+
+        #[test]
+        fn spacing_and_case_do_not_matter(n in 0u64..100000, upper in any::<bool>(), pad in " {0,3}") {
+            let name = if upper { "MAX-AGE" } else { "max-age" };
+            let v = format!("{pad}{name}={n}{pad},{pad}no-store");
+            let cc = resp(&v);
+            prop_assert_eq!(cc.max_age, Some(n));
+            prop_assert!(cc.no_store);
+        }
+    }
+}

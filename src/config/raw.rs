@@ -1,0 +1,313 @@
+//! The serde schema of proxy.toml, with the spec's defaults, and the checks
+//! that look at more than one value (done after deserializing, located with
+//! toml_edit).
+//!
+//! Checks of a single value live in the value's type (`Dur`, `SourceSpec`, ...)
+//! so that serde reports them with the value's own path and span.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod route;
+
+use super::locate::{Locator, Seg};
+use super::units::{Dur, Size};
+use super::values::{Addr, Count, RedisUrl, SourceSpec, Status, Token, UpstreamUrl};
+use super::{
+    CacheConfig, Config, ConfigError, EventsConfig, IdentityConfig, RedisConfig, RouteConfig,
+    UpstreamConfig,
+};
+
+fn secs(s: u64) -> Dur {
+    Dur(Duration::from_secs(s))
+}
+
+fn millis(ms: u64) -> Dur {
+    Dur(Duration::from_millis(ms))
+}
+
+fn sources(specs: &[&str]) -> Vec<SourceSpec> {
+    specs
+        .iter()
+        .map(|s| SourceSpec(s.parse().expect("built-in sources are valid")))
+        .collect()
+}
+
+fn addr(s: &str) -> Addr {
+    Addr(s.parse().expect("built-in addresses are valid"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    listen: Addr,
+    admin_listen: Addr,
+    max_request_body: Size,
+    trust_forwarded: bool,
+    admin_token: Option<Token>,
+    upstream: RawUpstream,
+    redis: RawRedis,
+    cache: RawCache,
+    identity: RawIdentity,
+    events: RawEvents,
+    route: Vec<route::RawRoute>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: addr("0.0.0.0:8080"),
+            admin_listen: addr("127.0.0.1:9091"),
+            max_request_body: Size(64 * 1024),
+            trust_forwarded: false,
+            admin_token: None,
+            upstream: RawUpstream::default(),
+            redis: RawRedis::default(),
+            cache: RawCache::default(),
+            identity: RawIdentity::default(),
+            events: RawEvents::default(),
+            route: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    url: UpstreamUrl,
+    connect_timeout: Dur,
+    timeout: Dur,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            url: UpstreamUrl(http::Uri::from_static("http://127.0.0.1:8000")),
+            connect_timeout: secs(1),
+            timeout: secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRedis {
+    url: RedisUrl,
+    pool_size: Count<u32>,
+    timeout: Dur,
+    key_prefix: String,
+    cluster: bool,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: RedisUrl("redis://127.0.0.1:6379".to_owned()),
+            pool_size: Count(16),
+            timeout: millis(50),
+            key_prefix: String::new(),
+            cluster: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    ttl: Dur,
+    l1_max_bytes: Size,
+    l1_ttl: Dur,
+    max_object_bytes: Size,
+    stale_if_error: Dur,
+    cacheable_status: Vec<Status>,
+    hit_for_pass: Dur,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            ttl: secs(3600),
+            l1_max_bytes: Size(64 << 20),
+            l1_ttl: secs(30),
+            max_object_bytes: Size(1 << 20),
+            stale_if_error: secs(600),
+            cacheable_status: vec![Status(200)],
+            hit_for_pass: secs(120),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIdentity {
+    user_id: Vec<SourceSpec>,
+    user_uuid: Vec<SourceSpec>,
+    session_id: Vec<SourceSpec>,
+    hash_user_id: bool,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            user_id: sources(&["header:x-user-id", "json:/user_id", "query:user_id"]),
+            user_uuid: sources(&["header:x-user-uuid", "json:/user_uuid"]),
+            session_id: sources(&["header:x-session-id", "json:/session_id"]),
+            hash_user_id: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEvents {
+    queue_capacity: Count<usize>,
+    batch_max: Count<usize>,
+    flush_interval: Dur,
+    history_limit: Count<usize>,
+    retention: Dur,
+    spool_dir: PathBuf,
+    spool_max_bytes: Size,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            queue_capacity: Count(100_000),
+            batch_max: Count(512),
+            flush_interval: millis(20),
+            history_limit: Count(1000),
+            retention: secs(90 * 86_400),
+            spool_dir: PathBuf::from("spool"),
+            spool_max_bytes: Size(1 << 30),
+        }
+    }
+}
+
+/// Durations that must not be zero: a zero timeout fails every call, a zero
+/// flush interval spins, a zero EXPIRE deletes the key it is meant to keep.
+pub(super) fn positive(
+    loc: &Locator,
+    path: &[Seg],
+    d: Dur,
+    at_least: Duration,
+) -> Result<Duration, ConfigError> {
+    if d.0 < at_least {
+        let min = if at_least == Duration::from_secs(1) {
+            "1s"
+        } else {
+            "more than 0"
+        };
+        return Err(loc.error(path, format!("must be at least {min}")));
+    }
+    Ok(d.0)
+}
+
+impl RawConfig {
+    /// `config_file` is the file the text came from, used to resolve
+    /// `events.spool_dir`; `None` resolves it against the working directory.
+    pub fn into_config(
+        self,
+        loc: &Locator,
+        config_file: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        use Seg::Key as K;
+        let tiny = Duration::from_nanos(1);
+        let upstream = UpstreamConfig {
+            url: self.upstream.url.0,
+            connect_timeout: positive(
+                loc,
+                &[K("upstream"), K("connect_timeout")],
+                self.upstream.connect_timeout,
+                tiny,
+            )?,
+            timeout: positive(
+                loc,
+                &[K("upstream"), K("timeout")],
+                self.upstream.timeout,
+                tiny,
+            )?,
+        };
+        let redis = RedisConfig {
+            url: self.redis.url.0,
+            pool_size: self.redis.pool_size.0,
+            timeout: positive(loc, &[K("redis"), K("timeout")], self.redis.timeout, tiny)?,
+            key_prefix: self.redis.key_prefix,
+            cluster: self.redis.cluster,
+        };
+        let c = self.cache;
+        let cache = CacheConfig {
+            ttl: positive(loc, &[K("cache"), K("ttl")], c.ttl, tiny)?,
+            l1_max_bytes: c.l1_max_bytes.0,
+            l1_ttl: c.l1_ttl.0,
+            max_object_bytes: c.max_object_bytes.as_usize(),
+            stale_if_error: c.stale_if_error.0,
+            cacheable_status: c.cacheable_status.iter().map(|s| s.0).collect(),
+            hit_for_pass: c.hit_for_pass.0,
+        };
+        let unwrap = |v: Vec<SourceSpec>| v.into_iter().map(|s| s.0).collect();
+        let identity = IdentityConfig {
+            user_id: unwrap(self.identity.user_id),
+            user_uuid: unwrap(self.identity.user_uuid),
+            session_id: unwrap(self.identity.session_id),
+            hash_user_id: self.identity.hash_user_id,
+        };
+        let e = self.events;
+        let events = EventsConfig {
+            queue_capacity: e.queue_capacity.0,
+            batch_max: e.batch_max.0,
+            flush_interval: positive(
+                loc,
+                &[K("events"), K("flush_interval")],
+                e.flush_interval,
+                tiny,
+            )?,
+            history_limit: e.history_limit.0,
+            retention: positive(
+                loc,
+                &[K("events"), K("retention")],
+                e.retention,
+                Duration::from_secs(1),
+            )?,
+            spool_dir: resolve_spool_dir(e.spool_dir, config_file),
+            spool_max_bytes: e.spool_max_bytes.0,
+        };
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(self.route.len());
+        for (i, raw) in self.route.into_iter().enumerate() {
+            let route = raw.into_route(loc, i)?;
+            if let Some(first) = routes.iter().position(|r| r.name == route.name) {
+                return Err(loc.error(
+                    &[K("route"), Seg::Index(i), K("name")],
+                    format!(
+                        "duplicate route name {:?} (also route[{first}]); names must be unique",
+                        route.name
+                    ),
+                ));
+            }
+            routes.push(route);
+        }
+        Ok(Config {
+            source: config_file.map(Path::to_path_buf),
+            listen: self.listen.0,
+            admin_listen: self.admin_listen.0,
+            max_request_body: self.max_request_body.as_usize(),
+            trust_forwarded: self.trust_forwarded,
+            admin_token: self.admin_token.map(|t| t.0),
+            upstream,
+            redis,
+            cache,
+            identity,
+            events,
+            routes,
+        })
+    }
+}
+
+fn resolve_spool_dir(dir: PathBuf, config_file: Option<&Path>) -> PathBuf {
+    let joined = match config_file.and_then(Path::parent) {
+        Some(folder) if dir.is_relative() => folder.join(&dir),
+        _ => dir,
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}

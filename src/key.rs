@@ -1,0 +1,363 @@
+//! The cache key: query normalization and the SHA-256 over every input that
+//! reaches the backend (SPEC section 3, step 5). Pure functions, so that what
+//! shares an entry can be read, and property-tested, in one place.
+//!
+//! Every field enters the hash length-prefixed (u64, big endian) and tagged, so
+//! no two different field lists can produce the same byte stream: `("ab", "c")`
+//! and `("a", "bc")` hash differently, and an absent field differs from an
+//! empty one.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use unicode_normalization::UnicodeNormalization;
+
+/// Bumped whenever the meaning of a key changes, so old entries are never
+/// served for requests they no longer describe.
+pub const KEY_VERSION: &[u8] = b"leafcache-key-v1";
+
+/// A derived cache key: the SHA-256 digest of the key fields.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    /// Lowercase hex, as it appears in Redis keys and in `Cache-Status`.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// How the request body enters the key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BodyKey<'a> {
+    /// No body (or an empty one).
+    None,
+    /// A JSON body, with ignored and identity fields already removed; it is
+    /// hashed in canonical form (object keys sorted at every depth).
+    Json(&'a Value),
+    /// Any other body, by its bytes.
+    Raw(&'a [u8]),
+}
+
+/// Everything that distinguishes one cached answer from another.
+#[derive(Clone, Debug)]
+pub struct KeyInput<'a> {
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The normalized search text, when the route has a query rule.
+    pub query: Option<&'a str>,
+    pub body: BodyKey<'a>,
+    /// Query-string parameters minus identity, ignored and query params, in the
+    /// order [`sorted_params`] gives.
+    pub params: &'a [(Cow<'a, str>, Cow<'a, str>)],
+    /// One value per configured `vary_headers` name, in config order; `None`
+    /// when the request does not carry the header.
+    pub vary: &'a [Option<&'a [u8]>],
+}
+
+/// Unicode NFKC, lowercase, trimmed, inner whitespace collapsed to one space.
+pub fn normalize_query(query: &str) -> String {
+    let folded: String = query.nfkc().collect::<String>().to_lowercase();
+    let mut out = String::with_capacity(folded.len());
+    for word in folded.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// Orders query-string parameters by name, keeping the order of repeated
+/// names: `a=2&a=1` may mean something else to the backend than `a=1&a=2`.
+pub fn sorted_params<'a>(
+    params: impl Iterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+    let mut kept: Vec<_> = params.filter(|(name, _)| keep(name)).collect();
+    kept.sort_by(|a, b| a.0.cmp(&b.0));
+    kept
+}
+
+/// Derives the key hash.
+pub fn derive(input: &KeyInput<'_>) -> KeyHash {
+    let mut h = Sha256::new();
+    field(&mut h, b'v', KEY_VERSION);
+    field(&mut h, b'r', input.route.as_bytes());
+    field(&mut h, b'm', input.method.as_bytes());
+    field(&mut h, b'p', input.path.as_bytes());
+    match input.query {
+        Some(q) => field(&mut h, b'q', q.as_bytes()),
+        None => field(&mut h, b'Q', b""),
+    }
+    match &input.body {
+        BodyKey::None => field(&mut h, b'B', b""),
+        BodyKey::Raw(bytes) => field(&mut h, b'b', bytes),
+        BodyKey::Json(value) => {
+            let mut canonical = Vec::with_capacity(128);
+            write_canonical(value, &mut canonical);
+            field(&mut h, b'j', &canonical);
+        }
+    }
+    count(&mut h, b'a', input.params.len());
+    for (name, value) in input.params {
+        field(&mut h, b'n', name.as_bytes());
+        field(&mut h, b'=', value.as_bytes());
+    }
+    count(&mut h, b'h', input.vary.len());
+    for value in input.vary {
+        match value {
+            Some(v) => field(&mut h, b'h', v),
+            None => field(&mut h, b'H', b""),
+        }
+    }
+    KeyHash(h.finalize().into())
+}
+
+fn field(h: &mut Sha256, tag: u8, bytes: &[u8]) {
+    h.update([tag]);
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+fn count(h: &mut Sha256, tag: u8, n: usize) {
+    h.update([tag]);
+    h.update((n as u64).to_be_bytes());
+}
+
+/// Canonical JSON: object keys sorted at every depth, no whitespace, numbers
+/// and strings as serde_json writes them. Written by hand rather than relying
+/// on serde_json's map ordering, which a feature flag elsewhere in the build
+/// could change.
+pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(&Value::String(k.clone()), out);
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => write_scalar(scalar, out),
+    }
+}
+
+fn write_scalar(value: &Value, out: &mut Vec<u8>) {
+    // Serializing a scalar Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Removes the member an RFC 6901 pointer names from a JSON document,
+/// returning it. Only object members are removed; a pointer into an array or
+/// to a missing member leaves the document as it is.
+pub fn remove_pointer(doc: &mut Value, pointer: &str) -> Option<Value> {
+    let (parent, last) = pointer.rsplit_once('/')?;
+    let target = if parent.is_empty() {
+        Some(doc)
+    } else {
+        doc.pointer_mut(parent)
+    }?;
+    let name = unescape_token(last);
+    target.as_object_mut()?.remove(name.as_ref())
+}
+
+fn unescape_token(token: &str) -> Cow<'_, str> {
+    if token.contains('~') {
+        Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn input<'a>(
+        query: Option<&'a str>,
+        body: BodyKey<'a>,
+        params: &'a [(Cow<'a, str>, Cow<'a, str>)],
+        vary: &'a [Option<&'a [u8]>],
+    ) -> KeyInput<'a> {
+        KeyInput {
+            route: "search",
+            method: "POST",
+            path: "/api/v1/search",
+            query,
+            body,
+            params,
+            vary,
+        }
+    }
+
+    #[test]
+    fn normalization_folds_case_width_and_spacing() {
+        assert_eq!(normalize_query("  Organic   MILK\t"), "organic milk");
+        assert_eq!(normalize_query("ＭＩＬＫ"), "milk"); // full-width, NFKC
+        assert_eq!(normalize_query("ﬁsh"), "fish"); // ligature, NFKC
+        assert_eq!(normalize_query("a\u{00A0}b"), "a b"); // no-break space
+        assert_eq!(normalize_query(""), "");
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let a = json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": "s"}});
+        let mut out = Vec::new();
+        write_canonical(&a, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn json_key_order_does_not_change_the_key() {
+        let a: Value =
+            serde_json::from_str(r#"{"limit": 10, "filters": {"b": 1, "a": 2}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"filters": {"a": 2, "b": 1}, "limit": 10}"#).unwrap();
+        let ka = derive(&input(Some("milk"), BodyKey::Json(&a), &[], &[]));
+        let kb = derive(&input(Some("milk"), BodyKey::Json(&b), &[], &[]));
+        assert_eq!(ka, kb);
+    }
+
+    #[test]
+    fn absent_and_empty_fields_differ() {
+        let none = derive(&input(None, BodyKey::None, &[], &[]));
+        let empty_q = derive(&input(Some(""), BodyKey::None, &[], &[]));
+        let empty_raw = derive(&input(None, BodyKey::Raw(b""), &[], &[]));
+        assert_ne!(none, empty_q);
+        assert_ne!(none, empty_raw);
+        let vary_absent = [None];
+        let vary_empty = [Some(&b""[..])];
+        assert_ne!(
+            derive(&input(None, BodyKey::None, &[], &vary_absent)),
+            derive(&input(None, BodyKey::None, &[], &vary_empty))
+        );
+    }
+
+    #[test]
+    fn remove_pointer_removes_nested_members_only() {
+        let mut doc = json!({"session_id": "s", "ctx": {"request_id": 1, "a/b": 2}, "list": [1]});
+        assert_eq!(remove_pointer(&mut doc, "/session_id"), Some(json!("s")));
+        assert_eq!(remove_pointer(&mut doc, "/ctx/request_id"), Some(json!(1)));
+        assert_eq!(remove_pointer(&mut doc, "/ctx/a~1b"), Some(json!(2)));
+        assert_eq!(remove_pointer(&mut doc, "/list/0"), None);
+        assert_eq!(remove_pointer(&mut doc, "/missing/x"), None);
+        assert_eq!(doc, json!({"ctx": {}, "list": [1]}));
+    }
+
+    #[test]
+    fn sorted_params_orders_names_and_keeps_repeats_in_order() {
+        let raw = "b=2&a=9&a=1&user_id=u";
+        let kept = sorted_params(form_urlencoded::parse(raw.as_bytes()), |n| n != "user_id");
+        let flat: Vec<(&str, &str)> = kept.iter().map(|(a, b)| (a.as_ref(), b.as_ref())).collect();
+        assert_eq!(flat, vec![("a", "9"), ("a", "1"), ("b", "2")]);
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[ a-zA-Z0-9ÄäＡ\t]{0,12}").expect("valid regex")
+    }
+
+    proptest! {
+        #[test]
+        fn normalization_is_idempotent(q in "\\PC{0,40}") {
+            let once = normalize_query(&q);
+            prop_assert_eq!(normalize_query(&once), once.clone());
+        }
+
+        #[test]
+        fn case_and_spacing_variants_share_a_key(words in proptest::collection::vec("[a-z]{1,8}", 1..5)) {
+            let plain = words.join(" ");
+            let noisy = format!("  {}  ", words.iter().map(|w| w.to_uppercase()).collect::<Vec<_>>().join("   "));
+            let a = normalize_query(&plain);
+            let b = normalize_query(&noisy);
+            prop_assert_eq!(
+                derive(&input(Some(&a), BodyKey::None, &[], &[])),
+                derive(&input(Some(&b), BodyKey::None, &[], &[]))
+            );
+        }
+
+        #[test]
+        fn equal_inputs_give_equal_keys(q in text(), p in text(), v in text(), n in 0i64..1000) {
+            let body = json!({"limit": n, "filter": p.clone()});
+            let params = [(Cow::Owned(p.clone()), Cow::Owned(v.clone()))];
+            let vary = [Some(v.as_bytes())];
+            prop_assert_eq!(
+                derive(&input(Some(&q), BodyKey::Json(&body), &params, &vary)),
+                derive(&input(Some(&q), BodyKey::Json(&body.clone()), &params.clone(), &vary))
+            );
+        }
+
+        #[test]
+        fn any_change_to_a_keyed_field_changes_the_key(
+            q in text(), q2 in text(), p in text(), p2 in text(), n in 0i64..1000, n2 in 0i64..1000,
+            which in 0usize..7,
+        ) {
+            let body = json!({"limit": n});
+            let params = [(Cow::Owned("f".to_string()), Cow::Owned(p.clone()))];
+            let vary = [Some(p.as_bytes())];
+            let base = input(Some(&q), BodyKey::Json(&body), &params, &vary);
+
+            let body2 = json!({"limit": n2});
+            let params2 = [(Cow::Owned("f".to_string()), Cow::Owned(p2.clone()))];
+            let vary2 = [Some(p2.as_bytes())];
+            let mut changed = base.clone();
+            let differs = match which {
+                0 => { changed.query = Some(&q2); q != q2 }
+                1 => { changed.body = BodyKey::Json(&body2); n != n2 }
+                2 => { changed.params = &params2; p != p2 }
+                3 => { changed.vary = &vary2; p != p2 }
+                4 => { changed.route = "other"; true }
+                5 => { changed.method = "GET"; true }
+                _ => { changed.path = "/api/v1/other"; true }
+            };
+            prop_assert_eq!(derive(&base) != derive(&changed), differs);
+        }
+
+        #[test]
+        fn field_boundaries_cannot_be_shifted(a in "[a-z]{0,6}", b in "[a-z]{0,6}", c in "[a-z]{1,6}") {
+            // Moving characters from one field to the next must change the key.
+            let p1 = [(Cow::Owned(a.clone()), Cow::Owned(format!("{b}{c}")))];
+            let p2 = [(Cow::Owned(format!("{a}{b}{c}")), Cow::Owned(String::new()))];
+            prop_assert_ne!(
+                derive(&input(None, BodyKey::None, &p1, &[])),
+                derive(&input(None, BodyKey::None, &p2, &[]))
+            );
+        }
+    }
+}

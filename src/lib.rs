@@ -1,0 +1,31 @@
+//! leafcache: a caching, logging sidecar for search APIs.
+//!
+//! A request enters in [`server`] (accept loop), is handled by [`proxy`]
+//! (the request flow of SPEC section 3), which asks [`route`] which rule it
+//! falls under, [`key`] for its cache key, [`policy`] whether it may be
+//! served or stored, and [`cache`] for a stored answer (L1, then Redis); the
+//! backend is called in [`proxy::forward`]. The rest:
+//!
+//! - [`config`]: proxy.toml schema, defaults, validation, overrides.
+//! - [`cache_control`]: Cache-Control parsing (RFC 9111).
+//! - [`answer`]: the search facts of a backend answer (intent, products).
+//! - [`redis`]: the pool, its health, and every Redis key name.
+//! - [`admin`]: health and readiness probes.
+//! - [`app`]: building the parts from a config and running them.
+//! - [`demo`]: a small search backend for the quick start and benchmarks.
+//! - [`telemetry`]: logging setup.
+
+pub mod admin;
+pub mod answer;
+pub mod app;
+pub mod cache;
+pub mod cache_control;
+pub mod config;
+pub mod demo;
+pub mod key;
+pub mod policy;
+pub mod proxy;
+pub mod redis;
+pub mod route;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,356 @@
+//! What may be served from the cache and what may be stored: pure decisions
+//! over facts of the request and the answer (SPEC section 3, steps 4, 8, 9).
+//!
+//! Each decision names its reason, so the reason shows in `Cache-Status` and in
+//! the logs, and each runs at one point of the request flow: [`BypassReason`]
+//! before the backend is asked, [`decide_headers`] when its status and
+//! headers arrive, [`decide_body`] once its body is in hand.
+
+use std::time::Duration;
+
+use http::header::{SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+
+use crate::cache_control::CacheControl;
+use crate::config::Scope;
+
+/// Why a request goes to the backend without the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BypassReason {
+    /// The route says `scope = "off"` (orders, carts).
+    ScopeOff,
+    /// A method other than GET, HEAD or POST.
+    Method,
+    /// The search text matches a `bypass_query` pattern.
+    BypassQuery,
+    /// The client sent `Cache-Control: no-store`.
+    ClientNoStore,
+    /// A search route, but no usable search text in the request.
+    NoQuery,
+    /// The body is larger than `max_request_body`.
+    BodyTooLarge,
+    /// The route reads JSON fields but the body is not JSON.
+    BodyNotJson,
+    /// An identity field was sent twice with different values.
+    AmbiguousIdentity,
+}
+
+impl BypassReason {
+    /// The `detail` of `Cache-Status` for this bypass.
+    pub fn detail(self) -> &'static str {
+        match self {
+            BypassReason::ScopeOff => "scope-off",
+            BypassReason::Method => "method",
+            BypassReason::BypassQuery => "bypass-query",
+            BypassReason::ClientNoStore => "no-store",
+            BypassReason::NoQuery => "no-query",
+            BypassReason::BodyTooLarge => "body-too-large",
+            BypassReason::BodyNotJson => "body-not-json",
+            BypassReason::AmbiguousIdentity => "ambiguous-identity",
+        }
+    }
+
+    /// Whether a search bypassed for this reason is still a search worth
+    /// logging (SPEC: a request without a usable query is not logged).
+    pub fn logged(self) -> bool {
+        !matches!(self, BypassReason::NoQuery)
+    }
+}
+
+/// Methods whose answers may be cached at all.
+pub fn cacheable_method(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD || method == Method::POST
+}
+
+/// Where an answer is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreScope {
+    User,
+    Global,
+}
+
+/// Why an answer is not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotStored {
+    /// Status not in `cacheable_status`.
+    Status,
+    /// A 5xx or 429: the backend is in trouble, not the key.
+    ServerError,
+    NoStore,
+    /// `no-cache`, or a freshness lifetime of zero: nothing to reuse.
+    NoReuse,
+    /// `private` where only a shared scope is possible.
+    Private,
+    SetCookie,
+    /// `Vary: *`, or Vary naming a header the key does not include.
+    Vary,
+    /// The answer's intent is one of `bypass_intents` (cart, order).
+    BypassIntent,
+    /// Larger than `max_object_bytes`.
+    TooLarge,
+}
+
+impl NotStored {
+    /// Whether the key should be remembered as "pass" (hit-for-pass): the
+    /// answer will likely be unstorable next time too, so later requests go
+    /// straight to the backend instead of queueing behind one another. Errors
+    /// and oversized answers say nothing about the next answer.
+    pub fn sets_pass(self) -> bool {
+        !matches!(self, NotStored::ServerError | NotStored::TooLarge)
+    }
+}
+
+/// The route facts a store decision needs.
+pub struct StoreRules<'a> {
+    pub scope: Scope,
+    pub has_user: bool,
+    pub ttl: Duration,
+    pub cacheable_status: &'a [u16],
+    pub vary_headers: &'a [HeaderName],
+}
+
+/// Storable or not, from the status and headers alone; on success, where and
+/// for how long.
+pub fn decide_headers(
+    rules: &StoreRules<'_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<(StoreScope, Duration), NotStored> {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(NotStored::ServerError);
+    }
+    if !rules.cacheable_status.contains(&status.as_u16()) {
+        return Err(NotStored::Status);
+    }
+    let cc = CacheControl::from_response(headers);
+    if cc.no_store {
+        return Err(NotStored::NoStore);
+    }
+    if cc.no_cache {
+        return Err(NotStored::NoReuse);
+    }
+    if headers.contains_key(SET_COOKIE) {
+        return Err(NotStored::SetCookie);
+    }
+    if !vary_is_keyed(headers, rules.vary_headers) {
+        return Err(NotStored::Vary);
+    }
+    let scope = match (rules.scope, rules.has_user) {
+        (Scope::User, true) => StoreScope::User,
+        (Scope::Auto, true) if !cc.public => StoreScope::User,
+        _ => StoreScope::Global,
+    };
+    if scope == StoreScope::Global && cc.private {
+        return Err(NotStored::Private);
+    }
+    let freshness = freshness(rules.ttl, &cc, scope);
+    if freshness.is_zero() {
+        return Err(NotStored::NoReuse);
+    }
+    Ok((scope, freshness))
+}
+
+/// The route's ttl, shortened by the backend's `s-maxage` (shared scope) or
+/// `max-age`. `s-maxage` is for shared caches only, so a user-scope entry
+/// follows `max-age`.
+pub fn freshness(ttl: Duration, cc: &CacheControl, scope: StoreScope) -> Duration {
+    let backend = match scope {
+        StoreScope::Global => cc.s_maxage.or(cc.max_age),
+        StoreScope::User => cc.max_age.or(cc.s_maxage),
+    };
+    match backend {
+        Some(secs) => ttl.min(Duration::from_secs(secs)),
+        None => ttl,
+    }
+}
+
+/// Every header a `Vary` names must be one the key includes.
+fn vary_is_keyed(headers: &HeaderMap, keyed: &[HeaderName]) -> bool {
+    headers
+        .get_all(VARY)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("*").split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .all(|name| name != "*" && keyed.iter().any(|k| k.as_str().eq_ignore_ascii_case(name)))
+}
+
+/// The body-dependent part of the decision.
+pub fn decide_body(
+    intent: Option<&str>,
+    bypass_intents: &[String],
+    body_len: usize,
+    max_object_bytes: usize,
+) -> Result<(), NotStored> {
+    if body_len > max_object_bytes {
+        return Err(NotStored::TooLarge);
+    }
+    if let Some(intent) = intent
+        && bypass_intents.iter().any(|b| b == intent)
+    {
+        return Err(NotStored::BypassIntent);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn rules(scope: Scope, has_user: bool) -> StoreRules<'static> {
+        StoreRules {
+            scope,
+            has_user,
+            ttl: HOUR,
+            cacheable_status: &[200],
+            vary_headers: &[],
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn plain_200_is_stored_in_the_user_scope_for_the_route_ttl() {
+        let d = decide_headers(&rules(Scope::User, true), StatusCode::OK, &HeaderMap::new());
+        assert_eq!(d, Ok((StoreScope::User, HOUR)));
+    }
+
+    #[test]
+    fn user_scope_without_user_falls_back_to_global() {
+        let d = decide_headers(
+            &rules(Scope::User, false),
+            StatusCode::OK,
+            &HeaderMap::new(),
+        );
+        assert_eq!(d, Ok((StoreScope::Global, HOUR)));
+    }
+
+    #[test]
+    fn each_store_rule_refuses() {
+        let r = rules(Scope::Global, false);
+        let cases: [(StatusCode, HeaderMap, NotStored); 8] = [
+            (StatusCode::NOT_FOUND, HeaderMap::new(), NotStored::Status),
+            (
+                StatusCode::BAD_GATEWAY,
+                HeaderMap::new(),
+                NotStored::ServerError,
+            ),
+            (
+                StatusCode::OK,
+                headers(&[("cache-control", "no-store")]),
+                NotStored::NoStore,
+            ),
+            (
+                StatusCode::OK,
+                headers(&[("cache-control", "private")]),
+                NotStored::Private,
+            ),
+            (
+                StatusCode::OK,
+                headers(&[("set-cookie", "a=b")]),
+                NotStored::SetCookie,
+            ),
+            (StatusCode::OK, headers(&[("vary", "*")]), NotStored::Vary),
+            (
+                StatusCode::OK,
+                headers(&[("vary", "accept-language")]),
+                NotStored::Vary,
+            ),
+            (
+                StatusCode::OK,
+                headers(&[("cache-control", "max-age=0")]),
+                NotStored::NoReuse,
+            ),
+        ];
+        for (status, h, want) in cases {
+            assert_eq!(decide_headers(&r, status, &h), Err(want), "{status} {h:?}");
+        }
+    }
+
+    #[test]
+    fn private_is_stored_for_the_user() {
+        let h = headers(&[("cache-control", "private, max-age=60")]);
+        let d = decide_headers(&rules(Scope::User, true), StatusCode::OK, &h);
+        assert_eq!(d, Ok((StoreScope::User, Duration::from_secs(60))));
+    }
+
+    #[test]
+    fn auto_scope_stores_public_globally_and_the_rest_per_user() {
+        let public = headers(&[("cache-control", "public")]);
+        assert_eq!(
+            decide_headers(&rules(Scope::Auto, true), StatusCode::OK, &public),
+            Ok((StoreScope::Global, HOUR))
+        );
+        assert_eq!(
+            decide_headers(&rules(Scope::Auto, true), StatusCode::OK, &HeaderMap::new()),
+            Ok((StoreScope::User, HOUR))
+        );
+    }
+
+    #[test]
+    fn vary_on_a_keyed_header_is_fine() {
+        let keyed = [HeaderName::from_static("accept-encoding")];
+        let r = StoreRules {
+            vary_headers: &keyed,
+            ..rules(Scope::Global, false)
+        };
+        let h = headers(&[("vary", "Accept-Encoding")]);
+        assert!(decide_headers(&r, StatusCode::OK, &h).is_ok());
+    }
+
+    #[test]
+    fn backend_max_age_shortens_but_never_lengthens_the_ttl() {
+        let short = headers(&[("cache-control", "max-age=60")]);
+        let long = headers(&[("cache-control", "max-age=86400")]);
+        let r = rules(Scope::Global, false);
+        assert_eq!(
+            decide_headers(&r, StatusCode::OK, &short).unwrap().1,
+            Duration::from_secs(60)
+        );
+        assert_eq!(decide_headers(&r, StatusCode::OK, &long).unwrap().1, HOUR);
+    }
+
+    #[test]
+    fn s_maxage_wins_in_the_shared_scope() {
+        let h = headers(&[("cache-control", "max-age=60, s-maxage=30")]);
+        let r = rules(Scope::Global, false);
+        assert_eq!(
+            decide_headers(&r, StatusCode::OK, &h).unwrap().1,
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn cart_intents_and_large_bodies_are_not_stored() {
+        let intents = vec!["add_to_order".to_string()];
+        assert_eq!(
+            decide_body(Some("add_to_order"), &intents, 10, 100),
+            Err(NotStored::BypassIntent)
+        );
+        assert_eq!(
+            decide_body(Some("product_search"), &intents, 10, 100),
+            Ok(())
+        );
+        assert_eq!(
+            decide_body(None, &intents, 101, 100),
+            Err(NotStored::TooLarge)
+        );
+    }
+
+    #[test]
+    fn errors_and_oversize_do_not_set_pass() {
+        assert!(!NotStored::ServerError.sets_pass());
+        assert!(!NotStored::TooLarge.sets_pass());
+        assert!(NotStored::SetCookie.sets_pass());
+        assert!(NotStored::BypassIntent.sets_pass());
+    }
+}

@@ -1,0 +1,179 @@
+//! Bodies that flow through the proxy, both ways: whole (a hit, a buffered
+//! answer), streamed from the other side, or a buffered prefix followed by the
+//! rest of a stream (a body that turned out larger than we keep).
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Stream),
+}
+
+pub struct Stream {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+    /// The whole-response deadline of `[upstream] timeout`, when this body
+    /// comes from the backend.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the backend did not finish its answer within the upstream timeout")]
+pub struct BodyTimeout;
+
+impl ProxyBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Full(Some(bytes.into()))
+    }
+
+    pub fn stream(body: Incoming) -> ProxyBody {
+        ProxyBody::Stream(Stream {
+            prefix: None,
+            rest: body,
+            deadline: None,
+        })
+    }
+
+    /// A body that yields `prefix` and then the rest of `body`, failing if the
+    /// rest has not arrived by `deadline`.
+    pub fn resume(prefix: Bytes, body: Incoming, deadline: Option<Instant>) -> ProxyBody {
+        ProxyBody::Stream(Stream {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            rest: body,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        })
+    }
+
+    pub fn with_deadline(body: Incoming, deadline: Instant) -> ProxyBody {
+        ProxyBody::resume(Bytes::new(), body, Some(deadline))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Stream(s) => {
+                if let Some(prefix) = s.prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                match Pin::new(&mut s.rest).poll_frame(cx) {
+                    Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+                    Poll::Pending => {
+                        if let Some(deadline) = &mut s.deadline {
+                            ready!(deadline.as_mut().poll(cx));
+                            return Poll::Ready(Some(Err(BodyTimeout.into())));
+                        }
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Stream(s) => s.prefix.is_none() && s.rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Stream(s) => {
+                let extra = s.prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = s.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// The outcome of reading a body up to a limit.
+pub enum Collected {
+    /// The whole body, within the limit.
+    Complete(Bytes),
+    /// Larger than the limit: what was read, and the rest still to stream.
+    Overflow(Bytes, Incoming),
+}
+
+/// Reads a body into memory up to `limit` bytes, within `timeout`.
+///
+/// Beyond the limit it stops and hands back what it read plus the unread
+/// rest, so the body can still be streamed on unchanged.
+pub async fn collect_limited(
+    mut body: Incoming,
+    limit: usize,
+    timeout: Option<Duration>,
+) -> Result<Collected, CollectError> {
+    let read = async {
+        let mut buf = BytesMut::new();
+        // Several frames are the common case only for large bodies; the first
+        // frame alone is kept without a copy.
+        let mut first: Option<Bytes> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(CollectError::Body)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers are not kept
+            };
+            let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+            if held + data.len() > limit {
+                if let Some(f) = first.take() {
+                    buf.extend_from_slice(&f);
+                }
+                buf.extend_from_slice(&data);
+                return Ok(Collected::Overflow(buf.freeze(), body));
+            }
+            match (&mut first, buf.is_empty()) {
+                (None, true) => first = Some(data),
+                (Some(f), true) => {
+                    buf.extend_from_slice(f);
+                    buf.extend_from_slice(&data);
+                    first = None;
+                }
+                (_, false) => buf.extend_from_slice(&data),
+            }
+        }
+        Ok(Collected::Complete(first.unwrap_or_else(|| buf.freeze())))
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .unwrap_or(Err(CollectError::Timeout)),
+        None => read.await,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("body read failed: {0}")]
+    Body(hyper::Error),
+    #[error("body did not arrive in time")]
+    Timeout,
+}

@@ -1,0 +1,274 @@
+//! Talking to the backend: the pooled client, the request rewrite (hop-by-hop
+//! headers out, `Host`, `X-Forwarded-*` and `Via` in) and the mapping of
+//! backend failures to 502/504.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::body::ProxyBody;
+use crate::config::UpstreamConfig;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Why the backend gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Refused, reset, unreachable, or closed before an answer: 502.
+    #[error("{0}")]
+    Unavailable(String),
+    /// No answer within `[upstream] timeout`: 504.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+pub struct Upstream {
+    client: Client<HttpConnector, ProxyBody>,
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    pub timeout: Duration,
+    trust_forwarded: bool,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, trust_forwarded: bool) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let authority = cfg
+            .url
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("127.0.0.1:8000"));
+        let host = HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Upstream {
+            client,
+            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority,
+            host,
+            timeout: cfg.timeout,
+            trust_forwarded,
+        }
+    }
+
+    /// Rewrites a client request for the backend, in place.
+    pub fn prepare(&self, parts: &mut http::request::Parts, client: SocketAddr) {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .unwrap_or_else(|_| parts.uri.clone());
+        std::mem::swap(&mut parts.uri, &mut uri);
+        let client_uri = uri;
+
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        let client_host = headers.remove(header::HOST).or_else(|| {
+            client_uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers.insert(header::HOST, self.host.clone());
+
+        let ip = client.ip().to_string();
+        let ip = HeaderValue::from_str(&ip).expect("an IP address is a valid header value");
+        if self.trust_forwarded {
+            let prior: Vec<&[u8]> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            let chain = if prior.is_empty() {
+                ip
+            } else {
+                let mut joined = prior.join(&b", "[..]);
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_bytes(&joined).unwrap_or(ip)
+            };
+            headers.insert(&X_FORWARDED_FOR, chain);
+            if !headers.contains_key(&X_FORWARDED_PROTO) {
+                headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            }
+            if !headers.contains_key(&X_FORWARDED_HOST)
+                && let Some(host) = client_host
+            {
+                headers.insert(&X_FORWARDED_HOST, host);
+            }
+        } else {
+            headers.insert(&X_FORWARDED_FOR, ip);
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            match client_host {
+                Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+                None => headers.remove(&X_FORWARDED_HOST),
+            };
+        }
+        append_via(headers, parts.version);
+        // The backend connection is ours: HTTP/1.1 whatever the client spoke.
+        parts.version = Version::HTTP_11;
+    }
+
+    /// Sends a prepared request; bounded by `deadline` for the status and
+    /// headers (the body's share of the timeout is enforced by the caller).
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(UpstreamError::Unavailable(describe(&e))),
+        }
+    }
+}
+
+/// The most specific cause of a client error, for the 502 body.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = if e.is_connect() {
+        "cannot connect to the backend".to_string()
+    } else {
+        "the backend closed the connection before answering".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and those the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn append_via(headers: &mut HeaderMap, version: Version) {
+    let ours: &'static str = match version {
+        Version::HTTP_10 => "1.0 leafcache",
+        Version::HTTP_2 => "2 leafcache",
+        _ => "1.1 leafcache",
+    };
+    headers.append(header::VIA, HeaderValue::from_static(ours));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(trust: bool) -> Upstream {
+        let cfg = UpstreamConfig {
+            url: Uri::from_static("http://127.0.0.1:9000"),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        };
+        Upstream::new(&cfg, trust)
+    }
+
+    fn request(headers: &[(&'static str, &'static str)]) -> http::request::Parts {
+        let mut b = Request::builder().uri("/api/v1/search?q=milk");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const CLIENT: &str = "10.1.2.3:5555";
+
+    #[tokio::test]
+    async fn rewrites_host_and_sets_forwarded_headers() {
+        let mut p = request(&[("host", "shop.example"), ("x-forwarded-for", "6.6.6.6")]);
+        upstream(false).prepare(&mut p, CLIENT.parse().unwrap());
+        assert_eq!(p.uri, "http://127.0.0.1:9000/api/v1/search?q=milk");
+        assert_eq!(p.headers["host"], "127.0.0.1:9000");
+        assert_eq!(p.headers["x-forwarded-host"], "shop.example");
+        assert_eq!(p.headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["via"], "1.1 leafcache");
+    }
+
+    #[tokio::test]
+    async fn trusted_forwarded_headers_are_extended() {
+        let mut p = request(&[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "edge.example"),
+        ]);
+        upstream(true).prepare(&mut p, CLIENT.parse().unwrap());
+        assert_eq!(p.headers["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-forwarded-host"], "edge.example");
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_and_connection_named_ones_go() {
+        let mut p = request(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        upstream(false).prepare(&mut p, CLIENT.parse().unwrap());
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+        ] {
+            assert!(!p.headers.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(p.headers["x-kept"], "yes");
+    }
+}

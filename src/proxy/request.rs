@@ -1,0 +1,216 @@
+//! Reading a routed request into the facts the cache needs (SPEC section 3,
+//! steps 2 to 5): its body within `max_request_body`, its search text and
+//! identity, the bypass rules, and its cache keys.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body, Incoming};
+use serde_json::Value;
+
+use super::body::{Collected, ProxyBody, collect_limited};
+use crate::cache_control::CacheControl;
+use crate::config::{Config, RouteConfig, Scope};
+use crate::key::{self, BodyKey, KeyHash, KeyInput};
+use crate::policy::{self, BypassReason};
+use crate::redis::keys;
+use crate::route::{self, Identity, RequestView};
+
+/// What the proxy does with a routed request.
+pub enum Routed {
+    /// Forward without the cache.
+    Bypass(BypassReason, Parts, ProxyBody),
+    /// The client's request could not be read.
+    ClientError(Response<ProxyBody>),
+    Cacheable(Cacheable),
+}
+
+/// A request the cache may answer.
+pub struct Cacheable {
+    pub parts: Parts,
+    pub body: Bytes,
+    pub hash: KeyHash,
+    /// Redis/L1 keys to look up, in order; the first is the one misses
+    /// coalesce and hit-for-pass on.
+    pub keys: Vec<String>,
+    /// Whether `keys[0]` is a user-scope key.
+    user_first: bool,
+    pub user_id: Option<String>,
+    /// The client sent `no-cache`: skip the lookup, fetch, then store.
+    pub refresh: bool,
+    #[allow(dead_code)] // read by the search log
+    pub identity: Identity,
+    /// The raw search text, when the route has a query rule.
+    #[allow(dead_code)]
+    pub query: Option<String>,
+    #[allow(dead_code)]
+    pub query_normalized: Option<String>,
+}
+
+impl Cacheable {
+    pub fn primary_key(&self) -> &str {
+        &self.keys[0]
+    }
+
+    pub fn user_key(&self) -> Option<&str> {
+        self.user_first.then(|| self.keys[0].as_str())
+    }
+
+    pub fn global_key(&self) -> &str {
+        self.keys.last().map_or("", String::as_str)
+    }
+}
+
+pub async fn read(config: &Config, route: &RouteConfig, req: Request<Incoming>) -> Routed {
+    let (parts, body) = req.into_parts();
+    if route.scope == Scope::Off {
+        return Routed::Bypass(BypassReason::ScopeOff, parts, ProxyBody::stream(body));
+    }
+    if !policy::cacheable_method(&parts.method) {
+        return Routed::Bypass(BypassReason::Method, parts, ProxyBody::stream(body));
+    }
+
+    let limit = config.max_request_body;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Routed::Bypass(BypassReason::BodyTooLarge, parts, ProxyBody::stream(body));
+    }
+    let bytes = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        match collect_limited(body, limit, Some(config.upstream.timeout)).await {
+            Ok(Collected::Complete(b)) => b,
+            Ok(Collected::Overflow(prefix, rest)) => {
+                let body = ProxyBody::resume(prefix, rest, None);
+                return Routed::Bypass(BypassReason::BodyTooLarge, parts, body);
+            }
+            Err(e) => {
+                let status = match e {
+                    super::body::CollectError::Timeout => StatusCode::REQUEST_TIMEOUT,
+                    super::body::CollectError::Body(_) => StatusCode::BAD_REQUEST,
+                };
+                let mut resp = super::client_error(&e.to_string());
+                *resp.status_mut() = status;
+                return Routed::ClientError(resp);
+            }
+        }
+    };
+    decide(config, route, parts, bytes)
+}
+
+fn decide(config: &Config, route: &RouteConfig, parts: Parts, bytes: Bytes) -> Routed {
+    let bypass = |reason, parts, bytes| Routed::Bypass(reason, parts, ProxyBody::full(bytes));
+    let is_search = !route.query.is_empty();
+
+    let mut json: Option<Value> = if bytes.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&bytes).ok()
+    };
+    if is_search && json.is_none() && !bytes.is_empty() {
+        return bypass(BypassReason::BodyNotJson, parts, bytes);
+    }
+
+    // A clone of the URI (reference-counted parts) lets the parameters borrow
+    // from it while `parts` may still move into a bypass.
+    let uri = parts.uri.clone();
+    let raw_query = uri.query().unwrap_or("");
+    let params: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+        form_urlencoded::parse(raw_query.as_bytes()).collect();
+    let view = RequestView {
+        headers: &parts.headers,
+        json: json.as_ref(),
+        params: &params,
+    };
+    let identity = Identity::extract(&config.identity, &view);
+    let query = is_search.then(|| route::extract(&route.query, &view, true));
+    let Ok(identity) = identity else {
+        return bypass(BypassReason::AmbiguousIdentity, parts, bytes);
+    };
+    let query = match query {
+        None => None,
+        Some(Err(_)) => return bypass(BypassReason::AmbiguousIdentity, parts, bytes),
+        Some(Ok(None)) => return bypass(BypassReason::NoQuery, parts, bytes),
+        Some(Ok(Some(q))) => Some(q),
+    };
+    if let Some(q) = &query
+        && route.bypass_query.is_match(q)
+    {
+        return bypass(BypassReason::BypassQuery, parts, bytes);
+    }
+    let cc = CacheControl::from_request(&parts.headers);
+    if cc.no_store {
+        return bypass(BypassReason::ClientNoStore, parts, bytes);
+    }
+
+    let query_normalized = query.as_deref().map(key::normalize_query);
+    if let Some(doc) = json.as_mut() {
+        for pointer in route::unkeyed_pointers(route, &config.identity) {
+            key::remove_pointer(doc, pointer);
+        }
+    }
+    let body_key = match (&json, bytes.is_empty()) {
+        (Some(doc), _) => BodyKey::Json(doc),
+        (None, true) => BodyKey::None,
+        (None, false) => BodyKey::Raw(&bytes),
+    };
+    let key_params = key::sorted_params(params.iter().cloned(), |name| {
+        !route::unkeyed_param(route, &config.identity, name)
+    });
+    let vary: Vec<Option<Vec<u8>>> = route
+        .vary_headers
+        .iter()
+        .map(|name| {
+            let values: Vec<&[u8]> = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            (!values.is_empty()).then(|| values.join(&b", "[..]))
+        })
+        .collect();
+    let vary_refs: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
+    let hash = key::derive(&KeyInput {
+        route: &route.name,
+        method: parts.method.as_str(),
+        path: uri.path(),
+        query: query_normalized.as_deref(),
+        body: body_key,
+        params: &key_params,
+        vary: &vary_refs,
+    });
+
+    let prefix = &config.redis.key_prefix;
+    let user_id = identity.user_id.clone();
+    let (keys, user_first) = match (route.scope, &user_id) {
+        (Scope::User, Some(u)) => (vec![keys::user_cache(prefix, u, &hash)], true),
+        (Scope::Auto, Some(u)) => (
+            vec![
+                keys::user_cache(prefix, u, &hash),
+                keys::global_cache(prefix, &hash),
+            ],
+            true,
+        ),
+        _ => (vec![keys::global_cache(prefix, &hash)], false),
+    };
+    Routed::Cacheable(Cacheable {
+        parts,
+        body: bytes,
+        hash,
+        keys,
+        user_first,
+        user_id,
+        refresh: cc.no_cache,
+        identity,
+        query,
+        query_normalized,
+    })
+}

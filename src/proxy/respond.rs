@@ -1,0 +1,176 @@
+//! Building the answers the proxy itself writes: replays of stored entries,
+//! error bodies, and the `X-Cache` / `Cache-Status` headers (RFC 9211).
+
+use std::fmt::Write as _;
+
+use http::header::{AGE, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+use super::forward::UpstreamError;
+use crate::cache::envelope::{Entry, now_ms};
+use crate::key::KeyHash;
+use crate::policy::BypassReason;
+
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The `X-Cache` verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Hit,
+    Miss,
+    Bypass,
+    Stale,
+}
+
+impl Verdict {
+    pub fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Verdict::Hit => "HIT",
+            Verdict::Miss => "MISS",
+            Verdict::Bypass => "BYPASS",
+            Verdict::Stale => "STALE",
+        })
+    }
+}
+
+/// How a forwarded request relates to the cache, for `Cache-Status`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MissDetail {
+    /// The client asked for a fresh answer (`no-cache`): `fwd=request`.
+    pub refresh: bool,
+    pub stored: bool,
+    /// Served from another request's backend answer.
+    pub collapsed: bool,
+    /// The key was in hit-for-pass.
+    pub pass: bool,
+}
+
+pub fn hit_status(hash: &KeyHash, ttl_secs: u64) -> HeaderValue {
+    let mut s = String::with_capacity(96);
+    let _ = write!(s, "leafcache; hit; ttl={ttl_secs}; key=\"{hash}\"");
+    header_value(s)
+}
+
+pub fn miss_status(hash: &KeyHash, d: MissDetail) -> HeaderValue {
+    let mut s = String::with_capacity(112);
+    s.push_str(if d.refresh {
+        "leafcache; fwd=request"
+    } else {
+        "leafcache; fwd=uri-miss"
+    });
+    if d.stored {
+        s.push_str("; stored");
+    }
+    if d.collapsed {
+        s.push_str("; collapsed");
+    }
+    if d.pass {
+        s.push_str("; detail=hit-for-pass");
+    }
+    let _ = write!(s, "; key=\"{hash}\"");
+    header_value(s)
+}
+
+pub fn bypass_status(reason: BypassReason) -> HeaderValue {
+    HeaderValue::from_static(match reason {
+        BypassReason::Method => "leafcache; fwd=method",
+        BypassReason::ScopeOff => "leafcache; fwd=bypass; detail=scope-off",
+        BypassReason::BypassQuery => "leafcache; fwd=bypass; detail=bypass-query",
+        BypassReason::ClientNoStore => "leafcache; fwd=bypass; detail=no-store",
+        BypassReason::NoQuery => "leafcache; fwd=bypass; detail=no-query",
+        BypassReason::BodyTooLarge => "leafcache; fwd=bypass; detail=body-too-large",
+        BypassReason::BodyNotJson => "leafcache; fwd=bypass; detail=body-not-json",
+        BypassReason::AmbiguousIdentity => "leafcache; fwd=bypass; detail=ambiguous-identity",
+    })
+}
+
+fn header_value(s: String) -> HeaderValue {
+    // Built from ASCII we control (the hash is hex).
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("leafcache"))
+}
+
+/// Replays a stored entry with `Age`, `X-Cache` and `Cache-Status`.
+pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(entry.body.clone()));
+    *resp.status_mut() = entry.status;
+    let headers = resp.headers_mut();
+    *headers = entry.headers.clone();
+    headers.insert(AGE, HeaderValue::from(entry.age(now_ms()).as_secs()));
+    headers.insert(&X_CACHE, verdict.header());
+    headers.insert(&CACHE_STATUS, status);
+    resp
+}
+
+/// The JSON error of SPEC section 3, step 11.
+pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
+    let (status, code) = match e {
+        UpstreamError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+        UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+    };
+    json_error(status, code, &e.to_string())
+}
+
+pub fn json_error(status: StatusCode, code: &str, detail: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": code, "detail": detail });
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{BodyKey, KeyInput, derive};
+
+    fn hash() -> KeyHash {
+        derive(&KeyInput {
+            route: "r",
+            method: "GET",
+            path: "/",
+            query: None,
+            body: BodyKey::None,
+            params: &[],
+            vary: &[],
+        })
+    }
+
+    #[test]
+    fn cache_status_follows_rfc_9211() {
+        let h = hash();
+        assert_eq!(
+            hit_status(&h, 3512),
+            format!("leafcache; hit; ttl=3512; key=\"{h}\"").as_str()
+        );
+        let stored = MissDetail {
+            stored: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            miss_status(&h, stored),
+            format!("leafcache; fwd=uri-miss; stored; key=\"{h}\"").as_str()
+        );
+        let refresh = MissDetail {
+            refresh: true,
+            stored: true,
+            ..Default::default()
+        };
+        assert!(
+            miss_status(&h, refresh)
+                .to_str()
+                .unwrap()
+                .starts_with("leafcache; fwd=request; stored")
+        );
+        assert_eq!(bypass_status(BypassReason::Method), "leafcache; fwd=method");
+    }
+
+    #[test]
+    fn upstream_errors_are_json() {
+        let r = upstream_error(&UpstreamError::Timeout(std::time::Duration::from_secs(1)));
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+}

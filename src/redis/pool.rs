@@ -1,0 +1,279 @@
+//! The Redis connection pool (bb8 over redis-rs multiplexed connections) and
+//! its health: a circuit breaker that makes a dead Redis cost the hot path
+//! nothing, and a monitor that notices when it comes back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bb8_redis::bb8::{self, ManageConnection, Pool};
+use bb8_redis::redis::aio::MultiplexedConnection;
+use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
+use tokio::time::Instant;
+
+use crate::config::RedisConfig;
+
+/// A pooled connection that remembers whether it failed at the transport
+/// level, so bb8 drops it instead of handing it out again. (bb8-redis's own
+/// manager never reports a connection broken.)
+pub struct Conn {
+    inner: MultiplexedConnection,
+    broken: bool,
+}
+
+struct Manager {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let inner = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(Conn {
+            inner,
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        redis::cmd("PING").query_async::<()>(&mut conn.inner).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken
+    }
+}
+
+/// Why a Redis call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFailure {
+    /// The breaker is open: Redis failed recently and is not asked.
+    #[error("redis is marked down")]
+    Down,
+    #[error("redis did not answer in time")]
+    Timeout,
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("redis pool: {0}")]
+    Pool(String),
+}
+
+/// Consecutive failures that open the breaker.
+const TRIP_AFTER: u32 = 3;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Up or down, with the state change logged once (not per request).
+pub struct Health {
+    up: AtomicBool,
+    failures: AtomicU32,
+    /// Errors seen, by any caller, for metrics.
+    errors: AtomicU64,
+    target: String,
+}
+
+impl Health {
+    fn new(target: String) -> Health {
+        Health {
+            up: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            errors: AtomicU64::new(0),
+            target,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!(redis = %self.target, "redis is reachable again");
+        }
+    }
+
+    fn failure(&self, why: &RedisFailure, trip_now: bool) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if (trip_now || n >= TRIP_AFTER) && self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                redis = %self.target,
+                error = %why,
+                "redis is unreachable; serving from L1 and the backend until it answers"
+            );
+        }
+    }
+}
+
+/// The pool plus its health. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisPool {
+    pool: Pool<Manager>,
+    health: Arc<Health>,
+}
+
+impl RedisPool {
+    /// Builds the pool without connecting: Redis may be down at startup.
+    pub fn new(cfg: &RedisConfig) -> Result<RedisPool, RedisError> {
+        let client = redis::Client::open(cfg.url.as_str())?;
+        let io_timeout = cfg.timeout.max(Duration::from_millis(250));
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1).max(io_timeout)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let pool = bb8::Pool::builder()
+            .max_size(cfg.pool_size)
+            .min_idle(None)
+            // A PING per checkout would double every lookup's round trips;
+            // broken connections are flagged by the caller instead.
+            .test_on_check_out(false)
+            .retry_connection(false)
+            .connection_timeout(Duration::from_secs(1).max(io_timeout))
+            .build_unchecked(Manager { client, config });
+        Ok(RedisPool {
+            pool,
+            health: Arc::new(Health::new(redacted(&cfg.url))),
+        })
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Runs one command (or pipeline) with a deadline, through the breaker.
+    pub async fn query<T: FromRedisValue>(
+        &self,
+        cmd: Command<'_>,
+        deadline: Instant,
+    ) -> Result<T, RedisFailure> {
+        if !self.health.is_up() {
+            return Err(RedisFailure::Down);
+        }
+        self.query_unguarded(cmd, deadline).await
+    }
+
+    async fn query_unguarded<T: FromRedisValue>(
+        &self,
+        cmd: Command<'_>,
+        deadline: Instant,
+    ) -> Result<T, RedisFailure> {
+        let result = tokio::time::timeout_at(deadline, async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| RedisFailure::Pool(e.to_string()))?;
+            let r = match cmd {
+                Command::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
+                Command::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
+            };
+            if let Err(e) = &r
+                && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+            {
+                conn.broken = true;
+            }
+            r.map_err(RedisFailure::from)
+        })
+        .await
+        .unwrap_or(Err(RedisFailure::Timeout));
+        match &result {
+            Ok(_) => self.health.success(),
+            // A server-side error reply (wrong type, OOM) says Redis is up.
+            Err(RedisFailure::Redis(e)) if !is_transport(e) => self.health.success(),
+            Err(e) => {
+                let refused = matches!(e, RedisFailure::Redis(r) if r.is_connection_refusal())
+                    || matches!(e, RedisFailure::Pool(_));
+                self.health.failure(e, refused);
+            }
+        }
+        result
+    }
+
+    /// Pings Redis in the background: every second while up, with a backoff
+    /// from 100 ms to 5 s while down, so an outage shows within seconds and a
+    /// recovery is noticed without any request paying for the probe.
+    pub fn spawn_monitor(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                let deadline = Instant::now() + Duration::from_secs(1);
+                let ok = this
+                    .query_unguarded::<()>(Command::Cmd(&redis::cmd("PING")), deadline)
+                    .await
+                    .is_ok();
+                if ok {
+                    backoff = BACKOFF_MIN;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    // A failed ping alone marks Redis down.
+                    if this.health.is_up() {
+                        this.health.failure(&RedisFailure::Timeout, true);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        })
+    }
+}
+
+/// A single command or a pipeline.
+pub enum Command<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+fn is_transport(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+}
+
+/// The URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redacted("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redacted("rediss://user:pw@h"), "rediss://***@h");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn breaker_trips_after_repeated_failures_and_closes_on_success() {
+        let h = Health::new("t".into());
+        for _ in 0..TRIP_AFTER - 1 {
+            h.failure(&RedisFailure::Timeout, false);
+            assert!(h.is_up());
+        }
+        h.failure(&RedisFailure::Timeout, false);
+        assert!(!h.is_up());
+        h.success();
+        assert!(h.is_up());
+        h.failure(&RedisFailure::Timeout, true);
+        assert!(!h.is_up());
+    }
+}

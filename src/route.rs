@@ -1,0 +1,270 @@
+//! Route matching and field extraction: which rule a request falls under, and
+//! where its query and identity come from (`header:`, `json:`, `query:`).
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, Method};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{IdentityConfig, RouteConfig, Source};
+
+/// The first route whose method and path match (SPEC section 3, step 1).
+pub fn match_route<'a>(
+    routes: &'a [RouteConfig],
+    method: &Method,
+    path: &str,
+) -> Option<&'a RouteConfig> {
+    routes.iter().find(|r| r.matches(method, path))
+}
+
+/// What one request offers the sources to read from.
+pub struct RequestView<'a> {
+    pub headers: &'a HeaderMap,
+    pub json: Option<&'a Value>,
+    pub params: &'a [(Cow<'a, str>, Cow<'a, str>)],
+}
+
+/// A source that gave conflicting values (a header or parameter sent twice
+/// with different values). Caching on either one could serve one user's
+/// answer to another, so the request is bypassed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ambiguous;
+
+/// Reads the first source in the list that yields a value.
+///
+/// Only strings count for the search text (`string_only`); identity fields
+/// may also be JSON numbers. Empty values count as absent.
+pub fn extract(
+    sources: &[Source],
+    view: &RequestView<'_>,
+    string_only: bool,
+) -> Result<Option<String>, Ambiguous> {
+    for source in sources {
+        if let Some(v) = read_source(source, view, string_only)? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+fn read_source(
+    source: &Source,
+    view: &RequestView<'_>,
+    string_only: bool,
+) -> Result<Option<String>, Ambiguous> {
+    match source {
+        Source::Header(name) => {
+            let mut values = view.headers.get_all(name).iter();
+            let Some(first) = values.next() else {
+                return Ok(None);
+            };
+            if values.any(|other| other != first) {
+                return Err(Ambiguous);
+            }
+            // A value that is not valid UTF-8 is not an identity we can key on
+            // safely; treat it as absent rather than guessing.
+            Ok(first
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned))
+        }
+        Source::Json(pointer) => Ok(view
+            .json
+            .and_then(|doc| doc.pointer(pointer))
+            .and_then(|v| match v {
+                Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+                Value::Number(n) if !string_only => Some(n.to_string()),
+                _ => None,
+            })),
+        Source::Query(name) => {
+            let mut found: Option<&str> = None;
+            for (k, v) in view.params {
+                if k == name {
+                    match found {
+                        Some(prev) if prev != v => return Err(Ambiguous),
+                        _ => found = Some(v),
+                    }
+                }
+            }
+            Ok(found.filter(|s| !s.trim().is_empty()).map(str::to_owned))
+        }
+    }
+}
+
+/// The identity of the caller, read per `[identity]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The id that scopes user entries: the raw id, or its SHA-256 when
+    /// `hash_user_id` is on (the raw value then never leaves this struct).
+    pub user_id: Option<String>,
+    pub user_uuid: Option<String>,
+    pub session_id: Option<String>,
+}
+
+impl Identity {
+    pub fn extract(cfg: &IdentityConfig, view: &RequestView<'_>) -> Result<Identity, Ambiguous> {
+        let user_id = extract(&cfg.user_id, view, false)?.map(|raw| {
+            if cfg.hash_user_id {
+                hex::encode(Sha256::digest(raw.as_bytes()))
+            } else {
+                raw
+            }
+        });
+        Ok(Identity {
+            user_id,
+            user_uuid: extract(&cfg.user_uuid, view, false)?,
+            session_id: extract(&cfg.session_id, view, false)?,
+        })
+    }
+}
+
+/// Whether any identity, query or ignore rule of the route reads the JSON
+/// body, i.e. whether the body must be parsed at all.
+pub fn reads_json(route: &RouteConfig, identity: &IdentityConfig) -> bool {
+    let json = |s: &Source| matches!(s, Source::Json(_));
+    route.query.iter().any(json)
+        || route.key_ignore.iter().any(json)
+        || identity.user_id.iter().any(json)
+        || identity.user_uuid.iter().any(json)
+        || identity.session_id.iter().any(json)
+}
+
+/// Query-string parameter names that never enter the key: identity params,
+/// ignored params and the search-text param (which enters normalized).
+pub fn unkeyed_param(route: &RouteConfig, identity: &IdentityConfig, name: &str) -> bool {
+    let named = |s: &Source| matches!(s, Source::Query(q) if q == name);
+    route.query.iter().any(named)
+        || route.key_ignore.iter().any(named)
+        || identity.user_id.iter().any(named)
+        || identity.user_uuid.iter().any(named)
+        || identity.session_id.iter().any(named)
+}
+
+/// JSON pointers whose members never enter the key.
+pub fn unkeyed_pointers<'a>(
+    route: &'a RouteConfig,
+    identity: &'a IdentityConfig,
+) -> impl Iterator<Item = &'a str> {
+    route
+        .query
+        .iter()
+        .chain(&route.key_ignore)
+        .chain(&identity.user_id)
+        .chain(&identity.user_uuid)
+        .chain(&identity.session_id)
+        .filter_map(|s| match s {
+            Source::Json(p) => Some(p.as_str()),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+    use serde_json::json;
+
+    fn view<'a>(
+        headers: &'a HeaderMap,
+        json: Option<&'a Value>,
+        params: &'a [(Cow<'a, str>, Cow<'a, str>)],
+    ) -> RequestView<'a> {
+        RequestView {
+            headers,
+            json,
+            params,
+        }
+    }
+
+    fn sources() -> Vec<Source> {
+        vec![
+            Source::Header(HeaderName::from_static("x-user-id")),
+            Source::Json("/user_id".into()),
+            Source::Query("user_id".into()),
+        ]
+    }
+
+    #[test]
+    fn first_matching_source_wins() {
+        let mut h = HeaderMap::new();
+        let body = json!({"user_id": "from-json"});
+        let params = [(Cow::from("user_id"), Cow::from("from-query"))];
+        assert_eq!(
+            extract(&sources(), &view(&h, Some(&body), &params), false),
+            Ok(Some("from-json".into()))
+        );
+        h.insert("x-user-id", HeaderValue::from_static("from-header"));
+        assert_eq!(
+            extract(&sources(), &view(&h, Some(&body), &params), false),
+            Ok(Some("from-header".into()))
+        );
+    }
+
+    #[test]
+    fn conflicting_duplicate_headers_are_ambiguous() {
+        let mut h = HeaderMap::new();
+        h.append("x-user-id", HeaderValue::from_static("alice"));
+        h.append("x-user-id", HeaderValue::from_static("bob"));
+        assert_eq!(
+            extract(&sources(), &view(&h, None, &[]), false),
+            Err(Ambiguous)
+        );
+        let mut same = HeaderMap::new();
+        same.append("x-user-id", HeaderValue::from_static("alice"));
+        same.append("x-user-id", HeaderValue::from_static("alice"));
+        assert_eq!(
+            extract(&sources(), &view(&same, None, &[]), false),
+            Ok(Some("alice".into()))
+        );
+    }
+
+    #[test]
+    fn conflicting_duplicate_params_are_ambiguous() {
+        let h = HeaderMap::new();
+        let params = [
+            (Cow::from("user_id"), Cow::from("a")),
+            (Cow::from("user_id"), Cow::from("b")),
+        ];
+        assert_eq!(
+            extract(&sources(), &view(&h, None, &params), false),
+            Err(Ambiguous)
+        );
+    }
+
+    #[test]
+    fn search_text_must_be_a_string() {
+        let h = HeaderMap::new();
+        let q = [Source::Json("/query".into())];
+        let num = json!({"query": 42});
+        assert_eq!(extract(&q, &view(&h, Some(&num), &[]), true), Ok(None));
+        let empty = json!({"query": "   "});
+        assert_eq!(extract(&q, &view(&h, Some(&empty), &[]), true), Ok(None));
+        let numeric_user = json!({"user_id": 42});
+        assert_eq!(
+            extract(&sources(), &view(&h, Some(&numeric_user), &[]), false),
+            Ok(Some("42".into()))
+        );
+    }
+
+    #[test]
+    fn hashed_user_id_never_keeps_the_raw_value() {
+        let cfg = IdentityConfig {
+            user_id: vec![Source::Header(HeaderName::from_static("authorization"))],
+            user_uuid: vec![],
+            session_id: vec![],
+            hash_user_id: true,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer secret-token"),
+        );
+        let id = Identity::extract(&cfg, &view(&h, None, &[])).unwrap();
+        let uid = id.user_id.unwrap();
+        assert_eq!(uid.len(), 64);
+        assert!(!uid.contains("secret"));
+    }
+}
