@@ -206,15 +206,15 @@ async fn read_at_least(
     }
 }
 
-/// The backend sends the first 64 KiB of a 5 MB answer and then waits for the
-/// test, which opens the gate only once it has read those bytes through the
-/// proxy. A proxy that buffers the answer deadlocks, and the bounded reads fail.
+/// The backend sends the first `first_len` bytes of a 5 MB answer and then waits
+/// for the test, which opens the gate only once it has read those bytes through
+/// the proxy. A proxy that buffers the answer deadlocks, and the bounded reads fail.
 async fn assert_streams_intact(
     gate: &Gate,
     expected: &Bytes,
+    first_len: usize,
     req: Req,
 ) -> hyper::http::response::Parts {
-    let first_len = 64 * 1024;
     let response = req.send_streaming().await;
     let (head, mut body) = response.into_parts();
     let mut received = BytesMut::new();
@@ -235,17 +235,28 @@ fn five_megabytes() -> Bytes {
     patterned_bytes(5 * 1024 * 1024)
 }
 
+/// A backend answering `payload`, holding everything after `first_len` on `gate`.
+async fn gated_backend(payload: &Bytes, first_len: usize, gate: &Gate) -> Backend {
+    let (p, g) = (payload.clone(), gate.clone());
+    Backend::start(move |_| Reply::gated(p.slice(..first_len), &g, p.slice(first_len..))).await
+}
+
 #[tokio::test]
 async fn a_5mb_unmatched_response_streams_through_intact() {
     let redis = Redis::start().await;
     let gate = Gate::new();
     let payload = five_megabytes();
-    let (g, p) = (gate.clone(), payload.clone());
-    let backend =
-        Backend::start(move |_| Reply::gated(p.slice(..64 * 1024), &g, p.slice(64 * 1024..))).await;
+    let first_len = 64 * 1024;
+    let backend = gated_backend(&payload, first_len, &gate).await;
     let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
 
-    let head = assert_streams_intact(&gate, &payload, proxy.get("/downloads/catalog.bin")).await;
+    let head = assert_streams_intact(
+        &gate,
+        &payload,
+        first_len,
+        proxy.get("/downloads/catalog.bin"),
+    )
+    .await;
     assert_eq!(head.status, 200);
     assert_eq!(head.headers.get("x-cache"), None, "unmatched: no X-Cache");
 }
@@ -255,13 +266,16 @@ async fn a_search_answer_above_max_object_bytes_streams_and_is_not_stored() {
     let redis = Redis::start().await;
     let gate = Gate::new();
     let payload = five_megabytes();
-    let (g, p) = (gate.clone(), payload.clone());
-    let backend =
-        Backend::start(move |_| Reply::gated(p.slice(..64 * 1024), &g, p.slice(64 * 1024..))).await;
-    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    // A search answer is held up to max_object_bytes, since Cache-Status must
+    // say in the head whether it is stored; past that limit it must stream. So
+    // the backend holds the rest only after sending more than the limit.
+    let first_len = 1024 * 1024 + 64 * 1024;
+    let backend = gated_backend(&payload, first_len, &gate).await;
+    let config = ProxyConfig::search().cache(r#"max_object_bytes = "1MiB""#);
+    let proxy = Proxy::start(&config, &backend, &redis).await;
     let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
 
-    let head = assert_streams_intact(&gate, &payload, milk.clone()).await;
+    let head = assert_streams_intact(&gate, &payload, first_len, milk.clone()).await;
     assert_eq!(head.status, 200);
     assert_eq!(
         head.headers.get("x-cache").and_then(|v| v.to_str().ok()),

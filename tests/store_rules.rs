@@ -252,10 +252,10 @@ async fn max_age_shortens_freshness() {
 }
 
 #[tokio::test]
-async fn s_maxage_takes_precedence_over_max_age() {
+async fn s_maxage_takes_precedence_over_max_age_in_global_scope() {
     let config = ProxyConfig::new()
         .cache(r#"stale_if_error = "10m""#)
-        .route(Route::search().set("ttl", r#""1h""#));
+        .route(Route::search().scope("global").set("ttl", r#""1h""#));
     let (redis, backend, proxy) = setup_with(config, |req| {
         Reply::echo(req).header("cache-control", "max-age=60, s-maxage=120")
     })
@@ -264,7 +264,7 @@ async fn s_maxage_takes_precedence_over_max_age() {
 
     let ttl = hit.cache_status().ttl();
     assert!((110..=120).contains(&ttl), "fresh for s-maxage, got {ttl}");
-    assert_redis_ttl(&redis, &user_key("u1", &first.key()), 120 + 600).await;
+    assert_redis_ttl(&redis, &global_key(&first.key()), 120 + 600).await;
 }
 
 #[tokio::test]
