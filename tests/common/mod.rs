@@ -38,18 +38,31 @@ use tokio::task::JoinHandle;
 pub const WAIT: Duration = Duration::from_secs(10);
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
-/// A loopback port that was free a moment ago (never 6379, where a shared Redis runs).
+/// A loopback port that is free now (never 6379, where a shared Redis runs).
+///
+/// Ports come from below the kernel's ephemeral range, so the many outgoing
+/// connections of a test run can never take one between this check and the
+/// server's bind; a process-wide counter keeps parallel tests apart.
 pub fn free_port() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = listener
-            .local_addr()
-            .expect("bound socket has an address")
-            .port();
-        if port != 6379 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (ephemeral_low - 12_000, ephemeral_low - 1_000)
+    } else {
+        (61_000, 65_000)
+    };
+    let span = high - low;
+    let start = std::process::id() as usize * 7919 % span;
+    for _ in 0..span {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % span) as u16;
+        if port != 6379 && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 /// Polls `probe` until it yields `Some`, at most [`WAIT`]; panics naming `what`.
@@ -159,15 +172,24 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed and starts");
+        let pid = child.id();
         self.child = Some(child);
         let url = self.url();
+        // Ready means our own process answers: a PONG from another server that
+        // holds the port would make the test inspect the wrong Redis.
         eventually("redis-server to answer PING", || {
             let url = url.clone();
             async move {
                 let client = redis::Client::open(url).ok()?;
                 let mut con = client.get_multiplexed_async_connection().await.ok()?;
-                let pong: String = redis::cmd("PING").query_async(&mut con).await.ok()?;
-                (pong == "PONG").then_some(())
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut con)
+                    .await
+                    .ok()?;
+                info.lines()
+                    .any(|line| line.trim() == format!("process_id:{pid}"))
+                    .then_some(())
             }
         })
         .await;
@@ -740,6 +762,22 @@ impl Proxy {
 
     /// Starts the proxy against any upstream URL (e.g. a closed port).
     pub async fn start_with(config: &ProxyConfig, upstream: &str, redis: &str) -> Proxy {
+        // A port found free can still be taken before the proxy binds it (by
+        // another program): then start again on new ports, a few times.
+        for _ in 0..3 {
+            let mut proxy = Proxy::spawn(config, upstream, redis);
+            match proxy.wait_healthy().await {
+                Ok(()) => return proxy,
+                Err(Some(_)) if proxy.log().to_ascii_lowercase().contains("in use") => continue,
+                // Drop prints the config and the log.
+                Err(Some(status)) => panic!("leafcache exited before it was healthy ({status})"),
+                Err(None) => panic!("leafcache not healthy after {WAIT:?}"),
+            }
+        }
+        panic!("leafcache could not bind its ports in three attempts");
+    }
+
+    fn spawn(config: &ProxyConfig, upstream: &str, redis: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("create the proxy's temp dir");
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -763,35 +801,38 @@ impl Proxy {
             .stderr(log)
             .spawn()
             .expect("start the leafcache binary");
-        let mut proxy = Proxy {
+        Proxy {
             addr,
             admin,
             child,
             dir,
-        };
-        proxy.wait_healthy().await;
-        proxy
+        }
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Ok once `/healthz` answers 200; Err(Some(status)) when the process
+    /// exited first, Err(None) when [`WAIT`] passed.
+    async fn wait_healthy(&mut self) -> Result<(), Option<std::process::ExitStatus>> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Drop prints the config and the log.
-                panic!("leafcache exited before it was healthy ({status})");
+                return Err(Some(status));
             }
             let probe = Req::new(self.admin, "GET", "/healthz");
             if let Ok(Ok(resp)) =
                 tokio::time::timeout(Duration::from_secs(1), probe.try_send()).await
                 && resp.status == 200
             {
-                return;
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                panic!("leafcache not healthy after {WAIT:?}");
+                return Err(None);
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 
     pub fn config_path(&self) -> PathBuf {
