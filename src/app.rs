@@ -8,6 +8,9 @@ use tokio::net::TcpListener;
 use crate::cache::Cache;
 use crate::cache::l1::L1;
 use crate::config::Config;
+use crate::events::spool::{Spool, SpoolError};
+use crate::events::write::Layout;
+use crate::events::writer::{self, Writer, WriterConfig};
 use crate::proxy::Proxy;
 use crate::redis::RedisPool;
 
@@ -17,6 +20,8 @@ pub enum StartError {
     #[error("{0}")]
     Config(String),
     /// A listener could not be bound (exit 1).
+    #[error("{0}")]
+    Spool(SpoolError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -24,12 +29,41 @@ pub enum StartError {
     },
 }
 
-/// Builds the proxy. Must run inside the Tokio runtime (it starts the Redis
-/// monitor and cache writer tasks).
-pub fn build(config: Arc<Config>) -> Result<Arc<Proxy>, StartError> {
+/// The running parts that need an orderly stop.
+pub struct Running {
+    pub proxy: Arc<Proxy>,
+    pub writer: Writer,
+}
+
+/// Builds the proxy and the event writer. Must run inside the Tokio runtime
+/// (it starts the Redis monitor, the cache writer and the event writer).
+pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
     let redis =
         RedisPool::new(&config.redis).map_err(|e| StartError::Config(format!("redis.url: {e}")))?;
     redis.spawn_monitor();
+    let ev = &config.events;
+    let spool = Spool::open(&ev.spool_dir, ev.spool_max_bytes).map_err(StartError::Spool)?;
+    if !spool.is_empty() {
+        tracing::info!(
+            bytes = spool.bytes(),
+            dir = %ev.spool_dir.display(),
+            "spooled events found; replaying when redis answers"
+        );
+    }
+    let (sink, writer) = writer::spawn(
+        WriterConfig {
+            layout: Layout {
+                prefix: config.redis.key_prefix.clone(),
+                retention_secs: ev.retention.as_secs().max(1),
+                history_limit: ev.history_limit,
+            },
+            queue_capacity: ev.queue_capacity,
+            batch_max: ev.batch_max,
+            flush_interval: ev.flush_interval,
+        },
+        Some(redis.clone()),
+        Some(spool),
+    );
     let l1 = L1::new(config.cache.l1_max_bytes, config.cache.l1_ttl);
     let cache = Cache::new(
         l1,
@@ -37,7 +71,8 @@ pub fn build(config: Arc<Config>) -> Result<Arc<Proxy>, StartError> {
         config.cache.stale_if_error,
         config.cache.hit_for_pass,
     );
-    Ok(Arc::new(Proxy::new(config, cache)))
+    let proxy = Arc::new(Proxy::new(config, cache, Some(sink)));
+    Ok(Running { proxy, writer })
 }
 
 /// Binds both listeners, serves until `shutdown` resolves, then drains.
@@ -45,7 +80,7 @@ pub async fn serve(
     config: Arc<Config>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let proxy = build(config.clone())?;
+    let Running { proxy, writer } = build(config.clone())?;
     let admin =
         std::net::TcpListener::bind(config.admin_listen).map_err(|source| StartError::Bind {
             addr: config.admin_listen,
@@ -69,6 +104,9 @@ pub async fn serve(
         "leafcache serving"
     );
     crate::server::run(listener, proxy, shutdown).await;
+    // Requests are done: write what they logged, to Redis or the spool.
+    writer.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! - [`config`]: proxy.toml schema, defaults, validation, overrides.
 //! - [`cache_control`]: Cache-Control parsing (RFC 9111).
 //! - [`answer`]: the search facts of a backend answer (intent, products).
+//! - [`events`]: the search log: events, the batching writer, the spool.
 //! - [`redis`]: the pool, its health, and every Redis key name.
 //! - [`admin`]: health and readiness probes.
 //! - [`app`]: building the parts from a config and running them.
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod cache_control;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod key;
 pub mod policy;
 pub mod proxy;

@@ -76,7 +76,10 @@ async fn readyz(proxy: &Proxy) -> AdminResponse {
     let body = serde_json::json!({
         "redis": if redis { "up" } else { "down" },
         "upstream": if upstream { "up" } else { "down" },
-        "spool_bytes": 0,
+        "spool_bytes": proxy
+            .events
+            .as_ref()
+            .map_or(0, |e| e.stats.spool_bytes.load(std::sync::atomic::Ordering::Relaxed)),
     });
     json(StatusCode::OK, body.to_string())
 }

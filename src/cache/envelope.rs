@@ -15,6 +15,7 @@
 //! confidence, products and their suppliers) travel with it, so a hit can be
 //! logged without parsing the body again.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -24,7 +25,7 @@ const MAGIC: &[u8; 2] = b"LC";
 pub const VERSION: u8 = 1;
 
 /// What a search answer said, read once when it was fetched.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SearchMeta {
     pub intent: Option<String>,
     pub confidence: Option<f64>,
@@ -44,7 +45,8 @@ pub struct Entry {
     pub stored_at_ms: u64,
     /// How long after `stored_at_ms` it is fresh.
     pub fresh_for: Duration,
-    pub meta: SearchMeta,
+    /// Shared with the search events of every hit, not copied.
+    pub meta: Arc<SearchMeta>,
 }
 
 impl Entry {
@@ -198,12 +200,12 @@ pub fn decode(input: Bytes) -> Result<Entry, DecodeError> {
         body,
         stored_at_ms,
         fresh_for,
-        meta: SearchMeta {
+        meta: Arc::new(SearchMeta {
             intent,
             confidence,
             results_count,
             products,
-        },
+        }),
     })
 }
 
@@ -269,12 +271,12 @@ mod tests {
             body: Bytes::from_static(br#"{"products":[]}"#),
             stored_at_ms: 1_700_000_000_123,
             fresh_for: Duration::from_secs(3600),
-            meta: SearchMeta {
+            meta: Arc::new(SearchMeta {
                 intent: Some("product_search".into()),
                 confidence: Some(0.92),
                 results_count: 2,
                 products: vec![("p1".into(), Some("s1".into())), ("p2".into(), None)],
-            },
+            }),
         }
     }
 

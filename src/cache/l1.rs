@@ -107,7 +107,7 @@ mod tests {
             body: Bytes::from(vec![b'x'; body]),
             stored_at_ms: now_ms(),
             fresh_for: Duration::from_millis(fresh_ms),
-            meta: SearchMeta::default(),
+            meta: Arc::new(SearchMeta::default()),
         })
     }
 

@@ -12,6 +12,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::log::PendingLog;
+
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 pub enum ProxyBody {
@@ -26,6 +28,44 @@ pub struct Stream {
     /// The whole-response deadline of `[upstream] timeout`, when this body
     /// comes from the backend.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// A copy kept for the search log, on logged answers that are not stored.
+    tee: Option<Box<Tee>>,
+}
+
+/// Keeps a copy of a streamed body (up to a limit) and completes the search
+/// log entry when the body ends or is dropped.
+pub struct Tee {
+    copy: BytesMut,
+    limit: usize,
+    overflowed: bool,
+    log: Option<PendingLog>,
+}
+
+impl Tee {
+    fn keep(&mut self, data: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        if self.copy.len() + data.len() > self.limit {
+            self.overflowed = true;
+            self.copy = BytesMut::new();
+        } else {
+            self.copy.extend_from_slice(data);
+        }
+    }
+
+    fn complete(&mut self) {
+        if let Some(log) = self.log.take() {
+            let copy = (!self.overflowed).then_some(&self.copy[..]);
+            log.complete(copy);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.complete();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +82,7 @@ impl ProxyBody {
             prefix: None,
             rest: body,
             deadline: None,
+            tee: None,
         })
     }
 
@@ -52,7 +93,36 @@ impl ProxyBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest: body,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            tee: None,
         })
+    }
+
+    /// Keeps a copy of what streams (up to `limit` bytes, the already-read
+    /// prefix included) for `log`; whole bodies complete the log at once.
+    pub fn logged(self, log: PendingLog, limit: usize) -> ProxyBody {
+        match self {
+            ProxyBody::Stream(mut s) => {
+                let mut tee = Tee {
+                    copy: BytesMut::new(),
+                    limit,
+                    overflowed: false,
+                    log: Some(log),
+                };
+                if let Some(prefix) = &s.prefix {
+                    tee.keep(prefix);
+                }
+                s.tee = Some(Box::new(tee));
+                ProxyBody::Stream(s)
+            }
+            ProxyBody::Full(bytes) => {
+                log.complete(bytes.as_deref());
+                ProxyBody::Full(bytes)
+            }
+            ProxyBody::Empty => {
+                log.complete(Some(b""));
+                ProxyBody::Empty
+            }
+        }
     }
 
     pub fn with_deadline(body: Incoming, deadline: Instant) -> ProxyBody {
@@ -76,7 +146,20 @@ impl Body for ProxyBody {
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
                 match Pin::new(&mut s.rest).poll_frame(cx) {
-                    Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+                    Poll::Ready(frame) => {
+                        if let Some(tee) = &mut s.tee {
+                            match &frame {
+                                Some(Ok(f)) => {
+                                    if let Some(data) = f.data_ref() {
+                                        tee.keep(data);
+                                    }
+                                }
+                                // End or error: the log is complete now.
+                                _ => tee.complete(),
+                            }
+                        }
+                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                    }
                     Poll::Pending => {
                         if let Some(deadline) = &mut s.deadline {
                             ready!(deadline.as_mut().poll(cx));

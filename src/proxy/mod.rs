@@ -1,13 +1,15 @@
 //! The request flow of SPEC section 3: route, read, decide, look up, forward,
-//! store.
+//! store, log.
 //!
-//! - [`body`]: the body type that carries whole, streamed or resumed bodies.
-//! - [`forward`]: the backend client and header hygiene.
-//! - [`respond`]: answers the proxy writes itself and the cache headers.
 //! - [`request`]: reading a routed request into its cache facts.
+//! - [`forward`]: the backend client and header hygiene.
+//! - [`body`]: the body type that carries whole, streamed or resumed bodies.
+//! - [`respond`]: answers the proxy writes itself and the cache headers.
+//! - [`log`]: the search event of a logged request.
 
 pub mod body;
 pub mod forward;
+pub mod log;
 mod request;
 pub mod respond;
 
@@ -22,14 +24,17 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::answer;
-use crate::cache::coalesce::{self, Join, Outcome};
+use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
 use crate::cache::envelope::{Entry, SearchMeta, now_ms};
 use crate::cache::{Cache, Found};
 use crate::config::{Config, RouteConfig};
+use crate::events::CacheResult;
+use crate::events::writer::EventSink;
 use crate::policy::{self, NotStored, StoreRules, StoreScope};
 use body::{Collected, ProxyBody, collect_limited};
-use forward::{Upstream, strip_hop_by_hop};
-use request::{Cacheable, Routed};
+use forward::{Upstream, UpstreamError, strip_hop_by_hop};
+use log::{PendingLog, SearchDraft, X_SEARCH_ID};
+use request::{Cacheable, ReadCtx, Routed};
 use respond::{CACHE_STATUS, MissDetail, Verdict, X_CACHE};
 
 /// How many times a waiter contends again after its leader went away before
@@ -41,101 +46,142 @@ pub struct Proxy {
     pub config: Arc<Config>,
     upstream: Upstream,
     pub cache: Cache,
+    /// `None` when nothing is logged (no Redis writer configured).
+    pub events: Option<EventSink>,
+    /// Route names as shared strings, so events do not copy them.
+    route_names: Vec<Arc<str>>,
+}
+
+/// Where a routed request is in the flow: its route and its log entry.
+struct Flow<'a> {
+    route: &'a RouteConfig,
+    route_index: usize,
+    draft: Option<SearchDraft>,
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, cache: Cache) -> Proxy {
+    pub fn new(config: Arc<Config>, cache: Cache, events: Option<EventSink>) -> Proxy {
         let upstream = Upstream::new(&config.upstream, config.trust_forwarded);
+        let route_names = config
+            .routes
+            .iter()
+            .map(|r| Arc::from(r.name.as_str()))
+            .collect();
         Proxy {
             config,
             upstream,
             cache,
+            events,
+            route_names,
         }
     }
 
     /// Answers one client request. Never fails: every error becomes a
     /// response.
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
         let routes = &self.config.routes;
-        let Some(route) = crate::route::match_route(routes, req.method(), req.uri().path()) else {
+        let Some(route_index) = routes
+            .iter()
+            .position(|r| r.matches(req.method(), req.uri().path()))
+        else {
             let (parts, body) = req.into_parts();
             return self
                 .forward_streaming(parts, ProxyBody::stream(body), client)
                 .await;
         };
-        match request::read(&self.config, route, req).await {
-            Routed::Bypass(reason, parts, body) => {
+        let route = &routes[route_index];
+        let ctx = ReadCtx {
+            started,
+            route_name: &self.route_names[route_index],
+        };
+        match request::read(&self.config, route, req, ctx).await {
+            Routed::Bypass(reason, parts, body, draft) => {
                 let mut resp = self.forward_streaming(parts, body, client).await;
                 mark(&mut resp, Verdict::Bypass, respond::bypass_status(reason));
-                resp
+                let mut flow = Flow {
+                    route,
+                    route_index,
+                    draft,
+                };
+                self.log_streaming(&mut flow, resp, CacheResult::Bypass)
             }
             Routed::ClientError(resp) => resp,
-            Routed::Cacheable(c) => self.serve_cacheable(route, c, client).await,
+            Routed::Cacheable(mut c) => {
+                let mut flow = Flow {
+                    route,
+                    route_index,
+                    draft: c.draft.take(),
+                };
+                self.serve_cacheable(&mut flow, c, client).await
+            }
         }
     }
 
     async fn serve_cacheable(
         &self,
-        route: &RouteConfig,
+        flow: &mut Flow<'_>,
         c: Cacheable,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         let keys: Vec<&str> = c.keys.iter().map(String::as_str).collect();
         let mut rounds = 0;
-        let (guard, detail) = loop {
+        let mut detail = MissDetail {
+            refresh: c.refresh,
+            ..MissDetail::default()
+        };
+        let guard = loop {
             if !c.refresh {
                 let deadline = Instant::now() + self.config.redis.timeout;
                 if let Some(found) = self.cache.lookup(&keys, deadline).await.fresh {
-                    return self.hit(&c, found);
+                    return self.hit(flow, &c, found);
                 }
             }
-            let mut detail = MissDetail {
-                refresh: c.refresh,
-                ..MissDetail::default()
-            };
             if c.refresh {
-                break (None, detail);
+                break None;
             }
             if self.cache.is_pass(c.primary_key()) {
                 detail.pass = true;
-                break (None, detail);
+                break None;
             }
             match self.cache.coalescer.join(c.primary_key()) {
-                Join::Leader(guard) => break (Some(guard), detail),
+                Join::Leader(guard) => break Some(guard),
                 Join::Waiter(rx) => {
                     let limit = self.upstream.timeout + Duration::from_secs(1);
                     match coalesce::wait(rx, limit).await {
                         Outcome::Stored(entry) => {
                             detail.collapsed = true;
                             let status = respond::miss_status(&c.hash, detail);
-                            return respond::from_entry(&entry, Verdict::Miss, status);
+                            let resp = respond::from_entry(&entry, Verdict::Miss, status);
+                            return self.log_now(flow, resp, CacheResult::Miss, entry.meta.clone());
                         }
                         Outcome::Retry if rounds + 1 < MAX_COALESCE_ROUNDS => rounds += 1,
-                        _ => break (None, detail),
+                        _ => break None,
                     }
                 }
             }
         };
-        self.fetch(route, c, client, guard, detail).await
+        self.fetch(flow, c, client, guard, detail).await
     }
 
-    fn hit(&self, c: &Cacheable, found: Found) -> Response<ProxyBody> {
+    fn hit(&self, flow: &mut Flow<'_>, c: &Cacheable, found: Found) -> Response<ProxyBody> {
         let ttl = found.entry.remaining(now_ms()).as_secs();
-        respond::from_entry(
+        let resp = respond::from_entry(
             &found.entry,
             Verdict::Hit,
             respond::hit_status(&c.hash, ttl),
-        )
+        );
+        self.log_now(flow, resp, CacheResult::Hit, found.entry.meta.clone())
     }
 
     /// Asks the backend, decides whether the answer may be stored, stores it,
     /// and tells any waiters (through `guard`) what came of it.
     async fn fetch(
         &self,
-        route: &RouteConfig,
+        flow: &mut Flow<'_>,
         c: Cacheable,
         client: SocketAddr,
-        guard: Option<coalesce::FlightGuard>,
+        guard: Option<FlightGuard>,
         mut detail: MissDetail,
     ) -> Response<ProxyBody> {
         let finish = |outcome: Outcome| {
@@ -143,15 +189,23 @@ impl Proxy {
                 g.finish(outcome);
             }
         };
-        let mut parts = c.parts.clone();
+        let route = flow.route;
+        let Cacheable {
+            mut parts,
+            body,
+            hash,
+            keys,
+            ..
+        } = c;
+        let user_key = c.user_key_index.map(|i| keys[i].clone());
         self.upstream.prepare(&mut parts, client);
         let deadline = Instant::now() + self.upstream.timeout;
-        let req = Request::from_parts(parts, ProxyBody::full(c.body.clone()));
+        let req = Request::from_parts(parts, ProxyBody::full(body));
         let resp = match self.upstream.send(req, deadline).await {
             Ok(r) => r,
             Err(e) => {
                 finish(Outcome::GoDirect);
-                return respond::upstream_error(&e);
+                return self.backend_failed(flow, &e);
             }
         };
         let (mut rparts, rbody) = resp.into_parts();
@@ -159,7 +213,7 @@ impl Proxy {
 
         let rules = StoreRules {
             scope: route.scope,
-            has_user: c.user_id.is_some(),
+            has_user: user_key.is_some(),
             ttl: route.ttl.unwrap_or(self.config.cache.ttl),
             cacheable_status: &self.config.cache.cacheable_status,
             vary_headers: &route.vary_headers,
@@ -175,16 +229,16 @@ impl Proxy {
         let (scope, fresh_for) = match decision {
             Ok(d) => d,
             Err(reason) => {
-                self.not_stored(&c.keys, reason);
+                self.not_stored(&keys[0], reason);
                 finish(Outcome::GoDirect);
-                let mut resp =
-                    Response::from_parts(rparts, ProxyBody::with_deadline(rbody, deadline));
+                let body = ProxyBody::with_deadline(rbody, deadline);
+                let mut resp = Response::from_parts(rparts, body);
                 mark(
                     &mut resp,
                     Verdict::Miss,
-                    respond::miss_status(&c.hash, detail),
+                    respond::miss_status(&hash, detail),
                 );
-                return resp;
+                return self.log_streaming(flow, resp, CacheResult::Miss);
             }
         };
 
@@ -198,28 +252,24 @@ impl Proxy {
                 mark(
                     &mut resp,
                     Verdict::Miss,
-                    respond::miss_status(&c.hash, detail),
+                    respond::miss_status(&hash, detail),
                 );
-                return resp;
+                return self.log_streaming(flow, resp, CacheResult::Miss);
             }
-            Err(body::CollectError::Timeout) => {
+            Err(e) => {
                 finish(Outcome::GoDirect);
-                return respond::upstream_error(&forward::UpstreamError::Timeout(
-                    self.upstream.timeout,
-                ));
-            }
-            Err(e @ body::CollectError::Body(_)) => {
-                finish(Outcome::GoDirect);
-                return respond::upstream_error(&forward::UpstreamError::Unavailable(
-                    e.to_string(),
-                ));
+                let err = match e {
+                    body::CollectError::Timeout => UpstreamError::Timeout(self.upstream.timeout),
+                    body::CollectError::Body(_) => UpstreamError::Unavailable(e.to_string()),
+                };
+                return self.backend_failed(flow, &err);
             }
         };
 
         let meta = if route.log || !route.bypass_intents.is_empty() {
-            answer::read(route, &body)
+            Arc::new(answer::read(route, &body))
         } else {
-            SearchMeta::default()
+            Arc::new(SearchMeta::default())
         };
         if let Err(reason) = policy::decide_body(
             meta.intent.as_deref(),
@@ -227,9 +277,10 @@ impl Proxy {
             body.len(),
             max_object,
         ) {
-            self.not_stored(&c.keys, reason);
+            self.not_stored(&keys[0], reason);
             finish(Outcome::GoDirect);
-            return full_response(rparts, body, respond::miss_status(&c.hash, detail));
+            let resp = full_response(rparts, body, respond::miss_status(&hash, detail));
+            return self.log_now(flow, resp, CacheResult::Miss, meta);
         }
 
         let entry = Arc::new(Entry {
@@ -238,25 +289,78 @@ impl Proxy {
             body: body.clone(),
             stored_at_ms: now_ms(),
             fresh_for,
-            meta,
+            meta: meta.clone(),
         });
-        let key = match scope {
-            StoreScope::User => c.user_key().unwrap_or(c.primary_key()),
-            StoreScope::Global => c.global_key(),
+        let key = match (scope, user_key) {
+            (StoreScope::User, Some(k)) => k,
+            // The global key is always the last one looked up.
+            _ => keys.last().cloned().unwrap_or_default(),
         };
-        self.cache.store(key.to_owned(), entry.clone());
+        self.cache.store(key, entry.clone());
         finish(Outcome::Stored(entry));
         detail.stored = true;
-        full_response(rparts, body, respond::miss_status(&c.hash, detail))
+        let resp = full_response(rparts, body, respond::miss_status(&hash, detail));
+        self.log_now(flow, resp, CacheResult::Miss, meta)
     }
 
-    fn not_stored(&self, keys: &[String], reason: NotStored) {
+    /// The backend gave no answer: 502 or 504 (logged as a miss).
+    fn backend_failed(&self, flow: &mut Flow<'_>, e: &UpstreamError) -> Response<ProxyBody> {
+        tracing::debug!(error = %e, "backend failed");
+        let resp = respond::upstream_error(e);
+        self.log_now(
+            flow,
+            resp,
+            CacheResult::Miss,
+            Arc::new(SearchMeta::default()),
+        )
+    }
+
+    fn not_stored(&self, primary_key: &str, reason: NotStored) {
         tracing::debug!(?reason, "answer not stored");
-        if reason.sets_pass()
-            && let Some(key) = keys.first()
-        {
-            self.cache.mark_pass(key);
+        if reason.sets_pass() {
+            self.cache.mark_pass(primary_key);
         }
+    }
+
+    /// Logs a search whose answer is complete, and tags the response with
+    /// its search id.
+    fn log_now(
+        &self,
+        flow: &mut Flow<'_>,
+        mut resp: Response<ProxyBody>,
+        cache: CacheResult,
+        meta: Arc<SearchMeta>,
+    ) -> Response<ProxyBody> {
+        if let (Some(draft), Some(sink)) = (flow.draft.take(), &self.events) {
+            resp.headers_mut().insert(&X_SEARCH_ID, draft.header());
+            draft.finish(sink, cache, resp.status().as_u16(), meta);
+        }
+        resp
+    }
+
+    /// Logs a search whose answer is still streaming: the body keeps a copy
+    /// and completes the log entry when it ends.
+    fn log_streaming(
+        &self,
+        flow: &mut Flow<'_>,
+        resp: Response<ProxyBody>,
+        cache: CacheResult,
+    ) -> Response<ProxyBody> {
+        let (Some(draft), Some(sink)) = (flow.draft.take(), &self.events) else {
+            return resp;
+        };
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.insert(&X_SEARCH_ID, draft.header());
+        let log = PendingLog {
+            draft,
+            sink: sink.clone(),
+            cache,
+            status: parts.status.as_u16(),
+            config: self.config.clone(),
+            route_index: flow.route_index,
+        };
+        let body = body.logged(log, self.config.cache.max_object_bytes);
+        Response::from_parts(parts, body)
     }
 
     /// Forwards a request whose answer is not cached, streaming both ways.

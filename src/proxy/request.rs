@@ -19,10 +19,14 @@ use crate::policy::{self, BypassReason};
 use crate::redis::keys;
 use crate::route::{self, Identity, RequestView};
 
+use super::log::SearchDraft;
+use std::sync::Arc;
+use tokio::time::Instant;
+
 /// What the proxy does with a routed request.
 pub enum Routed {
-    /// Forward without the cache.
-    Bypass(BypassReason, Parts, ProxyBody),
+    /// Forward without the cache (and log it, when there is a draft).
+    Bypass(BypassReason, Parts, ProxyBody, Option<SearchDraft>),
     /// The client's request could not be read.
     ClientError(Response<ProxyBody>),
     Cacheable(Cacheable),
@@ -36,41 +40,38 @@ pub struct Cacheable {
     /// Redis/L1 keys to look up, in order; the first is the one misses
     /// coalesce and hit-for-pass on.
     pub keys: Vec<String>,
-    /// Whether `keys[0]` is a user-scope key.
-    user_first: bool,
-    pub user_id: Option<String>,
+    /// Which of `keys` is the user-scope key, if any.
+    pub user_key_index: Option<usize>,
     /// The client sent `no-cache`: skip the lookup, fetch, then store.
     pub refresh: bool,
-    #[allow(dead_code)] // read by the search log
-    pub identity: Identity,
-    /// The raw search text, when the route has a query rule.
-    #[allow(dead_code)]
-    pub query: Option<String>,
-    #[allow(dead_code)]
-    pub query_normalized: Option<String>,
+    /// The search log entry, on logged routes.
+    pub draft: Option<SearchDraft>,
 }
 
 impl Cacheable {
     pub fn primary_key(&self) -> &str {
         &self.keys[0]
     }
-
-    pub fn user_key(&self) -> Option<&str> {
-        self.user_first.then(|| self.keys[0].as_str())
-    }
-
-    pub fn global_key(&self) -> &str {
-        self.keys.last().map_or("", String::as_str)
-    }
 }
 
-pub async fn read(config: &Config, route: &RouteConfig, req: Request<Incoming>) -> Routed {
+/// The request's context: when it arrived and the route's name for the log.
+pub struct ReadCtx<'a> {
+    pub started: Instant,
+    pub route_name: &'a Arc<str>,
+}
+
+pub async fn read(
+    config: &Config,
+    route: &RouteConfig,
+    req: Request<Incoming>,
+    ctx: ReadCtx<'_>,
+) -> Routed {
     let (parts, body) = req.into_parts();
     if route.scope == Scope::Off {
-        return Routed::Bypass(BypassReason::ScopeOff, parts, ProxyBody::stream(body));
+        return Routed::Bypass(BypassReason::ScopeOff, parts, ProxyBody::stream(body), None);
     }
     if !policy::cacheable_method(&parts.method) {
-        return Routed::Bypass(BypassReason::Method, parts, ProxyBody::stream(body));
+        return Routed::Bypass(BypassReason::Method, parts, ProxyBody::stream(body), None);
     }
 
     let limit = config.max_request_body;
@@ -80,7 +81,8 @@ pub async fn read(config: &Config, route: &RouteConfig, req: Request<Incoming>) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Routed::Bypass(BypassReason::BodyTooLarge, parts, ProxyBody::stream(body));
+        let body = ProxyBody::stream(body);
+        return Routed::Bypass(BypassReason::BodyTooLarge, parts, body, None);
     }
     let bytes = if body.is_end_stream() {
         Bytes::new()
@@ -89,7 +91,7 @@ pub async fn read(config: &Config, route: &RouteConfig, req: Request<Incoming>) 
             Ok(Collected::Complete(b)) => b,
             Ok(Collected::Overflow(prefix, rest)) => {
                 let body = ProxyBody::resume(prefix, rest, None);
-                return Routed::Bypass(BypassReason::BodyTooLarge, parts, body);
+                return Routed::Bypass(BypassReason::BodyTooLarge, parts, body, None);
             }
             Err(e) => {
                 let status = match e {
@@ -102,11 +104,17 @@ pub async fn read(config: &Config, route: &RouteConfig, req: Request<Incoming>) 
             }
         }
     };
-    decide(config, route, parts, bytes)
+    decide(config, route, parts, bytes, ctx)
 }
 
-fn decide(config: &Config, route: &RouteConfig, parts: Parts, bytes: Bytes) -> Routed {
-    let bypass = |reason, parts, bytes| Routed::Bypass(reason, parts, ProxyBody::full(bytes));
+fn decide(
+    config: &Config,
+    route: &RouteConfig,
+    parts: Parts,
+    bytes: Bytes,
+    ctx: ReadCtx<'_>,
+) -> Routed {
+    let bypass = |reason, parts, bytes| Routed::Bypass(reason, parts, ProxyBody::full(bytes), None);
     let is_search = !route.query.is_empty();
 
     let mut json: Option<Value> = if bytes.is_empty() {
@@ -140,17 +148,29 @@ fn decide(config: &Config, route: &RouteConfig, parts: Parts, bytes: Bytes) -> R
         Some(Ok(None)) => return bypass(BypassReason::NoQuery, parts, bytes),
         Some(Ok(Some(q))) => Some(q),
     };
+    let query_normalized = query.as_deref().map(key::normalize_query);
+    let draft = match (&query, &query_normalized) {
+        (Some(q), Some(n)) if route.log => Some(SearchDraft::new(
+            ctx.started,
+            identity.clone(),
+            q.clone(),
+            n.clone(),
+            ctx.route_name.clone(),
+        )),
+        _ => None,
+    };
+    let logged_bypass =
+        |reason, parts, bytes, draft| Routed::Bypass(reason, parts, ProxyBody::full(bytes), draft);
     if let Some(q) = &query
         && route.bypass_query.is_match(q)
     {
-        return bypass(BypassReason::BypassQuery, parts, bytes);
+        return logged_bypass(BypassReason::BypassQuery, parts, bytes, draft);
     }
     let cc = CacheControl::from_request(&parts.headers);
     if cc.no_store {
-        return bypass(BypassReason::ClientNoStore, parts, bytes);
+        return logged_bypass(BypassReason::ClientNoStore, parts, bytes, draft);
     }
 
-    let query_normalized = query.as_deref().map(key::normalize_query);
     if let Some(doc) = json.as_mut() {
         for pointer in route::unkeyed_pointers(route, &config.identity) {
             key::remove_pointer(doc, pointer);
@@ -189,28 +209,24 @@ fn decide(config: &Config, route: &RouteConfig, parts: Parts, bytes: Bytes) -> R
     });
 
     let prefix = &config.redis.key_prefix;
-    let user_id = identity.user_id.clone();
-    let (keys, user_first) = match (route.scope, &user_id) {
-        (Scope::User, Some(u)) => (vec![keys::user_cache(prefix, u, &hash)], true),
+    let (keys, user_key_index) = match (route.scope, &identity.user_id) {
+        (Scope::User, Some(u)) => (vec![keys::user_cache(prefix, u, &hash)], Some(0)),
         (Scope::Auto, Some(u)) => (
             vec![
                 keys::user_cache(prefix, u, &hash),
                 keys::global_cache(prefix, &hash),
             ],
-            true,
+            Some(0),
         ),
-        _ => (vec![keys::global_cache(prefix, &hash)], false),
+        _ => (vec![keys::global_cache(prefix, &hash)], None),
     };
     Routed::Cacheable(Cacheable {
         parts,
         body: bytes,
         hash,
         keys,
-        user_first,
-        user_id,
+        user_key_index,
         refresh: cc.no_cache,
-        identity,
-        query,
-        query_normalized,
+        draft,
     })
 }

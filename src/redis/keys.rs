@@ -24,6 +24,83 @@ pub fn global_cache(prefix: &str, hash: &KeyHash) -> String {
     k
 }
 
+/// `leafcache:invalidate`: the pub/sub channel for L1 invalidation.
+pub fn invalidate_channel(prefix: &str) -> String {
+    format!("{prefix}leafcache:invalidate")
+}
+
+/// `search:<search_id>`: the search record (hash).
+pub fn search(prefix: &str, search_id: &str) -> String {
+    format!("{prefix}search:{search_id}")
+}
+
+/// `search:<search_id>:feedback`: what the user did with the results (list).
+pub fn search_feedback(prefix: &str, search_id: &str) -> String {
+    format!("{prefix}search:{search_id}:feedback")
+}
+
+/// `searches:daily:<date>`: search ids of a day by time (zset).
+pub fn searches_daily(prefix: &str, date: &str) -> String {
+    format!("{prefix}searches:daily:{date}")
+}
+
+/// `searches:hourly:<date>`: `00`..`23` → count (hash).
+pub fn searches_hourly(prefix: &str, date: &str) -> String {
+    format!("{prefix}searches:hourly:{date}")
+}
+
+/// `user:<user_id>:searches`: the user's recent searches, newest first (list).
+pub fn user_searches(prefix: &str, user_id: &str) -> String {
+    format!("{prefix}user:{user_id}:searches")
+}
+
+/// `user:<user_id>:profile`: first/last seen, counts (hash; shared with the
+/// application, which owns every other field).
+pub fn user_profile(prefix: &str, user_id: &str) -> String {
+    format!("{prefix}user:{user_id}:profile")
+}
+
+/// `intent:stats:<date>`: intent → count (hash).
+pub fn intent_stats(prefix: &str, date: &str) -> String {
+    format!("{prefix}intent:stats:{date}")
+}
+
+/// `products:popular:<date>`: product → times returned (zset).
+pub fn products_popular(prefix: &str, date: &str) -> String {
+    format!("{prefix}products:popular:{date}")
+}
+
+/// `supplier:<id>:queries:<date>`: normalized query → count (zset).
+pub fn supplier_queries(prefix: &str, supplier: &str, date: &str) -> String {
+    format!("{prefix}supplier:{supplier}:queries:{date}")
+}
+
+/// `queries:popular:<date>`: normalized query → count (zset).
+pub fn queries_popular(prefix: &str, date: &str) -> String {
+    format!("{prefix}queries:popular:{date}")
+}
+
+/// `queries:zero:<date>`: normalized queries that found nothing (zset).
+pub fn queries_zero(prefix: &str, date: &str) -> String {
+    format!("{prefix}queries:zero:{date}")
+}
+
+/// `cache:stats:<date>`: hit, miss, bypass, stale → count (hash).
+pub fn cache_stats(prefix: &str, date: &str) -> String {
+    format!("{prefix}cache:stats:{date}")
+}
+
+/// `products:clicked:<date>` / `products:ordered:<date>` /
+/// `products:purchased:<date>`: product → count (zset), by feedback event.
+pub fn products_feedback(prefix: &str, event: &str, date: &str) -> String {
+    format!("{prefix}products:{event}:{date}")
+}
+
+/// `supplier:<id>:clicks:<date>`: product → clicks (zset).
+pub fn supplier_clicks(prefix: &str, supplier: &str, date: &str) -> String {
+    format!("{prefix}supplier:{supplier}:clicks:{date}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

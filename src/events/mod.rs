@@ -1,0 +1,166 @@
+//! The search log: every logged search becomes a [`SearchEvent`], queued
+//! without blocking the request, written to Redis in batches by one writer
+//! (SPEC section 5).
+//!
+//! - [`counters`]: analytics counters summed in process between flushes.
+//! - [`write`]: the Redis commands for records and counters (key names come
+//!   from [`crate::redis::keys`]).
+//! - [`writer`]: the batching writer task, spooling and replay.
+//! - [`spool`]: the append-only disk buffer used while Redis is unreachable.
+
+pub mod counters;
+pub mod spool;
+pub mod write;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::cache::envelope::SearchMeta;
+
+/// How a logged search was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Bypass,
+    Stale,
+    /// Logged by the application through `POST /v1/searches`.
+    None,
+}
+
+impl CacheResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Bypass => "bypass",
+            CacheResult::Stale => "stale",
+            CacheResult::None => "none",
+        }
+    }
+}
+
+/// One logged search, as the writer needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchEvent {
+    pub search_id: Uuid,
+    /// Milliseconds since the Unix epoch, when the request arrived.
+    pub timestamp_ms: u64,
+    pub user_id: Option<String>,
+    pub user_uuid: Option<String>,
+    pub session_id: Option<String>,
+    /// The search text as received.
+    pub query: String,
+    /// As keyed (NFKC, lowercase, collapsed whitespace).
+    pub query_normalized: String,
+    /// Intent, confidence and products of the answer; shared with the cache
+    /// entry on hits rather than copied.
+    pub meta: Arc<SearchMeta>,
+    pub response_time_ms: f64,
+    pub cache: CacheResult,
+    /// HTTP status of the answer (0 for manual logging without one).
+    pub status: u16,
+    pub route: Arc<str>,
+}
+
+impl SearchEvent {
+    /// RFC 3339 with milliseconds, UTC: `2026-11-25T21:27:36.927Z`.
+    pub fn timestamp(&self) -> String {
+        rfc3339_ms(self.timestamp_ms)
+    }
+
+    /// Product ids de-duplicated, first occurrence first.
+    pub fn product_ids(&self) -> Vec<&str> {
+        let mut seen = Vec::with_capacity(self.meta.products.len());
+        for (p, _) in &self.meta.products {
+            if !seen.contains(&p.as_str()) {
+                seen.push(p.as_str());
+            }
+        }
+        seen
+    }
+
+    /// Supplier ids de-duplicated: a supplier counts once per search however
+    /// many of its products match.
+    pub fn supplier_ids(&self) -> Vec<&str> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (_, s) in &self.meta.products {
+            if let Some(s) = s
+                && !seen.contains(&s.as_str())
+            {
+                seen.push(s.as_str());
+            }
+        }
+        seen
+    }
+}
+
+/// A new search id: a UUID v7, so ids sort by time.
+pub fn new_search_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The UTC date (`YYYY-MM-DD`) and hour (`00`..`23`) of a timestamp.
+pub fn date_and_hour(ms: u64) -> (String, String) {
+    let ts = rfc3339_ms(ms);
+    (ts[..10].to_string(), ts[11..13].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_millis() {
+        assert_eq!(rfc3339_ms(1_764_106_056_927), "2025-11-25T21:27:36.927Z");
+        assert_eq!(
+            date_and_hour(1_764_106_056_927),
+            ("2025-11-25".to_string(), "21".to_string())
+        );
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn suppliers_count_once_per_search() {
+        let ev = SearchEvent {
+            search_id: new_search_id(),
+            timestamp_ms: 0,
+            user_id: None,
+            user_uuid: None,
+            session_id: None,
+            query: "q".into(),
+            query_normalized: "q".into(),
+            meta: Arc::new(SearchMeta {
+                products: vec![
+                    ("p1".into(), Some("s1".into())),
+                    ("p2".into(), Some("s1".into())),
+                    ("p1".into(), Some("s1".into())),
+                    ("p3".into(), None),
+                ],
+                ..SearchMeta::default()
+            }),
+            response_time_ms: 1.0,
+            cache: CacheResult::Miss,
+            status: 200,
+            route: "search".into(),
+        };
+        assert_eq!(ev.product_ids(), vec!["p1", "p2", "p3"]);
+        assert_eq!(ev.supplier_ids(), vec!["s1"]);
+    }
+}

@@ -1,0 +1,396 @@
+//! The one writer that drains the event queue into Redis.
+//!
+//! Requests hand events to [`EventSink::send`], which never waits: a bounded
+//! queue takes them or, when it is full, the event is dropped and counted.
+//! The writer takes batches (`batch_max` events, or whatever arrived within
+//! `flush_interval` of the first), writes each as one MULTI/EXEC, and sums
+//! the shared counters in process, writing them once a second.
+//!
+//! While Redis cannot be written, batches (and counter flushes) go to the
+//! disk spool; while the spool holds anything, new batches are spooled too,
+//! so that replay keeps the order in which searches happened. Replay runs
+//! at startup and once a second while Redis is up, in slices, so the queue
+//! keeps draining during a long replay. A batch whose outcome is unknown (a
+//! timeout mid-transaction) is spooled and sent again: delivery is at least
+//! once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::SearchEvent;
+use super::counters::Counters;
+use super::spool::{Spool, SpoolError};
+use super::write::{self, Layout};
+use crate::redis::RedisPool;
+use crate::redis::pool::Command;
+
+/// How often summed counters are written.
+const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+/// Distinct counter members held before an early flush, to bound memory.
+const COUNTER_ENTRIES_MAX: usize = 200_000;
+/// How long one batch may take in Redis before its outcome counts as unknown.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// One replay slice: after this long the writer goes back to the queue.
+const REPLAY_SLICE: Duration = Duration::from_millis(250);
+
+/// Counters for metrics and tests.
+#[derive(Default)]
+pub struct EventStats {
+    pub enqueued: AtomicU64,
+    pub written: AtomicU64,
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub spool_bytes: AtomicU64,
+}
+
+/// What goes into one spool record.
+#[derive(Serialize, Deserialize)]
+enum SpoolRecord {
+    Records(Vec<SearchEvent>),
+    Counters(Counters),
+}
+
+/// The sending side, cheap to clone; held by the proxy and the admin API.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<SearchEvent>,
+    capacity: usize,
+    pub stats: Arc<EventStats>,
+    /// Set while the queue is full, so the warning is logged once per
+    /// episode rather than once per dropped event.
+    overflowing: Arc<AtomicBool>,
+}
+
+impl EventSink {
+    /// Queues an event; never waits.
+    pub fn send(&self, ev: SearchEvent) {
+        match self.tx.try_send(ev) {
+            Ok(()) => {
+                self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+                if self.overflowing.load(Ordering::Relaxed)
+                    && self.overflowing.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!("event queue is accepting events again");
+                }
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.overflowing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        capacity = self.capacity,
+                        "event queue is full: dropping search events until the writer catches up"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Events waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+}
+
+/// The writer task; [`Writer::shutdown`] flushes everything queued.
+pub struct Writer {
+    handle: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Writer {
+    /// Stops taking events, writes what is queued (to Redis, or else to the
+    /// spool) and returns when done.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.handle.await;
+    }
+}
+
+pub struct WriterConfig {
+    pub layout: Layout,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub flush_interval: Duration,
+}
+
+/// Starts the writer. `spool` is `None` only where losing events while Redis
+/// is down is acceptable (benchmarks).
+pub fn spawn(
+    cfg: WriterConfig,
+    redis: Option<RedisPool>,
+    spool: Option<Spool>,
+) -> (EventSink, Writer) {
+    let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+    let stats = Arc::new(EventStats::default());
+    if let Some(s) = &spool {
+        stats.spool_bytes.store(s.bytes(), Ordering::Relaxed);
+    }
+    let sink = EventSink {
+        tx,
+        capacity: cfg.queue_capacity.max(1),
+        stats: stats.clone(),
+        overflowing: Arc::new(AtomicBool::new(false)),
+    };
+    let (stop, stopped) = oneshot::channel();
+    let task = Task {
+        rx,
+        layout: cfg.layout,
+        batch_max: cfg.batch_max.max(1),
+        flush_interval: cfg.flush_interval,
+        redis,
+        spool: spool.map(|s| Arc::new(Mutex::new(s))),
+        stats,
+        counters: Counters::default(),
+        spool_full: false,
+    };
+    let handle = tokio::spawn(task.run(stopped));
+    (sink, Writer { handle, stop })
+}
+
+struct Task {
+    rx: mpsc::Receiver<SearchEvent>,
+    layout: Layout,
+    batch_max: usize,
+    flush_interval: Duration,
+    redis: Option<RedisPool>,
+    /// std Mutex: only locked on blocking threads, never across an `.await`.
+    spool: Option<Arc<Mutex<Spool>>>,
+    stats: Arc<EventStats>,
+    counters: Counters,
+    /// Set while the spool refuses records, to warn once per episode.
+    spool_full: bool,
+}
+
+impl Task {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        self.replay().await;
+        let mut batch: Vec<SearchEvent> = Vec::with_capacity(self.batch_max);
+        let mut tick = tokio::time::interval(COUNTER_FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                n = self.rx.recv_many(&mut batch, self.batch_max) => {
+                    if n == 0 {
+                        break; // closed and drained
+                    }
+                    self.fill(&mut batch).await;
+                    self.process(std::mem::replace(&mut batch, Vec::with_capacity(self.batch_max))).await;
+                    if self.counters.entries() > COUNTER_ENTRIES_MAX {
+                        self.flush_counters().await;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.flush_counters().await;
+                    self.replay().await;
+                }
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    self.rx.close();
+                }
+            }
+        }
+        self.flush_counters().await;
+    }
+
+    /// Waits up to `flush_interval` for the batch to fill.
+    async fn fill(&mut self, batch: &mut Vec<SearchEvent>) {
+        let deadline = Instant::now() + self.flush_interval;
+        while batch.len() < self.batch_max {
+            let room = self.batch_max - batch.len();
+            match tokio::time::timeout_at(deadline, self.rx.recv_many(batch, room)).await {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    }
+
+    fn spool_pending(&self) -> bool {
+        self.stats.spool_bytes.load(Ordering::Relaxed) > 0
+    }
+
+    fn redis_writable(&self) -> Option<&RedisPool> {
+        self.redis
+            .as_ref()
+            .filter(|r| r.health().is_up() && !self.spool_pending())
+    }
+
+    async fn process(&mut self, batch: Vec<SearchEvent>) {
+        for ev in &batch {
+            self.counters.add(ev);
+        }
+        let n = batch.len() as u64;
+        if let Some(redis) = self.redis_writable() {
+            let pipe = write::records(&self.layout, &batch);
+            let deadline = Instant::now() + WRITE_TIMEOUT;
+            match redis.query::<()>(Command::Pipe(&pipe), deadline).await {
+                Ok(()) => {
+                    self.stats.written.fetch_add(n, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, events = n, "batch not written; spooling"),
+            }
+        }
+        self.spool(SpoolRecord::Records(batch), n).await;
+    }
+
+    async fn flush_counters(&mut self) {
+        if self.counters.is_empty() {
+            return;
+        }
+        let counters = std::mem::take(&mut self.counters);
+        if let Some(redis) = self.redis_writable() {
+            let pipe = write::counters(&self.layout, &counters);
+            let deadline = Instant::now() + WRITE_TIMEOUT;
+            if redis
+                .query::<()>(Command::Pipe(&pipe), deadline)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.spool(SpoolRecord::Counters(counters), 0).await;
+    }
+
+    /// Appends a record to the spool on a blocking thread; `events` is how
+    /// many searches it carries (for the counters).
+    async fn spool(&mut self, record: SpoolRecord, events: u64) {
+        let Some(spool) = self.spool.clone() else {
+            self.stats.dropped.fetch_add(events, Ordering::Relaxed);
+            return;
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let payload = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+            let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+            let appended = spool.append(&payload);
+            Ok::<_, String>((appended, spool.bytes()))
+        })
+        .await;
+        match result {
+            Ok(Ok((Ok(()), bytes))) => {
+                self.stats.spool_bytes.store(bytes, Ordering::Relaxed);
+                self.stats.spooled.fetch_add(events, Ordering::Relaxed);
+                if self.spool_full {
+                    self.spool_full = false;
+                    tracing::info!("spool is accepting events again");
+                }
+            }
+            Ok(Ok((Err(e), _))) => {
+                self.stats.dropped.fetch_add(events, Ordering::Relaxed);
+                if !self.spool_full {
+                    self.spool_full = true;
+                    match e {
+                        SpoolError::Full { .. } => {
+                            tracing::error!(error = %e, "redis unreachable and spool full: dropping search events")
+                        }
+                        SpoolError::Io { .. } => {
+                            tracing::error!(error = %e, "cannot write the spool: dropping search events")
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                self.stats.dropped.fetch_add(events, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot encode a spool record");
+            }
+            Err(e) => {
+                self.stats.dropped.fetch_add(events, Ordering::Relaxed);
+                tracing::error!(error = %e, "spool task failed");
+            }
+        }
+    }
+
+    /// Replays spooled records into Redis for at most one slice.
+    async fn replay(&mut self) {
+        let (Some(spool), Some(redis)) = (self.spool.clone(), self.redis.clone()) else {
+            return;
+        };
+        if !self.spool_pending() || !redis.health().is_up() {
+            return;
+        }
+        let layout = self.layout.clone();
+        let handle = tokio::runtime::Handle::current();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+            let slice_end = std::time::Instant::now() + REPLAY_SLICE;
+            let stats = replay_records(&mut spool, &redis, &layout, &handle, Some(slice_end));
+            (stats, spool.bytes())
+        })
+        .await;
+        if let Ok((replayed, bytes)) = outcome {
+            self.stats.spool_bytes.store(bytes, Ordering::Relaxed);
+            self.stats
+                .replayed
+                .fetch_add(replayed.events, Ordering::Relaxed);
+            self.stats
+                .written
+                .fetch_add(replayed.events, Ordering::Relaxed);
+            if bytes == 0 && replayed.records > 0 {
+                tracing::info!(events = replayed.events, "spool replayed into redis");
+            }
+        }
+    }
+}
+
+/// What a replay delivered.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Replayed {
+    pub records: u64,
+    pub events: u64,
+}
+
+/// Why a replay stopped early.
+#[derive(Debug)]
+pub enum ReplayStop {
+    /// The time slice is over; the rest waits for the next one.
+    Slice,
+    Redis(String),
+}
+
+/// Writes spooled records to Redis in order, on the calling (blocking)
+/// thread, until the spool is empty, Redis fails, or `until` passes.
+/// Undecodable records (from another version) are skipped with a warning.
+pub fn replay_records(
+    spool: &mut Spool,
+    redis: &RedisPool,
+    layout: &Layout,
+    runtime: &tokio::runtime::Handle,
+    until: Option<std::time::Instant>,
+) -> Replayed {
+    let mut done = Replayed::default();
+    let result = spool.replay(|payload| {
+        if until.is_some_and(|t| std::time::Instant::now() >= t) {
+            return Err(ReplayStop::Slice);
+        }
+        let record: SpoolRecord = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable spool record");
+                return Ok(());
+            }
+        };
+        let (pipe, events) = match &record {
+            SpoolRecord::Records(evs) => (write::records(layout, evs), evs.len() as u64),
+            SpoolRecord::Counters(c) => (write::counters(layout, c), 0),
+        };
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        runtime
+            .block_on(redis.query::<()>(Command::Pipe(&pipe), deadline))
+            .map_err(|e| ReplayStop::Redis(e.to_string()))?;
+        done.records += 1;
+        done.events += events;
+        Ok(())
+    });
+    if let Err(ReplayStop::Redis(e)) = result {
+        tracing::debug!(error = %e, "replay paused: redis failed");
+    }
+    done
+}
