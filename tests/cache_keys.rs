@@ -457,3 +457,35 @@ async fn auto_scope_looks_up_the_users_own_entry_before_the_global_one() {
     );
     assert_eq!(backend.count(), 2);
 }
+
+#[tokio::test]
+async fn query_string_param_order_shares_an_entry() {
+    let (_redis, backend, proxy) = setup(ProxyConfig::search()).await;
+    let at = |path: &str| proxy.get(path).header("x-user-id", "u1");
+    assert_shared_entry(
+        &backend,
+        at("/api/v1/search?q=milk&page=2&sort=price"),
+        vec![at("/api/v1/search?sort=price&page=2&q=milk")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn user_id_in_the_query_string_separates_users_without_changing_the_hash() {
+    let (redis, backend, proxy) = setup(ProxyConfig::search()).await;
+    let as_user = |user: &str| proxy.get(&format!("/api/v1/search?q=milk&user_id={user}"));
+
+    let a = as_user("u-a").send().await;
+    assert_miss_stored(&a);
+    let b = as_user("u-b").send().await;
+    assert_miss_stored(&b);
+    assert_eq!(backend.count(), 2, "user b's search reached the backend");
+    assert_eq!(
+        a.key(),
+        b.key(),
+        "identity params are left out of the hash; the scope separates users"
+    );
+    redis.wait_for_key(&user_key("u-a", &a.key())).await;
+    redis.wait_for_key(&user_key("u-b", &b.key())).await;
+    assert_eq!(as_user("u-b").send().await.body, b.body);
+}

@@ -227,3 +227,56 @@ async fn a_storable_answer_during_hit_for_pass_is_stored_and_ends_it() {
     assert_hit(&hit);
     assert_eq!(hit.body, stored.body);
 }
+
+#[tokio::test]
+async fn concurrent_misses_send_one_backend_request_without_l1_too() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let backend = Backend::start(move |req| Reply::echo(req).hold_until(&held)).await;
+    let proxy = Proxy::start(&ProxyConfig::search().without_l1(), &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    let tasks = spawn_sends(&milk, 10);
+    backend.wait_for_count(1).await;
+    tokio::time::sleep(SETTLE).await;
+    gate.open();
+    let answers = join_all(tasks).await;
+
+    assert_eq!(
+        backend.count(),
+        1,
+        "ten concurrent misses, one backend request"
+    );
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.backend_n(), 1);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_searches_of_two_users_are_never_collapsed_together() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let backend = Backend::start(move |req| Reply::echo(req).hold_until(&held)).await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let as_user = |user: &str| proxy.search(Some(user), json!({"query": "milk"}));
+
+    let a = tokio::spawn({
+        let req = as_user("u-a");
+        async move { req.send().await }
+    });
+    backend.wait_for_count(1).await;
+    let b = tokio::spawn({
+        let req = as_user("u-b");
+        async move { req.send().await }
+    });
+    let both_at_backend = became_true(Duration::from_secs(5), || backend.count() >= 2).await;
+    gate.open();
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+
+    assert!(both_at_backend, "user b's miss waited on user a's request");
+    assert_eq!(a.json()["user"], "u-a");
+    assert_eq!(b.json()["user"], "u-b", "user b never gets user a's answer");
+}

@@ -343,3 +343,48 @@ async fn a_backend_slower_than_upstream_timeout_answers_504() {
     assert_miss_stored(&answered);
     assert_eq!(answered.status, 200);
 }
+
+#[tokio::test]
+async fn a_backend_that_closes_before_answering_gives_502() {
+    let redis = Redis::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = format!("http://{}", listener.local_addr().expect("addr"));
+    let hang_ups = tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        }
+    });
+    let proxy = Proxy::start_with(&ProxyConfig::search(), &upstream, &redis.url()).await;
+
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    assert_upstream_error(&resp, 502, "upstream_unavailable");
+    assert_upstream_error(
+        &proxy.get("/static/app.js").send().await,
+        502,
+        "upstream_unavailable",
+    );
+    hang_ups.abort();
+}
+
+#[tokio::test]
+async fn a_large_request_body_on_an_unmatched_path_reaches_the_backend_intact() {
+    let (_redis, backend, proxy) = setup(ProxyConfig::search()).await;
+    let upload = patterned_bytes(3 * 1024 * 1024);
+
+    let resp = proxy
+        .post("/uploads/catalog.bin")
+        .header("content-type", "application/octet-stream")
+        .body(upload.clone())
+        .send()
+        .await;
+
+    assert_eq!(resp.status, 200);
+    assert!(backend.last().body == upload, "3 MB arrived intact");
+}
