@@ -295,3 +295,44 @@ async fn stored_answers_replay_status_headers_and_body() {
     assert_eq!(hit.header("content-type"), first.header("content-type"));
     assert_eq!(hit.body, first.body);
 }
+
+#[tokio::test]
+async fn an_entry_is_not_served_past_its_freshness_even_from_l1() {
+    // l1_ttl is far longer than max-age: the L1 copy must still expire with the entry.
+    let config = ProxyConfig::search().cache(r#"l1_ttl = "1h""#);
+    let (_redis, backend, proxy) = setup_with(config, |req| {
+        Reply::echo(req).header("cache-control", "max-age=1")
+    })
+    .await;
+    let milk = milk(&proxy);
+    assert_miss_stored(&milk.send().await);
+    assert_hit(&milk.send().await);
+
+    let refreshed = eventually("the 1 s entry to expire", || async {
+        let resp = milk.send().await;
+        (resp.x_cache() != Some("HIT")).then_some(resp)
+    })
+    .await;
+    assert_eq!(refreshed.x_cache(), Some("MISS"), "{refreshed:?}");
+    assert_eq!(refreshed.backend_n(), 2, "fetched fresh from the backend");
+    assert_eq!(backend.count(), 2);
+}
+
+#[tokio::test]
+async fn head_requests_are_cached_on_a_plain_route() {
+    // Route defaults: methods GET and HEAD, no query rule, user scope.
+    let route = Route::new("catalog").set("path", r#""/api/v1/catalog""#);
+    let (_redis, backend, proxy) = setup_with(ProxyConfig::new().route(route), Reply::echo).await;
+    let head = proxy
+        .request("HEAD", "/api/v1/catalog")
+        .header("x-user-id", "u1");
+
+    let first = head.send().await;
+    assert_eq!(first.status, 200);
+    assert_miss_stored(&first);
+    let second = head.send().await;
+    assert_hit(&second);
+    assert!(second.body.is_empty(), "a HEAD answer has no body");
+    assert_eq!(backend.count(), 1);
+    assert_eq!(backend.last().method, "HEAD");
+}
