@@ -489,3 +489,38 @@ async fn user_id_in_the_query_string_separates_users_without_changing_the_hash()
     redis.wait_for_key(&user_key("u-b", &b.key())).await;
     assert_eq!(as_user("u-b").send().await.body, b.body);
 }
+
+#[tokio::test]
+async fn a_plain_route_keys_on_the_body_bytes_or_its_canonical_json() {
+    // No query rule: the route caches plainly, keyed on path, query and body.
+    let route = Route::new("prices")
+        .set("methods", r#"["POST"]"#)
+        .set("path", r#""/api/v1/prices""#);
+    let (_redis, backend, proxy) = setup(ProxyConfig::new().route(route)).await;
+    let post = |body: &'static str| {
+        proxy
+            .post("/api/v1/prices")
+            .header("x-user-id", "u1")
+            .body(body)
+    };
+
+    assert_shared_entry(
+        &backend,
+        post(r#"{"skus":["a","b"],"store":7}"#),
+        vec![post(r#"{"store":7,"skus":["a","b"]}"#)],
+    )
+    .await;
+    assert_separate_entries(&backend, post("sku=a&store=7"), post("sku=b&store=7")).await;
+}
+
+#[tokio::test]
+async fn the_same_user_id_sent_twice_is_not_ambiguous() {
+    let (redis, _backend, proxy) = setup(ProxyConfig::search()).await;
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .header("x-user-id", "u1")
+        .send()
+        .await;
+    assert_miss_stored(&resp);
+    redis.wait_for_key(&user_key("u1", &resp.key())).await;
+}

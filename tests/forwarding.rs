@@ -176,6 +176,17 @@ async fn trusted_forwarded_headers_are_kept_and_extended() {
         assert_eq!(seen.header_all("x-forwarded-proto"), ["https"]);
         assert_eq!(seen.header_all("x-forwarded-host"), ["www.example"]);
     }
+
+    // With nothing to keep, the trusted proxy starts the chain itself.
+    proxy
+        .get("/static/app.js")
+        .header("host", "shop.example")
+        .send()
+        .await;
+    let seen = backend.last();
+    assert_eq!(seen.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.header_all("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.header_all("x-forwarded-host"), ["shop.example"]);
 }
 
 /// Reads `resp` until at least `want` bytes arrived, each frame bounded by [`WAIT`].
