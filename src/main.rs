@@ -33,6 +33,13 @@ enum Command {
     },
     /// Run the proxy in front of a built-in demo search backend.
     Demo(DemoArgs),
+    /// Run only the demo search backend (for benchmarks and trials).
+    DemoBackend {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+        listen: String,
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        think_ms: u64,
+    },
 }
 
 #[derive(Args, Default)]
@@ -73,8 +80,29 @@ fn main() -> ExitCode {
                 .get_or_insert_with(|| format!("http://{backend}"));
             serve(cli.config, args, Some((backend, demo.think_ms)))
         }
+        Some(Command::DemoBackend { listen, think_ms }) => demo_backend(&listen, think_ms),
         None => serve(cli.config, ServeArgs::default(), None),
     }
+}
+
+fn demo_backend(addr: &str, think_ms: u64) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => return fail(1, format!("cannot listen on {addr}: {e}")),
+        };
+        let stats = Arc::new(leafcache::demo::DemoStats::default());
+        let serve = leafcache::demo::serve(listener, Duration::from_millis(think_ms), stats);
+        tokio::select! {
+            () = serve => {},
+            () = leafcache::app::shutdown_signal() => {},
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {

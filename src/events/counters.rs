@@ -1,132 +1,177 @@
 //! Analytics counters summed in process between flushes, so that a product
 //! returned by a thousand searches costs one `ZINCRBY`, not a thousand
 //! (SPEC section 5: shared counters "may be summed in process").
+//!
+//! Counters are grouped by UTC day (the day number, formatted only when
+//! written), and looked up by `&str`, so adding an event allocates only for
+//! members not seen before in the window.
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
-use super::{CacheResult, SearchEvent, date_and_hour};
+use super::SearchEvent;
 use crate::redis::keys;
 
-/// One counter key of SPEC section 4.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Counter {
-    /// `searches:hourly:<date>` (hash)
-    Hourly(String),
-    /// `intent:stats:<date>` (hash)
-    Intents(String),
-    /// `cache:stats:<date>` (hash)
-    Cache(String),
-    /// `products:popular:<date>` (zset)
-    Products(String),
-    /// `supplier:<id>:queries:<date>` (zset)
-    SupplierQueries { supplier: String, date: String },
-    /// `queries:popular:<date>` (zset)
-    Queries(String),
-    /// `queries:zero:<date>` (zset)
-    ZeroQueries(String),
+type Map<V> = HashMap<String, V, RandomState>;
+
+const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
+const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "bypass", "stale"];
+
+/// One day's increments.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Day {
+    /// `searches:hourly:<date>`, by hour.
+    hourly: [i64; 24],
+    /// `cache:stats:<date>`: hit, miss, bypass, stale.
+    cache: [i64; 4],
+    /// `intent:stats:<date>`
+    intents: Map<i64>,
+    /// `products:popular:<date>`
+    products: Map<i64>,
+    /// `supplier:<id>:queries:<date>`: supplier → query → count.
+    suppliers: Map<Map<i64>>,
+    /// `queries:popular:<date>`
+    queries: Map<i64>,
+    /// `queries:zero:<date>`
+    zero: Map<i64>,
 }
 
-impl Counter {
-    pub fn redis_key(&self, prefix: &str) -> String {
-        match self {
-            Counter::Hourly(d) => keys::searches_hourly(prefix, d),
-            Counter::Intents(d) => keys::intent_stats(prefix, d),
-            Counter::Cache(d) => keys::cache_stats(prefix, d),
-            Counter::Products(d) => keys::products_popular(prefix, d),
-            Counter::SupplierQueries { supplier, date } => {
-                keys::supplier_queries(prefix, supplier, date)
-            }
-            Counter::Queries(d) => keys::queries_popular(prefix, d),
-            Counter::ZeroQueries(d) => keys::queries_zero(prefix, d),
-        }
-    }
-
-    /// Hash counters use HINCRBY, sorted sets ZINCRBY.
-    pub fn is_hash(&self) -> bool {
-        matches!(
-            self,
-            Counter::Hourly(_) | Counter::Intents(_) | Counter::Cache(_)
-        )
-    }
-}
-
-/// Increments waiting to be written: counter → member → amount.
+/// Increments waiting to be written.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
-    map: HashMap<Counter, HashMap<String, i64>>,
-    /// Distinct (counter, member) pairs held, to bound memory.
+    /// Keyed by days since the Unix epoch.
+    days: HashMap<u64, Day, RandomState>,
+    /// Distinct members held, to bound memory.
     entries: usize,
+}
+
+/// One counter key with its increments, as written to Redis.
+pub struct CounterWrite {
+    pub key: String,
+    /// HINCRBY (hash) or ZINCRBY (sorted set).
+    pub is_hash: bool,
+    pub increments: Vec<(String, i64)>,
+}
+
+fn incr(map: &mut Map<i64>, member: &str, by: i64, entries: &mut usize) {
+    if let Some(n) = map.get_mut(member) {
+        *n += by;
+    } else {
+        map.insert(member.to_owned(), by);
+        *entries += 1;
+    }
 }
 
 impl Counters {
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.days.is_empty()
     }
 
     pub fn entries(&self) -> usize {
         self.entries
     }
 
-    fn bump(&mut self, counter: Counter, member: &str, by: i64) {
-        let members = self.map.entry(counter).or_default();
-        match members.get_mut(member) {
-            Some(n) => *n += by,
-            None => {
-                members.insert(member.to_owned(), by);
-                self.entries += 1;
-            }
-        }
-    }
-
     /// Adds one search's increments.
     pub fn add(&mut self, ev: &SearchEvent) {
-        let (date, hour) = date_and_hour(ev.timestamp_ms);
-        self.bump(Counter::Hourly(date.clone()), &hour, 1);
-        if let Some(intent) = &ev.meta.intent {
-            self.bump(Counter::Intents(date.clone()), intent, 1);
+        let entries = &mut self.entries;
+        let day = self.days.entry(ev.timestamp_ms / DAY_MS).or_default();
+        day.hourly[((ev.timestamp_ms / HOUR_MS) % 24) as usize] += 1;
+        if let Some(i) = CACHE_RESULTS.iter().position(|c| *c == ev.cache.as_str()) {
+            day.cache[i] += 1;
         }
-        if ev.cache != CacheResult::None {
-            self.bump(Counter::Cache(date.clone()), ev.cache.as_str(), 1);
+        if let Some(intent) = &ev.meta.intent {
+            incr(&mut day.intents, intent, 1, entries);
         }
         for product in ev.product_ids() {
-            self.bump(Counter::Products(date.clone()), product, 1);
+            incr(&mut day.products, product, 1, entries);
         }
         for supplier in ev.supplier_ids() {
-            let counter = Counter::SupplierQueries {
-                supplier: supplier.to_owned(),
-                date: date.clone(),
+            let queries = match day.suppliers.get_mut(supplier) {
+                Some(q) => q,
+                None => day.suppliers.entry(supplier.to_owned()).or_default(),
             };
-            self.bump(counter, &ev.query_normalized, 1);
+            incr(queries, &ev.query_normalized, 1, entries);
         }
-        self.bump(Counter::Queries(date.clone()), &ev.query_normalized, 1);
+        incr(&mut day.queries, &ev.query_normalized, 1, entries);
         if ev.meta.results_count == 0 {
-            self.bump(Counter::ZeroQueries(date), &ev.query_normalized, 1);
+            incr(&mut day.zero, &ev.query_normalized, 1, entries);
         }
     }
 
-    /// Every increment, sorted by counter for a stable command order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Counter, &HashMap<String, i64>)> {
-        let mut all: Vec<_> = self.map.iter().collect();
-        all.sort_by(|a, b| a.0.cmp(b.0));
-        all.into_iter()
+    /// Every counter key with its increments, in a stable order.
+    pub fn writes(&self, prefix: &str) -> Vec<CounterWrite> {
+        let mut out = Vec::new();
+        let mut days: Vec<_> = self.days.iter().collect();
+        days.sort_by_key(|(d, _)| **d);
+        for (&day_number, day) in days {
+            let date = date_of(day_number);
+            let sorted = |m: &Map<i64>| {
+                let mut v: Vec<(String, i64)> = m.iter().map(|(k, n)| (k.clone(), *n)).collect();
+                v.sort();
+                v
+            };
+            let hourly: Vec<(String, i64)> = (0..24)
+                .filter(|h| day.hourly[*h] != 0)
+                .map(|h| (format!("{h:02}"), day.hourly[h]))
+                .collect();
+            let cache: Vec<(String, i64)> = (0..4)
+                .filter(|i| day.cache[*i] != 0)
+                .map(|i| (CACHE_RESULTS[i].to_string(), day.cache[i]))
+                .collect();
+            let mut push = |key: String, is_hash: bool, increments: Vec<(String, i64)>| {
+                if !increments.is_empty() {
+                    out.push(CounterWrite {
+                        key,
+                        is_hash,
+                        increments,
+                    });
+                }
+            };
+            push(keys::searches_hourly(prefix, &date), true, hourly);
+            push(keys::cache_stats(prefix, &date), true, cache);
+            push(
+                keys::intent_stats(prefix, &date),
+                true,
+                sorted(&day.intents),
+            );
+            push(
+                keys::products_popular(prefix, &date),
+                false,
+                sorted(&day.products),
+            );
+            let mut suppliers: Vec<_> = day.suppliers.iter().collect();
+            suppliers.sort_by(|a, b| a.0.cmp(b.0));
+            for (supplier, queries) in suppliers {
+                push(
+                    keys::supplier_queries(prefix, supplier, &date),
+                    false,
+                    sorted(queries),
+                );
+            }
+            push(
+                keys::queries_popular(prefix, &date),
+                false,
+                sorted(&day.queries),
+            );
+            push(keys::queries_zero(prefix, &date), false, sorted(&day.zero));
+        }
+        out
     }
+}
 
-    /// Total of one member, for tests.
-    pub fn get(&self, counter: &Counter, member: &str) -> i64 {
-        self.map
-            .get(counter)
-            .and_then(|m| m.get(member))
-            .copied()
-            .unwrap_or(0)
-    }
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01, UTC).
+pub fn date_of(day_number: u64) -> String {
+    super::rfc3339_ms(day_number * DAY_MS)[..10].to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::envelope::SearchMeta;
+    use crate::events::CacheResult;
     use std::sync::Arc;
 
     fn event(q: &str, products: &[(&str, &str)], cache: CacheResult) -> SearchEvent {
@@ -154,10 +199,16 @@ mod tests {
         }
     }
 
+    fn written(c: &Counters) -> HashMap<String, HashMap<String, i64>> {
+        c.writes("")
+            .into_iter()
+            .map(|w| (w.key, w.increments.into_iter().collect()))
+            .collect()
+    }
+
     #[test]
     fn sums_shared_counters_across_events() {
         let mut c = Counters::default();
-        let d = "2025-11-25".to_string();
         c.add(&event(
             "milk",
             &[("p1", "s1"), ("p2", "s1")],
@@ -165,22 +216,47 @@ mod tests {
         ));
         c.add(&event("milk", &[("p1", "s1")], CacheResult::Hit));
         c.add(&event("nothing", &[], CacheResult::None));
-        assert_eq!(c.get(&Counter::Hourly(d.clone()), "21"), 3);
-        assert_eq!(c.get(&Counter::Products(d.clone()), "p1"), 2);
-        assert_eq!(c.get(&Counter::Products(d.clone()), "p2"), 1);
-        let s1 = Counter::SupplierQueries {
-            supplier: "s1".into(),
-            date: d.clone(),
-        };
-        assert_eq!(c.get(&s1, "milk"), 2, "a supplier counts once per search");
-        assert_eq!(c.get(&Counter::Queries(d.clone()), "milk"), 2);
-        assert_eq!(c.get(&Counter::ZeroQueries(d.clone()), "nothing"), 1);
-        assert_eq!(c.get(&Counter::Cache(d.clone()), "hit"), 1);
+        let w = written(&c);
+        let get = |k: &str, m: &str| w.get(k).and_then(|x| x.get(m)).copied().unwrap_or(0);
+        assert_eq!(get("searches:hourly:2025-11-25", "21"), 3);
+        assert_eq!(get("products:popular:2025-11-25", "p1"), 2);
+        assert_eq!(get("products:popular:2025-11-25", "p2"), 1);
         assert_eq!(
-            c.get(&Counter::Cache(d.clone()), "none"),
-            0,
+            get("supplier:s1:queries:2025-11-25", "milk"),
+            2,
+            "a supplier counts once per search"
+        );
+        assert_eq!(get("queries:popular:2025-11-25", "milk"), 2);
+        assert_eq!(get("queries:zero:2025-11-25", "nothing"), 1);
+        assert_eq!(get("cache:stats:2025-11-25", "hit"), 1);
+        assert_eq!(get("cache:stats:2025-11-25", "miss"), 1);
+        assert!(
+            !w["cache:stats:2025-11-25"].contains_key("none"),
             "manual searches are not cache traffic"
         );
-        assert_eq!(c.get(&Counter::Intents(d), "product_search"), 3);
+        assert_eq!(get("intent:stats:2025-11-25", "product_search"), 3);
+    }
+
+    #[test]
+    fn days_are_kept_apart() {
+        let mut c = Counters::default();
+        let mut a = event("milk", &[], CacheResult::Miss);
+        a.timestamp_ms = 1_764_115_199_999; // 23:59:59.999
+        let mut b = a.clone();
+        b.timestamp_ms += 1; // next day, 00:00
+        c.add(&a);
+        c.add(&b);
+        let w = written(&c);
+        assert_eq!(w["searches:hourly:2025-11-25"]["23"], 1);
+        assert_eq!(w["searches:hourly:2025-11-26"]["00"], 1);
+    }
+
+    #[test]
+    fn survives_a_round_trip_through_the_spool_encoding() {
+        let mut c = Counters::default();
+        c.add(&event("milk", &[("p1", "s1")], CacheResult::Hit));
+        let bytes = serde_json::to_vec(&c).unwrap();
+        let back: Counters = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, c);
     }
 }

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use bb8_redis::redis::{self, Pipeline};
-use serde_json::json;
+use serde::Serialize;
 
+use super::SearchEvent;
 use super::counters::Counters;
-use super::{SearchEvent, date_and_hour};
 use crate::redis::keys;
 
 /// What the writer needs to know to name and expire keys.
@@ -25,56 +25,141 @@ pub struct Layout {
     pub history_limit: usize,
 }
 
+/// The values of one search that several commands need, computed once.
+struct Prepared<'a> {
+    ev: &'a SearchEvent,
+    id: String,
+    timestamp: String,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(ev: &'a SearchEvent) -> Self {
+        Prepared {
+            ev,
+            id: ev.search_id.to_string(),
+            timestamp: ev.timestamp(),
+        }
+    }
+}
+
 /// The fields of `search:<search_id>`, in a stable order.
 pub fn record_fields(ev: &SearchEvent) -> Vec<(&'static str, String)> {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-    let product_suppliers: serde_json::Map<String, serde_json::Value> = ev
+    let p = Prepared::new(ev);
+    let mut out = Vec::with_capacity(17);
+    each_field(&p, |k, v| {
+        out.push((k, String::from_utf8_lossy(v).into_owned()))
+    });
+    out
+}
+
+fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
+    let ev = p.ev;
+    let products = ev.product_ids();
+    let suppliers = ev.supplier_ids();
+    let mut ids = String::with_capacity(16 * products.len());
+    write_json_list(&mut ids, &products);
+    let mut sups = String::with_capacity(16 * suppliers.len());
+    write_json_list(&mut sups, &suppliers);
+    let mut pairs = String::with_capacity(32 * products.len());
+    pairs.push('{');
+    let mut first = true;
+    for (product, supplier) in &ev.meta.products {
+        let Some(supplier) = supplier else { continue };
+        if !first {
+            pairs.push(',');
+        }
+        first = false;
+        write_json_str(&mut pairs, product);
+        pairs.push(':');
+        write_json_str(&mut pairs, supplier);
+    }
+    pairs.push('}');
+    let mut num = itoa::Buffer::new();
+    let confidence = ev
         .meta
-        .products
-        .iter()
-        .filter_map(|(p, s)| Some((p.clone(), json!(s.as_ref()?))))
-        .collect();
-    vec![
-        ("search_id", ev.search_id.to_string()),
-        ("timestamp", ev.timestamp()),
-        ("user_id", opt(&ev.user_id)),
-        ("user_uuid", opt(&ev.user_uuid)),
-        ("session_id", opt(&ev.session_id)),
-        ("query", ev.query.clone()),
-        ("query_normalized", ev.query_normalized.clone()),
-        ("intent", opt(&ev.meta.intent)),
-        (
-            "confidence",
-            ev.meta
-                .confidence
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
-        ),
-        ("results_count", ev.meta.results_count.to_string()),
-        ("product_ids", json!(ev.product_ids()).to_string()),
-        ("supplier_ids", json!(ev.supplier_ids()).to_string()),
-        (
-            "product_suppliers",
-            serde_json::Value::Object(product_suppliers).to_string(),
-        ),
-        ("response_time_ms", format!("{:.3}", ev.response_time_ms)),
-        ("cache", ev.cache.as_str().to_string()),
-        ("status", ev.status.to_string()),
-        ("route", ev.route.to_string()),
-    ]
+        .confidence
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let response_time = format!("{:.3}", ev.response_time_ms);
+
+    let results = num.format(ev.meta.results_count).to_owned();
+    let mut status = itoa::Buffer::new();
+    // Absent optional values are left out rather than stored as "": fewer
+    // fields make the record cheaper for Redis, and readers see "missing".
+    let fields: [(&'static str, &[u8], bool); 17] = [
+        ("search_id", p.id.as_bytes(), true),
+        ("timestamp", p.timestamp.as_bytes(), true),
+        ("user_id", opt(&ev.user_id), false),
+        ("user_uuid", opt(&ev.user_uuid), false),
+        ("session_id", opt(&ev.session_id), false),
+        ("query", ev.query.as_bytes(), true),
+        ("query_normalized", ev.query_normalized.as_bytes(), true),
+        ("intent", opt(&ev.meta.intent), false),
+        ("confidence", confidence.as_bytes(), false),
+        ("results_count", results.as_bytes(), true),
+        ("product_ids", ids.as_bytes(), true),
+        ("supplier_ids", sups.as_bytes(), true),
+        ("product_suppliers", pairs.as_bytes(), true),
+        ("response_time_ms", response_time.as_bytes(), true),
+        ("cache", ev.cache.as_str().as_bytes(), true),
+        ("status", status.format(ev.status).as_bytes(), true),
+        ("route", ev.route.as_bytes(), true),
+    ];
+    for (k, v, required) in fields {
+        if required || !v.is_empty() {
+            f(k, v);
+        }
+    }
+}
+
+fn opt(v: &Option<String>) -> &[u8] {
+    v.as_deref().unwrap_or("").as_bytes()
+}
+
+fn write_json_str(out: &mut String, s: &str) {
+    // serde_json escapes exactly as JSON requires; writing a str to a String
+    // cannot fail.
+    let mut buf = Vec::with_capacity(s.len() + 2);
+    let _ = serde_json::to_writer(&mut buf, s);
+    out.push_str(&String::from_utf8_lossy(&buf));
+}
+
+fn write_json_list(out: &mut String, items: &[&str]) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, item);
+    }
+    out.push(']');
+}
+
+#[derive(Serialize)]
+struct HistoryEntry<'a> {
+    search_id: &'a str,
+    timestamp: &'a str,
+    query: &'a str,
+    intent: Option<&'a str>,
+    results_count: u32,
+    cache: &'a str,
 }
 
 /// The compact JSON entry of `user:<id>:searches`.
 pub fn history_entry(ev: &SearchEvent) -> String {
-    json!({
-        "search_id": ev.search_id.to_string(),
-        "timestamp": ev.timestamp(),
-        "query": ev.query,
-        "intent": ev.meta.intent,
-        "results_count": ev.meta.results_count,
-        "cache": ev.cache.as_str(),
-    })
-    .to_string()
+    history_json(&Prepared::new(ev))
+}
+
+fn history_json(p: &Prepared<'_>) -> String {
+    let entry = HistoryEntry {
+        search_id: &p.id,
+        timestamp: &p.timestamp,
+        query: &p.ev.query,
+        intent: p.ev.meta.intent.as_deref(),
+        results_count: p.ev.meta.results_count,
+        cache: p.ev.cache.as_str(),
+    };
+    serde_json::to_string(&entry).unwrap_or_default()
 }
 
 /// One transaction writing the records of a batch of searches.
@@ -84,31 +169,28 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
     let mut pipe = redis::pipe();
     pipe.atomic();
 
-    let mut daily: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    let mut users: BTreeMap<&str, Vec<&SearchEvent>> = BTreeMap::new();
-    for ev in events {
-        let key = keys::search(p, &ev.search_id.to_string());
+    let prepared: Vec<Prepared<'_>> = events.iter().map(Prepared::new).collect();
+    let mut daily: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
+    let mut users: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
+    for pr in &prepared {
+        let key = keys::search(p, &pr.id);
         pipe.cmd("HSET").arg(&key);
-        for (field, value) in record_fields(ev) {
+        each_field(pr, |field, value| {
             pipe.arg(field).arg(value);
-        }
+        });
         pipe.ignore();
         pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
-        let (date, _) = date_and_hour(ev.timestamp_ms);
-        daily
-            .entry(date)
-            .or_default()
-            .push((ev.timestamp_ms, ev.search_id.to_string()));
-        if let Some(user) = ev.user_id.as_deref() {
-            users.entry(user).or_default().push(ev);
+        daily.entry(&pr.timestamp[..10]).or_default().push(pr);
+        if let Some(user) = pr.ev.user_id.as_deref() {
+            users.entry(user).or_default().push(pr);
         }
     }
 
     for (date, members) in &daily {
         let key = keys::searches_daily(p, date);
         pipe.cmd("ZADD").arg(&key);
-        for (score, member) in members {
-            pipe.arg(*score).arg(member);
+        for pr in members {
+            pipe.arg(pr.ev.timestamp_ms).arg(&pr.id);
         }
         pipe.ignore();
         pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
@@ -119,8 +201,8 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
         // LPUSH of several values leaves the last one at the head: push
         // oldest first so the list reads newest first.
         pipe.cmd("LPUSH").arg(&history);
-        for ev in searches {
-            pipe.arg(history_entry(ev));
+        for pr in searches {
+            pipe.arg(history_json(pr));
         }
         pipe.ignore();
         let keep = layout.history_limit.max(1) as i64;
@@ -138,16 +220,18 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
         pipe.cmd("HSETNX")
             .arg(&profile)
             .arg("first_seen")
-            .arg(first.timestamp())
+            .arg(&first.timestamp)
             .ignore();
         pipe.cmd("HSET")
             .arg(&profile)
             .arg("last_seen")
-            .arg(last.timestamp());
-        if let Some(uuid) = searches.iter().rev().find_map(|e| e.user_uuid.as_deref()) {
+            .arg(&last.timestamp);
+        let latest =
+            |f: fn(&SearchEvent) -> Option<&str>| searches.iter().rev().find_map(|pr| f(pr.ev));
+        if let Some(uuid) = latest(|e| e.user_uuid.as_deref()) {
             pipe.arg("user_uuid").arg(uuid);
         }
-        if let Some(session) = searches.iter().rev().find_map(|e| e.session_id.as_deref()) {
+        if let Some(session) = latest(|e| e.session_id.as_deref()) {
             pipe.arg("last_session_id").arg(session);
         }
         pipe.ignore();
@@ -157,8 +241,8 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
             .arg(searches.len())
             .ignore();
         let mut intents: BTreeMap<&str, u64> = BTreeMap::new();
-        for ev in searches {
-            if let Some(i) = ev.meta.intent.as_deref() {
+        for pr in searches {
+            if let Some(i) = pr.ev.meta.intent.as_deref() {
                 *intents.entry(i).or_default() += 1;
             }
         }
@@ -177,24 +261,24 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
 pub fn counters(layout: &Layout, counters: &Counters) -> Pipeline {
     let mut pipe = redis::pipe();
     pipe.atomic();
-    for (counter, members) in counters.iter() {
-        let key = counter.redis_key(&layout.prefix);
-        let cmd = if counter.is_hash() {
-            "HINCRBY"
-        } else {
-            "ZINCRBY"
-        };
-        let mut sorted: Vec<_> = members.iter().collect();
-        sorted.sort();
-        for (member, by) in sorted {
-            if counter.is_hash() {
-                pipe.cmd(cmd).arg(&key).arg(member).arg(*by).ignore();
+    for w in counters.writes(&layout.prefix) {
+        for (member, by) in &w.increments {
+            if w.is_hash {
+                pipe.cmd("HINCRBY")
+                    .arg(&w.key)
+                    .arg(member)
+                    .arg(*by)
+                    .ignore();
             } else {
-                pipe.cmd(cmd).arg(&key).arg(*by).arg(member).ignore();
+                pipe.cmd("ZINCRBY")
+                    .arg(&w.key)
+                    .arg(*by)
+                    .arg(member)
+                    .ignore();
             }
         }
         pipe.cmd("EXPIRE")
-            .arg(&key)
+            .arg(&w.key)
             .arg(layout.retention_secs)
             .ignore();
     }

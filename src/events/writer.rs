@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::SearchEvent;
 use super::counters::Counters;
-use super::spool::{Spool, SpoolError};
+use super::spool::{ReplayError, Spool, SpoolError};
 use super::write::{self, Layout};
 use crate::redis::RedisPool;
 use crate::redis::pool::Command;
@@ -149,6 +149,7 @@ pub fn spawn(
         stats,
         counters: Counters::default(),
         spool_full: false,
+        inflight: None,
     };
     let handle = tokio::spawn(task.run(stopped));
     (sink, Writer { handle, stop })
@@ -166,6 +167,10 @@ struct Task {
     counters: Counters,
     /// Set while the spool refuses records, to warn once per episode.
     spool_full: bool,
+    /// The batch being written to Redis while the next one is prepared: one
+    /// in flight at a time keeps batches in order and overlaps our work with
+    /// Redis's. On failure it hands its events back for the spool.
+    inflight: Option<JoinHandle<Result<u64, Vec<SearchEvent>>>>,
 }
 
 impl Task {
@@ -227,21 +232,48 @@ impl Task {
             self.counters.add(ev);
         }
         let n = batch.len() as u64;
-        if let Some(redis) = self.redis_writable() {
-            let pipe = write::records(&self.layout, &batch);
-            let deadline = Instant::now() + WRITE_TIMEOUT;
-            match redis.query::<()>(Command::Pipe(&pipe), deadline).await {
-                Ok(()) => {
-                    self.stats.written.fetch_add(n, Ordering::Relaxed);
-                    return;
-                }
-                Err(e) => tracing::debug!(error = %e, events = n, "batch not written; spooling"),
+        let pipe = self
+            .redis_writable()
+            .is_some()
+            .then(|| write::records(&self.layout, &batch));
+        self.settle().await;
+        match (pipe, self.redis_writable().cloned()) {
+            (Some(pipe), Some(redis)) => {
+                self.inflight = Some(tokio::spawn(async move {
+                    let deadline = Instant::now() + WRITE_TIMEOUT;
+                    match redis.query::<()>(Command::Pipe(&pipe), deadline).await {
+                        Ok(()) => Ok(n),
+                        Err(e) => {
+                            tracing::debug!(error = %e, events = n, "batch not written; spooling");
+                            Err(batch)
+                        }
+                    }
+                }));
             }
+            _ => self.spool(SpoolRecord::Records(batch), n).await,
         }
-        self.spool(SpoolRecord::Records(batch), n).await;
+    }
+
+    /// Waits for the batch in flight; spools its events if it failed (its
+    /// outcome is unknown, so it is sent again later: at least once).
+    async fn settle(&mut self) {
+        let Some(inflight) = self.inflight.take() else {
+            return;
+        };
+        match inflight.await {
+            Ok(Ok(n)) => {
+                self.stats.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(batch)) => {
+                let n = batch.len() as u64;
+                self.spool(SpoolRecord::Records(batch), n).await;
+            }
+            Err(e) => tracing::error!(error = %e, "event write task failed"),
+        }
     }
 
     async fn flush_counters(&mut self) {
+        self.settle().await;
         if self.counters.is_empty() {
             return;
         }
@@ -310,6 +342,7 @@ impl Task {
 
     /// Replays spooled records into Redis for at most one slice.
     async fn replay(&mut self) {
+        self.settle().await;
         let (Some(spool), Some(redis)) = (self.spool.clone(), self.redis.clone()) else {
             return;
         };
@@ -389,8 +422,12 @@ pub fn replay_records(
         done.events += events;
         Ok(())
     });
-    if let Err(ReplayStop::Redis(e)) = result {
-        tracing::debug!(error = %e, "replay paused: redis failed");
+    match result {
+        Err(ReplayError::Deliver(ReplayStop::Redis(e))) => {
+            tracing::debug!(error = %e, "replay paused: redis failed");
+        }
+        Err(ReplayError::Spool(e)) => tracing::error!(error = %e, "cannot read the spool"),
+        Err(ReplayError::Deliver(ReplayStop::Slice)) | Ok(_) => {}
     }
     done
 }

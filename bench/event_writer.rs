@@ -1,0 +1,291 @@
+//! Event writer throughput into a local redis-server, and Redis commands per
+//! logged event, against a baseline in the same run: the same events written
+//! one at a time, one transaction each (what a per-request logger does).
+//!
+//! Run: `cargo bench --bench event_writer` (needs redis-server on PATH).
+//! Environment: EVENTS (default 200000).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bb8_redis::redis;
+use leafcache::cache::envelope::SearchMeta;
+use leafcache::config::RedisConfig;
+use leafcache::events::spool::Spool;
+use leafcache::events::write::{self, Layout};
+use leafcache::events::writer::{self, WriterConfig};
+use leafcache::events::{CacheResult, SearchEvent, new_search_id, now_ms};
+use leafcache::redis::RedisPool;
+use leafcache::redis::pool::Command as RedisCommand;
+
+struct Redis(Child, u16);
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Redis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH");
+    let r = Redis(child, port);
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("redis-server did not start");
+}
+
+/// 200 queries x 50 users, answers as the demo backend gives them.
+fn events(n: usize) -> Vec<SearchEvent> {
+    let metas: Vec<(String, Arc<SearchMeta>)> = (0..200)
+        .map(|i| {
+            let q = format!("query number {i}");
+            let doc = leafcache::demo::search(&q);
+            let products = doc["products"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| {
+                            (
+                                p["product_id"].as_str().unwrap_or("").to_string(),
+                                p["supplier"].as_str().map(str::to_string),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let meta = SearchMeta {
+                intent: Some("product_search".into()),
+                confidence: Some(0.9),
+                results_count: 10,
+                products,
+            };
+            (q, Arc::new(meta))
+        })
+        .collect();
+    let route: Arc<str> = Arc::from("search");
+    (0..n)
+        .map(|i| {
+            let (q, meta) = &metas[(i * 7) % metas.len()];
+            SearchEvent {
+                search_id: new_search_id(),
+                timestamp_ms: now_ms(),
+                user_id: Some(format!("user-{}", i % 50)),
+                user_uuid: None,
+                session_id: Some(format!("s-{}", i % 50)),
+                query: q.clone(),
+                query_normalized: q.clone(),
+                meta: meta.clone(),
+                response_time_ms: 0.4,
+                cache: if i % 5 == 0 {
+                    CacheResult::Miss
+                } else {
+                    CacheResult::Hit
+                },
+                status: 200,
+                route: route.clone(),
+            }
+        })
+        .collect()
+}
+
+fn total_commands(port: u16) -> u64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .expect("info");
+    info.lines()
+        .filter(|l| {
+            l.starts_with("cmdstat_")
+                && !l.starts_with("cmdstat_info")
+                && !l.starts_with("cmdstat_ping")
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+fn print_commandstats(port: u16) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .expect("info");
+    for l in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+        eprintln!("  {l}");
+    }
+}
+
+fn reset_stats(port: u16) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("flush");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut c)
+        .expect("resetstat");
+}
+
+fn layout() -> Layout {
+    Layout {
+        prefix: String::new(),
+        retention_secs: 90 * 86400,
+        history_limit: 1000,
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let redis = start_redis();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cfg = RedisConfig {
+        url: format!("redis://127.0.0.1:{}", redis.1),
+        pool_size: 16,
+        timeout: Duration::from_secs(2),
+        key_prefix: String::new(),
+        cluster: false,
+    };
+
+    // Our own CPU: building the commands for every batch, without Redis.
+    let evs = events(n);
+    let start = Instant::now();
+    let mut counters = leafcache::events::counters::Counters::default();
+    for chunk in evs.chunks(512) {
+        for ev in chunk {
+            counters.add(ev);
+        }
+        std::hint::black_box(write::records(&layout(), chunk));
+    }
+    std::hint::black_box(write::counters(&layout(), &counters));
+    let build_rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(evs);
+    if std::env::var("BUILD_ONLY").is_ok() {
+        println!("building commands only: {build_rate:.0} events/s");
+        return;
+    }
+
+    // leafcache's writer: batches, counters summed in process.
+    reset_stats(redis.1);
+    let evs = events(n);
+    let (rate, per_event) = rt.block_on(async {
+        let pool = RedisPool::new(&cfg).expect("pool");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 1 << 30).expect("spool");
+        let (sink, w) = writer::spawn(
+            WriterConfig {
+                layout: layout(),
+                queue_capacity: n,
+                batch_max: 512,
+                flush_interval: Duration::from_millis(20),
+            },
+            Some(pool),
+            Some(spool),
+        );
+        let start = Instant::now();
+        for ev in evs {
+            sink.send(ev);
+        }
+        w.shutdown().await; // drains the queue and flushes the counters
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(
+            sink.stats.written.load(Ordering::Relaxed),
+            n as u64,
+            "every event written"
+        );
+        if std::env::var("VERBOSE").is_ok() {
+            print_commandstats(redis.1);
+        }
+        (n as f64 / secs, total_commands(redis.1) as f64 / n as f64)
+    });
+
+    // Baseline: one transaction per event, 16 at a time.
+    reset_stats(redis.1);
+    let base_n = n.min(50_000);
+    let evs = events(base_n);
+    let (base_rate, base_per_event) = rt.block_on(async {
+        let pool = RedisPool::new(&cfg).expect("pool");
+        let layout = layout();
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for chunk in evs.chunks(base_n.div_ceil(16)) {
+            let chunk = chunk.to_vec();
+            let pool = pool.clone();
+            let layout = layout.clone();
+            tasks.spawn(async move {
+                for ev in chunk {
+                    let mut c = leafcache::events::counters::Counters::default();
+                    c.add(&ev);
+                    let one = std::slice::from_ref(&ev);
+                    for pipe in [write::records(&layout, one), write::counters(&layout, &c)] {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                        pool.query::<()>(RedisCommand::Pipe(&pipe), deadline)
+                            .await
+                            .expect("write");
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let secs = start.elapsed().as_secs_f64();
+        (
+            base_n as f64 / secs,
+            total_commands(redis.1) as f64 / base_n as f64,
+        )
+    });
+
+    println!(
+        "event writer into a local redis-server ({n} events, 200 queries x 50 users, 10 products each)"
+    );
+    println!("{:<34} {:>12} {:>16}", "", "events/s", "commands/event");
+    println!(
+        "{:<34} {:>12.0} {:>16.2}",
+        "leafcache writer (batched)", rate, per_event
+    );
+    println!(
+        "{:<34} {:>12.0} {:>16.2}",
+        "baseline: one MULTI per event", base_rate, base_per_event
+    );
+    println!(
+        "{:<34} {:>12.0}",
+        "building commands only (no redis)", build_rate
+    );
+    println!(
+        "ratio: {:.1}x the events/s, {:.2}x the commands",
+        rate / base_rate,
+        per_event / base_per_event
+    );
+}
