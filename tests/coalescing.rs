@@ -280,3 +280,52 @@ async fn concurrent_searches_of_two_users_are_never_collapsed_together() {
     assert_eq!(a.json()["user"], "u-a");
     assert_eq!(b.json()["user"], "u-b", "user b never gets user a's answer");
 }
+
+#[tokio::test]
+async fn waiters_on_a_private_global_answer_each_get_their_own() {
+    let redis = Redis::start().await;
+    let gate = Gate::new();
+    let held = gate.clone();
+    // Global scope and `private`: the leader's answer may not be shared, so each
+    // waiter must be sent on to the backend rather than left waiting.
+    let backend = Backend::start(move |req| {
+        Reply::echo(req)
+            .header("cache-control", "private")
+            .hold_until(&held)
+    })
+    .await;
+    let config = ProxyConfig::new().route(Route::search().scope("global"));
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+    // Eight users, one global key: a private answer is never handed to another user.
+    let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
+    let first = spawn_sends(&proxy.search(Some(&users[0]), json!({"query": "milk"})), 1);
+    backend.wait_for_count(1).await;
+    let mut tasks = first;
+    for user in &users[1..] {
+        tasks.extend(spawn_sends(
+            &proxy.search(Some(user), json!({"query": "milk"})),
+            1,
+        ));
+    }
+    tokio::time::sleep(SETTLE).await;
+    gate.open();
+    let answers = join_all(tasks).await;
+
+    for (user, answer) in users.iter().zip(&answers) {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(
+            answer.json()["user"],
+            user.as_str(),
+            "{user} got another's private answer"
+        );
+        assert_eq!(answer.header("cache-control"), Some("private"));
+        assert_eq!(answer.x_cache(), Some("MISS"), "{answer:?}");
+        assert!(!answer.cache_status().has("stored"), "{answer:?}");
+    }
+    assert_eq!(
+        backend.count(),
+        8,
+        "each user's request reached the backend"
+    );
+    assert!(redis.cache_keys().await.is_empty());
+}

@@ -399,3 +399,97 @@ async fn a_large_request_body_on_an_unmatched_path_reaches_the_backend_intact() 
     assert_eq!(resp.status, 200);
     assert!(backend.last().body == upload, "3 MB arrived intact");
 }
+
+/// A backend that reads each request whole, writes `answer` verbatim and hangs up.
+async fn raw_backend(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then as much body as Content-Length says, so
+                // the hang-up is a clean close rather than a reset.
+                let body_start = loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&seen[..body_start]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while seen.len() < body_start + length {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn an_answer_cut_off_mid_body_reaches_the_client_as_an_error_and_is_never_stored() {
+    let redis = Redis::start().await;
+    let (upstream, task) = raw_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"intent\":\"product_search\",",
+    )
+    .await;
+    let proxy = Proxy::start_with(&ProxyConfig::search(), &upstream, &redis.url()).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    for _ in 0..2 {
+        match tokio::time::timeout(WAIT, milk.try_send()).await {
+            Err(_) => panic!("no answer within {WAIT:?}"),
+            // The error reaches the client as a broken body...
+            Ok(Err(_)) => {}
+            // ...or, since the proxy may hold a search answer before its head,
+            // as an error status; never as a complete 200 or a hit.
+            Ok(Ok(resp)) => {
+                assert_ne!(
+                    resp.status, 200,
+                    "a truncated answer passed as whole: {resp:?}"
+                );
+                assert_ne!(resp.x_cache(), Some("HIT"), "{resp:?}");
+            }
+        }
+    }
+    assert!(redis.cache_keys().await.is_empty(), "nothing stored");
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_backend_answering_garbage_gives_502() {
+    let redis = Redis::start().await;
+    let (upstream, task) = raw_backend(b"this is not http\r\n\r\n").await;
+    let proxy = Proxy::start_with(&ProxyConfig::search(), &upstream, &redis.url()).await;
+
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    assert_upstream_error(&resp, 502, "upstream_unavailable");
+    assert!(redis.cache_keys().await.is_empty());
+    task.abort();
+}

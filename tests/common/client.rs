@@ -88,7 +88,7 @@ impl Req {
             .map_err(|e| format!("send: {e}"))
     }
 
-    pub(crate) async fn try_send(&self) -> Result<Resp, String> {
+    pub async fn try_send(&self) -> Result<Resp, String> {
         let response = self.try_send_streaming().await?;
         let (parts, body) = response.into_parts();
         let body = body
