@@ -25,19 +25,37 @@ pub struct KeyHash([u8; 32]);
 impl KeyHash {
     /// Lowercase hex, as it appears in Redis keys and in `Cache-Status`.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex().as_str().to_owned()
+    }
+
+    /// The hex form on the stack, for writing without an allocation.
+    pub fn hex(&self) -> HexKey {
+        let mut buf = [0u8; 64];
+        // 32 bytes always fit in 64 hex digits.
+        let _ = hex::encode_to_slice(self.0, &mut buf);
+        HexKey(buf)
+    }
+}
+
+/// 64 lowercase hex digits.
+pub struct HexKey([u8; 64]);
+
+impl HexKey {
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex().as_str())
     }
 }
 
 impl fmt::Display for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -72,7 +90,12 @@ pub struct KeyInput<'a> {
 
 /// Unicode NFKC, lowercase, trimmed, inner whitespace collapsed to one space.
 pub fn normalize_query(query: &str) -> String {
-    let folded: String = query.nfkc().collect::<String>().to_lowercase();
+    // ASCII is its own NFKC form: skip the Unicode tables for the common case.
+    let folded: String = if query.is_ascii() {
+        query.to_ascii_lowercase()
+    } else {
+        query.nfkc().collect::<String>().to_lowercase()
+    };
     let mut out = String::with_capacity(folded.len());
     for word in folded.split_whitespace() {
         if !out.is_empty() {

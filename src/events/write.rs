@@ -116,12 +116,30 @@ fn opt(v: &Option<String>) -> &[u8] {
     v.as_deref().unwrap_or("").as_bytes()
 }
 
+/// Writes `s` as a JSON string (RFC 8259 escaping).
 fn write_json_str(out: &mut String, s: &str) {
-    // serde_json escapes exactly as JSON requires; writing a str to a String
-    // cannot fail.
-    let mut buf = Vec::with_capacity(s.len() + 2);
-    let _ = serde_json::to_writer(&mut buf, s);
-    out.push_str(&String::from_utf8_lossy(&buf));
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{b:04x}"));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 fn write_json_list(out: &mut String, items: &[&str]) {
@@ -283,4 +301,26 @@ pub fn counters(layout: &Layout, counters: &Counters) -> Pipeline {
             .ignore();
     }
     pipe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_does() {
+        for s in [
+            "plain",
+            "quo\"te",
+            "back\\slash",
+            "new\nline",
+            "\u{1}ctl",
+            "ünï",
+            "tab\t",
+        ] {
+            let mut ours = String::new();
+            write_json_str(&mut ours, s);
+            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ pub fn user_cache(prefix: &str, user_id: &str, hash: &KeyHash) -> String {
     k.push_str("user:");
     k.push_str(user_id);
     k.push_str(":cache:");
-    k.push_str(&hash.to_hex());
+    k.push_str(hash.hex().as_str());
     k
 }
 
@@ -20,7 +20,7 @@ pub fn global_cache(prefix: &str, hash: &KeyHash) -> String {
     let mut k = String::with_capacity(prefix.len() + 77);
     k.push_str(prefix);
     k.push_str("cache:global:");
-    k.push_str(&hash.to_hex());
+    k.push_str(hash.hex().as_str());
     k
 }
 

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Proxy CPU time per request with search logging on versus off, on a
+# hit-heavy load, and Redis commands per logged event. Both proxies run in
+# this one invocation on this machine, pinned to CPU 0 with Redis and the
+# backend; wrk runs on CPU 1.
+#
+#   bench/logging_overhead.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+cargo build --release --quiet
+BIN=target/release/leafcache
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { awk '{print $14+$15}' /proc/"$1"/stat; }
+redis_calls() { redis-cli -p "$REDIS_PORT" info commandstats | grep -v -e cmdstat_info -e cmdstat_ping -e cmdstat_config | sed -n "s/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p" | awk '{s+=$1} END {print s+0}'; }
+
+REDIS_PORT=$(free_port)
+taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+PIDS+=($!)
+BACKEND_PORT=$(free_port)
+taskset -c 0 "$BIN" demo-backend --listen 127.0.0.1:"$BACKEND_PORT" 2>/dev/null &
+PIDS+=($!)
+wait_port "$REDIS_PORT"; wait_port "$BACKEND_PORT"
+
+run() { # name log(true|false)
+  local name=$1 log=$2 port admin
+  port=$(free_port); admin=$(free_port)
+  cat >"$WORK/$name.toml" <<TOML
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+[upstream]
+url = "http://127.0.0.1:$BACKEND_PORT"
+[redis]
+url = "redis://127.0.0.1:$REDIS_PORT"
+key_prefix = "$name:"
+[events]
+spool_dir = "$WORK/spool-$name"
+[[route]]
+name = "search"
+methods = ["GET", "POST"]
+path = "/api/v1/search"
+query = ["json:/query", "query:q"]
+log = $log
+TOML
+  RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
+  local pid=$!
+  PIDS+=($pid)
+  wait_port "$port"
+  # Warm: every key once, then measure.
+  taskset -c 1 wrk -t1 -c16 -d3s -s bench/wrk/search_get.lua "http://127.0.0.1:$port" >/dev/null
+  sleep 1.5 # let the writer flush the warm-up's events before counting commands
+  local t0 c0 out reqs t1 c1
+  t0=$(cpu_ticks "$pid"); c0=$(redis_calls)
+  out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency -s bench/wrk/search_get.lua "http://127.0.0.1:$port")
+  sleep 1.5
+  t1=$(cpu_ticks "$pid"); c1=$(redis_calls)
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  local rps p50 p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  local hz; hz=$(getconf CLK_TCK)
+  local us_per_req; us_per_req=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v r="$reqs" 'BEGIN {printf "%.2f", t * 1e6 / hz / r}')
+  local cmds_per; cmds_per=$(awk -v c=$((c1 - c0)) -v r="$reqs" 'BEGIN {printf "%.2f", c / r}')
+  echo "$name $rps $p50 $p99 $us_per_req $cmds_per"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+OFF=$(run off false)
+ON=$(run on true)
+printf '%-12s %10s %9s %9s %14s %16s\n' "logging" "req/s" "p50" "p99" "CPU us/req" "redis cmds/req"
+for line in "$OFF" "$ON"; do
+  set -- $line
+  printf '%-12s %10s %9s %9s %14s %16s\n' "$1" "$2" "$3" "$4" "$5" "$6"
+done
+set -- $OFF; OFF_US=$5
+set -- $ON; ON_US=$5; ON_CMDS=$6
+awk -v a="$ON_US" -v b="$OFF_US" -v c="$ON_CMDS" 'BEGIN {printf "CPU per request, logging on / off: %.2fx (target <= 1.15x); redis commands per logged event: %s (target <= 8)\n", a / b, c}'
