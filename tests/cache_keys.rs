@@ -334,3 +334,21 @@ async fn a_plain_route_keys_on_the_body_bytes_or_its_canonical_json() {
     .await;
     assert_separate_entries(&backend, post("sku=a&store=7"), post("sku=b&store=7")).await;
 }
+
+#[tokio::test]
+async fn composed_decomposed_and_uppercase_accents_share_an_entry() {
+    let (_redis, backend, proxy) = setup(ProxyConfig::search()).await;
+    let q = |text: &str| proxy.search(Some("u1"), json!({"query": text}));
+    assert_shared_entry(
+        &backend,
+        q("Crème Brûlée"),
+        vec![
+            // e + U+0300, u + U+0302: NFKC composes them.
+            q("Cre\u{300}me Bru\u{302}le\u{301}e"),
+            q("CRÈME  BRÛLÉE"),
+            // A no-break space is whitespace after NFKC.
+            q("crème\u{a0}brûlée"),
+        ],
+    )
+    .await;
+}
