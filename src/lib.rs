@@ -12,6 +12,7 @@
 //! - [`events`]: the search log: events, the batching writer, the spool.
 //! - [`redis`]: the pool, its health, and every Redis key name.
 //! - [`admin`]: health and readiness probes.
+//! - [`metrics`]: Prometheus counters and histograms.
 //! - [`app`]: building the parts from a config and running them.
 //! - [`demo`]: a small search backend for the quick start and benchmarks.
 //! - [`telemetry`]: logging setup.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod key;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod redis;
