@@ -111,8 +111,8 @@ async fn waiters_are_answered_when_the_leading_client_hangs_up() {
         answer.backend_n();
     }
     // Three waiters: without coalescing there would be four backend requests.
-    // One takeover makes two. Three are tolerated: now and then under
-    // load shows two waiters leading at once, probably because the leader's guard
+    // One takeover makes two. Three are tolerated: now and then, under load, two
+    // waiters lead at once, probably because the leader's guard
     // publishes Retry before it removes the flight, so a woken waiter can rejoin
     // the dead flight, read Retry again and run out of rounds. Reported, not
     // asserted, because it only shows in a race.
