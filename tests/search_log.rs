@@ -527,7 +527,6 @@ async fn a_mix_of_searches_leaves_exactly_the_records_and_counters_of_the_layout
 }
 
 #[tokio::test]
-#[ignore = "implementation bug: product_suppliers repeats a product listed twice (duplicate JSON keys)"]
 async fn product_suppliers_names_each_product_once() {
     let (redis, _backend, proxy) = setup().await;
     // The milk answer lists p1 twice.
