@@ -63,8 +63,16 @@ fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
     let mut pairs = String::with_capacity(32 * products.len());
     pairs.push('{');
     let mut first = true;
-    for (product, supplier) in &ev.meta.products {
+    for (i, (product, supplier)) in ev.meta.products.iter().enumerate() {
         let Some(supplier) = supplier else { continue };
+        // A product listed twice is named once (its first supplier), so the
+        // object has no duplicate keys.
+        if ev.meta.products[..i]
+            .iter()
+            .any(|(p, s)| p == product && s.is_some())
+        {
+            continue;
+        }
         if !first {
             pairs.push(',');
         }

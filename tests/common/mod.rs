@@ -21,6 +21,7 @@
 mod assertions;
 mod backend;
 mod client;
+pub mod events;
 mod proxy;
 mod redis_server;
 

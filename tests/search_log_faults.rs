@@ -1,0 +1,273 @@
+//! The search log under faults (SPEC section 5): logging never delays an
+//! answer, and no logged search is lost when Redis pauses, dies, or is down
+//! from the start, nor when the proxy is stopped with SIGTERM.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::events::*;
+use common::*;
+use serde_json::json;
+
+/// Replay happens within ~30 s of Redis answering again (reconnect backoff
+/// up to 5 s, replay once a second).
+const REPLAY_WAIT: Duration = Duration::from_secs(30);
+/// SIGTERM: 10 s of grace for requests in flight, then the queue is flushed.
+const EXIT_WAIT: Duration = Duration::from_secs(20);
+
+fn answer(req: &Recorded) -> Reply {
+    let q = query_of(req).unwrap_or_default();
+    search_answer(&q, "product_search", 0.9, &[("p1", "s1"), ("p2", "s2")])
+}
+
+/// `n` searches from `tasks` concurrent clients over 5 users and 40 queries
+/// (so some are hits); `answered` counts the answers as they come. Returns
+/// every X-Search-Id; each answer must be a logged 200.
+async fn burst(
+    proxy: &LogProxy,
+    n: usize,
+    tasks: usize,
+    answered: Arc<AtomicUsize>,
+) -> Vec<String> {
+    let reqs: Vec<Req> = (0..n)
+        .map(|i| {
+            let user = format!("u{}", i % 5);
+            proxy.search(Some(&user), json!({"query": format!("item {}", i % 40)}))
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let mine: Vec<Req> = reqs.iter().skip(t).step_by(tasks).cloned().collect();
+        let answered = answered.clone();
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for req in mine {
+                let resp = req.send().await;
+                assert_eq!(resp.status, 200, "{resp:?}");
+                ids.push(logged_id(&resp));
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for h in handles {
+        ids.extend(h.await.expect("a client task panicked"));
+    }
+    ids
+}
+
+fn unique(ids: &[String]) -> BTreeSet<String> {
+    let set: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(set.len(), ids.len(), "search ids are unique");
+    set
+}
+
+/// Every member of every `searches:daily:*` zset.
+async fn daily_members(store: &mut LogStore) -> BTreeSet<String> {
+    let mut members = BTreeSet::new();
+    for key in store.scan("searches:daily:*").await {
+        members.extend(store.zset(&key).await.into_keys());
+    }
+    members
+}
+
+#[tokio::test]
+async fn a_paused_redis_never_delays_an_answer_and_its_events_arrive_after() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let mut store = LogStore::new(&redis.url()).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+    let first = milk.send().await;
+    assert_miss_stored(&first);
+    let first_id = logged_id(&first);
+    store
+        .wait_for_records("", &BTreeSet::from([first_id.clone()]), WAIT)
+        .await;
+
+    let paused = Paused::pause(&redis).await;
+    // Bounded by the harness: a logger that waited for Redis would hang here.
+    let repeat = milk.send().await;
+    assert_hit(&repeat);
+    let repeat_id = logged_id(&repeat);
+    let bread = proxy
+        .search(Some("u1"), json!({"query": "bread"}))
+        .send()
+        .await;
+    assert_eq!(
+        bread.status, 200,
+        "a miss answered by the backend: {bread:?}"
+    );
+    let bread_id = logged_id(&bread);
+    paused.resume();
+
+    let ids = BTreeSet::from([first_id, repeat_id, bread_id]);
+    store.wait_for_records("", &ids, REPLAY_WAIT).await;
+    assert_eq!(store.search_ids("").await, ids);
+}
+
+#[tokio::test]
+async fn every_search_of_a_burst_survives_a_redis_restart() {
+    // Durable, so that what was written before the kill is still there and
+    // every id can be required.
+    let mut redis = DurableRedis::start().await;
+    let backend = Backend::start(answer).await;
+    let proxy = LogProxy::start(&LogConfig::new(), &backend.url(), &redis.url()).await;
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients = burst(&proxy, 300, 6, answered.clone());
+    let outage = async {
+        eventually("100 answers", || async {
+            (answered.load(Ordering::SeqCst) >= 100).then_some(())
+        })
+        .await;
+        redis.kill();
+        eventually("200 answers", || async {
+            (answered.load(Ordering::SeqCst) >= 200).then_some(())
+        })
+        .await;
+        redis.restart().await;
+    };
+    let (ids, ()) = tokio::join!(clients, outage);
+    let ids = unique(&ids);
+    assert_eq!(ids.len(), 300);
+
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &ids, REPLAY_WAIT).await;
+    assert_eq!(
+        store.search_ids("").await,
+        ids,
+        "one record per answered search, no strays"
+    );
+    assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
+    assert!(
+        metric(proxy.admin, "events_spooled").await > 0,
+        "the outage was felt: some batches went through the spool"
+    );
+    assert_eq!(metric(proxy.admin, "events_dropped").await, 0);
+}
+
+#[tokio::test]
+async fn sigterm_right_after_a_burst_exits_0_with_every_search_in_redis() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let mut proxy = LogProxy::start(&LogConfig::new(), &backend.url(), &redis.url()).await;
+
+    let ids = burst(&proxy, 500, 25, Arc::new(AtomicUsize::new(0))).await;
+    proxy.terminate();
+    let status = proxy.wait_exit(EXIT_WAIT).await;
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+
+    let ids = unique(&ids);
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &ids, WAIT).await;
+    assert_eq!(store.search_ids("").await, ids);
+    assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
+}
+
+/// Sends `n` searches through a proxy whose Redis does not exist, stops it
+/// with SIGTERM, and returns the ids: all of them now live only in `spool`.
+async fn searches_spooled_while_redis_is_down(spool: &std::path::Path, n: usize) -> Vec<String> {
+    let backend = Backend::start(answer).await;
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    // Small batches, so that the spool holds several records.
+    let config = LogConfig::new().spool_dir(spool).events("batch_max = 4");
+    let mut proxy = LogProxy::start(&config, &backend.url(), &nowhere).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let resp = proxy
+            .search(Some("u1"), json!({"query": format!("item {i}")}))
+            .send()
+            .await;
+        assert_eq!(resp.status, 200, "the backend answers: {resp:?}");
+        ids.push(logged_id(&resp));
+    }
+    assert_eq!(backend.count(), n);
+    proxy.terminate();
+    let status = proxy.wait_exit(EXIT_WAIT).await;
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        !spool_segments(spool).is_empty(),
+        "the queue went to the spool: {:?}",
+        std::fs::read_dir(spool).map(|d| d.count())
+    );
+    ids
+}
+
+#[tokio::test]
+async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() {
+    let spool = tempfile::tempdir().expect("spool dir");
+    let ids = unique(&searches_spooled_while_redis_is_down(spool.path(), 20).await);
+
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let config = LogConfig::new().spool_dir(spool.path());
+    let _proxy = LogProxy::start(&config, &backend.url(), &redis.url()).await;
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &ids, REPLAY_WAIT).await;
+    assert_eq!(store.search_ids("").await, ids);
+    assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
+    assert_eq!(backend.count(), 0, "replay does not ask the backend");
+}
+
+#[tokio::test]
+async fn a_torn_last_spool_record_is_skipped_and_every_record_before_it_replays() {
+    let spool = tempfile::tempdir().expect("spool dir");
+    let ids = unique(&searches_spooled_while_redis_is_down(spool.path(), 20).await);
+
+    // A crash in the middle of writing the last batch: its record is cut
+    // three bytes short, and nothing written after it (the final counter
+    // flush) reached the disk.
+    let newest = spool_segments(spool.path()).pop().expect("a spool segment");
+    let bytes = std::fs::read(&newest).expect("read the newest segment");
+    let frames = spool_frames(&bytes);
+    let carries = |frame: &SpoolFrame, id: &String| {
+        frame.payload.windows(id.len()).any(|w| w == id.as_bytes())
+    };
+    let torn = frames
+        .iter()
+        .rev()
+        .find(|f| ids.iter().any(|id| carries(f, id)))
+        .expect("the newest segment holds a batch of searches");
+    let lost: BTreeSet<String> = ids.iter().filter(|id| carries(torn, id)).cloned().collect();
+    let kept: BTreeSet<String> = ids.difference(&lost).cloned().collect();
+    assert!(!kept.is_empty(), "the spool holds more than one batch");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .and_then(|f| f.set_len((torn.end - 3) as u64))
+        .expect("truncate the newest segment");
+
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let config = LogConfig::new().spool_dir(spool.path());
+    let proxy = LogProxy::start(&config, &backend.url(), &redis.url()).await;
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &kept, REPLAY_WAIT).await;
+    // The torn record was the last: once the ones before it are in, replay
+    // has gone past it.
+    assert_eq!(
+        store.search_ids("").await,
+        kept,
+        "every search but those of the torn batch ({} of them), and nothing else",
+        lost.len()
+    );
+
+    assert!(
+        proxy.is_healthy().await,
+        "the proxy survived the torn record"
+    );
+    let after = proxy
+        .search(Some("u1"), json!({"query": "after replay"}))
+        .send()
+        .await;
+    let after_id = logged_id(&after);
+    store
+        .wait_for_records("", &BTreeSet::from([after_id]), WAIT)
+        .await;
+}
