@@ -101,8 +101,10 @@ impl FlightGuard {
             return;
         }
         self.finished = true;
-        self.flight.tx.send_replace(outcome);
+        // Remove the flight before announcing: a woken waiter that contends
+        // again must find a new flight (or lead one), never this finished one.
         self.coalescer.remove(&self.key, &self.flight);
+        self.flight.tx.send_replace(outcome);
     }
 }
 
