@@ -1,0 +1,154 @@
+//! Harness for the end-to-end tests: a real `redis-server`, a real HTTP backend
+//! inside the test process, and the real `leafcache` binary between them.
+//!
+//! Nothing here is mocked. Each test starts its own three servers on free
+//! loopback ports, so tests run in parallel and never touch a Redis that happens
+//! to run on the machine (port 6379 is never used).
+//!
+//! - `redis_server`: [`Redis`], a private `redis-server`, killable and restartable.
+//! - `backend`: [`Backend`], which records, counts and answers requests as the
+//!   test's handler says ([`Reply`]), and tracks its peak concurrency.
+//! - `proxy`: [`Proxy`], the `leafcache serve` process, and the proxy.toml it
+//!   reads ([`ProxyConfig`], [`Route`]).
+//! - `client`: [`Req`], [`Resp`] and the [`CacheStatus`] parser.
+//! - `assertions`: the X-Cache / Cache-Status forms of the contract.
+//!
+//! Every wait is bounded by [`WAIT`]; a test that would hang fails instead.
+
+// Each test file uses a different part of the harness.
+#![allow(dead_code)]
+
+mod assertions;
+mod backend;
+mod client;
+mod proxy;
+mod redis_server;
+
+pub use assertions::*;
+pub use backend::*;
+pub use client::*;
+pub use proxy::*;
+pub use redis_server::*;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// The bound of every wait in the suite: readiness, polls, one HTTP exchange.
+pub const WAIT: Duration = Duration::from_secs(10);
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// A loopback port that is free now (never 6379, where a shared Redis runs).
+///
+/// Ports come from below the kernel's ephemeral range, so the many outgoing
+/// connections of a test run can never take one between this check and the
+/// server's bind; a process-wide counter keeps parallel tests apart.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (ephemeral_low - 12_000, ephemeral_low - 1_000)
+    } else {
+        (61_000, 65_000)
+    };
+    let span = high - low;
+    let start = std::process::id() as usize * 7919 % span;
+    for _ in 0..span {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % span) as u16;
+        if port != 6379 && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// Polls `probe` until it yields `Some`, at most [`WAIT`]; panics naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(WAIT, what, probe).await
+}
+
+/// [`eventually`] with another bound, for waits the spec gives longer (reconnects).
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Polls `cond` for at most `limit`; tells whether it became true. For waits
+/// whose failure is itself an outcome the test reports (e.g. "never concurrent").
+pub async fn became_true(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// A latch: closed until `open`, then open for ever. Waiting on an open gate
+/// returns at once, so opening before the backend waits is not a lost wake-up.
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(Arc::new(watch::channel(false).0))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+/// A deterministic body of `len` bytes that is not a repeat of one short pattern,
+/// so that a dropped or reordered chunk shows.
+pub fn patterned_bytes(len: usize) -> Bytes {
+    let mut out = Vec::with_capacity(len);
+    let mut x: u32 = 0x9e37_79b9;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
