@@ -45,6 +45,8 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 0)]
         think_ms: u64,
     },
+    #[command(flatten)]
+    Ops(leafcache::cli::OpsCommand),
 }
 
 #[derive(Args, Default)]
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             serve(cli.config, args, Some((backend, demo.think_ms)))
         }
         Some(Command::DemoBackend { listen, think_ms }) => demo_backend(&listen, think_ms),
+        Some(Command::Ops(cmd)) => leafcache::cli::run(cmd, load(cli.config)),
         None => serve(cli.config, ServeArgs::default(), None),
     }
 }

@@ -21,6 +21,7 @@
 mod assertions;
 mod backend;
 mod client;
+pub mod ops;
 mod proxy;
 mod redis_server;
 
