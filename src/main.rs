@@ -76,7 +76,11 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    leafcache::telemetry::init();
+    // Batch commands print their own one-line errors; the proxy's logs would
+    // only add noise there.
+    if !matches!(cli.command, Some(Command::Ops(_))) {
+        leafcache::telemetry::init();
+    }
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(file.or(cli.config)),
         Some(Command::Serve(args)) => serve(cli.config, args, None),

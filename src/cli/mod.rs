@@ -57,6 +57,7 @@ impl From<anyhow::Error> for Failure {
 
 /// Runs a batch command with the config the command line named.
 pub fn run(cmd: OpsCommand, config: Result<Config, ConfigError>) -> ExitCode {
+    quiet_logs();
     let result = config
         .and_then(|mut c| {
             c.apply_overrides(&Overrides::default(), &|k| std::env::var(k).ok())?;
@@ -84,9 +85,24 @@ pub fn run(cmd: OpsCommand, config: Result<Config, ConfigError>) -> ExitCode {
     }
 }
 
-/// A small runtime for one command: batch work needs no thread pool.
+/// Only errors are logged (to stderr) unless `RUST_LOG` asks for more: the
+/// pool's warnings are written for a running proxy, not for a command that
+/// reports its own failure in one line.
+fn quiet_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A small runtime for one command. One worker thread rather than the
+/// current thread: `replay` drives Redis through `Handle::block_on` from this
+/// thread, which only a multi-thread runtime's workers can serve.
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot start the runtime: {e}")))

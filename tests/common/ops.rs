@@ -48,7 +48,7 @@ pub fn leafcache(config: &Path, args: &[&str]) -> tokio::process::Command {
         .arg(config)
         .env_remove("REDIS_URL")
         .env_remove("LEAFCACHE_ADMIN_TOKEN")
-        .env("RUST_LOG", "warn")
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -225,4 +225,24 @@ pub async fn three_days(redis: &Redis) -> (String, String, Vec<SearchEvent>) {
     ];
     seed(redis, &events).await;
     ("2025-11-25".into(), "2025-11-26".into(), events)
+}
+
+/// A proxy.toml for the batch commands alone: the test's Redis, a spool dir.
+pub fn cli_config(dir: &Path, redis: &Redis) -> std::path::PathBuf {
+    let path = dir.join("proxy.toml");
+    let text = format!(
+        "[redis]\nurl = {:?}\n\n[events]\nspool_dir = {:?}\n",
+        redis.url(),
+        dir.join("spool").display().to_string()
+    );
+    std::fs::write(&path, text).expect("write proxy.toml");
+    path
+}
+
+/// The peak resident set (VmHWM) of a running process, in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
