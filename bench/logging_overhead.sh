@@ -69,6 +69,7 @@ TOML
   local us_per_req; us_per_req=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v r="$reqs" 'BEGIN {printf "%.2f", t * 1e6 / hz / r}')
   local cmds_per; cmds_per=$(awk -v c=$((c1 - c0)) -v r="$reqs" 'BEGIN {printf "%.2f", c / r}')
   echo "$name $rps $p50 $p99 $us_per_req $cmds_per"
+  if grep -qi -e warn -e error "$WORK/$name.log"; then echo "$name proxy log:" >&2; grep -i -e warn -e error "$WORK/$name.log" | head -5 >&2; fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 

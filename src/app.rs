@@ -41,6 +41,15 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
     let redis =
         RedisPool::new(&config.redis).map_err(|e| StartError::Config(format!("redis.url: {e}")))?;
     redis.spawn_monitor();
+    for route in &config.routes {
+        if route.freshness == crate::config::Freshness::Origin {
+            tracing::warn!(
+                route = %route.name,
+                "freshness = \"origin\" (RFC 9111 semantics) is not implemented yet; \
+                 the route uses freshness = \"route\""
+            );
+        }
+    }
     let ev = &config.events;
     let spool = Spool::open(&ev.spool_dir, ev.spool_max_bytes).map_err(StartError::Spool)?;
     if !spool.is_empty() {

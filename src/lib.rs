@@ -11,8 +11,9 @@
 //! - [`answer`]: the search facts of a backend answer (intent, products).
 //! - [`events`]: the search log: events, the batching writer, the spool.
 //! - [`redis`]: the pool, its health, and every Redis key name.
-//! - [`admin`]: health and readiness probes, and the `/v1` API (feedback,
-//!   manual logging, history, stats, export, purge).
+//! - [`admin`]: health and readiness probes, metrics, and the `/v1` API
+//!   (feedback, manual logging, history, stats, export, purge).
+//! - [`metrics`]: Prometheus counters and histograms.
 //! - [`cli`]: the batch commands (export, history, stats, purge, replay).
 //! - [`app`]: building the parts from a config and running them.
 //! - [`demo`]: a small search backend for the quick start and benchmarks.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod key;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod redis;

@@ -88,6 +88,7 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(proxy).await,
+        (&Method::GET, "/metrics") => metrics(proxy),
         (_, path) if path.starts_with("/v1/") => api::route(proxy, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -124,6 +125,16 @@ async fn upstream_reachable(proxy: &Proxy) -> bool {
         .await,
         Ok(Ok(_))
     )
+}
+
+/// Prometheus scrape, in the OpenMetrics text format.
+fn metrics(proxy: &Proxy) -> AdminResponse {
+    let mut r = Response::new(full(Bytes::from(proxy.metrics.encode())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
 }
 
 fn full(body: Bytes) -> AdminBody {

@@ -37,6 +37,7 @@ struct Flight {
 pub struct Coalescer {
     /// std Mutex: held only to look up or insert, never across an `.await`.
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    waits: std::sync::atomic::AtomicU64,
 }
 
 pub enum Join {
@@ -48,6 +49,8 @@ impl Coalescer {
     pub fn join(self: &Arc<Self>, key: &str) -> Join {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(key) {
+            self.waits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Join::Waiter(flight.tx.subscribe());
         }
         let flight = Arc::new(Flight {
@@ -67,6 +70,11 @@ impl Coalescer {
         if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             flights.remove(key);
         }
+    }
+
+    /// Requests that waited for another's backend answer, since startup.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Keys with a request in flight (for metrics and tests).

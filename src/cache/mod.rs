@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::redis::RedisPool;
-use crate::redis::pool::Command;
+use crate::redis::pool::{Command, RedisFailure};
 use coalesce::Coalescer;
 use envelope::{Entry, now_ms};
 use l1::L1;
@@ -65,6 +65,8 @@ struct Write {
 pub struct CacheStats {
     pub redis_writes_dropped: AtomicU64,
     pub redis_decode_errors: AtomicU64,
+    pub redis_lookup_errors: AtomicU64,
+    pub redis_store_errors: AtomicU64,
 }
 
 pub struct Cache {
@@ -92,7 +94,7 @@ impl Cache {
         let stats = Arc::new(CacheStats::default());
         let writes = redis.clone().map(|pool| {
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-            tokio::spawn(write_loop(pool, rx));
+            tokio::spawn(write_loop(pool, rx, stats.clone()));
             tx
         });
         Cache {
@@ -144,13 +146,13 @@ impl Cache {
                 .await
             {
                 Ok(v) => vec![v],
-                Err(_) => return Lookup::default(),
+                Err(e) => return self.lookup_failed(&e),
             }
         } else {
             let cmd = redis::cmd("MGET").arg(keys).to_owned();
             match redis.query(Command::Cmd(&cmd), deadline).await {
                 Ok(v) => v,
-                Err(_) => return Lookup::default(),
+                Err(e) => return self.lookup_failed(&e),
             }
         };
         let now = now_ms();
@@ -187,6 +189,16 @@ impl Cache {
             }
         }
         found
+    }
+
+    fn lookup_failed(&self, e: &RedisFailure) -> Lookup {
+        // With the breaker open nothing was asked: not an error of this call.
+        if !matches!(e, RedisFailure::Down) {
+            self.stats
+                .redis_lookup_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Lookup::default()
     }
 
     /// Stores an answer in both tiers. Returns at once; Redis is written in
@@ -228,7 +240,7 @@ impl Cache {
 }
 
 /// Drains cache writes into Redis, pipelining what has queued up.
-async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>) {
+async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>, stats: Arc<CacheStats>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let mut pipe = redis::pipe();
@@ -243,6 +255,7 @@ async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>) {
         // A failed write loses a cache copy, never data: nothing to retry.
         let deadline = Instant::now() + Duration::from_secs(1);
         if let Err(e) = pool.query::<()>(Command::Pipe(&pipe), deadline).await {
+            stats.redis_store_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "cache write to redis skipped");
         }
     }

@@ -48,6 +48,8 @@ pub struct EventStats {
     pub replayed: AtomicU64,
     pub dropped: AtomicU64,
     pub spool_bytes: AtomicU64,
+    /// Batch or counter writes Redis did not confirm.
+    pub write_failures: AtomicU64,
 }
 
 /// What goes into one spool record.
@@ -265,6 +267,7 @@ impl Task {
                 self.stats.written.fetch_add(n, Ordering::Relaxed);
             }
             Ok(Err(batch)) => {
+                self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
                 let n = batch.len() as u64;
                 self.spool(SpoolRecord::Records(batch), n).await;
             }
@@ -288,6 +291,7 @@ impl Task {
             {
                 return;
             }
+            self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
         }
         self.spool(SpoolRecord::Counters(counters), 0).await;
     }

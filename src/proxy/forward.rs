@@ -40,6 +40,7 @@ pub struct Upstream {
     host: HeaderValue,
     pub timeout: Duration,
     trust_forwarded: bool,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Upstream {
@@ -66,7 +67,14 @@ impl Upstream {
             host,
             timeout: cfg.timeout,
             trust_forwarded,
+            metrics: None,
         }
+    }
+
+    /// Records backend latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Upstream {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Rewrites a client request for the backend, in place.
@@ -139,11 +147,16 @@ impl Upstream {
         req: Request<ProxyBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError::Unavailable(describe(&e))),
+        };
+        if let Some(m) = &self.metrics {
+            m.backend(started.elapsed());
         }
+        result
     }
 }
 

@@ -30,6 +30,7 @@ use crate::cache::{Cache, Found};
 use crate::config::{Config, RouteConfig};
 use crate::events::CacheResult;
 use crate::events::writer::EventSink;
+use crate::metrics::{self, Metrics, Sources};
 use crate::policy::{self, NotStored, StoreRules, StoreScope};
 use body::{Collected, ProxyBody, collect_limited};
 use forward::{Upstream, UpstreamError, strip_hop_by_hop};
@@ -50,6 +51,7 @@ pub struct Proxy {
     pub events: Option<EventSink>,
     /// Route names as shared strings, so events do not copy them.
     route_names: Vec<Arc<str>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where a routed request is in the flow: its route and its log entry.
@@ -62,17 +64,29 @@ struct Flow<'a> {
 impl Proxy {
     pub fn new(config: Arc<Config>, cache: Cache, events: Option<EventSink>) -> Proxy {
         let upstream = Upstream::new(&config.upstream, config.trust_forwarded);
-        let route_names = config
+        let route_names: Vec<Arc<str>> = config
             .routes
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
             .collect();
+        let metrics = Arc::new(Metrics::new(
+            &route_names,
+            Sources {
+                l1: cache.l1().cloned(),
+                cache_stats: cache.stats.clone(),
+                coalescer: cache.coalescer.clone(),
+                redis_health: cache.redis().map(|r| r.health().clone()),
+                events: events.clone(),
+            },
+        ));
+        let upstream = upstream.with_metrics(metrics.clone());
         Proxy {
             config,
             upstream,
             cache,
             events,
             route_names,
+            metrics,
         }
     }
 
@@ -80,22 +94,42 @@ impl Proxy {
     /// response.
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
+        let (route, resp) = self.route(req, client, started).await;
+        let outcome = match resp.headers().get(&X_CACHE).map(|v| v.as_bytes()) {
+            Some(b"HIT") => metrics::Outcome::Hit,
+            Some(b"MISS") => metrics::Outcome::Miss,
+            Some(b"BYPASS") => metrics::Outcome::Bypass,
+            Some(b"STALE") => metrics::Outcome::Stale,
+            Some(b"REVALIDATED") => metrics::Outcome::Revalidated,
+            _ => metrics::Outcome::None,
+        };
+        self.metrics.request(route, outcome, started.elapsed());
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        started: Instant,
+    ) -> (Option<usize>, Response<ProxyBody>) {
         let routes = &self.config.routes;
         let Some(route_index) = routes
             .iter()
             .position(|r| r.matches(req.method(), req.uri().path()))
         else {
             let (parts, body) = req.into_parts();
-            return self
+            let resp = self
                 .forward_streaming(parts, ProxyBody::stream(body), client)
                 .await;
+            return (None, resp);
         };
         let route = &routes[route_index];
         let ctx = ReadCtx {
             started,
             route_name: &self.route_names[route_index],
         };
-        match request::read(&self.config, route, req, ctx).await {
+        let resp = match request::read(&self.config, route, req, ctx).await {
             Routed::Bypass(reason, parts, body, draft) => {
                 let mut resp = self.forward_streaming(parts, body, client).await;
                 mark(&mut resp, Verdict::Bypass, respond::bypass_status(reason));
@@ -115,7 +149,8 @@ impl Proxy {
                 };
                 self.serve_cacheable(&mut flow, c, client).await
             }
-        }
+        };
+        (Some(route_index), resp)
     }
 
     async fn serve_cacheable(

@@ -50,6 +50,21 @@ impl ManageConnection for Manager {
     }
 }
 
+/// Keeps the last connection error bb8 saw, so the "redis is unreachable"
+/// warning can say why (bb8's own `get` only reports a timeout).
+#[derive(Debug, Clone, Default)]
+struct LastError(Arc<std::sync::Mutex<Option<String>>>);
+
+impl bb8::ErrorSink<RedisError> for LastError {
+    fn sink(&self, error: RedisError) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
+}
+
 /// Why a Redis call gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisFailure {
@@ -76,15 +91,17 @@ pub struct Health {
     /// Errors seen, by any caller, for metrics.
     errors: AtomicU64,
     target: String,
+    last_error: LastError,
 }
 
 impl Health {
-    fn new(target: String) -> Health {
+    fn new(target: String, last_error: LastError) -> Health {
         Health {
             up: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             errors: AtomicU64::new(0),
             target,
+            last_error,
         }
     }
 
@@ -107,9 +124,16 @@ impl Health {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if (trip_now || n >= TRIP_AFTER) && self.up.swap(false, Ordering::AcqRel) {
+            let cause = self
+                .last_error
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| why.to_string());
             tracing::warn!(
                 redis = %self.target,
-                error = %why,
+                error = %cause,
                 "redis is unreachable; serving from L1 and the backend until it answers"
             );
         }
@@ -131,6 +155,7 @@ impl RedisPool {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1).max(io_timeout)))
             .set_response_timeout(Some(Duration::from_secs(5)));
+        let last_error = LastError::default();
         let pool = bb8::Pool::builder()
             .max_size(cfg.pool_size)
             .min_idle(None)
@@ -139,10 +164,11 @@ impl RedisPool {
             .test_on_check_out(false)
             .retry_connection(false)
             .connection_timeout(Duration::from_secs(1).max(io_timeout))
+            .error_sink(Box::new(last_error.clone()))
             .build_unchecked(Manager { client, config });
         Ok(RedisPool {
             pool,
-            health: Arc::new(Health::new(redacted(&cfg.url))),
+            health: Arc::new(Health::new(redacted(&cfg.url), last_error)),
         })
     }
 
@@ -264,7 +290,7 @@ mod tests {
 
     #[test]
     fn breaker_trips_after_repeated_failures_and_closes_on_success() {
-        let h = Health::new("t".into());
+        let h = Health::new("t".into(), LastError::default());
         for _ in 0..TRIP_AFTER - 1 {
             h.failure(&RedisFailure::Timeout, false);
             assert!(h.is_up());
