@@ -11,8 +11,10 @@
 //! - [`answer`]: the search facts of a backend answer (intent, products).
 //! - [`events`]: the search log: events, the batching writer, the spool.
 //! - [`redis`]: the pool, its health, and every Redis key name.
-//! - [`admin`]: health and readiness probes.
+//! - [`admin`]: health and readiness probes, metrics, and the `/v1` API
+//!   (feedback, manual logging, history, stats, export, purge).
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`cli`]: the batch commands (export, history, stats, purge, replay).
 //! - [`app`]: building the parts from a config and running them.
 //! - [`demo`]: a small search backend for the quick start and benchmarks.
 //! - [`telemetry`]: logging setup.
@@ -22,6 +24,7 @@ pub mod answer;
 pub mod app;
 pub mod cache;
 pub mod cache_control;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;

@@ -45,6 +45,8 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 0)]
         think_ms: u64,
     },
+    #[command(flatten)]
+    Ops(leafcache::cli::OpsCommand),
 }
 
 #[derive(Args, Default)]
@@ -74,7 +76,11 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    leafcache::telemetry::init();
+    // Batch commands print their own one-line errors; the proxy's logs would
+    // only add noise there.
+    if !matches!(cli.command, Some(Command::Ops(_))) {
+        leafcache::telemetry::init();
+    }
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(file.or(cli.config)),
         Some(Command::Serve(args)) => serve(cli.config, args, None),
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
             serve(cli.config, args, Some((backend, demo.think_ms)))
         }
         Some(Command::DemoBackend { listen, think_ms }) => demo_backend(&listen, think_ms),
+        Some(Command::Ops(cmd)) => leafcache::cli::run(cmd, load(cli.config)),
         None => serve(cli.config, ServeArgs::default(), None),
     }
 }

@@ -1,5 +1,12 @@
-//! The admin listener: health and readiness for probes. It runs on a runtime
-//! of its own so that probes answer even when the data path is saturated.
+//! The admin listener: health and readiness for probes, and the `/v1` API of
+//! SPEC section 6. It runs on a runtime of its own so that probes answer even
+//! when the data path is saturated.
+//!
+//! - [`api`]: the `/v1` endpoints (bearer token, JSON errors).
+//! - [`feedback`], [`manual`]: what the application tells us about searches.
+//! - [`history`], [`stats`], [`export`], [`purge`]: reading and purging what
+//!   was collected; shared with the batch commands of [`crate::cli`].
+//! - [`fields`], [`dates`]: request fields and UTC dates.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,7 +14,8 @@ use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,7 +24,21 @@ use tokio::net::TcpListener;
 
 use crate::proxy::Proxy;
 
-type AdminResponse = Response<Full<Bytes>>;
+mod api;
+pub mod dates;
+pub mod export;
+pub mod feedback;
+pub mod fields;
+pub mod history;
+pub mod manual;
+pub mod purge;
+pub mod stats;
+
+/// Errors a streamed body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Whole answers and the streamed export alike.
+pub type AdminBody = BoxBody<Bytes, BoxError>;
+type AdminResponse = Response<AdminBody>;
 
 /// Serves the admin API on its own single-threaded runtime, on a thread of
 /// its own. The listener must be a std listener bound beforehand.
@@ -67,6 +89,7 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> AdminResponse {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(proxy).await,
         (&Method::GET, "/metrics") => metrics(proxy),
+        (_, path) if path.starts_with("/v1/") => api::route(proxy, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -106,7 +129,7 @@ async fn upstream_reachable(proxy: &Proxy) -> bool {
 
 /// Prometheus scrape, in the OpenMetrics text format.
 fn metrics(proxy: &Proxy) -> AdminResponse {
-    let mut r = Response::new(Full::new(Bytes::from(proxy.metrics.encode())));
+    let mut r = Response::new(full(Bytes::from(proxy.metrics.encode())));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -114,8 +137,12 @@ fn metrics(proxy: &Proxy) -> AdminResponse {
     r
 }
 
+fn full(body: Bytes) -> AdminBody {
+    Full::new(body).map_err(|never| match never {}).boxed()
+}
+
 fn text(status: StatusCode, body: &'static str) -> AdminResponse {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -125,7 +152,7 @@ fn text(status: StatusCode, body: &'static str) -> AdminResponse {
 }
 
 fn json(status: StatusCode, body: String) -> AdminResponse {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -24,6 +24,17 @@ pub fn global_cache(prefix: &str, hash: &KeyHash) -> String {
     k
 }
 
+/// `user:<user_id>:cache:`: what every cache key of a user starts with
+/// (a purge takes the keys of this head followed by exactly one hash).
+pub fn user_cache_head(prefix: &str, user_id: &str) -> String {
+    format!("{prefix}user:{user_id}:cache:")
+}
+
+/// `cache:global:`: what every global cache key starts with.
+pub fn global_cache_head(prefix: &str) -> String {
+    format!("{prefix}cache:global:")
+}
+
 /// `leafcache:invalidate`: the pub/sub channel for L1 invalidation.
 pub fn invalidate_channel(prefix: &str) -> String {
     format!("{prefix}leafcache:invalidate")
@@ -129,6 +140,14 @@ mod tests {
         assert_eq!(
             global_cache("app:", &h),
             format!("app:cache:global:{}", h.to_hex())
+        );
+        assert_eq!(
+            user_cache_head("app:", "u1") + &h.to_hex(),
+            user_cache("app:", "u1", &h)
+        );
+        assert_eq!(
+            global_cache_head("app:") + &h.to_hex(),
+            global_cache("app:", &h)
         );
     }
 }

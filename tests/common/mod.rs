@@ -22,6 +22,7 @@ mod assertions;
 mod backend;
 mod client;
 pub mod events;
+pub mod ops;
 mod proxy;
 mod redis_server;
 

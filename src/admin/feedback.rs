@@ -1,0 +1,200 @@
+//! Feedback on a logged search (SPEC section 5): a click, an add to order
+//! or a purchase of one of its results, the labels a ranking model needs.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bb8_redis::redis;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::fields::{self, BadField};
+use crate::events::write::Layout;
+use crate::redis::RedisPool;
+use crate::redis::keys;
+use crate::redis::pool::{Command, RedisFailure};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the user did with a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Click,
+    AddToOrder,
+    Purchase,
+}
+
+impl Action {
+    fn parse(text: &str) -> Option<Action> {
+        match text {
+            "click" => Some(Action::Click),
+            "add_to_order" => Some(Action::AddToOrder),
+            "purchase" => Some(Action::Purchase),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Click => "click",
+            Action::AddToOrder => "add_to_order",
+            Action::Purchase => "purchase",
+        }
+    }
+
+    /// The counter on `search:<id>`.
+    fn record_field(self) -> &'static str {
+        match self {
+            Action::Click => "clicks",
+            Action::AddToOrder => "orders",
+            Action::Purchase => "purchases",
+        }
+    }
+
+    /// The word in `products:<word>:<date>`.
+    fn products_word(self) -> &'static str {
+        match self {
+            Action::Click => "clicked",
+            Action::AddToOrder => "ordered",
+            Action::Purchase => "purchased",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feedback {
+    pub search_id: String,
+    pub action: Action,
+    pub product_id: String,
+    pub position: Option<i64>,
+}
+
+impl Feedback {
+    pub fn from_json(obj: &Map<String, Value>) -> Result<Feedback, BadField> {
+        let search_id = fields::req_str(obj, "search_id")?;
+        let event = fields::req_str(obj, "event")?;
+        let action = Action::parse(&event).ok_or_else(|| {
+            BadField::new(
+                "event",
+                "must be \"click\", \"add_to_order\" or \"purchase\"",
+            )
+        })?;
+        Ok(Feedback {
+            search_id,
+            action,
+            product_id: fields::req_id(obj, "product_id")?,
+            position: fields::opt_i64(obj, "position")?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("no search {0} (unknown or expired)")]
+    UnknownSearch(String),
+    #[error(transparent)]
+    Redis(#[from] RedisFailure),
+}
+
+/// The compact entry of `search:<id>:feedback`.
+#[derive(Serialize)]
+struct Entry<'a> {
+    event: &'a str,
+    product_id: &'a str,
+    position: Option<i64>,
+    timestamp: &'a str,
+}
+
+/// Records one feedback event at `now_ms`, in one MULTI/EXEC.
+pub async fn record(
+    redis: &RedisPool,
+    layout: &Layout,
+    fb: &Feedback,
+    now_ms: u64,
+) -> Result<(), FeedbackError> {
+    let p = &layout.prefix;
+    let ttl = layout.retention_secs;
+    let search = keys::search(p, &fb.search_id);
+    let deadline = Instant::now() + DEADLINE;
+
+    let mut check = redis::pipe();
+    check.cmd("EXISTS").arg(&search);
+    check.cmd("HGET").arg(&search).arg("product_suppliers");
+    let (exists, suppliers): (i64, Option<String>) =
+        redis.query(Command::Pipe(&check), deadline).await?;
+    if exists == 0 {
+        return Err(FeedbackError::UnknownSearch(fb.search_id.clone()));
+    }
+    let supplier = suppliers
+        .and_then(|s| serde_json::from_str::<HashMap<String, String>>(&s).ok())
+        .and_then(|mut m| m.remove(&fb.product_id));
+
+    let timestamp = crate::events::rfc3339_ms(now_ms);
+    let date = &timestamp[..10];
+    let entry = serde_json::to_string(&Entry {
+        event: fb.action.as_str(),
+        product_id: &fb.product_id,
+        position: fb.position,
+        timestamp: &timestamp,
+    })
+    .unwrap_or_default();
+
+    let mut tx = redis::pipe();
+    tx.atomic();
+    tx.cmd("HINCRBY")
+        .arg(&search)
+        .arg(fb.action.record_field())
+        .arg(1)
+        .ignore();
+    tx.cmd("EXPIRE").arg(&search).arg(ttl).ignore();
+    let list = keys::search_feedback(p, &fb.search_id);
+    tx.cmd("RPUSH").arg(&list).arg(entry).ignore();
+    tx.cmd("EXPIRE").arg(&list).arg(ttl).ignore();
+    let products = keys::products_feedback(p, fb.action.products_word(), date);
+    tx.cmd("ZINCRBY")
+        .arg(&products)
+        .arg(1)
+        .arg(&fb.product_id)
+        .ignore();
+    tx.cmd("EXPIRE").arg(&products).arg(ttl).ignore();
+    if let (Action::Click, Some(supplier)) = (fb.action, supplier) {
+        let clicks = keys::supplier_clicks(p, &supplier, date);
+        tx.cmd("ZINCRBY")
+            .arg(&clicks)
+            .arg(1)
+            .arg(&fb.product_id)
+            .ignore();
+        tx.cmd("EXPIRE").arg(&clicks).arg(ttl).ignore();
+    }
+    redis.query::<()>(Command::Pipe(&tx), deadline).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let parse = |v: Value| Feedback::from_json(v.as_object().unwrap());
+        let ok = json!({"search_id": "s", "event": "click", "product_id": "p", "position": 2});
+        assert_eq!(parse(ok).unwrap().position, Some(2));
+        for (body, field) in [
+            (json!({"event": "click", "product_id": "p"}), "search_id"),
+            (json!({"search_id": "s", "product_id": "p"}), "event"),
+            (
+                json!({"search_id": "s", "event": "like", "product_id": "p"}),
+                "event",
+            ),
+            (json!({"search_id": "s", "event": "click"}), "product_id"),
+            (
+                json!({"search_id": "s", "event": "click", "product_id": "p", "position": "1"}),
+                "position",
+            ),
+        ] {
+            assert_eq!(parse(body.clone()).unwrap_err().field, field, "{body}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Manual logging (SPEC section 5): a search that did not pass through the
+//! proxy, sent by the application with the fields of the original
+//! `log_search`, becomes a [`SearchEvent`] with route `manual` and cache
+//! `none`, written by the same writer as proxied searches.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::fields::{self, BadField};
+use crate::cache::envelope::SearchMeta;
+use crate::config::IdentityConfig;
+use crate::events::{CacheResult, SearchEvent, new_search_id, now_ms};
+
+/// The route name of manually logged searches.
+pub const ROUTE: &str = "manual";
+
+/// Reads a manual search. `results` (objects with `product_id` and
+/// `supplier`) gives the products; `results_count`, when given, is the count
+/// either way.
+pub fn from_json(
+    obj: &Map<String, Value>,
+    identity: &IdentityConfig,
+) -> Result<SearchEvent, BadField> {
+    let query = fields::req_str(obj, "query")?;
+    let user_id = fields::opt_str(obj, "user_id")?.map(|raw| {
+        // The same id a proxied search of this user is logged under, so
+        // both land in one history.
+        if identity.hash_user_id {
+            hex::encode(Sha256::digest(raw.as_bytes()))
+        } else {
+            raw
+        }
+    });
+    let user_uuid = fields::opt_str(obj, "user_uuid")?;
+    let session_id = fields::opt_str(obj, "session_id")?;
+    let intent = fields::opt_str(obj, "intent")?;
+    let confidence = fields::opt_f64(obj, "confidence")?;
+    let response_time_ms = fields::opt_f64(obj, "response_time_ms")?.unwrap_or(0.0);
+    let products = match obj.get("results").filter(|v| !v.is_null()) {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| result(i, item))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(BadField::new("results", "must be a list of objects")),
+    };
+    let results_count = match fields::opt_count(obj, "results_count")? {
+        Some(n) => n,
+        None => u32::try_from(products.len()).unwrap_or(u32::MAX),
+    };
+    let query_normalized = crate::key::normalize_query(&query);
+    Ok(SearchEvent {
+        search_id: new_search_id(),
+        timestamp_ms: now_ms(),
+        user_id,
+        user_uuid,
+        session_id,
+        query,
+        query_normalized,
+        meta: Arc::new(SearchMeta {
+            intent,
+            confidence,
+            results_count,
+            products,
+        }),
+        response_time_ms,
+        cache: CacheResult::None,
+        status: 0,
+        route: Arc::from(ROUTE),
+    })
+}
+
+fn result(i: usize, item: &Value) -> Result<(String, Option<String>), BadField> {
+    let name = |f: &str| format!("results[{i}].{f}");
+    let Value::Object(obj) = item else {
+        return Err(BadField::new(format!("results[{i}]"), "must be an object"));
+    };
+    let rename = |mut e: BadField| {
+        e.field = name(&e.field);
+        e
+    };
+    let product = fields::req_id(obj, "product_id").map_err(rename)?;
+    let supplier = fields::opt_id(obj, "supplier").map_err(rename)?;
+    Ok((product, supplier))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn identity() -> IdentityConfig {
+        IdentityConfig {
+            user_id: vec![],
+            user_uuid: vec![],
+            session_id: vec![],
+            hash_user_id: false,
+        }
+    }
+
+    fn parse(v: Value) -> Result<SearchEvent, BadField> {
+        from_json(v.as_object().unwrap(), &identity())
+    }
+
+    #[test]
+    fn results_count_wins_over_the_results_list() {
+        let ev = parse(json!({
+            "query": "Organic  Milk",
+            "results": [{"product_id": "p1", "supplier": "s1"}, {"product_id": 2}],
+            "results_count": 40,
+        }))
+        .unwrap();
+        assert_eq!(ev.meta.results_count, 40);
+        assert_eq!(ev.meta.products.len(), 2);
+        assert_eq!(ev.query_normalized, "organic milk");
+        assert_eq!(ev.cache, CacheResult::None);
+        assert_eq!(&*ev.route, "manual");
+        let ev = parse(json!({"query": "q", "results": [{"product_id": "p1"}]})).unwrap();
+        assert_eq!(ev.meta.results_count, 1);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        for (body, field) in [
+            (json!({}), "query"),
+            (json!({"query": 1}), "query"),
+            (json!({"query": "q", "user_id": 5}), "user_id"),
+            (json!({"query": "q", "confidence": "high"}), "confidence"),
+            (
+                json!({"query": "q", "response_time_ms": "3"}),
+                "response_time_ms",
+            ),
+            (json!({"query": "q", "results_count": -1}), "results_count"),
+            (json!({"query": "q", "results": {}}), "results"),
+            (
+                json!({"query": "q", "results": [{}]}),
+                "results[0].product_id",
+            ),
+            (
+                json!({"query": "q", "results": [{"product_id": "p", "supplier": []}]}),
+                "results[0].supplier",
+            ),
+        ] {
+            assert_eq!(parse(body.clone()).unwrap_err().field, field, "{body}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The daily statistics report (SPEC section 1: `leafcache stats`, and
+//! `GET /v1/stats`), read from the analytics counters of one day.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bb8_redis::redis;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::redis::RedisPool;
+use crate::redis::keys;
+use crate::redis::pool::{Command, RedisFailure};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub date: String,
+    pub total_searches: u64,
+    /// All 24 hours, `00`..`23`.
+    pub hourly: BTreeMap<String, u64>,
+    pub intents: BTreeMap<String, u64>,
+    pub top_products: Vec<ProductCount>,
+    pub top_queries: Vec<QueryCount>,
+    pub zero_result_queries: Vec<QueryCount>,
+    pub cache: CacheCounts,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProductCount {
+    pub id: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryCount {
+    pub query: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheCounts {
+    pub hit: u64,
+    pub miss: u64,
+    pub bypass: u64,
+    pub stale: u64,
+    /// (hit + stale) / (hit + miss + stale); 0 when nothing was looked up.
+    pub hit_ratio: f64,
+}
+
+impl CacheCounts {
+    fn new(counts: &HashMap<String, i64>) -> CacheCounts {
+        let get = |k: &str| counts.get(k).map_or(0, |n| (*n).max(0) as u64);
+        let (hit, miss, bypass, stale) = (get("hit"), get("miss"), get("bypass"), get("stale"));
+        let looked_up = hit + miss + stale;
+        let hit_ratio = if looked_up == 0 {
+            0.0
+        } else {
+            (hit + stale) as f64 / looked_up as f64
+        };
+        CacheCounts {
+            hit,
+            miss,
+            bypass,
+            stale,
+            hit_ratio,
+        }
+    }
+}
+
+type Ranked = Vec<(String, f64)>;
+type Counts = (
+    HashMap<String, i64>,
+    HashMap<String, i64>,
+    Ranked,
+    Ranked,
+    Ranked,
+    HashMap<String, i64>,
+);
+
+/// Reads the report of `date` (`YYYY-MM-DD`) in one round trip; `top` caps
+/// the three lists.
+pub async fn read(
+    redis: &RedisPool,
+    prefix: &str,
+    date: &str,
+    top: usize,
+) -> Result<Stats, RedisFailure> {
+    let stop = top.max(1) as i64 - 1;
+    let mut pipe = redis::pipe();
+    pipe.cmd("HGETALL").arg(keys::searches_hourly(prefix, date));
+    pipe.cmd("HGETALL").arg(keys::intent_stats(prefix, date));
+    for key in [
+        keys::products_popular(prefix, date),
+        keys::queries_popular(prefix, date),
+        keys::queries_zero(prefix, date),
+    ] {
+        pipe.cmd("ZREVRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(stop)
+            .arg("WITHSCORES");
+    }
+    pipe.cmd("HGETALL").arg(keys::cache_stats(prefix, date));
+    let (hourly, intents, products, queries, zero, cache): Counts = redis
+        .query(Command::Pipe(&pipe), Instant::now() + DEADLINE)
+        .await?;
+
+    let count = |n: i64| n.max(0) as u64;
+    let hourly: BTreeMap<String, u64> = (0..24)
+        .map(|h| {
+            let hour = format!("{h:02}");
+            let n = hourly.get(&hour).copied().map_or(0, count);
+            (hour, n)
+        })
+        .collect();
+    let ranked = |list: Ranked| -> Vec<(String, u64)> {
+        list.into_iter()
+            .take(top)
+            .map(|(m, score)| (m, score.max(0.0).round() as u64))
+            .collect()
+    };
+    let queries_of = |list: Ranked| {
+        ranked(list)
+            .into_iter()
+            .map(|(query, count)| QueryCount { query, count })
+            .collect()
+    };
+    Ok(Stats {
+        date: date.to_owned(),
+        total_searches: hourly.values().sum(),
+        hourly,
+        intents: intents.into_iter().map(|(k, n)| (k, count(n))).collect(),
+        top_products: ranked(products)
+            .into_iter()
+            .map(|(id, count)| ProductCount { id, count })
+            .collect(),
+        top_queries: queries_of(queries),
+        zero_result_queries: queries_of(zero),
+        cache: CacheCounts::new(&cache),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_ratio_counts_stale_as_served_and_ignores_bypass() {
+        let counts: HashMap<String, i64> = [("hit", 6), ("stale", 2), ("miss", 2), ("bypass", 90)]
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect();
+        assert_eq!(CacheCounts::new(&counts).hit_ratio, 0.8);
+        assert_eq!(CacheCounts::new(&HashMap::new()).hit_ratio, 0.0);
+    }
+}
