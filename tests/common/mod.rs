@@ -26,6 +26,7 @@ pub mod ops;
 mod proxy;
 mod redis_server;
 
+#[allow(unused_imports)] // not every test file asserts with these
 pub use assertions::*;
 pub use backend::*;
 pub use client::*;
