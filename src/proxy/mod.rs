@@ -165,12 +165,17 @@ impl Proxy {
             refresh: c.refresh,
             ..MissDetail::default()
         };
+        // One budget for every Redis lookup of this request (SPEC step 14),
+        // however many coalescing rounds it takes.
+        let deadline = Instant::now() + self.config.redis.timeout;
+        let mut stale = None;
         let guard = loop {
             if !c.refresh {
-                let deadline = Instant::now() + self.config.redis.timeout;
-                if let Some(found) = self.cache.lookup(&keys, deadline).await.fresh {
+                let lookup = self.cache.lookup(&keys, deadline).await;
+                if let Some(found) = lookup.fresh {
                     return self.hit(flow, &c, found);
                 }
+                stale = lookup.stale.map(|f| f.entry).or(stale);
             }
             if c.refresh {
                 break None;
@@ -196,7 +201,7 @@ impl Proxy {
                 }
             }
         };
-        self.fetch(flow, c, client, guard, detail).await
+        self.fetch(flow, c, client, guard, detail, stale).await
     }
 
     fn hit(&self, flow: &mut Flow<'_>, c: &Cacheable, found: Found) -> Response<ProxyBody> {
@@ -218,6 +223,7 @@ impl Proxy {
         client: SocketAddr,
         guard: Option<FlightGuard>,
         mut detail: MissDetail,
+        stale: Option<Arc<Entry>>,
     ) -> Response<ProxyBody> {
         let finish = |outcome: Outcome| {
             if let Some(g) = guard {
@@ -240,6 +246,9 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 finish(Outcome::GoDirect);
+                if let Some(resp) = self.serve_stale(flow, stale.as_deref(), &hash, None) {
+                    return resp;
+                }
                 return self.backend_failed(flow, &e);
             }
         };
@@ -266,6 +275,12 @@ impl Proxy {
             Err(reason) => {
                 self.not_stored(&keys[0], reason);
                 finish(Outcome::GoDirect);
+                if rparts.status.is_server_error()
+                    && let Some(resp) =
+                        self.serve_stale(flow, stale.as_deref(), &hash, Some(rparts.status))
+                {
+                    return resp;
+                }
                 let body = ProxyBody::with_deadline(rbody, deadline);
                 let mut resp = Response::from_parts(rparts, body);
                 mark(
@@ -293,6 +308,9 @@ impl Proxy {
             }
             Err(e) => {
                 finish(Outcome::GoDirect);
+                if let Some(resp) = self.serve_stale(flow, stale.as_deref(), &hash, None) {
+                    return resp;
+                }
                 let err = match e {
                     body::CollectError::Timeout => UpstreamError::Timeout(self.upstream.timeout),
                     body::CollectError::Body(_) => UpstreamError::Unavailable(e.to_string()),
@@ -336,6 +354,26 @@ impl Proxy {
         detail.stored = true;
         let resp = full_response(rparts, body, respond::miss_status(&hash, detail));
         self.log_now(flow, resp, CacheResult::Miss, meta)
+    }
+
+    /// stale-if-error (SPEC step 11): the backend failed, and an expired copy
+    /// younger than its freshness plus `stale_if_error` is at hand.
+    fn serve_stale(
+        &self,
+        flow: &mut Flow<'_>,
+        stale: Option<&Entry>,
+        hash: &crate::key::KeyHash,
+        backend_status: Option<StatusCode>,
+    ) -> Option<Response<ProxyBody>> {
+        let entry = stale?;
+        let now = now_ms();
+        if entry.age(now) >= entry.fresh_for + self.config.cache.stale_if_error {
+            return None;
+        }
+        let stale_for = entry.age(now).saturating_sub(entry.fresh_for).as_secs();
+        let status = respond::stale_status(hash, stale_for, backend_status);
+        let resp = respond::from_entry(entry, Verdict::Stale, status);
+        Some(self.log_now(flow, resp, CacheResult::Stale, entry.meta.clone()))
     }
 
     /// The backend gave no answer: 502 or 504 (logged as a miss).

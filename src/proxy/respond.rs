@@ -73,6 +73,25 @@ pub fn miss_status(hash: &KeyHash, d: MissDetail) -> HeaderValue {
     header_value(s)
 }
 
+/// An expired copy served because the backend failed: RFC 9211's negative
+/// `ttl` says how long ago it went stale; `fwd-status` what the backend said.
+pub fn stale_status(
+    hash: &KeyHash,
+    stale_secs: u64,
+    backend: Option<http::StatusCode>,
+) -> HeaderValue {
+    let mut s = String::with_capacity(128);
+    s.push_str("leafcache; fwd=uri-miss");
+    if let Some(status) = backend {
+        let _ = write!(s, "; fwd-status={}", status.as_u16());
+    }
+    let _ = write!(
+        s,
+        "; ttl=-{stale_secs}; detail=stale-if-error; key=\"{hash}\""
+    );
+    header_value(s)
+}
+
 pub fn bypass_status(reason: BypassReason) -> HeaderValue {
     HeaderValue::from_static(match reason {
         BypassReason::Method => "leafcache; fwd=method",
