@@ -178,6 +178,8 @@ fn main() {
         timeout: Duration::from_secs(2),
         key_prefix: String::new(),
         cluster: false,
+        tls_ca_file: None,
+        tls_ca_pem: None,
     };
 
     // Our own CPU: building the commands for every batch, without Redis.

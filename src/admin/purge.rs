@@ -232,14 +232,22 @@ pub fn forget_local(l1: &L1, prefix: &str, target: &Target) {
 /// drops the L1 copies each message names; reconnects with a backoff. After a
 /// lost connection L1 is cleared, since messages may have been missed.
 pub fn spawn_invalidation_listener(cfg: &RedisConfig, l1: L1) -> tokio::task::JoinHandle<()> {
-    let url = cfg.url.clone();
+    let client = crate::redis::pool::client(cfg);
     let prefix = cfg.key_prefix.clone();
     tokio::spawn(async move {
+        // The pool was built from the same config, so this rarely fails.
+        let client = match client {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "invalidation channel disabled");
+                return;
+            }
+        };
         let channel = keys::invalidate_channel(&prefix);
         let mut backoff = BACKOFF_MIN;
         let mut lost = false;
         loop {
-            match listen(&url, &channel, &prefix, &l1, &mut lost, &mut backoff).await {
+            match listen(&client, &channel, &prefix, &l1, &mut lost, &mut backoff).await {
                 Ok(()) => tracing::debug!("invalidation channel closed; resubscribing"),
                 Err(e) => tracing::debug!(error = %e, "invalidation channel unavailable"),
             }
@@ -250,7 +258,7 @@ pub fn spawn_invalidation_listener(cfg: &RedisConfig, l1: L1) -> tokio::task::Jo
 }
 
 async fn listen(
-    url: &str,
+    client: &redis::Client,
     channel: &str,
     prefix: &str,
     l1: &L1,
@@ -259,7 +267,6 @@ async fn listen(
 ) -> Result<(), redis::RedisError> {
     use futures_util::StreamExt;
 
-    let client = redis::Client::open(url)?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     if std::mem::replace(lost, true) {

@@ -95,6 +95,11 @@ pub struct RedisConfig {
     /// Prepended to every key, so several deployments can share one Redis.
     pub key_prefix: String,
     pub cluster: bool,
+    /// `tls_ca_file`, resolved against the config file's folder.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Its PEM text, read at startup: the only roots trusted for `rediss://`
+    /// when set (the platform's roots otherwise).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -105,6 +110,7 @@ impl fmt::Debug for RedisConfig {
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
             .field("cluster", &self.cluster)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -285,7 +291,7 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` names it in errors and
-    /// anchors a relative `events.spool_dir`.
+    /// anchors a relative `events.spool_dir` and `redis.tls_ca_file`.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         let path_text = path.map_or_else(|| BUILTIN_NAME.to_owned(), |p| p.display().to_string());
         let syntax_error = |e: toml::de::Error| {

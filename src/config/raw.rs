@@ -99,6 +99,7 @@ struct RawRedis {
     timeout: Dur,
     key_prefix: String,
     cluster: bool,
+    tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RawRedis {
@@ -109,6 +110,7 @@ impl Default for RawRedis {
             timeout: millis(50),
             key_prefix: String::new(),
             cluster: false,
+            tls_ca_file: None,
         }
     }
 }
@@ -206,7 +208,8 @@ pub(super) fn positive(
 
 impl RawConfig {
     /// `config_file` is the file the text came from, used to resolve
-    /// `events.spool_dir`; `None` resolves it against the working directory.
+    /// `events.spool_dir` and `redis.tls_ca_file`; `None` resolves them
+    /// against the working directory.
     pub fn into_config(
         self,
         loc: &Locator,
@@ -229,12 +232,23 @@ impl RawConfig {
                 tiny,
             )?,
         };
+        let (tls_ca_file, tls_ca_pem) = match self.redis.tls_ca_file {
+            Some(file) => {
+                let file = resolve_path(file, config_file);
+                let pem = read_ca_file(&file)
+                    .map_err(|m| loc.error(&[K("redis"), K("tls_ca_file")], m))?;
+                (Some(file), Some(pem))
+            }
+            None => (None, None),
+        };
         let redis = RedisConfig {
             url: self.redis.url.0,
             pool_size: self.redis.pool_size.0,
             timeout: positive(loc, &[K("redis"), K("timeout")], self.redis.timeout, tiny)?,
             key_prefix: self.redis.key_prefix,
             cluster: self.redis.cluster,
+            tls_ca_file,
+            tls_ca_pem,
         };
         let c = self.cache;
         let cache = CacheConfig {
@@ -270,7 +284,7 @@ impl RawConfig {
                 e.retention,
                 Duration::from_secs(1),
             )?,
-            spool_dir: resolve_spool_dir(e.spool_dir, config_file),
+            spool_dir: resolve_path(e.spool_dir, config_file),
             spool_max_bytes: e.spool_max_bytes.0,
         };
         let mut routes: Vec<RouteConfig> = Vec::with_capacity(self.route.len());
@@ -304,10 +318,33 @@ impl RawConfig {
     }
 }
 
-fn resolve_spool_dir(dir: PathBuf, config_file: Option<&Path>) -> PathBuf {
+/// A path from the file, relative to the file's folder (the working
+/// directory for the built-in config).
+fn resolve_path(path: PathBuf, config_file: Option<&Path>) -> PathBuf {
     let joined = match config_file.and_then(Path::parent) {
-        Some(folder) if dir.is_relative() => folder.join(&dir),
-        _ => dir,
+        Some(folder) if path.is_relative() => folder.join(&path),
+        _ => path,
     };
     std::path::absolute(&joined).unwrap_or(joined)
+}
+
+/// Reads a CA bundle and checks that it holds at least one PEM certificate,
+/// so a wrong file fails at startup rather than at every TLS handshake.
+fn read_ca_file(file: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| format!("{}: not a PEM certificate bundle: {e}", file.display()))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            file.display()
+        ));
+    }
+    Ok(pem)
 }

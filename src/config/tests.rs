@@ -699,6 +699,100 @@ fn a_config_file_in_the_working_directory_spools_next_to_it() {
     assert_eq!(c.events.spool_dir, cwd.join("spool"));
 }
 
+// --- redis.tls_ca_file ---------------------------------------------------------
+
+/// A folder holding `proxy.toml`'s neighbours; removed on drop.
+fn temp_folder() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn ca_pem() -> String {
+    rcgen::generate_simple_self_signed(vec!["redis.test".to_owned()])
+        .unwrap()
+        .cert
+        .pem()
+}
+
+#[test]
+fn tls_ca_file_is_off_by_default() {
+    let c = parse("").unwrap();
+    assert!(c.redis.tls_ca_file.is_none());
+    assert!(c.redis.tls_ca_pem.is_none());
+}
+
+#[test]
+fn tls_ca_file_is_read_relative_to_the_config_folder() {
+    let dir = temp_folder();
+    let pem = ca_pem();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/server-ca.pem"), &pem).unwrap();
+    let c = Config::parse(
+        "[redis]\nurl = \"rediss://10.0.0.3:6378\"\ntls_ca_file = \"certs/server-ca.pem\"\n",
+        Some(&dir.path().join("proxy.toml")),
+    )
+    .unwrap();
+    assert_eq!(
+        c.redis.tls_ca_file.as_deref(),
+        Some(dir.path().join("certs/server-ca.pem").as_path())
+    );
+    assert_eq!(c.redis.tls_ca_pem.as_deref(), Some(pem.as_bytes()));
+}
+
+#[test]
+fn absolute_tls_ca_file_is_kept() {
+    let dir = temp_folder();
+    let file = dir.path().join("ca.pem");
+    std::fs::write(&file, ca_pem()).unwrap();
+    let text = format!("[redis]\ntls_ca_file = {:?}\n", file.display().to_string());
+    let c = Config::parse(&text, Some(Path::new("/etc/leafcache/proxy.toml"))).unwrap();
+    assert_eq!(c.redis.tls_ca_file.as_deref(), Some(file.as_path()));
+}
+
+#[test]
+fn missing_tls_ca_file_is_a_config_error_naming_the_key() {
+    let dir = temp_folder();
+    let text = "[redis]\nurl = \"rediss://h:6378\"\ntls_ca_file = \"nope.pem\"\n";
+    match Config::parse(text, Some(&dir.path().join("proxy.toml"))) {
+        Err(ConfigError::Invalid {
+            line,
+            field,
+            message,
+            ..
+        }) => {
+            assert_eq!((line, field.as_str()), (3, "redis.tls_ca_file"));
+            assert!(message.contains("cannot read"), "{message}");
+            assert!(message.contains("nope.pem"), "{message}");
+        }
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn tls_ca_file_without_a_certificate_is_a_config_error() {
+    let dir = temp_folder();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let text = "[redis]\ntls_ca_file = \"ca.pem\"\n";
+    match Config::parse(text, Some(&dir.path().join("proxy.toml"))) {
+        Err(ConfigError::Invalid { field, message, .. }) => {
+            assert_eq!(field, "redis.tls_ca_file");
+            assert!(message.contains("no PEM certificate"), "{message}");
+        }
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn debug_of_the_redis_config_shows_the_ca_file_but_not_the_password() {
+    let dir = temp_folder();
+    std::fs::write(dir.path().join("ca.pem"), ca_pem()).unwrap();
+    let text = "[redis]\nurl = \"rediss://leaf:s3cret@h:6378\"\ntls_ca_file = \"ca.pem\"\n";
+    let c = Config::parse(text, Some(&dir.path().join("proxy.toml"))).unwrap();
+    let shown = format!("{c:?}");
+    assert!(shown.contains("ca.pem"), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(!shown.contains("BEGIN CERTIFICATE"), "{shown}");
+}
+
 // --- load -----------------------------------------------------------------------
 
 #[test]

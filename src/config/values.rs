@@ -133,8 +133,9 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
+    // The last '@' anywhere: a password may hold an unescaped '/' or '@',
+    // and hiding too much beats showing a secret.
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
         None => url.to_owned(),
     }
@@ -355,6 +356,10 @@ mod tests {
     fn redis_passwords_are_redacted() {
         assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://***@h:6379/0");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact_url("rediss://leaf:a/b@c@h:6378"),
+            "rediss://***@h:6378"
+        );
     }
 
     #[test]

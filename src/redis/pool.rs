@@ -150,7 +150,7 @@ pub struct RedisPool {
 impl RedisPool {
     /// Builds the pool without connecting: Redis may be down at startup.
     pub fn new(cfg: &RedisConfig) -> Result<RedisPool, RedisError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
+        let client = client(cfg)?;
         let io_timeout = cfg.timeout.max(Duration::from_millis(250));
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1).max(io_timeout)))
@@ -254,6 +254,28 @@ impl RedisPool {
     }
 }
 
+/// A client for `cfg.url`: plain, `rediss://` with the platform's roots, or
+/// `rediss://` trusting only `tls_ca_file` when it is set.
+pub fn client(cfg: &RedisConfig) -> Result<redis::Client, RedisError> {
+    if cfg.url.starts_with("rediss://") || cfg.tls_ca_pem.is_some() {
+        // rustls needs a process-wide crypto provider; ours is ring (no
+        // build-time downloads, no cmake). A second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match &cfg.tls_ca_pem {
+        // A private CA (Memorystore's server CA): the only root trusted.
+        // Errors when the URL is not rediss://.
+        Some(pem) => redis::Client::build_with_tls(
+            cfg.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        None => redis::Client::open(cfg.url.as_str()),
+    }
+}
+
 /// A single command or a pipeline.
 pub enum Command<'a> {
     Cmd(&'a redis::Cmd),
@@ -286,6 +308,46 @@ mod tests {
         );
         assert_eq!(redacted("rediss://user:pw@h"), "rediss://***@h");
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redacted("rediss://leaf:a/b@c@h:6378/0"),
+            "rediss://***@h:6378/0"
+        );
+    }
+
+    fn redis_config(url: &str, ca: Option<Vec<u8>>) -> RedisConfig {
+        RedisConfig {
+            url: url.to_owned(),
+            pool_size: 1,
+            timeout: Duration::from_millis(50),
+            key_prefix: String::new(),
+            cluster: false,
+            tls_ca_file: ca.as_ref().map(|_| "ca.pem".into()),
+            tls_ca_pem: ca,
+        }
+    }
+
+    fn ca_pem() -> Vec<u8> {
+        rcgen::generate_simple_self_signed(vec!["redis.test".to_owned()])
+            .unwrap()
+            .cert
+            .pem()
+            .into_bytes()
+    }
+
+    #[test]
+    fn rediss_urls_build_a_client_with_or_without_a_private_ca() {
+        assert!(client(&redis_config("rediss://:pw@10.0.0.3:6378", None)).is_ok());
+        assert!(client(&redis_config("rediss://10.0.0.3:6378", Some(ca_pem()))).is_ok());
+        assert!(client(&redis_config("redis://leaf:pw@10.0.0.3", None)).is_ok());
+    }
+
+    #[test]
+    fn a_private_ca_with_a_plain_url_is_refused_without_showing_the_password() {
+        let err = client(&redis_config("redis://:s3cret@10.0.0.3", Some(ca_pem())))
+            .expect_err("a CA needs rediss://");
+        let shown = err.to_string();
+        assert!(shown.contains("rediss://"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

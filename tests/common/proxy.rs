@@ -238,7 +238,8 @@ impl Proxy {
         }
     }
 
-    fn log(&self) -> String {
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 

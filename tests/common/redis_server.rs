@@ -9,40 +9,134 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// redis-server arguments beyond the port (auth, TLS), kept for restarts.
+    extra: Vec<String>,
+    /// The URL's user info: `:password@`, or empty when the server is open.
+    auth: String,
+    /// Some: the server speaks TLS only, with a certificate from this CA (PEM).
+    tls_ca: Option<Vec<u8>>,
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 (PEM).
+pub struct TestTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestTls {
+    pub fn for_localhost() -> TestTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "leafcache test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_pem = ca.self_signed(&ca_key).expect("self-sign the CA").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let cert_pem = server.signed_by(&key, &issuer).expect("sign").pem();
+        TestTls {
+            ca_pem,
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        }
+    }
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Redis::launch(Vec::new(), String::new(), None, |_| ()).await
+    }
+
+    /// A server with `requirepass`: every client must AUTH with `password`.
+    pub async fn start_with_password(password: &str) -> Redis {
+        let extra = vec!["--requirepass".to_owned(), password.to_owned()];
+        Redis::launch(extra, format!(":{password}@"), None, |_| ()).await
+    }
+
+    /// A server that speaks TLS only (no plain port), with `tls`'s
+    /// certificate; clients need not present one.
+    pub async fn start_tls(tls: &TestTls) -> Redis {
+        let ca = tls.ca_pem.clone().into_bytes();
+        let files = |dir: &std::path::Path| {
+            for (name, pem) in [
+                ("ca.pem", &tls.ca_pem),
+                ("server.pem", &tls.cert_pem),
+                ("server.key", &tls.key_pem),
+            ] {
+                std::fs::write(dir.join(name), pem).expect("write a TLS file");
+            }
+        };
+        Redis::launch(Vec::new(), String::new(), Some(ca), files).await
+    }
+
+    async fn launch(
+        mut extra: Vec<String>,
+        auth: String,
+        tls_ca: Option<Vec<u8>>,
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Redis {
+        let dir = tempfile::tempdir().expect("create a temp dir for redis");
+        prepare(dir.path());
+        if tls_ca.is_some() {
+            let file = |name: &str| dir.path().join(name).display().to_string();
+            extra.extend([
+                "--tls-cert-file".to_owned(),
+                file("server.pem"),
+                "--tls-key-file".to_owned(),
+                file("server.key"),
+                "--tls-ca-cert-file".to_owned(),
+                file("ca.pem"),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]);
+        }
         let mut redis = Redis {
             port: free_port(),
             child: None,
-            dir: tempfile::tempdir().expect("create a temp dir for redis"),
+            dir,
+            extra,
+            auth,
+            tls_ca,
         };
         redis.spawn().await;
         redis
     }
 
     async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: Vec<&str> = match self.tls_ca {
+            Some(_) => vec!["--port", "0", "--tls-port", &port],
+            None => vec!["--port", &port],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed and starts");
         let pid = child.id();
         self.child = Some(child);
-        let url = self.url();
+        let client = self.client();
         // Ready means our own process answers: a PONG from another server that
         // holds the port would make the test inspect the wrong Redis.
         eventually("redis-server to answer PING", || {
-            let url = url.clone();
+            let client = client.clone();
             async move {
-                let client = redis::Client::open(url).ok()?;
                 let mut con = client.get_multiplexed_async_connection().await.ok()?;
                 let info: String = redis::cmd("INFO")
                     .arg("server")
@@ -57,8 +151,34 @@ impl Redis {
         .await;
     }
 
+    /// A client for inspections: with the password, and over TLS trusting
+    /// the test CA when the server speaks TLS.
+    pub fn client(&self) -> redis::Client {
+        match &self.tls_ca {
+            Some(ca) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                )
+                .expect("a TLS client for the test redis")
+            }
+            None => redis::Client::open(self.url()).expect("valid redis url"),
+        }
+    }
+
+    /// The URL the proxy is given: `rediss://` for a TLS server, with the
+    /// password when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{}127.0.0.1:{}", self.auth, self.port)
     }
 
     /// Kills the server at once (SIGKILL), as an outage would.
@@ -76,8 +196,7 @@ impl Redis {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("valid redis url")
+        self.client()
             .get_multiplexed_async_connection()
             .await
             .expect("connect to the test redis")
