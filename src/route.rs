@@ -26,8 +26,10 @@ pub struct RequestView<'a> {
 }
 
 /// A source that gave conflicting values (a header or parameter sent twice
-/// with different values). Caching on either one could serve one user's
-/// answer to another, so the request is bypassed.
+/// with different values), or a header value that is not UTF-8. Caching on
+/// either one could serve one user's answer to another, and an unreadable
+/// value still reaches the backend, so treating it as absent would store a
+/// garbage user's answer in the global scope: the request is bypassed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Ambiguous;
 
@@ -62,14 +64,8 @@ fn read_source(
             if values.any(|other| other != first) {
                 return Err(Ambiguous);
             }
-            // A value that is not valid UTF-8 is not an identity we can key on
-            // safely; treat it as absent rather than guessing.
-            Ok(first
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned))
+            let text = first.to_str().map_err(|_| Ambiguous)?.trim();
+            Ok((!text.is_empty()).then(|| text.to_owned()))
         }
         Source::Json(pointer) => Ok(view
             .json
@@ -218,6 +214,20 @@ mod tests {
         assert_eq!(
             extract(&sources(), &view(&same, None, &[]), false),
             Ok(Some("alice".into()))
+        );
+    }
+
+    #[test]
+    fn a_header_value_that_is_not_utf8_is_ambiguous_not_absent() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-user-id",
+            HeaderValue::from_bytes(b"\xff\xfegarbage").expect("obs-text is a valid value"),
+        );
+        let body = json!({"user_id": "from-json"});
+        assert_eq!(
+            extract(&sources(), &view(&h, Some(&body), &[]), false),
+            Err(Ambiguous)
         );
     }
 

@@ -16,8 +16,6 @@ use crate::proxy::Proxy;
 
 /// How long requests in flight may take to finish after shutdown starts.
 pub const GRACE: Duration = Duration::from_secs(10);
-/// A client must send its request headers within this long (slow-loris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` resolves, then stops accepting and waits up to
 /// [`GRACE`] for requests in flight.
@@ -26,7 +24,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(proxy.config.header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();

@@ -40,6 +40,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Bodies up to this size are read for the key and the log; larger ones stream through.
     pub max_request_body: usize,
+    /// A client must send a request's headers within this long, or its
+    /// connection is closed: a slow-loris client cannot hold a connection.
+    pub header_read_timeout: Duration,
     /// Keep and extend the client's X-Forwarded-* headers instead of replacing them.
     pub trust_forwarded: bool,
     /// Required when `admin_listen` is not loopback (see `validate_listeners`).
@@ -61,6 +64,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("max_request_body", &self.max_request_body)
+            .field("header_read_timeout", &self.header_read_timeout)
             .field("trust_forwarded", &self.trust_forwarded)
             .field(
                 "admin_token",

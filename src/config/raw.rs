@@ -45,6 +45,7 @@ pub struct RawConfig {
     listen: Addr,
     admin_listen: Addr,
     max_request_body: Size,
+    header_read_timeout: Dur,
     trust_forwarded: bool,
     admin_token: Option<Token>,
     upstream: RawUpstream,
@@ -61,6 +62,7 @@ impl Default for RawConfig {
             listen: addr("0.0.0.0:8080"),
             admin_listen: addr("127.0.0.1:9091"),
             max_request_body: Size(64 * 1024),
+            header_read_timeout: secs(10),
             trust_forwarded: false,
             admin_token: None,
             upstream: RawUpstream::default(),
@@ -217,6 +219,12 @@ impl RawConfig {
     ) -> Result<Config, ConfigError> {
         use Seg::Key as K;
         let tiny = Duration::from_nanos(1);
+        let header_read_timeout = positive(
+            loc,
+            &[K("header_read_timeout")],
+            self.header_read_timeout,
+            tiny,
+        )?;
         let upstream = UpstreamConfig {
             url: self.upstream.url.0,
             connect_timeout: positive(
@@ -306,6 +314,7 @@ impl RawConfig {
             listen: self.listen.0,
             admin_listen: self.admin_listen.0,
             max_request_body: self.max_request_body.as_usize(),
+            header_read_timeout,
             trust_forwarded: self.trust_forwarded,
             admin_token: self.admin_token.map(|t| t.0),
             upstream,

@@ -1013,3 +1013,27 @@ fn debug_output_hides_secrets() {
         "{shown}"
     );
 }
+
+#[test]
+fn header_read_timeout_defaults_to_10s_and_is_set_at_the_top_level() {
+    assert_eq!(
+        parse("").unwrap().header_read_timeout,
+        Duration::from_secs(10)
+    );
+    let c = parse("header_read_timeout = \"500ms\"\n").unwrap();
+    assert_eq!(c.header_read_timeout, Duration::from_millis(500));
+    assert_error(
+        "header_read_timeout = \"0s\"\n",
+        1,
+        23,
+        "header_read_timeout",
+        "more than 0",
+    );
+    assert_error(
+        "header_read_timeout = \"10\"\n",
+        1,
+        23,
+        "header_read_timeout",
+        "add a unit",
+    );
+}
