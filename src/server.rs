@@ -1,5 +1,6 @@
 //! Accepting connections: HTTP/1.1 and h2c on one port, each connection
-//! served by the [`Proxy`], with a graceful drain on shutdown.
+//! served by the [`Proxy`], at most `max_connections` at once, with a graceful
+//! drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::proxy::Proxy;
 
@@ -29,7 +31,17 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let bound = proxy.config.max_connections.min(Semaphore::MAX_PERMITS);
+    let connections = Arc::new(Semaphore::new(bound));
     loop {
+        // A permit before accepting: at the bound, new clients wait in the
+        // kernel's backlog rather than being accepted and dropped.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => {
+                permit.expect("the semaphore is never closed")
+            }
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -51,6 +63,8 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
+                    // Held until the connection closes.
+                    let _permit = permit;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }

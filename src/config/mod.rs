@@ -43,6 +43,9 @@ pub struct Config {
     /// A client must send a request's headers within this long, or its
     /// connection is closed: a slow-loris client cannot hold a connection.
     pub header_read_timeout: Duration,
+    /// Client connections served at once; at the bound the proxy stops
+    /// accepting, so file descriptors and memory stay bounded under a flood.
+    pub max_connections: usize,
     /// Keep and extend the client's X-Forwarded-* headers instead of replacing them.
     pub trust_forwarded: bool,
     /// Required when `admin_listen` is not loopback (see `validate_listeners`).
@@ -65,6 +68,7 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("max_request_body", &self.max_request_body)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
             .field("trust_forwarded", &self.trust_forwarded)
             .field(
                 "admin_token",

@@ -1037,3 +1037,16 @@ fn header_read_timeout_defaults_to_10s_and_is_set_at_the_top_level() {
         "add a unit",
     );
 }
+
+#[test]
+fn max_connections_defaults_to_10000_and_must_be_at_least_1() {
+    assert_eq!(parse("").unwrap().max_connections, 10_000);
+    assert_eq!(parse("max_connections = 4\n").unwrap().max_connections, 4);
+    assert_error(
+        "max_connections = 0\n",
+        1,
+        19,
+        "max_connections",
+        "at least 1",
+    );
+}
