@@ -1,0 +1,75 @@
+//! `hash_user_id = true`: the user key is derived from a secret such as the
+//! Authorization header without the raw value ever reaching Redis or the
+//! logs (SPEC section 2 `[identity]`, issue 5).
+
+mod common;
+
+use common::events::LogStore;
+use common::*;
+use serde_json::json;
+
+const TOKEN: &str = "Bearer sk-live-4f1b9c2e-very-secret";
+
+#[tokio::test]
+async fn a_hashed_authorization_identity_scopes_entries_and_never_reaches_redis() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let config = ProxyConfig::search()
+        .identity(r#"user_id = ["header:authorization"]"#)
+        .identity("hash_user_id = true");
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+    let search = |auth: &str| {
+        proxy
+            .search(None, json!({"query": "milk"}))
+            .header("authorization", auth)
+    };
+
+    let first = search(TOKEN).send().await;
+    assert_miss_stored(&first);
+    assert_hit(&search(TOKEN).send().await);
+    let other = search("Bearer someone-else").send().await;
+    assert_eq!(
+        other.x_cache(),
+        Some("MISS"),
+        "another token is another user"
+    );
+
+    // The user key is the token's SHA-256, never the token.
+    let mut store = LogStore::new(&redis.url()).await;
+    let id = first.header("x-search-id").unwrap_or_default().to_string();
+    let record = eventually("the search record", || async {
+        let h = LogStore::new(&redis.url())
+            .await
+            .hash(&format!("search:{id}"))
+            .await;
+        (!h.is_empty()).then_some(h)
+    })
+    .await;
+    let user = record.get("user_id").cloned().unwrap_or_default();
+    assert_eq!(user.len(), 64, "a hex SHA-256: {user}");
+    assert!(user.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(redis.exists(&user_key(&user, &first.key())).await);
+
+    // Nothing in Redis, keys or values, holds the raw secret.
+    let secret = "sk-live-4f1b9c2e";
+    for key in store.all_keys().await {
+        assert!(!key.contains(secret), "key {key} holds the token");
+        let mut conn = redis.conn().await;
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("DUMP");
+        assert!(
+            !String::from_utf8_lossy(&dump).contains(secret),
+            "{kind} {key} holds the token"
+        );
+    }
+    // Nor does the proxy's own log.
+    assert!(!proxy.log().contains(secret), "the log holds the token");
+}
