@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::ops::{admin, hget, logged_search};
+use common::ops::{admin, hget, leafcache, logged_search, lrange, run};
 use common::*;
 use leafcache::redis::keys;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const PASSWORD: &str = "right-secret-91c2";
 const WRONG: &str = "wrong-secret-7f3a";
@@ -170,4 +170,68 @@ async fn over_tls_a_server_outside_the_trusted_ca_is_refused_and_the_proxy_fails
     })
     .await;
     assert!(redis.cache_keys().await.is_empty(), "nothing reached redis");
+}
+
+#[tokio::test]
+async fn batch_commands_read_redis_over_tls_with_the_private_ca() {
+    let tls = TestTls::for_localhost();
+    let redis = Redis::start_tls(&tls).await;
+    let ca = tempfile::tempdir().unwrap();
+    let ca_file = ca.path().join("server-ca.pem");
+    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
+    let config = ProxyConfig::search().redis(&format!(
+        "tls_ca_file = {:?}",
+        ca_file.display().to_string()
+    ));
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    logged_search(&redis, &resp).await;
+    eventually("the history entry", || async {
+        (!lrange(&redis, "user:u1:searches").await.is_empty()).then_some(())
+    })
+    .await;
+
+    let history = run(leafcache(
+        &proxy.config_path(),
+        &["history", "u1", "--json"],
+    ))
+    .await;
+    assert_eq!(history.code, 0, "{history:?}");
+    let queries: Vec<Value> = history
+        .json()
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|e| e["query"].clone())
+        .collect();
+    assert_eq!(queries, vec![json!("milk")]);
+}
+
+#[tokio::test]
+async fn a_batch_command_with_a_wrong_password_fails_without_showing_it() {
+    let redis = Redis::start_with_password(PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nurl = \"redis://:{WRONG}@127.0.0.1:{}\"\n\n[events]\nspool_dir = {:?}\n",
+            redis.port,
+            dir.path().join("spool").display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let history = run(leafcache(&config, &["history", "u1", "--json"])).await;
+    assert_ne!(history.code, 0, "{history:?}");
+    assert!(
+        history.stderr.contains("authentication failed"),
+        "it says why: {history:?}"
+    );
+    assert!(!history.stderr.contains(WRONG), "{}", history.stderr);
+    assert!(!history.stdout_text().contains(WRONG), "{history:?}");
 }

@@ -347,12 +347,20 @@ fn read_ca_file(file: &Path) -> Result<Vec<u8>, String> {
     use rustls::pki_types::pem::PemObject;
 
     let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let mut count = 0;
+    // The same checks redis-rs makes when it builds the client, so that a
+    // bad file is reported here, at its key.
+    let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        cert.map_err(|e| format!("{}: not a PEM certificate bundle: {e}", file.display()))?;
-        count += 1;
+        let cert =
+            cert.map_err(|e| format!("{}: not a PEM certificate bundle: {e}", file.display()))?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{}: a certificate is not a usable CA certificate: {e}",
+                file.display()
+            )
+        })?;
     }
-    if count == 0 {
+    if roots.is_empty() {
         return Err(format!(
             "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
             file.display()

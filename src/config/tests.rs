@@ -782,6 +782,21 @@ fn tls_ca_file_without_a_certificate_is_a_config_error() {
 }
 
 #[test]
+fn tls_ca_file_with_a_broken_certificate_is_a_config_error() {
+    let dir = temp_folder();
+    let broken = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    std::fs::write(dir.path().join("ca.pem"), broken).unwrap();
+    let text = "[redis]\ntls_ca_file = \"ca.pem\"\n";
+    match Config::parse(text, Some(&dir.path().join("proxy.toml"))) {
+        Err(ConfigError::Invalid { field, message, .. }) => {
+            assert_eq!(field, "redis.tls_ca_file");
+            assert!(message.contains("ca.pem"), "{message}");
+        }
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
 fn debug_of_the_redis_config_shows_the_ca_file_but_not_the_password() {
     let dir = temp_folder();
     std::fs::write(dir.path().join("ca.pem"), ca_pem()).unwrap();

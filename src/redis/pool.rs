@@ -65,6 +65,18 @@ impl bb8::ErrorSink<RedisError> for LastError {
     }
 }
 
+impl LastError {
+    /// bb8's own error (a timeout) with the connect error behind it, e.g. a
+    /// refused password or certificate, which is what the user can fix.
+    fn explain(&self, e: bb8::RunError<RedisError>) -> String {
+        let last = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match last {
+            Some(cause) => format!("{e} (last connect error: {cause})"),
+            None => e.to_string(),
+        }
+    }
+}
+
 /// Why a Redis call gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisFailure {
@@ -198,7 +210,7 @@ impl RedisPool {
                 .pool
                 .get()
                 .await
-                .map_err(|e| RedisFailure::Pool(e.to_string()))?;
+                .map_err(|e| RedisFailure::Pool(self.health.last_error.explain(e)))?;
             let r = match cmd {
                 Command::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
                 Command::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
