@@ -34,6 +34,11 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Open file descriptors of a process: sockets, files, the epoll instance.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a 30-60 s soak; run by .ci/run with --ignored"]
 async fn steady_load_survives_redis_restarts_and_backend_errors() {
@@ -105,6 +110,7 @@ async fn steady_load_survives_redis_restarts_and_backend_errors() {
     let third = Duration::from_secs(secs) / 3;
     tokio::time::sleep(Duration::from_secs(2).min(third)).await;
     let rss_warm = rss_kib(proxy.pid(), "VmRSS:");
+    let fds_warm = open_fds(proxy.pid());
     tokio::time::sleep(third).await;
     redis.kill();
     tokio::time::sleep(third).await;
@@ -116,6 +122,12 @@ async fn steady_load_survives_redis_restarts_and_backend_errors() {
     }
     let rss_end = rss_kib(proxy.pid(), "VmRSS:");
     let rss_peak = rss_kib(proxy.pid(), "VmHWM:");
+    // Clients closed their connections; give the proxy a moment to see it.
+    let fds_end = eventually("client sockets closed", || async {
+        let n = open_fds(proxy.pid());
+        (n <= fds_warm + 16).then_some(n)
+    })
+    .await;
 
     let ids = ids.lock().await.clone();
     let mut store = LogStore::new(&redis.url()).await;
@@ -128,7 +140,8 @@ async fn steady_load_survives_redis_restarts_and_backend_errors() {
     println!(
         "soak {secs}s: {} requests, {} injected backend errors, {} unexplained non-2xx; \
          {} search events answered, {} search records in redis, {} dropped; \
-         RSS {} KiB after warm-up, {} KiB at the end, {} KiB peak",
+         RSS {} KiB after warm-up, {} KiB at the end, {} KiB peak; \
+         open fds {fds_warm} after warm-up, {fds_end} at the end",
         sent.load(Ordering::Relaxed),
         injected.load(Ordering::Relaxed),
         unexplained.load(Ordering::Relaxed),
