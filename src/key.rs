@@ -88,6 +88,20 @@ pub struct KeyInput<'a> {
     pub vary: &'a [Option<&'a [u8]>],
 }
 
+/// The key of a bare `GET /` on route "r", for tests that need any key.
+#[cfg(test)]
+pub fn sample_hash() -> KeyHash {
+    derive(&KeyInput {
+        route: "r",
+        method: "GET",
+        path: "/",
+        query: None,
+        body: BodyKey::None,
+        params: &[],
+        vary: &[],
+    })
+}
+
 /// Unicode NFKC, lowercase, trimmed, inner whitespace collapsed to one space.
 pub fn normalize_query(query: &str) -> String {
     // ASCII is its own NFKC form: skip the Unicode tables for the common case.

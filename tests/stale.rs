@@ -32,6 +32,16 @@ fn config(stale_if_error: &str) -> ProxyConfig {
         .upstream(r#"timeout = "400ms""#)
 }
 
+/// Waits until u1's answer `first` is in Redis (where stale copies live).
+async fn stored_in_redis(first: Resp, redis: &Redis) -> Resp {
+    let key = format!("user:u1:cache:{}", first.key());
+    eventually("the entry reaches redis", || async {
+        redis.exists(&key).await.then_some(())
+    })
+    .await;
+    first
+}
+
 /// Lets the stored copy's one second of freshness run out.
 async fn let_it_expire() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -46,13 +56,8 @@ async fn a_failing_backend_is_answered_with_the_expired_copy() {
     let proxy = Proxy::start(&config("1m"), &backend, &redis).await;
     let milk = || proxy.search(Some("u1"), json!({"query": "milk"}));
 
-    let first = milk().send().await;
+    let first = stored_in_redis(milk().send().await, &redis).await;
     assert_eq!(first.x_cache(), Some("MISS"));
-    let key = format!("user:u1:cache:{}", first.key());
-    eventually("the entry reaches redis", || async {
-        redis.exists(&key).await.then_some(())
-    })
-    .await;
     let_it_expire().await;
 
     mode.store(FAILING, Ordering::SeqCst);
@@ -94,12 +99,7 @@ async fn past_the_stale_window_the_backend_failure_shows() {
     let proxy = Proxy::start(&config("1s"), &backend, &redis).await;
     let milk = || proxy.search(Some("u1"), json!({"query": "milk"}));
 
-    let first = milk().send().await;
-    let key = format!("user:u1:cache:{}", first.key());
-    eventually("the entry reaches redis", || async {
-        redis.exists(&key).await.then_some(())
-    })
-    .await;
+    stored_in_redis(milk().send().await, &redis).await;
     // Freshness (1 s) and the stale window (1 s) both run out.
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
@@ -120,12 +120,7 @@ async fn a_fresh_answer_replaces_the_stale_copy_once_the_backend_recovers() {
     let proxy = Proxy::start(&config("1m"), &backend, &redis).await;
     let milk = || proxy.search(Some("u1"), json!({"query": "milk"}));
 
-    let first = milk().send().await;
-    let key = format!("user:u1:cache:{}", first.key());
-    eventually("the entry reaches redis", || async {
-        redis.exists(&key).await.then_some(())
-    })
-    .await;
+    stored_in_redis(milk().send().await, &redis).await;
     let_it_expire().await;
     mode.store(FAILING, Ordering::SeqCst);
     assert_eq!(milk().send().await.x_cache(), Some("STALE"));

@@ -143,19 +143,7 @@ pub fn json_error(status: StatusCode, code: &str, detail: &str) -> Response<Prox
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{BodyKey, KeyInput, derive};
-
-    fn hash() -> KeyHash {
-        derive(&KeyInput {
-            route: "r",
-            method: "GET",
-            path: "/",
-            query: None,
-            body: BodyKey::None,
-            params: &[],
-            vary: &[],
-        })
-    }
+    use crate::key::sample_hash as hash;
 
     #[test]
     fn cache_status_follows_rfc_9211() {

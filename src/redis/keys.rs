@@ -115,19 +115,7 @@ pub fn supplier_clicks(prefix: &str, supplier: &str, date: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{BodyKey, KeyInput, derive};
-
-    fn hash() -> KeyHash {
-        derive(&KeyInput {
-            route: "r",
-            method: "GET",
-            path: "/",
-            query: None,
-            body: BodyKey::None,
-            params: &[],
-            vary: &[],
-        })
-    }
+    use crate::key::sample_hash as hash;
 
     #[test]
     fn cache_keys_follow_the_spec_layout() {
