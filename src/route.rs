@@ -9,13 +9,17 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{IdentityConfig, RouteConfig, Source};
 
-/// The first route whose method and path match (SPEC section 3, step 1).
+/// The first route whose method and path match (SPEC section 3, step 1),
+/// with its index (metrics and route names are kept per index).
 pub fn match_route<'a>(
     routes: &'a [RouteConfig],
     method: &Method,
     path: &str,
-) -> Option<&'a RouteConfig> {
-    routes.iter().find(|r| r.matches(method, path))
+) -> Option<(usize, &'a RouteConfig)> {
+    routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matches(method, path))
 }
 
 /// What one request offers the sources to read from.

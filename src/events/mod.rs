@@ -116,12 +116,6 @@ pub fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// The UTC date (`YYYY-MM-DD`) and hour (`00`..`23`) of a timestamp.
-pub fn date_and_hour(ms: u64) -> (String, String) {
-    let ts = rfc3339_ms(ms);
-    (ts[..10].to_string(), ts[11..13].to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,10 +123,6 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_with_millis() {
         assert_eq!(rfc3339_ms(1_764_106_056_927), "2025-11-25T21:27:36.927Z");
-        assert_eq!(
-            date_and_hour(1_764_106_056_927),
-            ("2025-11-25".to_string(), "21".to_string())
-        );
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
     }
 

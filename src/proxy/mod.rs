@@ -114,9 +114,8 @@ impl Proxy {
         started: Instant,
     ) -> (Option<usize>, Response<ProxyBody>) {
         let routes = &self.config.routes;
-        let Some(route_index) = routes
-            .iter()
-            .position(|r| r.matches(req.method(), req.uri().path()))
+        let Some((route_index, route)) =
+            crate::route::match_route(routes, req.method(), req.uri().path())
         else {
             let (parts, body) = req.into_parts();
             let resp = self
@@ -124,7 +123,6 @@ impl Proxy {
                 .await;
             return (None, resp);
         };
-        let route = &routes[route_index];
         let ctx = ReadCtx {
             started,
             route_name: &self.route_names[route_index],
