@@ -5,16 +5,17 @@ usage: deploy_check.py K8S_DIR OUT_DIR
 
 - k8s/cloudrun-service.yaml is a Cloud Run (Knative serving.knative.dev/v1)
   Service, for which kubernetes-validate has no schema. Its envelope is
-  checked against the schema below; its pod spec (containers, probes, env,
-  volumes) against the Kubernetes core Pod schema, strictly, through
-  kubernetes_validate; and Cloud Run's multi-container rules by hand.
+  checked against cloudrun-service.schema.json (ours); its pod spec
+  (containers, probes, env, volumes) against the Kubernetes core Pod schema,
+  strictly, through kubernetes_validate; and Cloud Run's multi-container
+  rules by hand.
 - The manifests and the proxy.toml they run must agree: ports, probe ports,
   the config's mount path, the spool's volume, the admin token, the backend's
   port, the shutdown timeline and the memory budgets.
 - k8s/kustomization.yaml must list every Kubernetes manifest.
 - The ConfigMap's proxy.toml is written to OUT_DIR/configmap-proxy.toml, for
-  `leafcache check-config`, and the ConfigMap line its first line is on to
-  OUT_DIR/configmap-proxy.toml.line.
+  `leafcache check-config`, and the number of the ConfigMap's line that holds
+  its first line to OUT_DIR/configmap-proxy.toml.line.
 
 Exits 1 with one line per problem.
 """
@@ -52,72 +53,18 @@ FLUSH_S = 5
 # The image's state directory, owned by the leafcache user (Dockerfile).
 IMAGE_STATE_DIR = "/var/lib/leafcache"
 
-# Fields of a Cloud Run container and revision spec (the rest of a Kubernetes
-# pod spec is rejected by Cloud Run).
+# The container fields Cloud Run takes (it rejects the rest of a Kubernetes
+# container, e.g. lifecycle or securityContext), and the revision fields that
+# are Knative's rather than a pod spec's.
 CLOUD_RUN_CONTAINER_FIELDS = {
     "name", "image", "command", "args", "env", "resources", "ports",
     "volumeMounts", "workingDir", "livenessProbe", "startupProbe",
 }
 KNATIVE_ONLY_SPEC_FIELDS = {"containerConcurrency", "timeoutSeconds"}
 
-STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-CLOUD_RUN_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "serving.knative.dev/v1"},
-        "kind": {"const": "Service"},
-        "metadata": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name"],
-            "properties": {
-                # Cloud Run service names: lowercase, at most 49 characters.
-                "name": {"type": "string", "pattern": "^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$"},
-                "namespace": {"type": "string"},
-                "labels": STRING_MAP,
-                "annotations": STRING_MAP,
-            },
-        },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["template"],
-            "properties": {
-                "traffic": {"type": "array"},
-                "template": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["spec"],
-                    "properties": {
-                        "metadata": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "name": {"type": "string"},
-                                "labels": STRING_MAP,
-                                "annotations": STRING_MAP,
-                            },
-                        },
-                        "spec": {
-                            "type": "object",
-                            "required": ["containers"],
-                            "properties": {
-                                "containerConcurrency": {
-                                    "type": "integer", "minimum": 0, "maximum": 1000},
-                                "timeoutSeconds": {
-                                    "type": "integer", "minimum": 1, "maximum": 3600},
-                                "containers": {
-                                    "type": "array", "minItems": 1, "maxItems": 10},
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
+# The Service's envelope; its pod spec is checked against the core schema.
+with open(os.path.join(os.path.dirname(__file__), "cloudrun-service.schema.json")) as f:
+    CLOUD_RUN_SCHEMA = json.load(f)
 
 problems = []
 
