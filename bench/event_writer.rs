@@ -81,6 +81,7 @@ fn events(n: usize) -> Vec<SearchEvent> {
                 confidence: Some(0.9),
                 results_count: 10,
                 products,
+                ..SearchMeta::default()
             };
             (q, Arc::new(meta))
         })

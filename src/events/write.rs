@@ -54,34 +54,8 @@ pub fn record_fields(ev: &SearchEvent) -> Vec<(&'static str, String)> {
 
 fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
     let ev = p.ev;
-    let products = ev.product_ids();
-    let suppliers = ev.supplier_ids();
-    let mut ids = String::with_capacity(16 * products.len());
-    write_json_list(&mut ids, &products);
-    let mut sups = String::with_capacity(16 * suppliers.len());
-    write_json_list(&mut sups, &suppliers);
-    let mut pairs = String::with_capacity(32 * products.len());
-    pairs.push('{');
-    let mut first = true;
-    for (i, (product, supplier)) in ev.meta.products.iter().enumerate() {
-        let Some(supplier) = supplier else { continue };
-        // A product listed twice is named once (its first supplier), so the
-        // object has no duplicate keys.
-        if ev.meta.products[..i]
-            .iter()
-            .any(|(p, s)| p == product && s.is_some())
-        {
-            continue;
-        }
-        if !first {
-            pairs.push(',');
-        }
-        first = false;
-        write_json_str(&mut pairs, product);
-        pairs.push(':');
-        write_json_str(&mut pairs, supplier);
-    }
-    pairs.push('}');
+    // Derived once per answer and shared by all its hits.
+    let facts = ev.meta.log_facts();
     let mut num = itoa::Buffer::new();
     let confidence = ev
         .meta
@@ -90,7 +64,7 @@ fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
         .unwrap_or_default();
     let response_time = format!("{:.3}", ev.response_time_ms);
 
-    let results = num.format(ev.meta.results_count).to_owned();
+    let results = num.format(ev.meta.results_count);
     let mut status = itoa::Buffer::new();
     // Absent optional values are left out rather than stored as "": fewer
     // fields make the record cheaper for Redis, and readers see "missing".
@@ -105,9 +79,13 @@ fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
         ("intent", opt(&ev.meta.intent), false),
         ("confidence", confidence.as_bytes(), false),
         ("results_count", results.as_bytes(), true),
-        ("product_ids", ids.as_bytes(), true),
-        ("supplier_ids", sups.as_bytes(), true),
-        ("product_suppliers", pairs.as_bytes(), true),
+        ("product_ids", facts.product_ids_json.as_bytes(), true),
+        ("supplier_ids", facts.supplier_ids_json.as_bytes(), true),
+        (
+            "product_suppliers",
+            facts.product_suppliers_json.as_bytes(),
+            true,
+        ),
         ("response_time_ms", response_time.as_bytes(), true),
         ("cache", ev.cache.as_str().as_bytes(), true),
         ("status", status.format(ev.status).as_bytes(), true),
@@ -122,43 +100,6 @@ fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
 
 fn opt(v: &Option<String>) -> &[u8] {
     v.as_deref().unwrap_or("").as_bytes()
-}
-
-/// Writes `s` as a JSON string (RFC 8259 escaping).
-fn write_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{b:04x}"));
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
-}
-
-fn write_json_list(out: &mut String, items: &[&str]) {
-    out.push('[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_json_str(out, item);
-    }
-    out.push(']');
 }
 
 #[derive(Serialize)]
@@ -309,26 +250,4 @@ pub fn counters(layout: &Layout, counters: &Counters) -> Pipeline {
             .ignore();
     }
     pipe
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_strings_are_escaped_as_serde_json_does() {
-        for s in [
-            "plain",
-            "quo\"te",
-            "back\\slash",
-            "new\nline",
-            "\u{1}ctl",
-            "ünï",
-            "tab\t",
-        ] {
-            let mut ours = String::new();
-            write_json_str(&mut ours, s);
-            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
-        }
-    }
 }

@@ -287,7 +287,8 @@ impl Task {
         if self.counters.is_empty() {
             return;
         }
-        let counters = std::mem::take(&mut self.counters);
+        let mut counters = std::mem::take(&mut self.counters);
+        counters.fold();
         if let Some(redis) = self.redis_writable() {
             let pipe = write::counters(&self.layout, &counters);
             let deadline = Instant::now() + WRITE_TIMEOUT;
