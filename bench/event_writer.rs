@@ -187,13 +187,18 @@ fn main() {
     let evs = events(n);
     let start = Instant::now();
     let mut counters = leafcache::events::counters::Counters::default();
+    let mut buf = leafcache::redis::wire::RespBuf::default();
     for chunk in evs.chunks(512) {
         for ev in chunk {
             counters.add(ev);
         }
-        std::hint::black_box(write::records(&layout(), chunk));
+        buf.clear();
+        write::records_into(&layout(), chunk, &mut buf);
+        std::hint::black_box(buf.as_bytes());
     }
-    std::hint::black_box(write::counters(&layout(), &counters));
+    buf.clear();
+    write::counters_into(&layout(), &counters, &mut buf);
+    std::hint::black_box(buf.as_bytes());
     let build_rate = n as f64 / start.elapsed().as_secs_f64();
     drop(evs);
     if std::env::var("BUILD_ONLY").is_ok() {
@@ -214,6 +219,7 @@ fn main() {
                 queue_capacity: n,
                 batch_max: 512,
                 flush_interval: Duration::from_millis(20),
+                direct: Some(cfg.clone()),
             },
             Some(pool),
             Some(spool),
