@@ -41,8 +41,12 @@ pub enum DirectError {
 
 pub struct DirectConn {
     stream: Pin<Box<dyn Stream>>,
-    /// Replies read but not yet consumed; kept across batches for its memory.
+    /// Bytes read from Redis; kept across batches for its memory.
     read: Vec<u8>,
+    /// Where the first reply not yet consumed starts in `read`. Replies are
+    /// consumed by moving this, not by shifting the buffer: a batch has
+    /// thousands of them.
+    pos: usize,
 }
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
@@ -114,6 +118,7 @@ impl DirectConn {
         let mut conn = DirectConn {
             stream,
             read: Vec::with_capacity(16 * 1024),
+            pos: 0,
         };
         let settings = info.redis_settings();
         let mut setup = RespBuf::default();
@@ -157,8 +162,31 @@ impl DirectConn {
                 refused.get_or_insert(e);
             }
         }
+        // EXEC's array is read an element at a time: it holds a reply per
+        // command, and is usually longer than one read.
+        if let Some(n) = self.next_array_header().await? {
+            let mut failed = None;
+            for _ in 0..n {
+                match self.next_reply().await? {
+                    Reply::Error(e) | Reply::Array(_, Some(e)) => {
+                        failed.get_or_insert(e);
+                    }
+                    _ => {}
+                }
+            }
+            return match (failed, refused) {
+                (None, None) if n == batch.commands() => Ok(()),
+                (Some(message), _) | (None, Some(message)) => Err(DirectError::Refused {
+                    message,
+                    executed: true,
+                }),
+                (None, None) => Err(DirectError::Protocol(wire::ProtocolError(format!(
+                    "EXEC answered {n} replies for {} commands",
+                    batch.commands()
+                )))),
+            };
+        }
         match self.next_reply().await? {
-            Reply::Array(n, None) if n == batch.commands() && refused.is_none() => Ok(()),
             Reply::Array(_, Some(message)) => Err(DirectError::Refused {
                 message,
                 executed: true,
@@ -177,17 +205,38 @@ impl DirectConn {
     /// The next whole reply, reading as much as it takes.
     async fn next_reply(&mut self) -> Result<Reply, DirectError> {
         loop {
-            if let Some((reply, used)) = wire::read_reply(&self.read)? {
-                self.read.drain(..used);
+            if let Some((reply, used)) = wire::read_reply(&self.read[self.pos..])? {
+                self.pos += used;
                 return Ok(reply);
             }
-            if self.read.capacity() - self.read.len() < 4096 {
-                self.read.reserve(16 * 1024);
-            }
-            if self.stream.read_buf(&mut self.read).await? == 0 {
-                return Err(DirectError::Closed);
-            }
+            self.read_more().await?;
         }
+    }
+
+    /// The element count when the next reply is an array (consuming only
+    /// its header), else `None` (consuming nothing).
+    async fn next_array_header(&mut self) -> Result<Option<usize>, DirectError> {
+        loop {
+            if let Some((n, used)) = wire::read_array_header(&self.read[self.pos..])? {
+                self.pos += used;
+                return Ok(n);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads more bytes, first dropping the consumed ones (what is left is
+    /// at most one partial reply, so the shift is short).
+    async fn read_more(&mut self) -> Result<(), DirectError> {
+        self.read.drain(..self.pos);
+        self.pos = 0;
+        if self.read.capacity() - self.read.len() < 4096 {
+            self.read.reserve(16 * 1024);
+        }
+        if self.stream.read_buf(&mut self.read).await? == 0 {
+            return Err(DirectError::Closed);
+        }
+        Ok(())
     }
 }
 

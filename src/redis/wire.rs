@@ -184,6 +184,29 @@ fn read_at(
     }
 }
 
+/// The element count when `buf` starts with an array header (`*n`, `n` >=
+/// 0), so that a long array can be read one element at a time: `Ok(None)`
+/// when more bytes are needed, `Some((None, 0))` when the reply is not such
+/// an array.
+pub fn read_array_header(buf: &[u8]) -> Result<Option<(Option<usize>, usize)>, ProtocolError> {
+    if buf.first() != Some(&b'*') {
+        return Ok(if buf.is_empty() {
+            None
+        } else {
+            Some((None, 0))
+        });
+    }
+    let Some(line_end) = find_crlf(buf, 1) else {
+        return Ok(None);
+    };
+    let n = parse_int(&buf[1..line_end])?;
+    Ok(Some(if n < 0 {
+        (None, 0)
+    } else {
+        (Some(n as usize), line_end + 2)
+    }))
+}
+
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let rest = buf.get(from..)?;
     rest.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
@@ -281,6 +304,16 @@ mod tests {
         ] {
             assert!(read_reply(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn array_headers_are_read_apart_from_their_elements() {
+        assert_eq!(read_array_header(b"*3\r\n:1\r\n"), Ok(Some((Some(3), 4))));
+        assert_eq!(read_array_header(b"*3"), Ok(None));
+        assert_eq!(read_array_header(b""), Ok(None));
+        assert_eq!(read_array_header(b"*-1\r\n"), Ok(Some((None, 0))));
+        assert_eq!(read_array_header(b"-EXECABORT x\r\n"), Ok(Some((None, 0))));
+        assert!(read_array_header(b"*z\r\n").is_err());
     }
 
     #[test]
