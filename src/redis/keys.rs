@@ -1,15 +1,92 @@
 //! Every Redis key name leafcache reads or writes (SPEC section 4), in one
 //! place, so the layout can be checked against a single file. Each function
-//! takes the configured `key_prefix`.
+//! takes the configured `key_prefix` as a [`Prefix`].
+//!
+//! In cluster mode (`redis.cluster = true`) the keys that belong to one user
+//! or one search carry a hash tag, so that Redis Cluster keeps them in one
+//! slot: `user:{<id>}:cache:<hash>`, `user:{<id>}:searches`,
+//! `user:{<id>}:profile`, `search:{<id>}` and `search:{<id>}:feedback`. A
+//! user's history and profile are then written in one transaction, and a
+//! search's record and feedback list read and written together. On a single
+//! node the layout is exactly SPEC section 4, without braces. The keys of a
+//! day (`searches:daily:<date>`, the counters) are the same in both modes.
+
+use std::fmt;
+use std::ops::Deref;
 
 use crate::key::KeyHash;
 
+/// The configured `key_prefix`, and whether per-user and per-search keys
+/// carry a cluster hash tag. Derefs to the prefix text, so the key functions
+/// of shared, untagged keys take a plain `&str`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prefix {
+    text: String,
+    hash_tags: bool,
+}
+
+impl Prefix {
+    /// `hash_tags`: true in cluster mode.
+    pub fn new(text: impl Into<String>, hash_tags: bool) -> Prefix {
+        Prefix {
+            text: text.into(),
+            hash_tags,
+        }
+    }
+
+    /// The single-node layout of SPEC section 4, under `text`.
+    pub fn single_node(text: impl Into<String>) -> Prefix {
+        Prefix::new(text, false)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn hash_tags(&self) -> bool {
+        self.hash_tags
+    }
+
+    /// `<prefix><kind>:<id>` or, in cluster mode, `<prefix><kind>:{<id>}`.
+    fn tagged(&self, out: &mut String, kind: &str, id: &str) {
+        out.push_str(&self.text);
+        out.push_str(kind);
+        out.push(':');
+        if self.hash_tags {
+            out.push('{');
+            out.push_str(id);
+            out.push('}');
+        } else {
+            out.push_str(id);
+        }
+    }
+
+    fn with_id(&self, kind: &str, id: &str, tail: &str) -> String {
+        let mut k = String::with_capacity(self.text.len() + kind.len() + id.len() + tail.len() + 3);
+        self.tagged(&mut k, kind, id);
+        k.push_str(tail);
+        k
+    }
+}
+
+impl Deref for Prefix {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// `user:<user_id>:cache:<hash>`: a user-scope cache entry.
-pub fn user_cache(prefix: &str, user_id: &str, hash: &KeyHash) -> String {
-    let mut k = String::with_capacity(prefix.len() + user_id.len() + 77);
-    k.push_str(prefix);
-    k.push_str("user:");
-    k.push_str(user_id);
+pub fn user_cache(prefix: &Prefix, user_id: &str, hash: &KeyHash) -> String {
+    let mut k = String::with_capacity(prefix.len() + user_id.len() + 79);
+    prefix.tagged(&mut k, "user", user_id);
     k.push_str(":cache:");
     k.push_str(hash.hex().as_str());
     k
@@ -26,8 +103,8 @@ pub fn global_cache(prefix: &str, hash: &KeyHash) -> String {
 
 /// `user:<user_id>:cache:`: what every cache key of a user starts with
 /// (a purge takes the keys of this head followed by exactly one hash).
-pub fn user_cache_head(prefix: &str, user_id: &str) -> String {
-    format!("{prefix}user:{user_id}:cache:")
+pub fn user_cache_head(prefix: &Prefix, user_id: &str) -> String {
+    prefix.with_id("user", user_id, ":cache:")
 }
 
 /// `cache:global:`: what every global cache key starts with.
@@ -41,13 +118,13 @@ pub fn invalidate_channel(prefix: &str) -> String {
 }
 
 /// `search:<search_id>`: the search record (hash).
-pub fn search(prefix: &str, search_id: &str) -> String {
-    format!("{prefix}search:{search_id}")
+pub fn search(prefix: &Prefix, search_id: &str) -> String {
+    prefix.with_id("search", search_id, "")
 }
 
 /// `search:<search_id>:feedback`: what the user did with the results (list).
-pub fn search_feedback(prefix: &str, search_id: &str) -> String {
-    format!("{prefix}search:{search_id}:feedback")
+pub fn search_feedback(prefix: &Prefix, search_id: &str) -> String {
+    prefix.with_id("search", search_id, ":feedback")
 }
 
 /// `searches:daily:<date>`: search ids of a day by time (zset).
@@ -61,14 +138,14 @@ pub fn searches_hourly(prefix: &str, date: &str) -> String {
 }
 
 /// `user:<user_id>:searches`: the user's recent searches, newest first (list).
-pub fn user_searches(prefix: &str, user_id: &str) -> String {
-    format!("{prefix}user:{user_id}:searches")
+pub fn user_searches(prefix: &Prefix, user_id: &str) -> String {
+    prefix.with_id("user", user_id, ":searches")
 }
 
 /// `user:<user_id>:profile`: first/last seen, counts (hash; shared with the
 /// application, which owns every other field).
-pub fn user_profile(prefix: &str, user_id: &str) -> String {
-    format!("{prefix}user:{user_id}:profile")
+pub fn user_profile(prefix: &Prefix, user_id: &str) -> String {
+    prefix.with_id("user", user_id, ":profile")
 }
 
 /// `intent:stats:<date>`: intent → count (hash).
@@ -120,22 +197,60 @@ mod tests {
     #[test]
     fn cache_keys_follow_the_spec_layout() {
         let h = hash();
+        let none = Prefix::single_node("");
+        let app = Prefix::single_node("app:");
         assert_eq!(
-            user_cache("", "u1", &h),
+            user_cache(&none, "u1", &h),
             format!("user:u1:cache:{}", h.to_hex())
         );
         assert_eq!(global_cache("", &h), format!("cache:global:{}", h.to_hex()));
         assert_eq!(
-            global_cache("app:", &h),
+            global_cache(&app, &h),
             format!("app:cache:global:{}", h.to_hex())
         );
         assert_eq!(
-            user_cache_head("app:", "u1") + &h.to_hex(),
-            user_cache("app:", "u1", &h)
+            user_cache_head(&app, "u1") + &h.to_hex(),
+            user_cache(&app, "u1", &h)
         );
         assert_eq!(
             global_cache_head("app:") + &h.to_hex(),
             global_cache("app:", &h)
+        );
+    }
+
+    #[test]
+    fn single_node_keys_have_no_braces() {
+        let p = Prefix::single_node("app:");
+        assert_eq!(search(&p, "s1"), "app:search:s1");
+        assert_eq!(search_feedback(&p, "s1"), "app:search:s1:feedback");
+        assert_eq!(user_searches(&p, "u1"), "app:user:u1:searches");
+        assert_eq!(user_profile(&p, "u1"), "app:user:u1:profile");
+    }
+
+    #[test]
+    fn cluster_keys_of_one_user_or_search_share_a_hash_tag() {
+        let h = hash();
+        let p = Prefix::new("app:", true);
+        assert_eq!(
+            user_cache(&p, "u1", &h),
+            format!("app:user:{{u1}}:cache:{}", h.to_hex())
+        );
+        assert_eq!(
+            user_cache_head(&p, "u1") + &h.to_hex(),
+            user_cache(&p, "u1", &h)
+        );
+        assert_eq!(user_searches(&p, "u1"), "app:user:{u1}:searches");
+        assert_eq!(user_profile(&p, "u1"), "app:user:{u1}:profile");
+        assert_eq!(search(&p, "s1"), "app:search:{s1}");
+        assert_eq!(search_feedback(&p, "s1"), "app:search:{s1}:feedback");
+        // Keys of a day are shared by everyone: no tag.
+        assert_eq!(
+            searches_daily(&p, "2026-01-02"),
+            "app:searches:daily:2026-01-02"
+        );
+        assert_eq!(
+            global_cache(&p, &h),
+            format!("app:cache:global:{}", h.to_hex())
         );
     }
 }

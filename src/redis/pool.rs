@@ -1,6 +1,11 @@
-//! The Redis connection pool (bb8 over redis-rs multiplexed connections) and
-//! its health: a circuit breaker that makes a dead Redis cost the hot path
-//! nothing, and a monitor that notices when it comes back.
+//! The Redis connection pool and its health: a circuit breaker that makes a
+//! dead Redis cost the hot path nothing, and a monitor that notices when it
+//! comes back.
+//!
+//! [`RedisPool`] is the one place that knows whether Redis is one node (bb8
+//! over redis-rs multiplexed connections) or a cluster ([`super::cluster`]):
+//! callers send the same commands and pipelines either way, and only
+//! per-node work (`SCAN`, pub/sub) asks for [`RedisPool::nodes`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -11,6 +16,7 @@ use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
+use super::cluster::{Cluster, Master};
 use crate::config::RedisConfig;
 
 /// A pooled connection that remembers whether it failed at the transport
@@ -155,19 +161,48 @@ impl Health {
 /// The pool plus its health. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisPool {
-    pool: Pool<Manager>,
+    backend: Backend,
     health: Arc<Health>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// One node: a bb8 pool, and the client for pub/sub connections.
+    Single {
+        pool: Pool<Manager>,
+        client: redis::Client,
+    },
+    /// A cluster: one multiplexed connection per node, shared.
+    Cluster(Cluster),
+}
+
+/// Where a per-node command (`SCAN`) runs: the one node, or each master of
+/// a cluster in turn.
+#[derive(Clone, Debug)]
+pub enum Node {
+    Only,
+    Master(Master),
 }
 
 impl RedisPool {
     /// Builds the pool without connecting: Redis may be down at startup.
+    /// Must run inside the Tokio runtime in cluster mode (the cluster client
+    /// connects in the background).
     pub fn new(cfg: &RedisConfig) -> Result<RedisPool, RedisError> {
-        let client = client(cfg)?;
         let io_timeout = cfg.timeout.max(Duration::from_millis(250));
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1).max(io_timeout)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
+        let connect_timeout = Duration::from_secs(1).max(io_timeout);
         let last_error = LastError::default();
+        let health = Arc::new(Health::new(redacted(&cfg.url), last_error.clone()));
+        if cfg.cluster {
+            return Ok(RedisPool {
+                backend: Backend::Cluster(Cluster::new(cfg, connect_timeout)?),
+                health,
+            });
+        }
+        let client = client(cfg)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(Duration::from_secs(5)));
         let pool = bb8::Pool::builder()
             .max_size(cfg.pool_size)
             .min_idle(None)
@@ -175,12 +210,15 @@ impl RedisPool {
             // broken connections are flagged by the caller instead.
             .test_on_check_out(false)
             .retry_connection(false)
-            .connection_timeout(Duration::from_secs(1).max(io_timeout))
-            .error_sink(Box::new(last_error.clone()))
-            .build_unchecked(Manager { client, config });
+            .connection_timeout(connect_timeout)
+            .error_sink(Box::new(last_error))
+            .build_unchecked(Manager {
+                client: client.clone(),
+                config,
+            });
         Ok(RedisPool {
-            pool,
-            health: Arc::new(Health::new(redacted(&cfg.url), last_error)),
+            backend: Backend::Single { pool, client },
+            health,
         })
     }
 
@@ -206,25 +244,42 @@ impl RedisPool {
         deadline: Instant,
     ) -> Result<T, RedisFailure> {
         let result = tokio::time::timeout_at(deadline, async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| RedisFailure::Pool(self.health.last_error.explain(e)))?;
-            let r = match cmd {
-                Command::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
-                Command::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
-            };
-            if let Err(e) = &r
-                && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
-            {
-                conn.broken = true;
+            match &self.backend {
+                Backend::Single { pool, .. } => {
+                    let mut conn = pool
+                        .get()
+                        .await
+                        .map_err(|e| RedisFailure::Pool(self.health.last_error.explain(e)))?;
+                    let r = match cmd {
+                        Command::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
+                        Command::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
+                    };
+                    if let Err(e) = &r
+                        && (e.is_io_error()
+                            || e.is_connection_dropped()
+                            || e.is_unrecoverable_error())
+                    {
+                        conn.broken = true;
+                    }
+                    r.map_err(RedisFailure::from)
+                }
+                // redis-rs reconnects the nodes of a cluster by itself.
+                Backend::Cluster(cluster) => match cmd {
+                    Command::Cmd(c) => cluster.query_cmd(c).await,
+                    Command::Pipe(p) => cluster.query_pipe(p).await,
+                }
+                .map_err(RedisFailure::from),
             }
-            r.map_err(RedisFailure::from)
         })
         .await
         .unwrap_or(Err(RedisFailure::Timeout));
-        match &result {
+        self.account(&result);
+        result
+    }
+
+    /// Feeds the outcome of a call to the breaker.
+    fn account<T>(&self, result: &Result<T, RedisFailure>) {
+        match result {
             Ok(_) => self.health.success(),
             // A server-side error reply (wrong type, OOM) says Redis is up.
             Err(RedisFailure::Redis(e)) if !is_transport(e) => self.health.success(),
@@ -234,7 +289,74 @@ impl RedisPool {
                 self.health.failure(e, refused);
             }
         }
+    }
+
+    /// The nodes a per-node command must visit: the node itself, or every
+    /// master of the cluster.
+    pub async fn nodes(&self, deadline: Instant) -> Result<Vec<Node>, RedisFailure> {
+        match &self.backend {
+            Backend::Single { .. } => Ok(vec![Node::Only]),
+            Backend::Cluster(cluster) => {
+                if !self.health.is_up() {
+                    return Err(RedisFailure::Down);
+                }
+                let result = tokio::time::timeout_at(deadline, cluster.masters())
+                    .await
+                    .map_err(|_| RedisFailure::Timeout)
+                    .and_then(|r| r.map_err(RedisFailure::from));
+                self.account(&result);
+                Ok(result?.into_iter().map(Node::Master).collect())
+            }
+        }
+    }
+
+    /// Runs one command on one node (from [`RedisPool::nodes`]), through the
+    /// breaker.
+    pub async fn query_on<T: FromRedisValue>(
+        &self,
+        node: &Node,
+        cmd: &redis::Cmd,
+        deadline: Instant,
+    ) -> Result<T, RedisFailure> {
+        let (Node::Master(master), Backend::Cluster(cluster)) = (node, &self.backend) else {
+            return self.query(Command::Cmd(cmd), deadline).await;
+        };
+        if !self.health.is_up() {
+            return Err(RedisFailure::Down);
+        }
+        let result = tokio::time::timeout_at(deadline, cluster.query_on(master, cmd))
+            .await
+            .map_err(|_| RedisFailure::Timeout)
+            .and_then(|r| r.map_err(RedisFailure::from));
+        self.account(&result);
         result
+    }
+
+    /// A pub/sub connection (not pooled; outside the breaker, whose
+    /// reconnects are the caller's). In a cluster, to the first master that
+    /// answers: a classic `PUBLISH` reaches the subscribers of every node.
+    pub async fn pubsub(&self, deadline: Instant) -> Result<redis::aio::PubSub, RedisFailure> {
+        let clients = match &self.backend {
+            Backend::Single { client, .. } => vec![client.clone()],
+            Backend::Cluster(cluster) => {
+                let masters = tokio::time::timeout_at(deadline, cluster.masters())
+                    .await
+                    .map_err(|_| RedisFailure::Timeout)??;
+                masters
+                    .iter()
+                    .map(|m| cluster.node_client(m))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let mut last = RedisFailure::Timeout;
+        for client in clients {
+            match tokio::time::timeout_at(deadline, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => return Ok(pubsub),
+                Ok(Err(e)) => last = RedisFailure::Redis(e),
+                Err(_) => return Err(RedisFailure::Timeout),
+            }
+        }
+        Err(last)
     }
 
     /// Pings Redis in the background: every second while up, with a backoff
@@ -294,8 +416,16 @@ pub enum Command<'a> {
     Pipe(&'a redis::Pipeline),
 }
 
+/// Errors that say Redis (or, in a cluster, part of it) cannot answer, as
+/// opposed to an answer that is an error.
 fn is_transport(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
 }
 
 /// The URL without its password, for logs.
@@ -331,7 +461,7 @@ mod tests {
             url: url.to_owned(),
             pool_size: 1,
             timeout: Duration::from_millis(50),
-            key_prefix: String::new(),
+            key_prefix: crate::redis::keys::Prefix::default(),
             cluster: false,
             tls_ca_file: ca.as_ref().map(|_| "ca.pem".into()),
             tls_ca_pem: ca,

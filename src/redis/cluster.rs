@@ -1,0 +1,469 @@
+//! Redis Cluster (`redis.cluster = true`, e.g. Memorystore cluster mode)
+//! through redis-rs's cluster client, which keeps a multiplexed connection
+//! per node, routes each command by its key's slot and follows `MOVED`/`ASK`.
+//!
+//! What redis-rs does not do is split a pipeline whose keys live in several
+//! slots: it sends a pipeline to the node of its first key. [`BySlot`] does
+//! that split, so every caller may keep building one pipeline (a batch of
+//! search records, a stats read) as on a single node:
+//!
+//! - the commands are grouped by the slot of their key (the first argument;
+//!   every command leafcache pipelines has its key there);
+//! - each group is one pipeline to its slot's master, all groups in flight at
+//!   once; a `MULTI/EXEC` pipeline becomes one `MULTI/EXEC` per slot, since
+//!   a transaction cannot span slots;
+//! - the answers are put back in the order of the original pipeline, and the
+//!   whole fails when any group fails.
+//!
+//! Grouping by slot rather than by node keeps redis-rs's redirection
+//! correct: a group that meets `MOVED` (a resharded slot) is sent again, as a
+//! whole, to the slot's new owner, which a multi-slot pipeline to one node
+//! could not be.
+//!
+//! Multi-key single commands (`MGET` of the user and global entries,
+//! `UNLINK` of a purge) are split per slot by redis-rs itself, and `PING` goes
+//! to every master. Commands that must run on each master (`SCAN`) go
+//! through [`Cluster::masters`] and [`Cluster::query_on`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bb8_redis::redis::{
+    self, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, Value,
+    cluster::{ClusterClientBuilder, ClusterConfig},
+    cluster_async::ClusterConnection,
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr},
+};
+use futures_util::future::try_join_all;
+
+use crate::config::RedisConfig;
+
+/// The cluster connection: cheap to clone, shared by every caller.
+#[derive(Clone)]
+pub struct Cluster {
+    conn: ClusterConnection,
+    /// How to reach a node directly (pub/sub): the URL's credentials and TLS.
+    seed: redis::ConnectionInfo,
+    tls_ca_pem: Option<Vec<u8>>,
+}
+
+/// A master of the cluster, named by one slot it serves, so that commands
+/// for it are routed (and redirected) like any other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Master {
+    pub host: String,
+    pub port: u16,
+    slot: u16,
+}
+
+impl Cluster {
+    /// Starts the cluster client without waiting for it: the nodes are
+    /// connected in the background (Redis may be down at startup), and
+    /// commands sent meanwhile wait for the connection or fail with it.
+    /// Must run inside the Tokio runtime.
+    pub fn new(cfg: &RedisConfig, connect_timeout: Duration) -> Result<Cluster, RedisError> {
+        let seed = cfg.url.as_str().into_connection_info()?;
+        let mut builder = ClusterClientBuilder::new(vec![seed.clone()])
+            .connection_timeout(connect_timeout)
+            .response_timeout(RESPONSE_TIMEOUT);
+        if cfg.url.starts_with("rediss://") || cfg.tls_ca_pem.is_some() {
+            // As for a single node: ring is the process's crypto provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        if let Some(pem) = &cfg.tls_ca_pem {
+            if !cfg.url.starts_with("rediss://") {
+                return Err(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "tls_ca_file needs a rediss:// URL",
+                )));
+            }
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        let client = builder.build()?;
+        let conn = client.get_pending_async_connection_with_config(
+            ClusterConfig::new()
+                .set_connection_timeout(connect_timeout)
+                .set_response_timeout(RESPONSE_TIMEOUT),
+        );
+        Ok(Cluster {
+            conn,
+            seed,
+            tls_ca_pem: cfg.tls_ca_pem.clone(),
+        })
+    }
+
+    /// Runs a command or a pipeline, routed by slot (see the module doc).
+    pub async fn query_cmd<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        cmd.query_async(&mut BySlot(self.conn.clone())).await
+    }
+
+    pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
+        pipe.query_async(&mut BySlot(self.conn.clone())).await
+    }
+
+    /// The masters and a slot of each, from `CLUSTER SLOTS`.
+    pub async fn masters(&self) -> RedisResult<Vec<Master>> {
+        let reply = self
+            .conn
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await?;
+        let masters = parse_cluster_slots(reply, self.seed_host())?;
+        if masters.is_empty() {
+            return Err(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                "CLUSTER SLOTS names no master",
+            )));
+        }
+        Ok(masters)
+    }
+
+    /// Runs `cmd` on `master` (the master of its slot).
+    pub async fn query_on<T: FromRedisValue>(&self, master: &Master, cmd: &Cmd) -> RedisResult<T> {
+        let route = Route::new(master.slot, SlotAddr::Master);
+        let value = self
+            .conn
+            .clone()
+            .route_command(
+                cmd.clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+            )
+            .await?;
+        Ok(redis::from_redis_value(value)?)
+    }
+
+    /// A plain client for one node, with the URL's credentials and TLS: for
+    /// pub/sub, which is not multiplexed.
+    pub fn node_client(&self, master: &Master) -> RedisResult<redis::Client> {
+        let addr = match self.seed.addr() {
+            redis::ConnectionAddr::TcpTls { insecure, .. } => redis::ConnectionAddr::TcpTls {
+                host: master.host.clone(),
+                port: master.port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => redis::ConnectionAddr::Tcp(master.host.clone(), master.port),
+        };
+        let info = self.seed.clone().set_addr(addr);
+        match &self.tls_ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+    }
+
+    fn seed_host(&self) -> &str {
+        match self.seed.addr() {
+            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+                host
+            }
+            _ => "",
+        }
+    }
+}
+
+/// redis-rs's per-attempt answer bound; callers' deadlines are shorter.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`.
+/// A master serving several ranges is named once, by its first slot. An
+/// empty host means "the node you asked", which is one behind the seed.
+fn parse_cluster_slots(reply: Value, seed_host: &str) -> RedisResult<Vec<Master>> {
+    let bad = || RedisError::from((ErrorKind::UnexpectedReturnType, "unreadable CLUSTER SLOTS"));
+    let Value::Array(ranges) = reply else {
+        return Err(bad());
+    };
+    let mut masters: Vec<Master> = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err(bad());
+        };
+        let mut fields = fields.into_iter();
+        let start = match fields.next() {
+            Some(Value::Int(n)) => u16::try_from(n).map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        let _end = fields.next();
+        let Some(Value::Array(node)) = fields.next() else {
+            return Err(bad());
+        };
+        let mut node = node.into_iter();
+        let host = match node.next() {
+            Some(Value::BulkString(b)) => String::from_utf8(b).map_err(|_| bad())?,
+            Some(Value::SimpleString(s)) => s,
+            _ => return Err(bad()),
+        };
+        let host = if host.is_empty() || host == "?" {
+            seed_host.to_owned()
+        } else {
+            host
+        };
+        let port = match node.next() {
+            Some(Value::Int(n)) => u16::try_from(n).map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        if !masters.iter().any(|m| m.host == host && m.port == port) {
+            masters.push(Master {
+                host,
+                port,
+                slot: start,
+            });
+        }
+    }
+    Ok(masters)
+}
+
+/// The cluster connection as a redis-rs connection whose pipelines are split
+/// by slot (see the module doc).
+struct BySlot(ClusterConnection);
+
+impl redis::aio::ConnectionLike for BySlot {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let groups = group_by_slot(pipeline)?;
+            if groups.len() <= 1 {
+                // One slot: redis-rs routes it as it is.
+                return self.0.req_packed_commands(pipeline, offset, count).await;
+            }
+            let atomic = pipeline.is_transaction();
+            let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+            let sends = groups.iter().map(|g| {
+                let mut conn = self.0.clone();
+                let mut sub = Pipeline::with_capacity(g.positions.len());
+                if atomic {
+                    sub.atomic();
+                }
+                for &i in &g.positions {
+                    sub.add_command(cmds[i].clone());
+                }
+                let n = g.positions.len();
+                // A transaction answers MULTI's OK, one QUEUED per command,
+                // then EXEC's array: only the last counts.
+                let (offset, count) = if atomic { (n + 1, 1) } else { (0, n) };
+                let route =
+                    SingleNodeRoutingInfo::SpecificNode(Route::with_slot(g.slot, SlotAddr::Master));
+                async move { conn.route_pipeline(sub, offset, count, route).await }
+            });
+            let answers = try_join_all(sends).await?;
+            reassemble(pipeline.len(), atomic, &groups, answers)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// The commands of one slot: their positions in the original pipeline.
+struct Group {
+    slot: Slot,
+    positions: Vec<usize>,
+}
+
+fn group_by_slot(pipeline: &Pipeline) -> RedisResult<Vec<Group>> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<Slot, usize> = HashMap::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        let Some(redis::Arg::Simple(key)) = cmd.args_iter().nth(1) else {
+            return Err(RedisError::from((
+                ErrorKind::Client,
+                "a pipelined command without a key cannot be routed in cluster mode",
+            )));
+        };
+        let slot = Slot::for_key(key);
+        let g = *index.entry(slot).or_insert_with(|| {
+            groups.push(Group {
+                slot,
+                positions: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[g].positions.push(i);
+    }
+    Ok(groups)
+}
+
+/// Puts each group's answers back at their commands' positions, in the
+/// shape the pipeline expects from one node: one EXEC array for a
+/// transaction, one answer per command otherwise.
+fn reassemble(
+    len: usize,
+    atomic: bool,
+    groups: &[Group],
+    answers: Vec<Vec<Value>>,
+) -> RedisResult<Vec<Value>> {
+    let mut out = vec![Value::Nil; len];
+    for (group, answer) in groups.iter().zip(answers) {
+        let values = if atomic {
+            match answer.into_iter().next_back() {
+                Some(Value::Array(items)) => items,
+                // EXEC answered nil: the transaction did not run.
+                Some(Value::Nil) => return Ok(vec![Value::Nil]),
+                _ => {
+                    return Err(RedisError::from((
+                        ErrorKind::UnexpectedReturnType,
+                        "a slot's transaction gave no EXEC answer",
+                    )));
+                }
+            }
+        } else {
+            answer
+        };
+        if values.len() != group.positions.len() {
+            return Err(RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "a slot's pipeline gave the wrong number of answers",
+            )));
+        }
+        for (&i, v) in group.positions.iter().zip(values) {
+            out[i] = v;
+        }
+    }
+    Ok(if atomic { vec![Value::Array(out)] } else { out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(key: &str) -> Slot {
+        Slot::for_key(key)
+    }
+
+    #[test]
+    fn pipelines_are_grouped_by_slot_keeping_command_order() {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET").arg("search:{a}").arg("f").arg("v");
+        pipe.cmd("ZADD")
+            .arg("searches:daily:2026-01-01")
+            .arg(1)
+            .arg("a");
+        pipe.cmd("RPUSH").arg("search:{a}:feedback").arg("x");
+        pipe.cmd("EXPIRE").arg("searches:daily:2026-01-01").arg(60);
+        let groups = group_by_slot(&pipe).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].slot, slot("a"));
+        assert_eq!(groups[0].positions, vec![0, 2]);
+        assert_eq!(groups[1].slot, slot("searches:daily:2026-01-01"));
+        assert_eq!(groups[1].positions, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_command_without_a_key_is_refused() {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        assert!(group_by_slot(&pipe).is_err());
+    }
+
+    #[test]
+    fn answers_go_back_to_their_commands() {
+        let groups = vec![
+            Group {
+                slot: slot("a"),
+                positions: vec![0, 2],
+            },
+            Group {
+                slot: slot("b"),
+                positions: vec![1],
+            },
+        ];
+        let plain = reassemble(
+            3,
+            false,
+            &groups,
+            vec![vec![Value::Int(0), Value::Int(2)], vec![Value::Int(1)]],
+        )
+        .unwrap();
+        assert_eq!(plain, vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
+
+        let exec = |items: Vec<Value>| vec![Value::Array(items)];
+        let atomic = reassemble(
+            3,
+            true,
+            &groups,
+            vec![
+                exec(vec![Value::Int(0), Value::Int(2)]),
+                exec(vec![Value::Int(1)]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            atomic,
+            vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(1),
+                Value::Int(2)
+            ])]
+        );
+        let aborted = reassemble(3, true, &groups, vec![vec![Value::Nil], exec(vec![])]);
+        assert_eq!(aborted.unwrap(), vec![Value::Nil]);
+        assert!(reassemble(3, false, &groups, vec![vec![], vec![]]).is_err());
+    }
+
+    #[test]
+    fn cluster_slots_name_each_master_once() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 6379),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("", 6380),
+                node("10.0.0.9", 6379),
+            ]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(12000),
+                node("10.0.0.1", 6379),
+            ]),
+        ]);
+        let masters = parse_cluster_slots(reply, "seed").unwrap();
+        assert_eq!(
+            masters,
+            vec![
+                Master {
+                    host: "10.0.0.1".into(),
+                    port: 6379,
+                    slot: 0
+                },
+                Master {
+                    host: "seed".into(),
+                    port: 6380,
+                    slot: 5461
+                },
+            ]
+        );
+        assert!(parse_cluster_slots(Value::Int(1), "seed").is_err());
+    }
+}
