@@ -239,3 +239,287 @@ async fn every_key_of_the_search_log_is_written_across_the_slots() {
         "no untagged record"
     );
 }
+
+/// Subscribers of the invalidation channel over every node of the cluster.
+async fn invalidation_subscribers(cluster: &RedisCluster) -> i64 {
+    let mut total = 0;
+    for url in cluster.node_urls() {
+        let Ok(client) = redis::Client::open(url) else {
+            continue;
+        };
+        let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let counts: Result<(String, i64), _> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("leafcache:invalidate")
+            .query_async(&mut con)
+            .await;
+        total += counts.map_or(0, |(_, n)| n);
+    }
+    total
+}
+
+async fn set(cluster: &RedisCluster, key: &str) {
+    let () = cluster.query(redis::cmd("SET").arg(key).arg("entry")).await;
+}
+
+#[tokio::test]
+async fn purge_by_user_hash_and_all_global_reaches_every_master_and_every_l1() {
+    let cluster = RedisCluster::start().await;
+    let backend = Backend::echo().await;
+    let a = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    let b = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    eventually("both proxies subscribed", || async {
+        (invalidation_subscribers(&cluster).await >= 2).then_some(())
+    })
+    .await;
+
+    // An L1 hit in proxy B, which a purge through proxy A must end.
+    let milk = b.search(Some("u1"), json!({"query": "milk"}));
+    let stored = milk.send().await;
+    assert_miss_stored(&stored);
+    let milk_key = tagged_user_key("u1", &stored.key());
+    cluster.wait_for_key(&milk_key).await;
+    assert_hit(&milk.send().await);
+
+    // Entries written straight into the cluster: u1's, a user whose id only
+    // starts the same, and 30 global ones, on every master.
+    let (h1, h2) = ("a".repeat(64), "b".repeat(64));
+    let hashes: Vec<String> = (0..30).map(|i| format!("{i:064x}")).collect();
+    for key in [
+        tagged_user_key("u1", &h1),
+        tagged_user_key("u1", &h2),
+        tagged_user_key("u10", &h1),
+    ] {
+        set(&cluster, &key).await;
+    }
+    for h in &hashes {
+        set(&cluster, &global_key(h)).await;
+    }
+    assert_eq!(cluster.masters_holding("cache:global:*").await.len(), 3);
+
+    let config = a.config_path();
+    let one = run(leafcache(&config, &["purge", "--user", "u1", "--key", &h2])).await;
+    assert_eq!(one.code, 0, "{one:?}");
+    assert!(!cluster.exists(&tagged_user_key("u1", &h2)).await);
+    assert!(
+        cluster.exists(&tagged_user_key("u1", &h1)).await,
+        "only that entry"
+    );
+
+    let user = admin(&a, "POST", "/v1/cache/purge")
+        .json(&json!({"user_id": "u1"}))
+        .send()
+        .await;
+    assert_eq!(user.status, 200, "{user:?}");
+    assert_eq!(user.json()["removed"], 2, "h1 and the milk entry");
+    assert!(!cluster.exists(&milk_key).await);
+    assert!(
+        cluster.exists(&tagged_user_key("u10", &h1)).await,
+        "u10 is another user"
+    );
+    eventually("proxy B to drop its L1 copy", || async {
+        (milk.send().await.x_cache() == Some("MISS")).then_some(())
+    })
+    .await;
+
+    let global = run(leafcache(&config, &["purge", "--key", &hashes[0]])).await;
+    assert_eq!(global.code, 0, "{global:?}");
+    assert!(!cluster.exists(&global_key(&hashes[0])).await);
+
+    let all = admin(&a, "POST", "/v1/cache/purge")
+        .json(&json!({"all_global": true}))
+        .send()
+        .await;
+    assert_eq!(all.status, 200, "{all:?}");
+    assert_eq!(all.json()["removed"], 29, "{all:?}");
+    assert!(cluster.keys("cache:global:*").await.is_empty());
+    assert!(cluster.exists(&tagged_user_key("u10", &h1)).await);
+}
+
+#[tokio::test]
+async fn export_history_and_stats_read_the_cluster() {
+    let cluster = RedisCluster::start().await;
+    let backend = Backend::start(catalogue).await;
+    let proxy = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    let mut ids = BTreeSet::new();
+    for i in 0..9 {
+        let user = format!("u{}", i % 3);
+        let q = ["milk", "pasta", "nothing"][i % 3];
+        let resp = proxy.search(Some(&user), json!({"query": q})).send().await;
+        ids.insert(logged_id(&resp));
+    }
+    for id in &ids {
+        cluster.wait_for_key(&format!("search:{{{id}}}")).await;
+    }
+    let first = ids.iter().next().expect("nine ids");
+    let date = cluster.hash(&format!("search:{{{first}}}")).await["timestamp"][..10].to_owned();
+    let config = proxy.config_path();
+
+    let history = run(leafcache(&config, &["history", "u0", "--json"])).await;
+    assert_eq!(history.code, 0, "{history:?}");
+    let entries = history.json();
+    assert_eq!(entries.as_array().map(Vec::len), Some(3), "{entries}");
+    let api = admin(&proxy, "GET", "/v1/users/u0/history").send().await;
+    assert_eq!(api.json(), entries, "the API reads the same list");
+
+    let report = stats_when(&proxy, &format!("?date={date}"), |s| {
+        s["total_searches"] == 9
+    })
+    .await;
+    assert_eq!(report["intents"]["product_search"], 6);
+    assert_eq!(report["zero_result_queries"][0]["query"], "nothing");
+    let stats = run(leafcache(&config, &["stats", "--date", &date, "--json"])).await;
+    assert_eq!(stats.code, 0, "{stats:?}");
+    assert_eq!(stats.json(), report, "the CLI prints the API's report");
+
+    let export = run(leafcache(
+        &config,
+        &["export", "--from", &date, "--to", &date],
+    ))
+    .await;
+    assert_eq!(export.code, 0, "{export:?}");
+    let exported: BTreeSet<String> = lines(&export.stdout)
+        .iter()
+        .map(|l| l["search_id"].as_str().expect("an id").to_owned())
+        .collect();
+    assert_eq!(exported, ids);
+    let api = admin(&proxy, "GET", &format!("/v1/export?from={date}&to={date}"))
+        .send()
+        .await;
+    assert_eq!(lines(&api.body).len(), ids.len());
+}
+
+/// SPEC section 7: the spool is replayed within 30 s of Redis answering.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_killed_master_costs_no_answer_and_its_events_are_spooled_then_replayed() {
+    let mut cluster = RedisCluster::start().await;
+    let backend = Backend::start(catalogue).await;
+    let proxy = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    let search = |i: usize| {
+        proxy.search(
+            Some(&format!("u{}", i % 7)),
+            json!({"query": format!("item {}", i % 5)}),
+        )
+    };
+    for i in 0..10 {
+        assert_eq!(search(i).send().await.status, 200);
+    }
+
+    // The seed node itself: the proxy must get by on what it learned.
+    cluster.kill(0);
+    let mut outage = BTreeSet::new();
+    for i in 10..60 {
+        let resp = search(i).send().await;
+        assert_eq!(resp.status, 200, "answers never depend on Redis: {resp:?}");
+        outage.insert(logged_id(&resp));
+    }
+    eventually("readyz to say redis: down", || async {
+        let ready = admin(&proxy, "GET", "/readyz").send().await;
+        (ready.json()["redis"] == "down").then_some(())
+    })
+    .await;
+    assert!(metric(proxy.admin, "events_spooled").await > 0);
+
+    cluster.restart(0).await;
+    eventually_within(
+        REPLAY_WAIT,
+        "every search of the outage in redis",
+        || async {
+            for id in &outage {
+                if !cluster.exists(&format!("search:{{{id}}}")).await {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    assert_eq!(metric(proxy.admin, "events_dropped").await, 0);
+    let mut on_the_killed_master = 0;
+    for id in &outage {
+        if cluster.master_of(&format!("search:{{{id}}}")).await == 0 {
+            on_the_killed_master += 1;
+        }
+    }
+    assert!(
+        on_the_killed_master > 0,
+        "some records belong to the killed master's slots"
+    );
+
+    // And Redis serves again: a new search is logged, a repeat is a hit.
+    let after = proxy
+        .search(Some("late"), json!({"query": "milk"}))
+        .send()
+        .await;
+    assert_eq!(after.status, 200);
+    cluster
+        .wait_for_key(&format!("search:{{{}}}", logged_id(&after)))
+        .await;
+    cluster
+        .wait_for_key(&tagged_user_key("late", &after.key()))
+        .await;
+}
+
+#[tokio::test]
+async fn invalidation_survives_the_death_of_the_node_it_listened_on() {
+    let mut cluster = RedisCluster::start().await;
+    let backend = Backend::echo().await;
+    let a = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    let b = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    eventually("both proxies subscribed", || async {
+        (invalidation_subscribers(&cluster).await >= 2).then_some(())
+    })
+    .await;
+    let mut listened_on = Vec::new();
+    for (i, url) in cluster.node_urls().iter().enumerate() {
+        let client = redis::Client::open(url.as_str()).expect("node url");
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("node");
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("leafcache:invalidate")
+            .query_async(&mut con)
+            .await
+            .expect("PUBSUB NUMSUB");
+        if n > 0 {
+            listened_on.push(i);
+        }
+    }
+    for &i in &listened_on {
+        cluster.kill(i);
+    }
+    for &i in &listened_on {
+        cluster.restart(i).await;
+    }
+    eventually("both proxies subscribed again", || async {
+        (invalidation_subscribers(&cluster).await >= 2).then_some(())
+    })
+    .await;
+
+    let milk = b.search(Some("u1"), json!({"query": "milk"}));
+    let stored = milk.send().await;
+    assert_eq!(stored.status, 200);
+    eventually("proxy B to serve milk from L1", || async {
+        (milk.send().await.x_cache() == Some("HIT")).then_some(())
+    })
+    .await;
+    let purge = eventually("a purge once every master answers", || async {
+        let resp = admin(&a, "POST", "/v1/cache/purge")
+            .json(&json!({"user_id": "u1"}))
+            .send()
+            .await;
+        (resp.status == 200).then_some(resp)
+    })
+    .await;
+    assert!(purge.json()["removed"].as_u64().is_some(), "{purge:?}");
+    eventually("proxy B to drop its L1 copy", || async {
+        (milk.send().await.x_cache() == Some("MISS")).then_some(())
+    })
+    .await;
+}
