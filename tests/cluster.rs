@@ -422,7 +422,10 @@ async fn a_killed_master_costs_no_answer_and_its_events_are_spooled_then_replaye
         (ready.json()["redis"] == "down").then_some(())
     })
     .await;
-    assert!(metric(proxy.admin, "events_spooled").await > 0);
+    eventually("the outage's batches in the spool", || async {
+        (metric(proxy.admin, "events_spooled").await > 0).then_some(())
+    })
+    .await;
 
     cluster.restart(0).await;
     eventually_within(
@@ -522,4 +525,67 @@ async fn invalidation_survives_the_death_of_the_node_it_listened_on() {
         (milk.send().await.x_cache() == Some("MISS")).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_proxy_started_before_its_cluster_serves_then_uses_it() {
+    let mut cluster = RedisCluster::planned();
+    let backend = Backend::start(catalogue).await;
+    let proxy = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    let early = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    assert_eq!(early.status, 200, "no Redis yet: {early:?}");
+    let early_id = logged_id(&early);
+
+    cluster.create().await;
+    // The search made before the cluster existed was spooled and replayed.
+    eventually_within(REPLAY_WAIT, "the early search in redis", || async {
+        cluster
+            .exists(&format!("search:{{{early_id}}}"))
+            .await
+            .then_some(())
+    })
+    .await;
+    let later = proxy
+        .search(Some("u2"), json!({"query": "milk"}))
+        .send()
+        .await;
+    assert_miss_stored(&later);
+    cluster
+        .wait_for_key(&tagged_user_key("u2", &later.key()))
+        .await;
+}
+
+#[tokio::test]
+async fn an_acl_user_and_password_reach_every_node() {
+    let cluster = RedisCluster::start_with_acl_user("admin-secret", "leaf", "leaf-secret").await;
+    let backend = Backend::start(catalogue).await;
+    let proxy = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    eventually(
+        "the proxy's invalidation listener, logged in as leaf",
+        || async { (invalidation_subscribers(&cluster).await >= 1).then_some(()) },
+    )
+    .await;
+    let mut ids = BTreeSet::new();
+    for i in 0..12 {
+        let resp = proxy
+            .search(Some(&format!("u{i}")), json!({"query": "milk"}))
+            .send()
+            .await;
+        assert_miss_stored(&resp);
+        ids.insert(logged_id(&resp));
+    }
+    for id in &ids {
+        cluster.wait_for_key(&format!("search:{{{id}}}")).await;
+    }
+    assert_eq!(cluster.masters_holding("search:*").await.len(), 3);
+    let purge = run(leafcache(&proxy.config_path(), &["purge", "--user", "u1"])).await;
+    assert_eq!(purge.code, 0, "{purge:?}");
+    assert!(
+        !proxy.log().contains("redis is unreachable"),
+        "{}",
+        proxy.log()
+    );
 }

@@ -9,21 +9,26 @@
 //!
 //! - the commands are grouped by the slot of their key (the first argument;
 //!   every command leafcache pipelines has its key there);
-//! - each group is one pipeline to its slot's master, all groups in flight at
-//!   once; a `MULTI/EXEC` pipeline becomes one `MULTI/EXEC` per slot, since
-//!   a transaction cannot span slots;
-//! - the answers are put back in the order of the original pipeline, and the
-//!   whole fails when any group fails.
+//! - each group is one plain pipeline to its slot's master, all groups in
+//!   flight at once;
+//! - the answers are put back in the order of the original pipeline (for a
+//!   `MULTI/EXEC` pipeline, in the shape of one `EXEC` answer), and the whole
+//!   fails when any group fails.
 //!
-//! Grouping by slot rather than by node keeps redis-rs's redirection
-//! correct: a group that meets `MOVED` (a resharded slot) is sent again, as a
-//! whole, to the slot's new owner, which a multi-slot pipeline to one node
-//! could not be.
+//! A `MULTI/EXEC` pipeline is sent as plain per-slot pipelines: a transaction
+//! cannot span slots, and redis-rs follows a `MOVED` inside a plain pipeline
+//! (re-sending the group to the slot's new owner and refreshing its slot map)
+//! but not inside a transaction, which would then fail until something else
+//! refreshed the map. What is given up is only that a slot's group could be
+//! cut short by a dropped connection; the caller then sees a failure and
+//! sends the whole again (the event writer's batches are at least once).
+//! Grouping by slot rather than by node is what keeps a redirected group
+//! whole: all its keys moved together.
 //!
 //! Multi-key single commands (`MGET` of the user and global entries,
-//! `UNLINK` of a purge) are split per slot by redis-rs itself, and `PING` goes
-//! to every master. Commands that must run on each master (`SCAN`) go
-//! through [`Cluster::masters`] and [`Cluster::query_on`].
+//! `UNLINK` of a purge) are split per slot by redis-rs itself. Commands that
+//! must run on each master (`SCAN`) go through [`Cluster::masters`] and
+//! [`Cluster::query_on`]; health is [`Cluster::probe`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -105,7 +110,8 @@ impl Cluster {
         pipe.query_async(&mut BySlot(self.conn.clone())).await
     }
 
-    /// The masters and a slot of each, from `CLUSTER SLOTS`.
+    /// The masters and a slot of each, from `CLUSTER SLOTS`; an error while
+    /// some slot has no master (a cluster still forming, or broken).
     pub async fn masters(&self) -> RedisResult<Vec<Master>> {
         let reply = self
             .conn
@@ -115,14 +121,25 @@ impl Cluster {
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
             )
             .await?;
-        let masters = parse_cluster_slots(reply, self.seed_host())?;
-        if masters.is_empty() {
+        let (masters, covered) = parse_cluster_slots(reply, self.seed_host())?;
+        if covered < SLOTS {
             return Err(RedisError::from((
                 ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
-                "CLUSTER SLOTS names no master",
+                "not every slot has a master",
+                format!("{covered} of {SLOTS} slots are served"),
             )));
         }
         Ok(masters)
+    }
+
+    /// Whether the cluster can take reads and writes: every slot has a
+    /// master and every master answers `PING`, through the connection the
+    /// callers use.
+    pub async fn probe(&self) -> RedisResult<()> {
+        let masters = self.masters().await?;
+        let ping = redis::cmd("PING");
+        try_join_all(masters.iter().map(|m| self.query_on::<()>(m, &ping))).await?;
+        Ok(())
     }
 
     /// Runs `cmd` on `master` (the master of its slot).
@@ -176,16 +193,20 @@ impl Cluster {
 
 /// redis-rs's per-attempt answer bound; callers' deadlines are shorter.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slots of a Redis Cluster.
+const SLOTS: u32 = 16384;
 
-/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`.
-/// A master serving several ranges is named once, by its first slot. An
-/// empty host means "the node you asked", which is one behind the seed.
-fn parse_cluster_slots(reply: Value, seed_host: &str) -> RedisResult<Vec<Master>> {
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`,
+/// as the masters (each named once, by its first slot) and how many slots
+/// they serve. An empty host means "the node you asked", which is one behind
+/// the seed.
+fn parse_cluster_slots(reply: Value, seed_host: &str) -> RedisResult<(Vec<Master>, u32)> {
     let bad = || RedisError::from((ErrorKind::UnexpectedReturnType, "unreadable CLUSTER SLOTS"));
     let Value::Array(ranges) = reply else {
         return Err(bad());
     };
     let mut masters: Vec<Master> = Vec::new();
+    let mut covered: u32 = 0;
     for range in ranges {
         let Value::Array(fields) = range else {
             return Err(bad());
@@ -195,7 +216,11 @@ fn parse_cluster_slots(reply: Value, seed_host: &str) -> RedisResult<Vec<Master>
             Some(Value::Int(n)) => u16::try_from(n).map_err(|_| bad())?,
             _ => return Err(bad()),
         };
-        let _end = fields.next();
+        let end = match fields.next() {
+            Some(Value::Int(n)) => u16::try_from(n).map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        covered += u32::from(end.saturating_sub(start)) + 1;
         let Some(Value::Array(node)) = fields.next() else {
             return Err(bad());
         };
@@ -222,7 +247,7 @@ fn parse_cluster_slots(reply: Value, seed_host: &str) -> RedisResult<Vec<Master>
             });
         }
     }
-    Ok(masters)
+    Ok((masters, covered))
 }
 
 /// The cluster connection as a redis-rs connection whose pipelines are split
@@ -241,32 +266,32 @@ impl redis::aio::ConnectionLike for BySlot {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            let atomic = pipeline.is_transaction();
             let groups = group_by_slot(pipeline)?;
-            if groups.len() <= 1 {
+            if groups.len() <= 1 && !atomic {
                 // One slot: redis-rs routes it as it is.
                 return self.0.req_packed_commands(pipeline, offset, count).await;
             }
-            let atomic = pipeline.is_transaction();
             let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
             let sends = groups.iter().map(|g| {
                 let mut conn = self.0.clone();
                 let mut sub = Pipeline::with_capacity(g.positions.len());
-                if atomic {
-                    sub.atomic();
-                }
                 for &i in &g.positions {
                     sub.add_command(cmds[i].clone());
                 }
                 let n = g.positions.len();
-                // A transaction answers MULTI's OK, one QUEUED per command,
-                // then EXEC's array: only the last counts.
-                let (offset, count) = if atomic { (n + 1, 1) } else { (0, n) };
                 let route =
                     SingleNodeRoutingInfo::SpecificNode(Route::with_slot(g.slot, SlotAddr::Master));
-                async move { conn.route_pipeline(sub, offset, count, route).await }
+                async move { conn.route_pipeline(sub, 0, n, route).await }
             });
             let answers = try_join_all(sends).await?;
-            reassemble(pipeline.len(), atomic, &groups, answers)
+            let values = reassemble(pipeline.len(), &groups, answers)?;
+            // The shape a transaction's caller expects: one EXEC answer.
+            Ok(if atomic {
+                vec![Value::Array(values)]
+            } else {
+                values
+            })
         })
     }
 
@@ -304,43 +329,21 @@ fn group_by_slot(pipeline: &Pipeline) -> RedisResult<Vec<Group>> {
     Ok(groups)
 }
 
-/// Puts each group's answers back at their commands' positions, in the
-/// shape the pipeline expects from one node: one EXEC array for a
-/// transaction, one answer per command otherwise.
-fn reassemble(
-    len: usize,
-    atomic: bool,
-    groups: &[Group],
-    answers: Vec<Vec<Value>>,
-) -> RedisResult<Vec<Value>> {
+/// Puts each group's answers back at their commands' positions.
+fn reassemble(len: usize, groups: &[Group], answers: Vec<Vec<Value>>) -> RedisResult<Vec<Value>> {
     let mut out = vec![Value::Nil; len];
     for (group, answer) in groups.iter().zip(answers) {
-        let values = if atomic {
-            match answer.into_iter().next_back() {
-                Some(Value::Array(items)) => items,
-                // EXEC answered nil: the transaction did not run.
-                Some(Value::Nil) => return Ok(vec![Value::Nil]),
-                _ => {
-                    return Err(RedisError::from((
-                        ErrorKind::UnexpectedReturnType,
-                        "a slot's transaction gave no EXEC answer",
-                    )));
-                }
-            }
-        } else {
-            answer
-        };
-        if values.len() != group.positions.len() {
+        if answer.len() != group.positions.len() {
             return Err(RedisError::from((
                 ErrorKind::UnexpectedReturnType,
                 "a slot's pipeline gave the wrong number of answers",
             )));
         }
-        for (&i, v) in group.positions.iter().zip(values) {
+        for (&i, v) in group.positions.iter().zip(answer) {
             out[i] = v;
         }
     }
-    Ok(if atomic { vec![Value::Array(out)] } else { out })
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -388,37 +391,14 @@ mod tests {
                 positions: vec![1],
             },
         ];
-        let plain = reassemble(
+        let values = reassemble(
             3,
-            false,
             &groups,
             vec![vec![Value::Int(0), Value::Int(2)], vec![Value::Int(1)]],
         )
         .unwrap();
-        assert_eq!(plain, vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
-
-        let exec = |items: Vec<Value>| vec![Value::Array(items)];
-        let atomic = reassemble(
-            3,
-            true,
-            &groups,
-            vec![
-                exec(vec![Value::Int(0), Value::Int(2)]),
-                exec(vec![Value::Int(1)]),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            atomic,
-            vec![Value::Array(vec![
-                Value::Int(0),
-                Value::Int(1),
-                Value::Int(2)
-            ])]
-        );
-        let aborted = reassemble(3, true, &groups, vec![vec![Value::Nil], exec(vec![])]);
-        assert_eq!(aborted.unwrap(), vec![Value::Nil]);
-        assert!(reassemble(3, false, &groups, vec![vec![], vec![]]).is_err());
+        assert_eq!(values, vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
+        assert!(reassemble(3, &groups, vec![vec![], vec![]]).is_err());
     }
 
     #[test]
@@ -448,7 +428,8 @@ mod tests {
                 node("10.0.0.1", 6379),
             ]),
         ]);
-        let masters = parse_cluster_slots(reply, "seed").unwrap();
+        let (masters, covered) = parse_cluster_slots(reply, "seed").unwrap();
+        assert_eq!(covered, 12001);
         assert_eq!(
             masters,
             vec![

@@ -291,6 +291,27 @@ impl RedisPool {
         }
     }
 
+    /// Whether Redis can be used, asked past the breaker (which it feeds):
+    /// `PING` on a single node; on a cluster, every slot has a master and
+    /// every master answers (one unreachable master counts as Redis down:
+    /// lookups skip Redis and events are spooled until it is back).
+    pub async fn probe(&self, deadline: Instant) -> Result<(), RedisFailure> {
+        match &self.backend {
+            Backend::Single { .. } => {
+                self.query_unguarded::<()>(Command::Cmd(&redis::cmd("PING")), deadline)
+                    .await
+            }
+            Backend::Cluster(cluster) => {
+                let result = tokio::time::timeout_at(deadline, cluster.probe())
+                    .await
+                    .map_err(|_| RedisFailure::Timeout)
+                    .and_then(|r| r.map_err(RedisFailure::from));
+                self.account(&result);
+                result
+            }
+        }
+    }
+
     /// The nodes a per-node command must visit: the node itself, or every
     /// master of the cluster.
     pub async fn nodes(&self, deadline: Instant) -> Result<Vec<Node>, RedisFailure> {
@@ -368,10 +389,7 @@ impl RedisPool {
             let mut backoff = BACKOFF_MIN;
             loop {
                 let deadline = Instant::now() + Duration::from_secs(1);
-                let ok = this
-                    .query_unguarded::<()>(Command::Cmd(&redis::cmd("PING")), deadline)
-                    .await
-                    .is_ok();
+                let ok = this.probe(deadline).await.is_ok();
                 if ok {
                     backoff = BACKOFF_MIN;
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -21,12 +21,25 @@ struct Node {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: tempfile::TempDir,
+    /// redis-server arguments beyond ports and cluster settings (ACL).
+    extra: Vec<String>,
+    /// The URL's user info for the proxy (`user:password@`), or empty.
+    auth: String,
+    /// The default user's password, for the harness's own connections.
+    admin_password: Option<String>,
 }
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
-        let dir = tempfile::tempdir().expect("create a temp dir for the cluster");
-        let mut cluster = RedisCluster {
+        let mut cluster = RedisCluster::planned();
+        cluster.create().await;
+        cluster
+    }
+
+    /// Ports and a directory, nothing running yet: for a proxy that starts
+    /// before its cluster.
+    pub fn planned() -> RedisCluster {
+        RedisCluster {
             nodes: (0..3)
                 .map(|_| Node {
                     port: free_port(),
@@ -34,8 +47,43 @@ impl RedisCluster {
                     child: None,
                 })
                 .collect(),
-            dir,
-        };
+            dir: tempfile::tempdir().expect("create a temp dir for the cluster"),
+            extra: Vec::new(),
+            auth: String::new(),
+            admin_password: None,
+        }
+    }
+
+    /// A cluster whose default user needs `admin_password` and where the
+    /// proxy connects as the ACL user `user` with `password`.
+    pub async fn start_with_acl_user(
+        admin_password: &str,
+        user: &str,
+        password: &str,
+    ) -> RedisCluster {
+        let mut cluster = RedisCluster::planned();
+        cluster.extra = vec![
+            "--requirepass".to_owned(),
+            admin_password.to_owned(),
+            // One argument per ACL rule: redis-server joins them.
+            "--user".to_owned(),
+            user.to_owned(),
+            "on".to_owned(),
+            format!(">{password}"),
+            "~*".to_owned(),
+            "&*".to_owned(),
+            "+@all".to_owned(),
+        ];
+        cluster.auth = format!("{user}:{password}@");
+        cluster.admin_password = Some(admin_password.to_owned());
+        cluster.create().await;
+        cluster
+    }
+
+    /// Starts the nodes, joins them into one cluster and waits until every
+    /// node says the cluster is ok.
+    pub async fn create(&mut self) {
+        let cluster = self;
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i).await;
         }
@@ -43,6 +91,9 @@ impl RedisCluster {
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        if let Some(pw) = &cluster.admin_password {
+            create.args(["-a", pw, "--no-auth-warning"]);
         }
         create
             .arg("--cluster-yes")
@@ -59,7 +110,6 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.wait_ok().await;
-        cluster
     }
 
     async fn spawn(&mut self, i: usize) {
@@ -78,12 +128,13 @@ impl RedisCluster {
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed and starts");
         let pid = child.id();
-        let url = node_url(node.port);
+        let url = self.admin_url(node.port);
         self.nodes[i].child = Some(child);
         // Ready means our own process answers on the port.
         eventually("a cluster node to answer as itself", || {
@@ -105,7 +156,7 @@ impl RedisCluster {
             .nodes
             .iter()
             .filter(|n| n.child.is_some())
-            .map(|n| node_url(n.port))
+            .map(|n| self.admin_url(n.port))
             .collect();
         eventually("cluster_state:ok on every node", || {
             let urls = urls.clone();
@@ -128,11 +179,19 @@ impl RedisCluster {
 
     /// The URL the proxy is given: the first node (any one would do).
     pub fn url(&self) -> String {
-        node_url(self.nodes[0].port)
+        format!("redis://{}127.0.0.1:{}", self.auth, self.nodes[0].port)
     }
 
+    /// Each node's URL, for the harness's own connections.
     pub fn node_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| node_url(n.port)).collect()
+        self.nodes.iter().map(|n| self.admin_url(n.port)).collect()
+    }
+
+    fn admin_url(&self, port: u16) -> String {
+        match &self.admin_password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{port}"),
+            None => format!("redis://127.0.0.1:{port}"),
+        }
     }
 
     /// Kills master `i` at once (SIGKILL), as an outage would.
@@ -162,7 +221,7 @@ impl RedisCluster {
 
     /// The index of the master that serves `key`.
     pub async fn master_of(&self, key: &str) -> usize {
-        let mut con = node_conn(&node_url(self.nodes[0].port)).await;
+        let mut con = node_conn(&self.admin_url(self.nodes[0].port)).await;
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -188,7 +247,7 @@ impl RedisCluster {
             if node.child.is_none() {
                 continue;
             }
-            let mut con = node_conn(&node_url(node.port)).await;
+            let mut con = node_conn(&self.admin_url(node.port)).await;
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(pattern)
                 .query_async(&mut con)
@@ -258,10 +317,6 @@ impl Drop for RedisCluster {
             self.kill(i);
         }
     }
-}
-
-fn node_url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}")
 }
 
 /// A plain connection to one node (commands for other nodes' slots answer
