@@ -53,13 +53,12 @@ pub struct Cluster {
     tls_ca_pem: Option<Vec<u8>>,
 }
 
-/// A master of the cluster, named by one slot it serves, so that commands
-/// for it are routed (and redirected) like any other.
+/// A master of the cluster, as `CLUSTER SLOTS` names it (and redis-rs
+/// knows its connection).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Master {
     pub host: String,
     pub port: u16,
-    slot: u16,
 }
 
 impl Cluster {
@@ -142,15 +141,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `cmd` on `master` (the master of its slot).
+    /// Runs `cmd` on `master` itself. By address, not by one of its slots:
+    /// redis-rs sends a command for a slot whose node is unreachable to
+    /// another node, which for a keyless command (`PING`, `SCAN`) would
+    /// answer for the wrong node. By address it fails instead.
     pub async fn query_on<T: FromRedisValue>(&self, master: &Master, cmd: &Cmd) -> RedisResult<T> {
-        let route = Route::new(master.slot, SlotAddr::Master);
         let value = self
             .conn
             .clone()
             .route_command(
                 cmd.clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: master.host.clone(),
+                    port: master.port,
+                }),
             )
             .await?;
         Ok(redis::from_redis_value(value)?)
@@ -197,8 +201,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const SLOTS: u32 = 16384;
 
 /// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`,
-/// as the masters (each named once, by its first slot) and how many slots
-/// they serve. An empty host means "the node you asked", which is one behind
+/// as the masters (each named once) and how many slots they serve. An empty host means "the node you asked", which is one behind
 /// the seed.
 fn parse_cluster_slots(reply: Value, seed_host: &str) -> RedisResult<(Vec<Master>, u32)> {
     let bad = || RedisError::from((ErrorKind::UnexpectedReturnType, "unreadable CLUSTER SLOTS"));
@@ -240,11 +243,7 @@ fn parse_cluster_slots(reply: Value, seed_host: &str) -> RedisResult<(Vec<Master
             _ => return Err(bad()),
         };
         if !masters.iter().any(|m| m.host == host && m.port == port) {
-            masters.push(Master {
-                host,
-                port,
-                slot: start,
-            });
+            masters.push(Master { host, port });
         }
     }
     Ok((masters, covered))
@@ -436,12 +435,10 @@ mod tests {
                 Master {
                     host: "10.0.0.1".into(),
                     port: 6379,
-                    slot: 0
                 },
                 Master {
                     host: "seed".into(),
                     port: 6380,
-                    slot: 5461
                 },
             ]
         );

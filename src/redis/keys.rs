@@ -8,8 +8,14 @@
 //! `user:{<id>}:profile`, `search:{<id>}` and `search:{<id>}:feedback`. A
 //! user's history and profile are then written in one transaction, and a
 //! search's record and feedback list read and written together. On a single
-//! node the layout is exactly SPEC section 4, without braces. The keys of a
-//! day (`searches:daily:<date>`, the counters) are the same in both modes.
+//! node the layout is exactly SPEC section 4, without braces.
+//!
+//! In cluster mode the keys of a day (`searches:daily:{<date>}`, the
+//! analytics counters such as `intent:stats:{<date>}` and
+//! `supplier:<id>:queries:{<date>}`) carry the date as their tag: a flush of
+//! the summed counters then goes to one slot, so it succeeds or fails whole
+//! and is never half applied and then sent again (which would count the
+//! applied half twice).
 
 use std::fmt;
 use std::ops::Deref;
@@ -59,6 +65,22 @@ impl Prefix {
         } else {
             out.push_str(id);
         }
+    }
+
+    /// `<prefix><head><date>` or, in cluster mode, `<prefix><head>{<date>}`:
+    /// a day's log and analytics keys share one slot.
+    fn with_date(&self, head: &str, date: &str) -> String {
+        let mut k = String::with_capacity(self.text.len() + head.len() + date.len() + 2);
+        k.push_str(&self.text);
+        k.push_str(head);
+        if self.hash_tags {
+            k.push('{');
+            k.push_str(date);
+            k.push('}');
+        } else {
+            k.push_str(date);
+        }
+        k
     }
 
     fn with_id(&self, kind: &str, id: &str, tail: &str) -> String {
@@ -128,13 +150,13 @@ pub fn search_feedback(prefix: &Prefix, search_id: &str) -> String {
 }
 
 /// `searches:daily:<date>`: search ids of a day by time (zset).
-pub fn searches_daily(prefix: &str, date: &str) -> String {
-    format!("{prefix}searches:daily:{date}")
+pub fn searches_daily(prefix: &Prefix, date: &str) -> String {
+    prefix.with_date("searches:daily:", date)
 }
 
 /// `searches:hourly:<date>`: `00`..`23` → count (hash).
-pub fn searches_hourly(prefix: &str, date: &str) -> String {
-    format!("{prefix}searches:hourly:{date}")
+pub fn searches_hourly(prefix: &Prefix, date: &str) -> String {
+    prefix.with_date("searches:hourly:", date)
 }
 
 /// `user:<user_id>:searches`: the user's recent searches, newest first (list).
@@ -149,44 +171,44 @@ pub fn user_profile(prefix: &Prefix, user_id: &str) -> String {
 }
 
 /// `intent:stats:<date>`: intent → count (hash).
-pub fn intent_stats(prefix: &str, date: &str) -> String {
-    format!("{prefix}intent:stats:{date}")
+pub fn intent_stats(prefix: &Prefix, date: &str) -> String {
+    prefix.with_date("intent:stats:", date)
 }
 
 /// `products:popular:<date>`: product → times returned (zset).
-pub fn products_popular(prefix: &str, date: &str) -> String {
-    format!("{prefix}products:popular:{date}")
+pub fn products_popular(prefix: &Prefix, date: &str) -> String {
+    prefix.with_date("products:popular:", date)
 }
 
 /// `supplier:<id>:queries:<date>`: normalized query → count (zset).
-pub fn supplier_queries(prefix: &str, supplier: &str, date: &str) -> String {
-    format!("{prefix}supplier:{supplier}:queries:{date}")
+pub fn supplier_queries(prefix: &Prefix, supplier: &str, date: &str) -> String {
+    prefix.with_date(&format!("supplier:{supplier}:queries:"), date)
 }
 
 /// `queries:popular:<date>`: normalized query → count (zset).
-pub fn queries_popular(prefix: &str, date: &str) -> String {
-    format!("{prefix}queries:popular:{date}")
+pub fn queries_popular(prefix: &Prefix, date: &str) -> String {
+    prefix.with_date("queries:popular:", date)
 }
 
 /// `queries:zero:<date>`: normalized queries that found nothing (zset).
-pub fn queries_zero(prefix: &str, date: &str) -> String {
-    format!("{prefix}queries:zero:{date}")
+pub fn queries_zero(prefix: &Prefix, date: &str) -> String {
+    prefix.with_date("queries:zero:", date)
 }
 
 /// `cache:stats:<date>`: hit, miss, bypass, stale → count (hash).
-pub fn cache_stats(prefix: &str, date: &str) -> String {
-    format!("{prefix}cache:stats:{date}")
+pub fn cache_stats(prefix: &Prefix, date: &str) -> String {
+    prefix.with_date("cache:stats:", date)
 }
 
 /// `products:clicked:<date>` / `products:ordered:<date>` /
 /// `products:purchased:<date>`: product → count (zset), by feedback event.
-pub fn products_feedback(prefix: &str, event: &str, date: &str) -> String {
-    format!("{prefix}products:{event}:{date}")
+pub fn products_feedback(prefix: &Prefix, event: &str, date: &str) -> String {
+    prefix.with_date(&format!("products:{event}:"), date)
 }
 
 /// `supplier:<id>:clicks:<date>`: product → clicks (zset).
-pub fn supplier_clicks(prefix: &str, supplier: &str, date: &str) -> String {
-    format!("{prefix}supplier:{supplier}:clicks:{date}")
+pub fn supplier_clicks(prefix: &Prefix, supplier: &str, date: &str) -> String {
+    prefix.with_date(&format!("supplier:{supplier}:clicks:"), date)
 }
 
 #[cfg(test)]
@@ -243,10 +265,20 @@ mod tests {
         assert_eq!(user_profile(&p, "u1"), "app:user:{u1}:profile");
         assert_eq!(search(&p, "s1"), "app:search:{s1}");
         assert_eq!(search_feedback(&p, "s1"), "app:search:{s1}:feedback");
-        // Keys of a day are shared by everyone: no tag.
+        // The keys of a day share the date's slot.
+        let d = "2026-01-02";
+        assert_eq!(searches_daily(&p, d), "app:searches:daily:{2026-01-02}");
         assert_eq!(
-            searches_daily(&p, "2026-01-02"),
-            "app:searches:daily:2026-01-02"
+            supplier_queries(&p, "s1", d),
+            "app:supplier:s1:queries:{2026-01-02}"
+        );
+        assert_eq!(
+            products_feedback(&p, "clicked", d),
+            "app:products:clicked:{2026-01-02}"
+        );
+        assert_eq!(
+            cache_stats(&Prefix::single_node("app:"), d),
+            "app:cache:stats:2026-01-02"
         );
         assert_eq!(
             global_cache(&p, &h),

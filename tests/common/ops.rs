@@ -120,7 +120,7 @@ pub async fn seed(redis: &Redis, events: &[SearchEvent]) {
             pipe.ignore();
             let date = &ev.timestamp()[..10];
             pipe.cmd("ZADD")
-                .arg(keys::searches_daily("", date))
+                .arg(keys::searches_daily(&keys::Prefix::default(), date))
                 .arg(ev.timestamp_ms)
                 .arg(&id)
                 .ignore();
