@@ -621,3 +621,35 @@ async fn an_acl_user_and_password_reach_every_node() {
         proxy.log()
     );
 }
+
+#[tokio::test]
+async fn tls_with_a_private_ca_reaches_every_node() {
+    let tls = TestTls::for_localhost();
+    let cluster = RedisCluster::start_tls(&tls).await;
+    let backend = Backend::start(catalogue).await;
+    let dir = tempfile::tempdir().expect("a dir for the CA file");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).expect("write the CA");
+    let config = log_config().redis(&format!("tls_ca_file = {:?}", ca.display().to_string()));
+    let proxy = Proxy::start_with(&config, &backend.url(), &cluster.url()).await;
+    let mut ids = BTreeSet::new();
+    for i in 0..12 {
+        let resp = proxy
+            .search(Some(&format!("u{i}")), json!({"query": "milk"}))
+            .send()
+            .await;
+        assert_miss_stored(&resp);
+        ids.insert(logged_id(&resp));
+    }
+    for id in &ids {
+        cluster.wait_for_key(&format!("search:{{{id}}}")).await;
+    }
+    assert_eq!(cluster.masters_holding("search:*").await.len(), 3);
+    let purge = run(leafcache(&proxy.config_path(), &["purge", "--user", "u1"])).await;
+    assert_eq!(purge.code, 0, "{purge:?}");
+    assert!(
+        !proxy.log().contains("redis is unreachable"),
+        "{}",
+        proxy.log()
+    );
+}

@@ -27,6 +27,9 @@ pub struct RedisCluster {
     auth: String,
     /// The default user's password, for the harness's own connections.
     admin_password: Option<String>,
+    /// Some: the nodes speak TLS only (cluster bus included), with a
+    /// certificate from this CA (PEM).
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl RedisCluster {
@@ -51,7 +54,38 @@ impl RedisCluster {
             extra: Vec::new(),
             auth: String::new(),
             admin_password: None,
+            tls_ca: None,
         }
+    }
+
+    /// A cluster whose nodes speak TLS only, clients and cluster bus, with
+    /// `tls`'s certificate; clients need not present one.
+    pub async fn start_tls(tls: &super::TestTls) -> RedisCluster {
+        let mut cluster = RedisCluster::planned();
+        let dir = cluster.dir.path().to_path_buf();
+        for (name, pem) in [
+            ("ca.pem", &tls.ca_pem),
+            ("server.pem", &tls.cert_pem),
+            ("server.key", &tls.key_pem),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write a TLS file");
+        }
+        let file = |name: &str| dir.join(name).display().to_string();
+        cluster.extra = vec![
+            "--tls-cluster".to_owned(),
+            "yes".to_owned(),
+            "--tls-cert-file".to_owned(),
+            file("server.pem"),
+            "--tls-key-file".to_owned(),
+            file("server.key"),
+            "--tls-ca-cert-file".to_owned(),
+            file("ca.pem"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        cluster.tls_ca = Some(tls.ca_pem.clone().into_bytes());
+        cluster.create().await;
+        cluster
     }
 
     /// A cluster whose default user needs `admin_password` and where the
@@ -95,6 +129,10 @@ impl RedisCluster {
         if let Some(pw) = &cluster.admin_password {
             create.args(["-a", pw, "--no-auth-warning"]);
         }
+        if cluster.tls_ca.is_some() {
+            let ca = cluster.dir.path().join("ca.pem");
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
         create
             .arg("--cluster-yes")
             .stdin(Stdio::null())
@@ -115,8 +153,13 @@ impl RedisCluster {
     async fn spawn(&mut self, i: usize) {
         let node = &self.nodes[i];
         let conf = self.dir.path().join(format!("nodes-{i}.conf"));
+        let port = node.port.to_string();
+        let ports: Vec<&str> = match self.tls_ca {
+            Some(_) => vec!["--port", "0", "--tls-port", &port],
+            None => vec!["--port", &port],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &node.port.to_string()])
+            .args(ports)
             .args(["--cluster-port", &node.bus_port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
@@ -134,13 +177,13 @@ impl RedisCluster {
             .spawn()
             .expect("redis-server is installed and starts");
         let pid = child.id();
-        let url = self.admin_url(node.port);
+        let client = self.client(&self.admin_url(node.port));
         self.nodes[i].child = Some(child);
         // Ready means our own process answers on the port.
         eventually("a cluster node to answer as itself", || {
-            let url = url.clone();
+            let client = client.clone();
             async move {
-                let info = info(&url, "server").await?;
+                let info = info(&client, "server").await?;
                 info.lines()
                     .any(|l| l.trim() == format!("process_id:{pid}"))
                     .then_some(())
@@ -152,17 +195,17 @@ impl RedisCluster {
     /// Polls until every running node says `cluster_state:ok` and sees every
     /// slot assigned.
     async fn wait_ok(&self) {
-        let urls: Vec<String> = self
+        let clients: Vec<redis::Client> = self
             .nodes
             .iter()
             .filter(|n| n.child.is_some())
-            .map(|n| self.admin_url(n.port))
+            .map(|n| self.client(&self.admin_url(n.port)))
             .collect();
         eventually("cluster_state:ok on every node", || {
-            let urls = urls.clone();
+            let clients = clients.clone();
             async move {
-                for url in &urls {
-                    let text = cluster_info(url).await?;
+                for client in &clients {
+                    let text = cluster_info(client).await?;
                     let ok = text.lines().any(|l| l.trim() == "cluster_state:ok")
                         && text
                             .lines()
@@ -179,7 +222,39 @@ impl RedisCluster {
 
     /// The URL the proxy is given: the first node (any one would do).
     pub fn url(&self) -> String {
-        format!("redis://{}127.0.0.1:{}", self.auth, self.nodes[0].port)
+        format!(
+            "{}://{}127.0.0.1:{}",
+            self.scheme(),
+            self.auth,
+            self.nodes[0].port
+        )
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
+    }
+
+    /// A client for one node: with the password, over TLS trusting the test
+    /// CA when the cluster speaks TLS.
+    pub fn client(&self, url: &str) -> redis::Client {
+        match &self.tls_ca {
+            Some(ca) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                )
+                .expect("a TLS client for a test cluster node")
+            }
+            None => redis::Client::open(url).expect("valid node url"),
+        }
     }
 
     /// Each node's URL, for the harness's own connections.
@@ -188,9 +263,10 @@ impl RedisCluster {
     }
 
     fn admin_url(&self, port: u16) -> String {
+        let scheme = self.scheme();
         match &self.admin_password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{port}"),
-            None => format!("redis://127.0.0.1:{port}"),
+            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{port}"),
+            None => format!("{scheme}://127.0.0.1:{port}"),
         }
     }
 
@@ -212,7 +288,15 @@ impl RedisCluster {
 
     /// A cluster connection for inspections (follows MOVED).
     pub async fn conn(&self) -> ClusterConnection {
-        redis::cluster::ClusterClient::new(self.node_urls())
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.node_urls());
+        if let Some(ca) = &self.tls_ca {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            });
+        }
+        builder
+            .build()
             .expect("valid node urls")
             .get_async_connection()
             .await
@@ -221,7 +305,7 @@ impl RedisCluster {
 
     /// The index of the master that serves `key`.
     pub async fn master_of(&self, key: &str) -> usize {
-        let mut con = node_conn(&self.admin_url(self.nodes[0].port)).await;
+        let mut con = node_conn(&self.client(&self.admin_url(self.nodes[0].port))).await;
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -247,7 +331,7 @@ impl RedisCluster {
             if node.child.is_none() {
                 continue;
             }
-            let mut con = node_conn(&self.admin_url(node.port)).await;
+            let mut con = node_conn(&self.client(&self.admin_url(node.port))).await;
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(pattern)
                 .query_async(&mut con)
@@ -321,16 +405,14 @@ impl Drop for RedisCluster {
 
 /// A plain connection to one node (commands for other nodes' slots answer
 /// MOVED).
-async fn node_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("valid node url")
+async fn node_conn(client: &redis::Client) -> redis::aio::MultiplexedConnection {
+    client
         .get_multiplexed_async_connection()
         .await
         .expect("connect to a cluster node")
 }
 
-async fn info(url: &str, section: &str) -> Option<String> {
-    let client = redis::Client::open(url).ok()?;
+async fn info(client: &redis::Client, section: &str) -> Option<String> {
     let mut con = client.get_multiplexed_async_connection().await.ok()?;
     redis::cmd("INFO")
         .arg(section)
@@ -339,8 +421,7 @@ async fn info(url: &str, section: &str) -> Option<String> {
         .ok()
 }
 
-async fn cluster_info(url: &str) -> Option<String> {
-    let client = redis::Client::open(url).ok()?;
+async fn cluster_info(client: &redis::Client) -> Option<String> {
     let mut con = client.get_multiplexed_async_connection().await.ok()?;
     redis::cmd("CLUSTER")
         .arg("INFO")
