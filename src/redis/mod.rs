@@ -4,8 +4,10 @@
 
 pub mod cluster;
 pub mod direct;
+mod health;
 pub mod keys;
 pub mod pool;
 pub mod wire;
 
-pub use pool::{Health, Node, RedisPool};
+pub use health::Health;
+pub use pool::{Node, RedisPool};

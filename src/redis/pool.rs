@@ -1,6 +1,6 @@
-//! The Redis connection pool and its health: a circuit breaker that makes a
-//! dead Redis cost the hot path nothing, and a monitor that notices when it
-//! comes back.
+//! The Redis connection pool behind a circuit breaker (the `health` module)
+//! that makes a dead Redis cost the hot path nothing, and a monitor that
+//! notices when it comes back.
 //!
 //! [`RedisPool`] is the one place that knows whether Redis is one node (bb8
 //! over redis-rs multiplexed connections) or a cluster ([`super::cluster`]):
@@ -8,7 +8,6 @@
 //! per-node work (`SCAN`, pub/sub) asks for [`RedisPool::nodes`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bb8_redis::bb8::{self, ManageConnection, Pool};
@@ -17,6 +16,7 @@ use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
 use super::cluster::{Cluster, Master};
+use super::health::{BACKOFF_MAX, BACKOFF_MIN, Health, LastError};
 use crate::config::RedisConfig;
 
 /// A pooled connection that remembers whether it failed at the transport
@@ -56,33 +56,6 @@ impl ManageConnection for Manager {
     }
 }
 
-/// Keeps the last connection error bb8 saw, so the "redis is unreachable"
-/// warning can say why (bb8's own `get` only reports a timeout).
-#[derive(Debug, Clone, Default)]
-struct LastError(Arc<std::sync::Mutex<Option<String>>>);
-
-impl bb8::ErrorSink<RedisError> for LastError {
-    fn sink(&self, error: RedisError) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
-        Box::new(self.clone())
-    }
-}
-
-impl LastError {
-    /// bb8's own error (a timeout) with the connect error behind it, e.g. a
-    /// refused password or certificate, which is what the user can fix.
-    fn explain(&self, e: bb8::RunError<RedisError>) -> String {
-        let last = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match last {
-            Some(cause) => format!("{e} (last connect error: {cause})"),
-            None => e.to_string(),
-        }
-    }
-}
-
 /// Why a Redis call gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisFailure {
@@ -95,67 +68,6 @@ pub enum RedisFailure {
     Redis(#[from] RedisError),
     #[error("redis pool: {0}")]
     Pool(String),
-}
-
-/// Consecutive failures that open the breaker.
-const TRIP_AFTER: u32 = 3;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Up or down, with the state change logged once (not per request).
-pub struct Health {
-    up: AtomicBool,
-    failures: AtomicU32,
-    /// Errors seen, by any caller, for metrics.
-    errors: AtomicU64,
-    target: String,
-    last_error: LastError,
-}
-
-impl Health {
-    fn new(target: String, last_error: LastError) -> Health {
-        Health {
-            up: AtomicBool::new(true),
-            failures: AtomicU32::new(0),
-            errors: AtomicU64::new(0),
-            target,
-            last_error,
-        }
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-
-    fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!(redis = %self.target, "redis is reachable again");
-        }
-    }
-
-    fn failure(&self, why: &RedisFailure, trip_now: bool) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if (trip_now || n >= TRIP_AFTER) && self.up.swap(false, Ordering::AcqRel) {
-            let cause = self
-                .last_error
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_else(|| why.to_string());
-            tracing::warn!(
-                redis = %self.target,
-                error = %cause,
-                "redis is unreachable; serving from L1 and the backend until it answers"
-            );
-        }
-    }
 }
 
 /// The pool plus its health. Cheap to clone.
@@ -508,20 +420,5 @@ mod tests {
         let shown = err.to_string();
         assert!(shown.contains("rediss://"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
-    }
-
-    #[test]
-    fn breaker_trips_after_repeated_failures_and_closes_on_success() {
-        let h = Health::new("t".into(), LastError::default());
-        for _ in 0..TRIP_AFTER - 1 {
-            h.failure(&RedisFailure::Timeout, false);
-            assert!(h.is_up());
-        }
-        h.failure(&RedisFailure::Timeout, false);
-        assert!(!h.is_up());
-        h.success();
-        assert!(h.is_up());
-        h.failure(&RedisFailure::Timeout, true);
-        assert!(!h.is_up());
     }
 }
