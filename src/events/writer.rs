@@ -9,8 +9,9 @@
 //! While Redis cannot be written, batches (and counter flushes) go to the
 //! disk spool; while the spool holds anything, new batches are spooled too,
 //! so that replay keeps the order in which searches happened. Replay runs
-//! at startup and once a second while Redis is up, in slices, so the queue
-//! keeps draining during a long replay. A batch whose outcome is unknown (a
+//! at startup, once a second while Redis is up, and after every batch while
+//! the spool holds anything, in slices, so the queue keeps draining during a
+//! long replay and a busy proxy still catches up after an outage. A batch whose outcome is unknown (a
 //! timeout mid-transaction) is spooled and sent again: delivery is at least
 //! once.
 
@@ -256,6 +257,13 @@ impl Task {
                     self.process(std::mem::replace(&mut batch, Vec::with_capacity(self.batch_max))).await;
                     if self.counters.entries() > COUNTER_ENTRIES_MAX {
                         self.flush_counters().await;
+                    }
+                    // While the spool holds anything, new batches queue up
+                    // behind it: replay a slice after every batch, not only
+                    // once a second, or a busy proxy never catches up after
+                    // a short outage.
+                    if self.spool_pending() {
+                        self.replay().await;
                     }
                 }
                 _ = tick.tick() => {
