@@ -88,6 +88,12 @@ pub enum NotStored {
     BypassIntent,
     /// Larger than `max_object_bytes`.
     TooLarge,
+    /// Origin routes: nothing says how long the answer is fresh (no
+    /// `max-age`, `s-maxage`, `Expires`, and no heuristic).
+    NoFreshness,
+    /// Origin routes: an answer to a request with `Authorization` that does
+    /// not say it may be shared (RFC 9111 section 3.5).
+    Authorization,
 }
 
 impl NotStored {
@@ -96,7 +102,12 @@ impl NotStored {
     /// straight to the backend instead of queueing behind one another. Errors
     /// and oversized answers say nothing about the next answer.
     pub fn sets_pass(self) -> bool {
-        !matches!(self, NotStored::ServerError | NotStored::TooLarge)
+        // An Authorization request says nothing about the next requests for
+        // the same key, which may carry none.
+        !matches!(
+            self,
+            NotStored::ServerError | NotStored::TooLarge | NotStored::Authorization
+        )
     }
 }
 
