@@ -16,6 +16,16 @@ use http::header::{CACHE_CONTROL, PRAGMA};
 
 /// RFC 9213's targeted field for CDNs and other shared caches.
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+/// The Edge Architecture (W3C note) field for surrogates: directives may
+/// name the surrogate they are for (`max-age=60;leafcache`).
+pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+/// The request header with which a surrogate announces itself upstream.
+pub static SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-capability");
+/// leafcache's device token in `Surrogate-Capability` and targeted
+/// `Surrogate-Control` directives.
+pub const SURROGATE_TOKEN: &str = "leafcache";
+/// The `Surrogate-Capability` value leafcache sends on origin routes.
+pub const SURROGATE_CAPABILITY_VALUE: &str = "leafcache=\"Surrogate/1.0\"";
 
 /// The directives leafcache acts on. Delta-seconds are capped at 2^31 as RFC
 /// 9111 section 1.2.2 recommends.
@@ -75,6 +85,10 @@ impl CacheControl {
     /// The directives a shared cache follows: `CDN-Cache-Control` when the
     /// answer carries it (RFC 9213 section 2.2: it then replaces
     /// `Cache-Control`), else `Cache-Control`.
+    ///
+    /// Next in line, `Surrogate-Control` replaces `Cache-Control` when it
+    /// holds directives for leafcache (untargeted ones, or those targeted at
+    /// [`SURROGATE_TOKEN`]).
     pub fn for_shared_cache(headers: &HeaderMap) -> CacheControl {
         if headers.contains_key(&CDN_CACHE_CONTROL) {
             let mut cc = CacheControl::default();
@@ -82,6 +96,29 @@ impl CacheControl {
                 cc.apply(&String::from_utf8_lossy(value.as_bytes()), Side::Response);
             }
             return cc;
+        }
+        if headers.contains_key(&SURROGATE_CONTROL) {
+            let mut ours = String::new();
+            for value in headers.get_all(&SURROGATE_CONTROL) {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                for part in split_outside_quotes(&text) {
+                    let (directive, target) = match part.rsplit_once(';') {
+                        Some((d, t)) if !t.contains('"') => (d, Some(t.trim())),
+                        _ => (part, None),
+                    };
+                    if target.is_none_or(|t| t.eq_ignore_ascii_case(SURROGATE_TOKEN))
+                        && !directive.trim().is_empty()
+                    {
+                        ours.push_str(directive);
+                        ours.push(',');
+                    }
+                }
+            }
+            if !ours.is_empty() {
+                let mut cc = CacheControl::default();
+                cc.apply(&ours, Side::Response);
+                return cc;
+            }
         }
         parse_all(headers, Side::Response)
     }
@@ -338,6 +375,38 @@ mod tests {
         let cc = CacheControl::for_shared_cache(&h);
         assert!(!cc.no_store);
         assert_eq!(cc.max_age, Some(60));
+    }
+
+    #[test]
+    fn surrogate_control_directives_for_us_replace_cache_control() {
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            &SURROGATE_CONTROL,
+            HeaderValue::from_static("max-age=60;leafcache"),
+        );
+        let cc = CacheControl::for_shared_cache(&h);
+        assert!(!cc.no_store);
+        assert_eq!(cc.max_age, Some(60));
+        h.insert(
+            &SURROGATE_CONTROL,
+            HeaderValue::from_static("max-age=60;other"),
+        );
+        assert!(
+            CacheControl::for_shared_cache(&h).no_store,
+            "not for us: Cache-Control rules"
+        );
+        h.insert(
+            &SURROGATE_CONTROL,
+            HeaderValue::from_static("foobar, MaX-aGe=5"),
+        );
+        assert_eq!(CacheControl::for_shared_cache(&h).max_age, Some(5));
+        h.insert(&CDN_CACHE_CONTROL, HeaderValue::from_static("max-age=7"));
+        assert_eq!(
+            CacheControl::for_shared_cache(&h).max_age,
+            Some(7),
+            "CDN-Cache-Control first"
+        );
     }
 
     #[test]

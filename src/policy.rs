@@ -88,6 +88,9 @@ pub enum NotStored {
     BypassIntent,
     /// Larger than `max_object_bytes`.
     TooLarge,
+    /// Origin routes: a partial (206) or not-modified (304) answer, which is
+    /// not a whole answer to store; says nothing about the next request.
+    Partial,
     /// Origin routes: nothing says how long the answer is fresh (no
     /// `max-age`, `s-maxage`, `Expires`, and no heuristic).
     NoFreshness,
@@ -106,7 +109,10 @@ impl NotStored {
         // the same key, which may carry none.
         !matches!(
             self,
-            NotStored::ServerError | NotStored::TooLarge | NotStored::Authorization
+            NotStored::ServerError
+                | NotStored::TooLarge
+                | NotStored::Authorization
+                | NotStored::Partial
         )
     }
 }

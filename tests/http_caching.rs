@@ -729,3 +729,63 @@ async fn different_query_strings_are_different_entries() {
     assert_x_cache(&s.proxy.get("/p/a?x=2").send().await, "MISS");
     assert_hit(&s.proxy.get("/p/a?x=1").send().await);
 }
+
+#[tokio::test]
+async fn byte_ranges_are_served_from_a_stored_complete_answer() {
+    let s = setup(
+        config(),
+        &Script::new(|req| {
+            Reply::echo(req)
+                .header("cache-control", "max-age=60")
+                .body("0123456789A")
+        }),
+    )
+    .await;
+    let get = s.proxy.get("/p/a");
+    get.send().await;
+    for (range, body, content_range) in [
+        ("bytes=0-1", "01", "bytes 0-1/11"),
+        ("bytes=1-", "123456789A", "bytes 1-10/11"),
+        ("bytes=-1", "A", "bytes 10-10/11"),
+    ] {
+        let resp = get.clone().header("range", range).send().await;
+        assert_eq!(resp.status, 206, "{range}");
+        assert_eq!(resp.body, body.as_bytes(), "{range}");
+        assert_eq!(resp.header("content-range"), Some(content_range));
+        assert_x_cache(&resp, "HIT");
+    }
+    let unsatisfiable = get.clone().header("range", "bytes=50-").send().await;
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(unsatisfiable.header("content-range"), Some("bytes */11"));
+    let several = get.clone().header("range", "bytes=0-1,3-4").send().await;
+    assert_eq!(several.status, 200, "several ranges get the whole answer");
+    assert_eq!(s.backend.count(), 1);
+}
+
+#[tokio::test]
+async fn surrogate_control_for_leafcache_replaces_cache_control() {
+    let s = setup_static(&[
+        ("cache-control", "no-store"),
+        ("surrogate-control", "max-age=60;leafcache"),
+    ])
+    .await;
+    let get = s.proxy.get("/p/a");
+    let first = get.send().await;
+    assert_miss_stored(&first);
+    assert!(first.header("surrogate-control").is_none(), "not passed on");
+    assert_eq!(
+        s.backend.last().header("surrogate-capability"),
+        Some("leafcache=\"Surrogate/1.0\"")
+    );
+    assert_hit(&get.send().await);
+
+    // Directives for another surrogate are not ours: Cache-Control rules.
+    let s = setup_static(&[
+        ("cache-control", "no-store"),
+        ("surrogate-control", "max-age=60;elsewhere"),
+    ])
+    .await;
+    let get = s.proxy.get("/p/a");
+    get.send().await;
+    assert_x_cache(&get.send().await, "MISS");
+}

@@ -10,6 +10,7 @@
 //! - [`conditional`]: the client's preconditions, revalidation validators
 //!   and the `304` header update.
 //! - [`invalidate`]: which URIs an unsafe request invalidates.
+//! - [`range`]: byte ranges served from a stored complete answer.
 //!
 //! Cache-Control itself is parsed in [`crate::cache_control`].
 
@@ -17,5 +18,6 @@ pub mod conditional;
 pub mod date;
 pub mod freshness;
 pub mod invalidate;
+pub mod range;
 pub mod store;
 pub mod vary;

@@ -46,7 +46,7 @@ pub fn decide(
         || status == StatusCode::PARTIAL_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Err(NotStored::Status);
+        return Err(NotStored::Partial);
     }
     let cc = CacheControl::for_shared_cache(response);
     if cc.must_understand {
@@ -186,7 +186,7 @@ mod tests {
                 &h,
                 EX
             ),
-            Err(NotStored::Status)
+            Err(NotStored::Partial)
         );
     }
 

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, DATE, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, DATE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
@@ -37,11 +37,15 @@ use super::{Flow, Proxy, content_length, mark};
 use crate::answer;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
 use crate::cache::envelope::{Entry, SearchMeta, Variant, now_ms};
-use crate::cache_control::{CDN_CACHE_CONTROL, CacheControl};
+use crate::cache_control::{
+    CDN_CACHE_CONTROL, CacheControl, SURROGATE_CAPABILITY, SURROGATE_CAPABILITY_VALUE,
+    SURROGATE_CONTROL,
+};
 use crate::config::Scope;
 use crate::events::CacheResult;
 use crate::http_cache::conditional::{self, Condition};
 use crate::http_cache::freshness::{self, Exchange, Reuse, StaleAllowance};
+use crate::http_cache::range::{self, RangeAnswer};
 use crate::http_cache::store::{self, OriginRules};
 use crate::http_cache::{date, vary};
 use crate::key::KeyHash;
@@ -276,6 +280,10 @@ impl Proxy {
             None => conditional::strip_preconditions(&mut parts.headers),
         }
         self.upstream.prepare(&mut parts, client);
+        parts.headers.append(
+            &SURROGATE_CAPABILITY,
+            HeaderValue::from_static(SURROGATE_CAPABILITY_VALUE),
+        );
         let request_time_ms = now_ms();
         let deadline = Instant::now() + self.upstream.timeout;
         let req = Request::from_parts(parts, ProxyBody::full(body));
@@ -334,7 +342,7 @@ impl Proxy {
             Err(reason) => {
                 self.not_stored(&asked.keys[0], reason);
                 finish(Outcome::GoDirect);
-                rparts.headers.remove(&CDN_CACHE_CONTROL);
+                strip_targeted(&mut rparts.headers);
                 let body = ProxyBody::with_deadline(rbody, deadline);
                 let mut resp = Response::from_parts(rparts, body);
                 mark(
@@ -351,7 +359,7 @@ impl Proxy {
             Ok(Collected::Complete(b)) => b,
             Ok(Collected::Overflow(prefix, rest)) => {
                 finish(Outcome::GoDirect);
-                rparts.headers.remove(&CDN_CACHE_CONTROL);
+                strip_targeted(&mut rparts.headers);
                 let body = ProxyBody::resume(prefix, rest, Some(deadline));
                 let mut resp = Response::from_parts(rparts, body);
                 mark(
@@ -377,7 +385,7 @@ impl Proxy {
             Arc::new(SearchMeta::default())
         };
         let full = |mut rparts: http::response::Parts, detail| {
-            rparts.headers.remove(&CDN_CACHE_CONTROL);
+            strip_targeted(&mut rparts.headers);
             let mut resp = Response::from_parts(rparts, ProxyBody::full(body.clone()));
             mark(
                 &mut resp,
@@ -645,11 +653,48 @@ fn answer_stored(
     status: HeaderValue,
 ) -> Response<ProxyBody> {
     let mut resp = respond::from_entry(entry, verdict, status);
-    resp.headers_mut().remove(&CDN_CACHE_CONTROL);
-    match conditional::evaluate(method, request, &entry.headers) {
-        Condition::NotModified => respond::into_not_modified(resp),
-        Condition::Modified | Condition::None => resp,
+    strip_targeted(resp.headers_mut());
+    if conditional::evaluate(method, request, &entry.headers) == Condition::NotModified {
+        return respond::into_not_modified(resp);
     }
+    let len = entry.body.len() as u64;
+    let (start, end) = match range::evaluate(method, request, entry.status, &entry.headers, len) {
+        RangeAnswer::Full => return resp,
+        RangeAnswer::Partial { start, end } => (start, end),
+        RangeAnswer::Unsatisfiable => {
+            let (mut parts, _) = resp.into_parts();
+            parts.status = StatusCode::RANGE_NOT_SATISFIABLE;
+            set_header(&mut parts.headers, CONTENT_RANGE, format!("bytes */{len}"));
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+            return Response::from_parts(parts, ProxyBody::Empty);
+        }
+    };
+    // Bounds come from `range::evaluate`: start <= end < len.
+    let body = entry.body.slice(start as usize..=end as usize);
+    let (mut parts, _) = resp.into_parts();
+    parts.status = StatusCode::PARTIAL_CONTENT;
+    set_header(
+        &mut parts.headers,
+        CONTENT_RANGE,
+        format!("bytes {start}-{end}/{len}"),
+    );
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, ProxyBody::full(body))
+}
+
+fn set_header(headers: &mut HeaderMap, name: http::HeaderName, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(name, v);
+    }
+}
+
+/// The fields meant for leafcache alone are not passed on (RFC 9213
+/// section 2.1, Edge Architecture section 2.2).
+fn strip_targeted(headers: &mut HeaderMap) {
+    headers.remove(&CDN_CACHE_CONTROL);
+    headers.remove(&SURROGATE_CONTROL);
 }
 
 fn variant_key(key: &str, generation: u64, selection: &vary::Selection) -> String {
