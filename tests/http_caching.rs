@@ -789,3 +789,53 @@ async fn surrogate_control_for_leafcache_replaces_cache_control() {
     get.send().await;
     assert_x_cache(&get.send().await, "MISS");
 }
+
+// ---- "route" routes share the machinery where it applies --------------------
+
+#[tokio::test]
+async fn a_route_route_revalidates_a_stale_entry_that_has_validators() {
+    let script = Script::new(|req| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            return Reply::echo(req)
+                .status(304)
+                .body("")
+                .header("x-version", "2");
+        }
+        echo(req, &[("etag", "\"v1\""), ("x-version", "1")])
+    });
+    let config = ProxyConfig::new().route(
+        Route::new("catalog")
+            .set("path_prefix", r#""/c/""#)
+            .set("ttl", r#""1s""#)
+            .scope("global"),
+    );
+    let s = setup(config, &script).await;
+    let get = s.proxy.get("/c/a");
+    let first = get.send().await;
+    assert_miss_stored(&first);
+    let hit = get.send().await;
+    assert_hit(&hit);
+    let revalidated = until_not_hit(&get).await;
+    assert_x_cache(&revalidated, "REVALIDATED");
+    assert_eq!(revalidated.body, first.body, "the stored body");
+    assert_eq!(revalidated.header("x-version"), Some("2"));
+    assert_eq!(s.backend.last().header("if-none-match"), Some("\"v1\""));
+    assert_hit(&get.send().await);
+    assert_eq!(s.backend.count(), 2);
+}
+
+#[tokio::test]
+async fn a_route_route_without_validators_fetches_again_as_before() {
+    let config = ProxyConfig::new().route(
+        Route::new("catalog")
+            .set("path_prefix", r#""/c/""#)
+            .set("ttl", r#""1s""#)
+            .scope("global"),
+    );
+    let s = setup(config, &Script::new(|req| echo(req, &[]))).await;
+    let get = s.proxy.get("/c/a");
+    get.send().await;
+    let again = until_not_hit(&get).await;
+    assert_miss_stored(&again);
+    assert!(s.backend.last().header("if-none-match").is_none());
+}

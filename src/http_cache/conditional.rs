@@ -121,6 +121,19 @@ pub fn set_validators(request: &mut HeaderMap, stored: &HeaderMap) {
     }
 }
 
+/// Whether the client made its request conditional.
+pub fn has_preconditions(request: &HeaderMap) -> bool {
+    [
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| request.contains_key(name))
+}
+
 /// Removes the client's preconditions from a request the cache makes for
 /// itself: it wants a full answer it can store, and answers the client's
 /// condition from that.
@@ -262,6 +275,20 @@ mod tests {
             evaluate(&Method::POST, &at(LATER), &stored),
             Condition::None
         );
+    }
+
+    #[test]
+    fn any_precondition_counts() {
+        assert!(!has_preconditions(&HeaderMap::new()));
+        for name in [
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "if-range",
+        ] {
+            assert!(has_preconditions(&headers(&[(name, "x")])), "{name}");
+        }
     }
 
     #[test]

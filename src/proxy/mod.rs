@@ -34,6 +34,7 @@ use crate::cache::{Cache, Found};
 use crate::config::{Config, Freshness, RouteConfig};
 use crate::events::CacheResult;
 use crate::events::writer::EventSink;
+use crate::http_cache::conditional;
 use crate::metrics::{self, Metrics, Sources};
 use crate::policy::{self, NotStored, StoreRules, StoreScope};
 use body::{Collected, ProxyBody, collect_limited};
@@ -271,6 +272,15 @@ impl Proxy {
         if parts.method == http::Method::HEAD {
             parts.method = http::Method::GET;
         }
+        // A stale copy with validators is revalidated rather than fetched
+        // again, unless the client asks a condition of its own.
+        let validating = stale
+            .clone()
+            .filter(|e| conditional::has_validators(&e.headers))
+            .filter(|_| !conditional::has_preconditions(&parts.headers));
+        if let Some(e) = &validating {
+            conditional::set_validators(&mut parts.headers, &e.headers);
+        }
         self.upstream.prepare(&mut parts, client);
         let deadline = Instant::now() + self.upstream.timeout;
         let req = Request::from_parts(parts, ProxyBody::full(body));
@@ -294,6 +304,42 @@ impl Proxy {
             cacheable_status: &self.config.cache.cacheable_status,
             vary_headers: &route.vary_headers,
         };
+        if rparts.status == StatusCode::NOT_MODIFIED
+            && let Some(old) = validating
+        {
+            let headers = conditional::merge_304(&old.headers, &rparts.headers);
+            let decision = policy::decide_headers(&rules, old.status, &headers);
+            let entry = Arc::new(Entry {
+                status: old.status,
+                headers,
+                body: old.body.clone(),
+                stored_at_ms: now_ms(),
+                fresh_for: decision.map_or(Duration::ZERO, |(_, fresh)| fresh),
+                meta: old.meta.clone(),
+                initial_age: Duration::ZERO,
+                variant: None,
+            });
+            let stored = match decision {
+                Ok((scope, _)) => {
+                    let key = match (scope, user_key) {
+                        (StoreScope::User, Some(k)) => k,
+                        _ => keys.last().cloned().unwrap_or_default(),
+                    };
+                    self.cache.store(key, entry.clone());
+                    finish(Outcome::Stored(entry.clone()));
+                    true
+                }
+                Err(_) => {
+                    finish(Outcome::GoDirect);
+                    false
+                }
+            };
+            let ttl = entry.remaining(now_ms()).as_secs();
+            let status = respond::revalidated_status(&hash, ttl, stored);
+            let resp = respond::from_entry(&entry, Verdict::Revalidated, status);
+            return self.log_now(flow, resp, CacheResult::Hit, entry.meta.clone());
+        }
+
         let max_object = self.config.cache.max_object_bytes;
         let decision =
             policy::decide_headers(&rules, rparts.status, &rparts.headers).and_then(|ok| {
