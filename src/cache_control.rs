@@ -32,7 +32,12 @@ pub const SURROGATE_CAPABILITY_VALUE: &str = "leafcache=\"Surrogate/1.0\"";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheControl {
     pub no_store: bool,
+    /// Unqualified `no-cache`: revalidate before every reuse.
     pub no_cache: bool,
+    /// Qualified `no-cache="a, b"` (RFC 9111 section 5.2.2.4): the named
+    /// fields may not be reused without revalidation; the rest may.
+    /// Lowercase.
+    pub no_cache_fields: Vec<String>,
     pub private: bool,
     pub public: bool,
     pub must_revalidate: bool,
@@ -142,7 +147,15 @@ impl CacheControl {
             let delta = || parse_delta(arg, side);
             match name.to_ascii_lowercase().as_str() {
                 "no-store" => self.no_store = true,
-                "no-cache" => self.no_cache = true,
+                "no-cache" => match arg.map(str::trim).filter(|a| !a.is_empty()) {
+                    Some(fields) => self.no_cache_fields.extend(
+                        fields
+                            .split(',')
+                            .map(|f| f.trim().to_ascii_lowercase())
+                            .filter(|f| !f.is_empty()),
+                    ),
+                    None => self.no_cache = true,
+                },
                 "private" => self.private = true,
                 "public" => self.public = true,
                 "must-revalidate" => self.must_revalidate = true,
@@ -364,6 +377,18 @@ mod tests {
             assert_eq!(resp(v).max_age, Some(0), "{v}");
         }
         assert_eq!(resp("max-age=003600").max_age, Some(3600));
+    }
+
+    #[test]
+    fn qualified_no_cache_names_fields_instead() {
+        let cc = resp("no-cache=\"Set-Cookie, X-A\", max-age=60");
+        assert!(!cc.no_cache);
+        assert_eq!(cc.no_cache_fields, vec!["set-cookie", "x-a"]);
+        assert!(resp("no-cache").no_cache);
+        assert!(
+            resp("no-cache=\"\"").no_cache,
+            "an empty list is unqualified"
+        );
     }
 
     #[test]

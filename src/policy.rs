@@ -143,7 +143,7 @@ pub fn decide_headers(
     if cc.no_store {
         return Err(NotStored::NoStore);
     }
-    if cc.no_cache {
+    if cc.no_cache || !cc.no_cache_fields.is_empty() {
         return Err(NotStored::NoReuse);
     }
     if headers.contains_key(SET_COOKIE) {

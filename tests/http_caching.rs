@@ -839,3 +839,21 @@ async fn a_route_route_without_validators_fetches_again_as_before() {
     assert_miss_stored(&again);
     assert!(s.backend.last().header("if-none-match").is_none());
 }
+
+#[tokio::test]
+async fn a_qualified_no_cache_keeps_only_the_named_fields_out_of_the_stored_copy() {
+    let s = setup_static(&[
+        ("cache-control", "no-cache=\"x-secret\", max-age=60"),
+        ("x-secret", "1"),
+        ("x-kept", "2"),
+    ])
+    .await;
+    let get = s.proxy.get("/p/a");
+    let first = get.send().await;
+    assert_miss_stored(&first);
+    assert_eq!(first.header("x-secret"), Some("1"), "the fetching client gets it");
+    let hit = get.send().await;
+    assert_hit(&hit);
+    assert!(hit.header("x-secret").is_none(), "{hit:?}");
+    assert_eq!(hit.header("x-kept"), Some("2"));
+}

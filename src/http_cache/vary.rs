@@ -4,7 +4,10 @@
 //!
 //! Values are normalized as RFC 9110 section 5.3 allows: field lines are
 //! combined with commas, and whitespace around list members is dropped, so
-//! `a,b` and `a, b` (or two lines `a` and `b`) select the same variant.
+//! `a,b` and `a, b` (or two lines `a` and `b`) select the same variant. The
+//! values of the content-negotiation fields whose tokens are
+//! case-insensitive (`Accept-Encoding`, `Accept-Language`, `Accept-Charset`)
+//! are compared without case.
 
 use bytes::Bytes;
 use http::header::VARY;
@@ -87,6 +90,12 @@ pub fn selection_id(selection: &Selection) -> String {
 fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
     let mut lines = headers.get_all(name).iter().peekable();
     lines.peek()?;
+    let fold_case = [
+        http::header::ACCEPT_ENCODING,
+        http::header::ACCEPT_LANGUAGE,
+        http::header::ACCEPT_CHARSET,
+    ]
+    .contains(name);
     let mut out = Vec::new();
     for line in lines {
         for member in line.as_bytes().split(|b| *b == b',') {
@@ -99,6 +108,9 @@ fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
             }
             out.extend_from_slice(member);
         }
+    }
+    if fold_case {
+        out.make_ascii_lowercase();
     }
     Some(Bytes::from(out))
 }
@@ -170,6 +182,23 @@ mod tests {
         assert!(!matches(
             &stored,
             &headers(&[("accept-encoding", "br, gzip")])
+        ));
+    }
+
+    #[test]
+    fn language_and_encoding_tokens_compare_without_case() {
+        let n = names(&["accept-language", "x-other"]);
+        let stored = select(
+            &n,
+            &headers(&[("accept-language", "en, de"), ("x-other", "A")]),
+        );
+        assert!(matches(
+            &stored,
+            &headers(&[("accept-language", "eN,De"), ("x-other", "A")])
+        ));
+        assert!(!matches(
+            &stored,
+            &headers(&[("accept-language", "en, de"), ("x-other", "a")])
         ));
     }
 

@@ -419,6 +419,11 @@ impl Proxy {
             .map_or_else(new_generation, |v| v.generation);
         let mut headers = rparts.headers.clone();
         headers.remove(http::header::AGE);
+        // Fields a qualified no-cache names are not reused without
+        // revalidation: leafcache keeps them out of the stored copy.
+        for field in &cc.no_cache_fields {
+            headers.remove(field.as_str());
+        }
         if !headers.contains_key(DATE) {
             // RFC 9110 section 6.6.1: a cache adds the Date it received it at.
             let now = date::format((exchange.response_time_ms / 1000) as i64);
