@@ -851,7 +851,11 @@ async fn a_qualified_no_cache_keeps_only_the_named_fields_out_of_the_stored_copy
     let get = s.proxy.get("/p/a");
     let first = get.send().await;
     assert_miss_stored(&first);
-    assert_eq!(first.header("x-secret"), Some("1"), "the fetching client gets it");
+    assert_eq!(
+        first.header("x-secret"),
+        Some("1"),
+        "the fetching client gets it"
+    );
     let hit = get.send().await;
     assert_hit(&hit);
     assert!(hit.header("x-secret").is_none(), "{hit:?}");

@@ -1,7 +1,7 @@
 //! The request flow of an origin route (SPEC section 3b): RFC 9111
 //! semantics of the backend's own headers.
 //!
-//! The decisions are the pure functions of [`crate::http_cache`]; this file
+//! The decisions are the pure functions of [`crate::http_cache`]; this module
 //! strings them together with the cache tiers and the backend:
 //!
 //! 1. find the stored variant of the URI that matches the request's `Vary`
@@ -20,12 +20,19 @@
 //! needs. A new generation starts whenever the URI key is gone (expired,
 //! purged or invalidated), so variants of an invalidated URI are never
 //! reached again.
+//!
+//! - [`revalidate`]: the 304 update, stale-if-error and the background
+//!   refresh of stale-while-revalidate.
+//! - [`reply`]: how a stored answer goes out (Age, 304, 206).
+
+mod reply;
+mod revalidate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, DATE, HeaderValue};
+use http::header::{AUTHORIZATION, DATE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
@@ -37,19 +44,16 @@ use super::{Flow, Proxy, content_length, mark};
 use crate::answer;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
 use crate::cache::envelope::{Entry, SearchMeta, Variant, now_ms};
-use crate::cache_control::{
-    CDN_CACHE_CONTROL, CacheControl, SURROGATE_CAPABILITY, SURROGATE_CAPABILITY_VALUE,
-    SURROGATE_CONTROL,
-};
+use crate::cache_control::{CacheControl, SURROGATE_CAPABILITY, SURROGATE_CAPABILITY_VALUE};
 use crate::config::Scope;
 use crate::events::CacheResult;
 use crate::http_cache::conditional::{self, Condition};
 use crate::http_cache::freshness::{self, Exchange, Reuse, StaleAllowance};
-use crate::http_cache::range::{self, RangeAnswer};
 use crate::http_cache::store::{self, OriginRules};
 use crate::http_cache::{date, vary};
 use crate::key::KeyHash;
 use crate::policy::{self, NotStored, StoreScope};
+use reply::{answer_stored, strip_targeted};
 
 /// How long past its freshness Redis keeps an entry that has a validator,
 /// when `stale_if_error` is shorter: long enough that a URI asked for now
@@ -456,119 +460,6 @@ impl Proxy {
         self.log_now(flow, resp, CacheResult::Miss, meta)
     }
 
-    /// A `304` confirmed the stored entry: update its headers and freshness
-    /// (RFC 9111 section 4.3.4), store it again, serve it.
-    fn revalidated(
-        &self,
-        flow: &mut Flow<'_>,
-        asked: &Asked,
-        stale: &Usable,
-        not_modified: &HeaderMap,
-        exchange: Exchange,
-    ) -> Response<ProxyBody> {
-        let old = &stale.entry;
-        let headers = conditional::merge_304(&old.headers, not_modified);
-        let cc = CacheControl::for_shared_cache(&headers);
-        let lifetime = freshness::lifetime(
-            &cc,
-            &headers,
-            old.status,
-            exchange.response_time_ms,
-            flow.route.heuristic,
-        )
-        .duration()
-        .unwrap_or(Duration::ZERO);
-        let entry = Arc::new(Entry {
-            status: old.status,
-            headers,
-            body: old.body.clone(),
-            stored_at_ms: exchange.response_time_ms,
-            fresh_for: lifetime,
-            meta: old.meta.clone(),
-            initial_age: freshness::corrected_initial_age(not_modified, exchange),
-            variant: old.variant.clone(),
-        });
-        let may_store = !cc.no_store || cc.must_understand;
-        if may_store {
-            // The URI key then holds this variant: it is the latest one.
-            self.store_variant(&asked.keys[stale.key_index], &entry);
-        }
-        let ttl = entry.remaining(now_ms()).as_secs();
-        let status = respond::revalidated_status(&asked.hash, ttl, may_store);
-        let resp = answer_stored(
-            &asked.method,
-            &asked.headers,
-            &entry,
-            Verdict::Revalidated,
-            status,
-        );
-        self.log_now(flow, resp, CacheResult::Hit, entry.meta.clone())
-    }
-
-    /// The backend failed (`result` is its error) or answered 5xx: serve
-    /// the stored entry when the answer allows serving it stale that long,
-    /// answer 504 when it must be revalidated, else the 502/504 of SPEC step 11.
-    fn origin_failed(
-        &self,
-        flow: &mut Flow<'_>,
-        asked: &Asked,
-        stale: Option<&Usable>,
-        result: Result<StatusCode, &UpstreamError>,
-    ) -> Response<ProxyBody> {
-        let backend_status = result.ok();
-        if let Some(resp) = self.serve_on_error(flow, asked, stale, backend_status) {
-            return resp;
-        }
-        match (stale, result) {
-            (Some(_), _) => {
-                let mut resp = respond::json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "revalidation_failed",
-                    "the stored answer must be revalidated and the backend cannot be reached",
-                );
-                mark(
-                    &mut resp,
-                    Verdict::Miss,
-                    respond::origin_error_status(&asked.hash, "must-revalidate"),
-                );
-                self.log_now(
-                    flow,
-                    resp,
-                    CacheResult::Miss,
-                    Arc::new(SearchMeta::default()),
-                )
-            }
-            (None, Err(e)) => self.backend_failed(flow, e),
-            (None, Ok(_)) => {
-                // Not reached: a 5xx answer without an entry is passed on by
-                // the caller. Answer as a failed backend all the same.
-                self.backend_failed(flow, &UpstreamError::Unavailable("backend error".into()))
-            }
-        }
-    }
-
-    /// stale-if-error on an origin route: the entry stands in for a failing
-    /// backend within [`freshness::error_grace`].
-    fn serve_on_error(
-        &self,
-        flow: &mut Flow<'_>,
-        asked: &Asked,
-        stale: Option<&Usable>,
-        backend_status: Option<StatusCode>,
-    ) -> Option<Response<ProxyBody>> {
-        let entry = &stale?.entry;
-        let cc = CacheControl::for_shared_cache(&entry.headers);
-        let age = entry.age(now_ms());
-        let stale_for = age.saturating_sub(entry.fresh_for);
-        let grace = freshness::error_grace(&cc, self.config.cache.stale_if_error);
-        if cc.forbids_stale() || stale_for > grace {
-            return None;
-        }
-        let status = respond::stale_status(&asked.hash, stale_for.as_secs(), backend_status);
-        let resp = answer_stored(&asked.method, &asked.headers, entry, Verdict::Stale, status);
-        Some(self.log_now(flow, resp, CacheResult::Stale, entry.meta.clone()))
-    }
-
     /// Stores a variant under its URI key and, when it varies, its variant key.
     fn store_variant(&self, key: &str, entry: &Arc<Entry>) {
         let mut keys = vec![key.to_owned()];
@@ -583,53 +474,6 @@ impl Proxy {
             self.config.cache.stale_if_error
         };
         self.cache.store_kept(&keys, entry.clone(), keep);
-    }
-
-    /// stale-while-revalidate: the client has its stale answer; one request
-    /// per key refreshes the entry in the background.
-    fn revalidate_in_background(
-        &self,
-        route_index: usize,
-        c: &Cacheable,
-        stored: &Stored,
-        client: SocketAddr,
-    ) {
-        let Some(proxy) = self.this.upgrade() else {
-            return;
-        };
-        let Join::Leader(guard) = self.cache.coalescer.join(c.primary_key()) else {
-            return; // someone is already asking the backend for this key
-        };
-        let mut parts = c.parts.clone();
-        // The background request must not be answered from the cache.
-        parts.headers.remove(http::header::CACHE_CONTROL);
-        let background = Cacheable {
-            parts,
-            body: c.body.clone(),
-            hash: c.hash,
-            keys: c.keys.clone(),
-            user_key_index: c.user_key_index,
-            refresh: false,
-            draft: None,
-            user_id: c.user_id.clone(),
-        };
-        let stored = stored.clone();
-        tokio::spawn(async move {
-            let Some(route) = proxy.config.routes.get(route_index) else {
-                return;
-            };
-            let mut flow = Flow {
-                route,
-                route_index,
-                draft: None,
-            };
-            let detail = MissDetail::default();
-            let resp = proxy
-                .origin_fetch(&mut flow, background, client, stored, Some(guard), detail)
-                .await;
-            // A streamed (not stored) answer has no reader: drop it.
-            drop(resp);
-        });
     }
 }
 
@@ -646,60 +490,6 @@ fn fits(entry: &Entry, request: &HeaderMap, shared: bool) -> bool {
     !(shared
         && request.contains_key(AUTHORIZATION)
         && !store::authorized_may_share(&CacheControl::for_shared_cache(&entry.headers)))
-}
-
-/// A stored answer as the client gets it: `Age`, the verdict, CDN-Cache-Control
-/// left out, and `304` when the client's own preconditions say its copy is current.
-fn answer_stored(
-    method: &Method,
-    request: &HeaderMap,
-    entry: &Entry,
-    verdict: Verdict,
-    status: HeaderValue,
-) -> Response<ProxyBody> {
-    let mut resp = respond::from_entry(entry, verdict, status);
-    strip_targeted(resp.headers_mut());
-    if conditional::evaluate(method, request, &entry.headers) == Condition::NotModified {
-        return respond::into_not_modified(resp);
-    }
-    let len = entry.body.len() as u64;
-    let (start, end) = match range::evaluate(method, request, entry.status, &entry.headers, len) {
-        RangeAnswer::Full => return resp,
-        RangeAnswer::Partial { start, end } => (start, end),
-        RangeAnswer::Unsatisfiable => {
-            let (mut parts, _) = resp.into_parts();
-            parts.status = StatusCode::RANGE_NOT_SATISFIABLE;
-            set_header(&mut parts.headers, CONTENT_RANGE, format!("bytes */{len}"));
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
-            return Response::from_parts(parts, ProxyBody::Empty);
-        }
-    };
-    // Bounds come from `range::evaluate`: start <= end < len.
-    let body = entry.body.slice(start as usize..=end as usize);
-    let (mut parts, _) = resp.into_parts();
-    parts.status = StatusCode::PARTIAL_CONTENT;
-    set_header(
-        &mut parts.headers,
-        CONTENT_RANGE,
-        format!("bytes {start}-{end}/{len}"),
-    );
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    Response::from_parts(parts, ProxyBody::full(body))
-}
-
-fn set_header(headers: &mut HeaderMap, name: http::HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(name, v);
-    }
-}
-
-/// The fields meant for leafcache alone are not passed on (RFC 9213
-/// section 2.1, Edge Architecture section 2.2).
-fn strip_targeted(headers: &mut HeaderMap) {
-    headers.remove(&CDN_CACHE_CONTROL);
-    headers.remove(&SURROGATE_CONTROL);
 }
 
 fn variant_key(key: &str, generation: u64, selection: &vary::Selection) -> String {
