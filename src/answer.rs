@@ -37,6 +37,7 @@ pub fn read_value(route: &RouteConfig, doc: &Value) -> SearchMeta {
         confidence,
         results_count: results.map_or(0, |r| r.len().min(u32::MAX as usize) as u32),
         products,
+        facts: Default::default(),
     }
 }
 

@@ -271,3 +271,65 @@ async fn a_torn_last_spool_record_is_skipped_and_every_record_before_it_replays(
         .wait_for_records("", &BTreeSet::from([after_id]), WAIT)
         .await;
 }
+
+/// An application key of the wrong type (here a user's history made a
+/// string) fails only its own commands: the rest of each batch is written,
+/// and the batch is not spooled and sent again forever.
+#[tokio::test]
+async fn a_key_of_the_wrong_type_costs_only_its_own_commands() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let mut store = LogStore::new(&redis.url()).await;
+    store.set("user:u0:searches", "not a list").await;
+    let mut proxy = LogProxy::start(&LogConfig::new(), &backend.url(), &redis.url()).await;
+
+    let ids = burst(&proxy, 200, 10, Arc::new(AtomicUsize::new(0))).await;
+    let ids = unique(&ids);
+    store.wait_for_records("", &ids, WAIT).await;
+    proxy.terminate();
+    assert_eq!(proxy.wait_exit(EXIT_WAIT).await.code(), Some(0));
+
+    assert_eq!(store.search_ids("").await, ids, "every record was written");
+    assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
+    assert_eq!(
+        store.get("user:u0:searches").await.as_deref(),
+        Some("not a list"),
+        "the application's key is left as it was"
+    );
+    assert_eq!(
+        store.list("user:u1:searches").await.len(),
+        40,
+        "other users' histories are written"
+    );
+    assert!(
+        spool_segments(proxy.spool_dir())
+            .iter()
+            .all(|s| std::fs::metadata(s).map_or(0, |m| m.len()) == 0),
+        "nothing was spooled to be sent again"
+    );
+    assert!(
+        proxy.log().contains("WRONGTYPE"),
+        "the refusal is logged: {}",
+        proxy.log()
+    );
+}
+
+/// The writer's own connection selects the database the URL names, as the
+/// pool does.
+#[tokio::test]
+async fn events_go_to_the_database_the_url_names() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let url = format!("{}/3", redis.url());
+    let proxy = LogProxy::start(&LogConfig::new(), &backend.url(), &url).await;
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    let ids: BTreeSet<String> = [logged_id(&resp)].into();
+    let mut db3 = LogStore::new(&url).await;
+    db3.wait_for_records("", &ids, WAIT).await;
+    assert_eq!(db3.list("user:u1:searches").await.len(), 1);
+    let mut db0 = LogStore::new(&redis.url()).await;
+    assert!(db0.all_keys().await.is_empty(), "nothing in database 0");
+}

@@ -65,6 +65,7 @@ pub fn from_json(
             confidence,
             results_count,
             products,
+            facts: Default::default(),
         }),
         response_time_ms,
         cache: CacheResult::None,

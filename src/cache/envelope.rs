@@ -43,6 +43,10 @@ pub struct SearchMeta {
     pub results_count: u32,
     /// Product ids in result order, each with its supplier when known.
     pub products: Vec<(String, Option<String>)>,
+    /// What the search log derives from these facts, once per answer rather
+    /// than once per logged hit (see [`crate::events::facts`]).
+    #[serde(skip)]
+    pub facts: crate::events::facts::LazyFacts,
 }
 
 /// A cached answer.
@@ -287,6 +291,7 @@ pub fn decode(input: Bytes) -> Result<Entry, DecodeError> {
             confidence,
             results_count,
             products,
+            facts: Default::default(),
         }),
         initial_age,
         variant,
@@ -360,6 +365,7 @@ mod tests {
                 confidence: Some(0.92),
                 results_count: 2,
                 products: vec![("p1".into(), Some("s1".into())), ("p2".into(), None)],
+                ..SearchMeta::default()
             }),
             initial_age: Duration::ZERO,
             variant: None,

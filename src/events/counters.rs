@@ -5,13 +5,23 @@
 //! Counters are grouped by UTC day (the day number, formatted only when
 //! written), and looked up by `&str`, so adding an event allocates only for
 //! members not seen before in the window.
+//!
+//! Adding a search is cheaper still: searches are first grouped by the
+//! answer they got (the `Arc` of its [`SearchMeta`], which every hit of one
+//! cached answer shares) and their normalized query, and a group's products,
+//! suppliers and intent are counted once when the group is folded into the
+//! day's maps (before a flush), not once per search. A hit of a popular
+//! answer then costs one lookup on two integers and a short string compare
+//! instead of one map update per product and supplier.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
 use super::SearchEvent;
+use crate::cache::envelope::SearchMeta;
 use crate::redis::keys;
 
 type Map<V> = HashMap<String, V, RandomState>;
@@ -44,8 +54,31 @@ struct Day {
 pub struct Counters {
     /// Keyed by days since the Unix epoch.
     days: HashMap<u64, Day, RandomState>,
-    /// Distinct members held, to bound memory.
+    /// Searches not yet folded into `days`. Never serialized: [`Counters::fold`]
+    /// runs before a spool write, and [`Counters::writes`] folds a copy.
+    #[serde(skip)]
+    groups: HashMap<GroupKey, Group, RandomState>,
+    /// Distinct members held in `days`, to bound memory.
     entries: usize,
+    /// What `groups` holds, counted the same way.
+    #[serde(skip)]
+    group_entries: usize,
+}
+
+/// Searches of one day that got one answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct GroupKey {
+    day: u64,
+    /// The address of the answer's `Arc<SearchMeta>`, which the group holds,
+    /// so the address cannot be reused while the key exists.
+    meta: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Group {
+    meta: Arc<SearchMeta>,
+    /// Normalized query → searches (almost always one query per answer).
+    queries: Vec<(String, i64)>,
 }
 
 /// One counter key with its increments, as written to Redis.
@@ -67,42 +100,87 @@ fn incr(map: &mut Map<i64>, member: &str, by: i64, entries: &mut usize) {
 
 impl Counters {
     pub fn is_empty(&self) -> bool {
-        self.days.is_empty()
+        self.days.is_empty() && self.groups.is_empty()
     }
 
+    /// Distinct members held (an upper bound for unfolded searches).
     pub fn entries(&self) -> usize {
-        self.entries
+        self.entries + self.group_entries
     }
 
     /// Adds one search's increments.
     pub fn add(&mut self, ev: &SearchEvent) {
-        let entries = &mut self.entries;
-        let day = self.days.entry(ev.timestamp_ms / DAY_MS).or_default();
+        let day_number = ev.timestamp_ms / DAY_MS;
+        let day = self.days.entry(day_number).or_default();
         day.hourly[((ev.timestamp_ms / HOUR_MS) % 24) as usize] += 1;
         if let Some(i) = CACHE_RESULTS.iter().position(|c| *c == ev.cache.as_str()) {
             day.cache[i] += 1;
         }
-        if let Some(intent) = &ev.meta.intent {
-            incr(&mut day.intents, intent, 1, entries);
+        let key = GroupKey {
+            day: day_number,
+            meta: Arc::as_ptr(&ev.meta) as usize,
+        };
+        let group = self.groups.entry(key).or_insert_with(|| {
+            // What folding this group may add: products, suppliers, the
+            // intent and the query.
+            self.group_entries += ev.meta.products.len() * 2 + 2;
+            Group {
+                meta: ev.meta.clone(),
+                queries: Vec::with_capacity(1),
+            }
+        });
+        match group
+            .queries
+            .iter_mut()
+            .find(|(q, _)| *q == ev.query_normalized)
+        {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.group_entries += ev.meta.products.len() + 2;
+                group.queries.push((ev.query_normalized.clone(), 1));
+            }
         }
-        for product in ev.product_ids() {
-            incr(&mut day.products, product, 1, entries);
+    }
+
+    /// Moves the grouped searches into the per-day maps.
+    pub fn fold(&mut self) {
+        let entries = &mut self.entries;
+        for (key, group) in self.groups.drain() {
+            let day = self.days.entry(key.day).or_default();
+            let meta = &group.meta;
+            let searches: i64 = group.queries.iter().map(|(_, n)| n).sum();
+            if let Some(intent) = &meta.intent {
+                incr(&mut day.intents, intent, searches, entries);
+            }
+            for product in meta.product_ids() {
+                incr(&mut day.products, product, searches, entries);
+            }
+            for supplier in meta.supplier_ids() {
+                let queries = match day.suppliers.get_mut(supplier) {
+                    Some(q) => q,
+                    None => day.suppliers.entry(supplier.to_owned()).or_default(),
+                };
+                for (query, n) in &group.queries {
+                    incr(queries, query, *n, entries);
+                }
+            }
+            for (query, n) in &group.queries {
+                incr(&mut day.queries, query, *n, entries);
+                if meta.results_count == 0 {
+                    incr(&mut day.zero, query, *n, entries);
+                }
+            }
         }
-        for supplier in ev.supplier_ids() {
-            let queries = match day.suppliers.get_mut(supplier) {
-                Some(q) => q,
-                None => day.suppliers.entry(supplier.to_owned()).or_default(),
-            };
-            incr(queries, &ev.query_normalized, 1, entries);
-        }
-        incr(&mut day.queries, &ev.query_normalized, 1, entries);
-        if ev.meta.results_count == 0 {
-            incr(&mut day.zero, &ev.query_normalized, 1, entries);
-        }
+        self.group_entries = 0;
     }
 
     /// Every counter key with its increments, in a stable order.
     pub fn writes(&self, prefix: &str) -> Vec<CounterWrite> {
+        if !self.groups.is_empty() {
+            let mut folded = self.clone();
+            folded.fold();
+            return folded.writes(prefix);
+        }
         let mut out = Vec::new();
         let mut days: Vec<_> = self.days.iter().collect();
         days.sort_by_key(|(d, _)| **d);
@@ -191,6 +269,7 @@ mod tests {
                     .iter()
                     .map(|(p, s)| (p.to_string(), Some(s.to_string())))
                     .collect(),
+                ..SearchMeta::default()
             }),
             response_time_ms: 1.0,
             cache,
@@ -252,9 +331,47 @@ mod tests {
     }
 
     #[test]
+    fn hits_of_one_answer_count_like_separate_searches() {
+        let shared = event("milk", &[("p1", "s1"), ("p2", "s2")], CacheResult::Miss);
+        let mut grouped = Counters::default();
+        let mut separate = Counters::default();
+        for i in 0..5 {
+            let mut hit = shared.clone(); // same Arc<SearchMeta>
+            hit.cache = CacheResult::Hit;
+            if i == 3 {
+                hit.query_normalized = "whole milk".into(); // same answer, other query
+            }
+            grouped.add(&hit);
+            let mut copy = hit.clone();
+            copy.meta = Arc::new(SearchMeta::clone(&hit.meta)); // its own Arc
+            separate.add(&copy);
+        }
+        assert_eq!(written(&grouped), written(&separate));
+        let w = written(&grouped);
+        assert_eq!(w["products:popular:2025-11-25"]["p1"], 5);
+        assert_eq!(w["supplier:s2:queries:2025-11-25"]["milk"], 4);
+        assert_eq!(w["supplier:s2:queries:2025-11-25"]["whole milk"], 1);
+        assert_eq!(w["queries:popular:2025-11-25"]["milk"], 4);
+        assert_eq!(w["intent:stats:2025-11-25"]["product_search"], 5);
+    }
+
+    #[test]
+    fn folding_keeps_the_counts_and_empties_the_groups() {
+        let mut c = Counters::default();
+        c.add(&event("milk", &[("p1", "s1")], CacheResult::Hit));
+        let before = written(&c);
+        assert!(c.entries() > 0);
+        c.fold();
+        assert_eq!(written(&c), before);
+        assert!(!c.is_empty());
+        assert_eq!(c.entries(), 4, "intent, product, supplier query, query");
+    }
+
+    #[test]
     fn survives_a_round_trip_through_the_spool_encoding() {
         let mut c = Counters::default();
         c.add(&event("milk", &[("p1", "s1")], CacheResult::Hit));
+        c.fold();
         let bytes = serde_json::to_vec(&c).unwrap();
         let back: Counters = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, c);

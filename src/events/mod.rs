@@ -9,6 +9,7 @@
 //! - [`spool`]: the append-only disk buffer used while Redis is unreachable.
 
 pub mod counters;
+pub mod facts;
 pub mod spool;
 pub mod write;
 pub mod writer;
@@ -75,28 +76,14 @@ impl SearchEvent {
     }
 
     /// Product ids de-duplicated, first occurrence first.
-    pub fn product_ids(&self) -> Vec<&str> {
-        let mut seen = Vec::with_capacity(self.meta.products.len());
-        for (p, _) in &self.meta.products {
-            if !seen.contains(&p.as_str()) {
-                seen.push(p.as_str());
-            }
-        }
-        seen
+    pub fn product_ids(&self) -> impl Iterator<Item = &str> {
+        self.meta.product_ids()
     }
 
     /// Supplier ids de-duplicated: a supplier counts once per search however
     /// many of its products match.
-    pub fn supplier_ids(&self) -> Vec<&str> {
-        let mut seen: Vec<&str> = Vec::new();
-        for (_, s) in &self.meta.products {
-            if let Some(s) = s
-                && !seen.contains(&s.as_str())
-            {
-                seen.push(s.as_str());
-            }
-        }
-        seen
+    pub fn supplier_ids(&self) -> impl Iterator<Item = &str> {
+        self.meta.supplier_ids()
     }
 }
 
@@ -150,7 +137,7 @@ mod tests {
             status: 200,
             route: "search".into(),
         };
-        assert_eq!(ev.product_ids(), vec!["p1", "p2", "p3"]);
-        assert_eq!(ev.supplier_ids(), vec!["s1"]);
+        assert_eq!(ev.product_ids().collect::<Vec<_>>(), ["p1", "p2", "p3"]);
+        assert_eq!(ev.supplier_ids().collect::<Vec<_>>(), ["s1"]);
     }
 }

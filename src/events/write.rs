@@ -5,15 +5,19 @@
 //! day for the daily index, one `LPUSH` (of all of a user's searches) plus
 //! `LTRIM` and `EXPIRE` per user, and the profile updates per user. Each search
 //! itself costs an `HSET` and an `EXPIRE`.
+//!
+//! The commands are appended to any [`Commands`]: the writer's raw RESP
+//! buffer on the hot path, or a redis-rs pipeline for replay.
 
 use std::collections::BTreeMap;
 
 use bb8_redis::redis::{self, Pipeline};
-use serde::Serialize;
 
 use super::SearchEvent;
 use super::counters::Counters;
+use super::facts::write_json_str;
 use crate::redis::keys;
+use crate::redis::wire::Commands;
 
 /// What the writer needs to know to name and expire keys.
 #[derive(Clone, Debug)]
@@ -34,9 +38,10 @@ struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     fn new(ev: &'a SearchEvent) -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
         Prepared {
             ev,
-            id: ev.search_id.to_string(),
+            id: ev.search_id.hyphenated().encode_lower(&mut buf).to_owned(),
             timestamp: ev.timestamp(),
         }
     }
@@ -44,57 +49,30 @@ impl<'a> Prepared<'a> {
 
 /// The fields of `search:<search_id>`, in a stable order.
 pub fn record_fields(ev: &SearchEvent) -> Vec<(&'static str, String)> {
-    let p = Prepared::new(ev);
-    let mut out = Vec::with_capacity(17);
-    each_field(&p, |k, v| {
-        out.push((k, String::from_utf8_lossy(v).into_owned()))
-    });
-    out
+    with_fields(&Prepared::new(ev), |fields| {
+        fields
+            .iter()
+            .map(|(k, v)| (*k, String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    })
 }
 
-fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
+/// Calls `f` with the fields of the search's record.
+fn with_fields<R>(p: &Prepared<'_>, f: impl FnOnce(&[(&'static str, &[u8])]) -> R) -> R {
     let ev = p.ev;
-    let products = ev.product_ids();
-    let suppliers = ev.supplier_ids();
-    let mut ids = String::with_capacity(16 * products.len());
-    write_json_list(&mut ids, &products);
-    let mut sups = String::with_capacity(16 * suppliers.len());
-    write_json_list(&mut sups, &suppliers);
-    let mut pairs = String::with_capacity(32 * products.len());
-    pairs.push('{');
-    let mut first = true;
-    for (i, (product, supplier)) in ev.meta.products.iter().enumerate() {
-        let Some(supplier) = supplier else { continue };
-        // A product listed twice is named once (its first supplier), so the
-        // object has no duplicate keys.
-        if ev.meta.products[..i]
-            .iter()
-            .any(|(p, s)| p == product && s.is_some())
-        {
-            continue;
-        }
-        if !first {
-            pairs.push(',');
-        }
-        first = false;
-        write_json_str(&mut pairs, product);
-        pairs.push(':');
-        write_json_str(&mut pairs, supplier);
-    }
-    pairs.push('}');
-    let mut num = itoa::Buffer::new();
+    // Derived once per answer and shared by all its hits.
+    let facts = ev.meta.log_facts();
     let confidence = ev
         .meta
         .confidence
         .map(|c| c.to_string())
         .unwrap_or_default();
     let response_time = format!("{:.3}", ev.response_time_ms);
-
-    let results = num.format(ev.meta.results_count).to_owned();
+    let mut results = itoa::Buffer::new();
     let mut status = itoa::Buffer::new();
     // Absent optional values are left out rather than stored as "": fewer
     // fields make the record cheaper for Redis, and readers see "missing".
-    let fields: [(&'static str, &[u8], bool); 17] = [
+    let all: [(&'static str, &[u8], bool); RECORD_FIELDS] = [
         ("search_id", p.id.as_bytes(), true),
         ("timestamp", p.timestamp.as_bytes(), true),
         ("user_id", opt(&ev.user_id), false),
@@ -104,71 +82,38 @@ fn each_field(p: &Prepared<'_>, mut f: impl FnMut(&'static str, &[u8])) {
         ("query_normalized", ev.query_normalized.as_bytes(), true),
         ("intent", opt(&ev.meta.intent), false),
         ("confidence", confidence.as_bytes(), false),
-        ("results_count", results.as_bytes(), true),
-        ("product_ids", ids.as_bytes(), true),
-        ("supplier_ids", sups.as_bytes(), true),
-        ("product_suppliers", pairs.as_bytes(), true),
+        (
+            "results_count",
+            results.format(ev.meta.results_count).as_bytes(),
+            true,
+        ),
+        ("product_ids", facts.product_ids_json.as_bytes(), true),
+        ("supplier_ids", facts.supplier_ids_json.as_bytes(), true),
+        (
+            "product_suppliers",
+            facts.product_suppliers_json.as_bytes(),
+            true,
+        ),
         ("response_time_ms", response_time.as_bytes(), true),
         ("cache", ev.cache.as_str().as_bytes(), true),
         ("status", status.format(ev.status).as_bytes(), true),
         ("route", ev.route.as_bytes(), true),
     ];
-    for (k, v, required) in fields {
+    let mut fields: [(&'static str, &[u8]); RECORD_FIELDS] = [("", &[]); RECORD_FIELDS];
+    let mut n = 0;
+    for (k, v, required) in all {
         if required || !v.is_empty() {
-            f(k, v);
+            fields[n] = (k, v);
+            n += 1;
         }
     }
+    f(&fields[..n])
 }
+
+const RECORD_FIELDS: usize = 17;
 
 fn opt(v: &Option<String>) -> &[u8] {
     v.as_deref().unwrap_or("").as_bytes()
-}
-
-/// Writes `s` as a JSON string (RFC 8259 escaping).
-fn write_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{b:04x}"));
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
-}
-
-fn write_json_list(out: &mut String, items: &[&str]) {
-    out.push('[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_json_str(out, item);
-    }
-    out.push(']');
-}
-
-#[derive(Serialize)]
-struct HistoryEntry<'a> {
-    search_id: &'a str,
-    timestamp: &'a str,
-    query: &'a str,
-    intent: Option<&'a str>,
-    results_count: u32,
-    cache: &'a str,
 }
 
 /// The compact JSON entry of `user:<id>:searches`.
@@ -177,35 +122,65 @@ pub fn history_entry(ev: &SearchEvent) -> String {
 }
 
 fn history_json(p: &Prepared<'_>) -> String {
-    let entry = HistoryEntry {
-        search_id: &p.id,
-        timestamp: &p.timestamp,
-        query: &p.ev.query,
-        intent: p.ev.meta.intent.as_deref(),
-        results_count: p.ev.meta.results_count,
-        cache: p.ev.cache.as_str(),
-    };
-    serde_json::to_string(&entry).unwrap_or_default()
+    let ev = p.ev;
+    let mut out = String::with_capacity(128 + ev.query.len());
+    out.push_str("{\"search_id\":");
+    write_json_str(&mut out, &p.id);
+    out.push_str(",\"timestamp\":");
+    write_json_str(&mut out, &p.timestamp);
+    out.push_str(",\"query\":");
+    write_json_str(&mut out, &ev.query);
+    out.push_str(",\"intent\":");
+    match &ev.meta.intent {
+        Some(i) => write_json_str(&mut out, i),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"results_count\":");
+    out.push_str(itoa::Buffer::new().format(ev.meta.results_count));
+    out.push_str(",\"cache\":");
+    write_json_str(&mut out, ev.cache.as_str());
+    out.push('}');
+    out
 }
 
 /// One transaction writing the records of a batch of searches.
 pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
-    let p = &layout.prefix;
-    let ttl = layout.retention_secs;
     let mut pipe = redis::pipe();
     pipe.atomic();
+    records_into(layout, events, &mut pipe);
+    pipe
+}
+
+/// One transaction adding the summed counters.
+pub fn counters(layout: &Layout, counters: &Counters) -> Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    counters_into(layout, counters, &mut pipe);
+    pipe
+}
+
+/// Appends the commands recording a batch of searches.
+pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Commands) {
+    let p = &layout.prefix;
+    let mut ttl_buf = itoa::Buffer::new();
+    let ttl = ttl_buf.format(layout.retention_secs).as_bytes();
 
     let prepared: Vec<Prepared<'_>> = events.iter().map(Prepared::new).collect();
     let mut daily: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
     let mut users: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
     for pr in &prepared {
         let key = keys::search(p, &pr.id);
-        pipe.cmd("HSET").arg(&key);
-        each_field(pr, |field, value| {
-            pipe.arg(field).arg(value);
+        with_fields(pr, |fields| {
+            let mut args: [&[u8]; 2 + 2 * RECORD_FIELDS] = [&[]; 2 + 2 * RECORD_FIELDS];
+            args[0] = b"HSET";
+            args[1] = key.as_bytes();
+            for (i, (k, v)) in fields.iter().enumerate() {
+                args[2 + 2 * i] = k.as_bytes();
+                args[3 + 2 * i] = v;
+            }
+            out.command(&args[..2 + 2 * fields.len()]);
         });
-        pipe.ignore();
-        pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
         daily.entry(&pr.timestamp[..10]).or_default().push(pr);
         if let Some(user) = pr.ev.user_id.as_deref() {
             users.entry(user).or_default().push(pr);
@@ -214,58 +189,74 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
 
     for (date, members) in &daily {
         let key = keys::searches_daily(p, date);
-        pipe.cmd("ZADD").arg(&key);
+        // All scores formatted into one string, then sliced.
+        let mut scores = String::with_capacity(14 * members.len());
+        let mut ends = Vec::with_capacity(members.len());
         for pr in members {
-            pipe.arg(pr.ev.timestamp_ms).arg(&pr.id);
+            scores.push_str(itoa::Buffer::new().format(pr.ev.timestamp_ms));
+            ends.push(scores.len());
         }
-        pipe.ignore();
-        pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 2 * members.len());
+        args.push(b"ZADD");
+        args.push(key.as_bytes());
+        let mut start = 0;
+        for (end, pr) in ends.iter().zip(members) {
+            args.push(&scores.as_bytes()[start..*end]);
+            args.push(pr.id.as_bytes());
+            start = *end;
+        }
+        out.command(&args);
+        out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
     }
 
+    let keep = layout.history_limit.max(1) - 1;
+    let mut keep_buf = itoa::Buffer::new();
+    let keep = keep_buf.format(keep).as_bytes();
     for (user, searches) in &users {
         let history = keys::user_searches(p, user);
         // LPUSH of several values leaves the last one at the head: push
         // oldest first so the list reads newest first.
-        pipe.cmd("LPUSH").arg(&history);
-        for pr in searches {
-            pipe.arg(history_json(pr));
-        }
-        pipe.ignore();
-        let keep = layout.history_limit.max(1) as i64;
-        pipe.cmd("LTRIM")
-            .arg(&history)
-            .arg(0)
-            .arg(keep - 1)
-            .ignore();
-        pipe.cmd("EXPIRE").arg(&history).arg(ttl).ignore();
+        let entries: Vec<String> = searches.iter().map(|pr| history_json(pr)).collect();
+        let mut lpush: Vec<&[u8]> = Vec::with_capacity(2 + entries.len());
+        lpush.push(b"LPUSH");
+        lpush.push(history.as_bytes());
+        lpush.extend(entries.iter().map(|e| e.as_bytes()));
+        out.command(&lpush);
+        out.command(&[b"LTRIM", history.as_bytes(), b"0", keep]);
+        out.command(&[b"EXPIRE", history.as_bytes(), ttl]);
 
         // The profile is shared with the application: only our fields are
         // written, and it never expires.
         let profile = keys::user_profile(p, user);
         let (first, last) = (searches[0], searches[searches.len() - 1]);
-        pipe.cmd("HSETNX")
-            .arg(&profile)
-            .arg("first_seen")
-            .arg(&first.timestamp)
-            .ignore();
-        pipe.cmd("HSET")
-            .arg(&profile)
-            .arg("last_seen")
-            .arg(&last.timestamp);
+        out.command(&[
+            b"HSETNX",
+            profile.as_bytes(),
+            b"first_seen",
+            first.timestamp.as_bytes(),
+        ]);
         let latest =
             |f: fn(&SearchEvent) -> Option<&str>| searches.iter().rev().find_map(|pr| f(pr.ev));
+        let mut hset: Vec<&[u8]> = vec![
+            b"HSET",
+            profile.as_bytes(),
+            b"last_seen",
+            last.timestamp.as_bytes(),
+        ];
         if let Some(uuid) = latest(|e| e.user_uuid.as_deref()) {
-            pipe.arg("user_uuid").arg(uuid);
+            hset.extend([&b"user_uuid"[..], uuid.as_bytes()]);
         }
         if let Some(session) = latest(|e| e.session_id.as_deref()) {
-            pipe.arg("last_session_id").arg(session);
+            hset.extend([&b"last_session_id"[..], session.as_bytes()]);
         }
-        pipe.ignore();
-        pipe.cmd("HINCRBY")
-            .arg(&profile)
-            .arg("search_count")
-            .arg(searches.len())
-            .ignore();
+        out.command(&hset);
+        let mut count = itoa::Buffer::new();
+        out.command(&[
+            b"HINCRBY",
+            profile.as_bytes(),
+            b"search_count",
+            count.format(searches.len()).as_bytes(),
+        ]);
         let mut intents: BTreeMap<&str, u64> = BTreeMap::new();
         for pr in searches {
             if let Some(i) = pr.ev.meta.intent.as_deref() {
@@ -273,62 +264,119 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
             }
         }
         for (intent, n) in intents {
-            pipe.cmd("HINCRBY")
-                .arg(&profile)
-                .arg(format!("intent:{intent}"))
-                .arg(n)
-                .ignore();
+            let field = format!("intent:{intent}");
+            out.command(&[
+                b"HINCRBY",
+                profile.as_bytes(),
+                field.as_bytes(),
+                count.format(n).as_bytes(),
+            ]);
         }
     }
-    pipe
 }
 
-/// One transaction adding the summed counters.
-pub fn counters(layout: &Layout, counters: &Counters) -> Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
+/// Appends the commands adding the summed counters.
+pub fn counters_into(layout: &Layout, counters: &Counters, out: &mut impl Commands) {
+    let mut ttl_buf = itoa::Buffer::new();
+    let ttl = ttl_buf.format(layout.retention_secs).as_bytes();
+    let mut by = itoa::Buffer::new();
     for w in counters.writes(&layout.prefix) {
-        for (member, by) in &w.increments {
+        for (member, n) in &w.increments {
             if w.is_hash {
-                pipe.cmd("HINCRBY")
-                    .arg(&w.key)
-                    .arg(member)
-                    .arg(*by)
-                    .ignore();
+                out.command(&[
+                    b"HINCRBY",
+                    w.key.as_bytes(),
+                    member.as_bytes(),
+                    by.format(*n).as_bytes(),
+                ]);
             } else {
-                pipe.cmd("ZINCRBY")
-                    .arg(&w.key)
-                    .arg(*by)
-                    .arg(member)
-                    .ignore();
+                out.command(&[
+                    b"ZINCRBY",
+                    w.key.as_bytes(),
+                    by.format(*n).as_bytes(),
+                    member.as_bytes(),
+                ]);
             }
         }
-        pipe.cmd("EXPIRE")
-            .arg(&w.key)
-            .arg(layout.retention_secs)
-            .ignore();
+        out.command(&[b"EXPIRE", w.key.as_bytes(), ttl]);
     }
-    pipe
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::envelope::SearchMeta;
+    use crate::events::CacheResult;
+    use crate::redis::wire::RespBuf;
+    use std::sync::Arc;
+
+    fn event(user: Option<&str>, query: &str) -> SearchEvent {
+        SearchEvent {
+            search_id: crate::events::new_search_id(),
+            timestamp_ms: 1_764_106_056_927,
+            user_id: user.map(str::to_owned),
+            user_uuid: Some("uu".into()),
+            session_id: None,
+            query: query.into(),
+            query_normalized: query.to_lowercase(),
+            meta: Arc::new(SearchMeta {
+                intent: Some("product_search".into()),
+                confidence: Some(0.5),
+                results_count: 1,
+                products: vec![("p1".into(), Some("s1".into()))],
+                ..SearchMeta::default()
+            }),
+            response_time_ms: 1.25,
+            cache: CacheResult::Hit,
+            status: 200,
+            route: "search".into(),
+        }
+    }
 
     #[test]
-    fn json_strings_are_escaped_as_serde_json_does() {
-        for s in [
-            "plain",
-            "quo\"te",
-            "back\\slash",
-            "new\nline",
-            "\u{1}ctl",
-            "ünï",
-            "tab\t",
-        ] {
-            let mut ours = String::new();
-            write_json_str(&mut ours, s);
-            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
-        }
+    fn the_raw_batch_and_the_pipeline_carry_the_same_commands() {
+        let layout = Layout {
+            prefix: "t:".into(),
+            retention_secs: 60,
+            history_limit: 10,
+        };
+        let events = [
+            event(Some("u1"), "Milk \"2%\""),
+            event(Some("u1"), "bread"),
+            event(None, "eggs\n"),
+        ];
+        let mut raw = RespBuf::default();
+        records_into(&layout, &events, &mut raw);
+        let mut pipe = redis::pipe();
+        records_into(&layout, &events, &mut pipe);
+        assert_eq!(raw.as_bytes(), &pipe.get_packed_pipeline()[..]);
+
+        let mut c = Counters::default();
+        events.iter().for_each(|e| c.add(e));
+        let mut raw = RespBuf::default();
+        counters_into(&layout, &c, &mut raw);
+        let mut pipe = redis::pipe();
+        counters_into(&layout, &c, &mut pipe);
+        assert_eq!(raw.as_bytes(), &pipe.get_packed_pipeline()[..]);
+    }
+
+    #[test]
+    fn history_entries_are_the_json_serde_would_write() {
+        let mut ev = event(Some("u"), "quo\"te\\");
+        let entry: serde_json::Value = serde_json::from_str(&history_entry(&ev)).unwrap();
+        assert_eq!(
+            entry,
+            serde_json::json!({
+                "search_id": ev.search_id.to_string(),
+                "timestamp": ev.timestamp(),
+                "query": "quo\"te\\",
+                "intent": "product_search",
+                "results_count": 1,
+                "cache": "hit",
+            })
+        );
+        Arc::make_mut(&mut ev.meta).intent = None;
+        let entry: serde_json::Value = serde_json::from_str(&history_entry(&ev)).unwrap();
+        assert_eq!(entry["intent"], serde_json::Value::Null);
     }
 }

@@ -27,8 +27,11 @@ use super::SearchEvent;
 use super::counters::Counters;
 use super::spool::{ReplayError, Spool, SpoolError};
 use super::write::{self, Layout};
+use crate::config::RedisConfig;
 use crate::redis::RedisPool;
+use crate::redis::direct::{DirectConn, DirectError};
 use crate::redis::pool::Command;
+use crate::redis::wire::RespBuf;
 
 /// How often summed counters are written.
 const COUNTER_FLUSH: Duration = Duration::from_secs(1);
@@ -38,6 +41,8 @@ const COUNTER_ENTRIES_MAX: usize = 200_000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// One replay slice: after this long the writer goes back to the queue.
 const REPLAY_SLICE: Duration = Duration::from_millis(250);
+/// How long the writer's own connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Counters for metrics and tests.
 #[derive(Default)]
@@ -120,6 +125,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     pub batch_max: usize,
     pub flush_interval: Duration,
+    /// Where the writer opens its own connection for batches (see
+    /// [`crate::redis::direct`]); `None` sends them through the pool.
+    pub direct: Option<RedisConfig>,
 }
 
 /// Starts the writer. `spool` is `None` only where losing events while Redis
@@ -152,6 +160,9 @@ pub fn spawn(
         counters: Counters::default(),
         spool_full: false,
         inflight: None,
+        direct: cfg.direct,
+        link: None,
+        spare: RespBuf::default(),
     };
     let handle = tokio::spawn(task.run(stopped));
     (sink, Writer { handle, stop })
@@ -172,7 +183,60 @@ struct Task {
     /// The batch being written to Redis while the next one is prepared: one
     /// in flight at a time keeps batches in order and overlaps our work with
     /// Redis's. On failure it hands its events back for the spool.
-    inflight: Option<JoinHandle<Result<u64, Vec<SearchEvent>>>>,
+    inflight: Option<JoinHandle<Inflight>>,
+    /// Where the writer's own connection goes (`None`: batches go through
+    /// the pool).
+    direct: Option<RedisConfig>,
+    /// That connection; away with the batch in flight while one is.
+    link: Option<Link>,
+    /// The buffer the next batch is encoded in while the last one is sent.
+    spare: RespBuf,
+}
+
+/// The writer's own connection.
+struct Link {
+    config: RedisConfig,
+    /// `None` until connected, and again after any failure.
+    conn: Option<DirectConn>,
+}
+
+impl Link {
+    fn new(config: RedisConfig) -> Link {
+        Link { config, conn: None }
+    }
+
+    /// Sends an encoded batch as one transaction, connecting first when
+    /// needed. Any failure drops the connection.
+    async fn send(&mut self, buf: &RespBuf) -> Result<(), DirectError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(DirectConn::connect(&self.config, CONNECT_TIMEOUT).await?),
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, conn.exec(buf))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "batch not confirmed in time",
+                )))
+            });
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
+/// What the batch in flight gives back.
+struct Inflight {
+    /// The events written, or those to spool.
+    result: Result<u64, Vec<SearchEvent>>,
+    /// An error reply that sending again would not cure.
+    refused: Option<String>,
+    /// The connection and buffer it took, when it used them.
+    link: Option<(Link, RespBuf)>,
 }
 
 impl Task {
@@ -241,25 +305,63 @@ impl Task {
             self.counters.add(ev);
         }
         let n = batch.len() as u64;
-        let pipe = self
-            .redis_writable()
-            .is_some()
-            .then(|| write::records(&self.layout, &batch));
-        self.settle().await;
-        match (pipe, self.redis_writable().cloned()) {
-            (Some(pipe), Some(redis)) => {
+        if self.redis_writable().is_none() {
+            self.settle().await;
+            return self.spool(SpoolRecord::Records(batch), n).await;
+        }
+        match self.direct.clone() {
+            Some(config) => {
+                // Encoded while the previous batch is still in Redis: two
+                // buffers take turns.
+                let mut buf = std::mem::take(&mut self.spare);
+                buf.clear();
+                write::records_into(&self.layout, &batch, &mut buf);
+                self.settle().await;
+                if self.redis_writable().is_none() {
+                    self.spare = buf;
+                    return self.spool(SpoolRecord::Records(batch), n).await;
+                }
+                let mut link = self.link.take().unwrap_or_else(|| Link::new(config));
+                self.inflight = Some(tokio::spawn(async move {
+                    let (result, refused) = match link.send(&buf).await {
+                        Ok(()) => (Ok(n), None),
+                        Err(e) if e.is_transient() => {
+                            tracing::debug!(error = %e, events = n, "batch not written; spooling");
+                            (Err(batch), None)
+                        }
+                        // Sending it again would fail the same way: the
+                        // commands that could run did, and it is not spooled.
+                        Err(e) => (Ok(n), Some(e.to_string())),
+                    };
+                    Inflight {
+                        result,
+                        refused,
+                        link: Some((link, buf)),
+                    }
+                }));
+            }
+            None => {
+                let pipe = write::records(&self.layout, &batch);
+                self.settle().await;
+                let Some(redis) = self.redis_writable().cloned() else {
+                    return self.spool(SpoolRecord::Records(batch), n).await;
+                };
                 self.inflight = Some(tokio::spawn(async move {
                     let deadline = Instant::now() + WRITE_TIMEOUT;
-                    match redis.query::<()>(Command::Pipe(&pipe), deadline).await {
+                    let result = match redis.query::<()>(Command::Pipe(&pipe), deadline).await {
                         Ok(()) => Ok(n),
                         Err(e) => {
                             tracing::debug!(error = %e, events = n, "batch not written; spooling");
                             Err(batch)
                         }
+                    };
+                    Inflight {
+                        result,
+                        refused: None,
+                        link: None,
                     }
                 }));
             }
-            _ => self.spool(SpoolRecord::Records(batch), n).await,
         }
     }
 
@@ -269,16 +371,29 @@ impl Task {
         let Some(inflight) = self.inflight.take() else {
             return;
         };
-        match inflight.await {
-            Ok(Ok(n)) => {
+        // A panic in the write task loses its connection; the next batch
+        // opens a new one.
+        let done = match inflight.await {
+            Ok(done) => done,
+            Err(e) => return tracing::error!(error = %e, "event write task failed"),
+        };
+        if let Some((link, buf)) = done.link {
+            self.link = Some(link);
+            self.spare = buf;
+        }
+        if let Some(e) = done.refused {
+            self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "redis refused commands of an event batch; the rest was written");
+        }
+        match done.result {
+            Ok(n) => {
                 self.stats.written.fetch_add(n, Ordering::Relaxed);
             }
-            Ok(Err(batch)) => {
+            Err(batch) => {
                 self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
                 let n = batch.len() as u64;
                 self.spool(SpoolRecord::Records(batch), n).await;
             }
-            Err(e) => tracing::error!(error = %e, "event write task failed"),
         }
     }
 
@@ -287,15 +402,35 @@ impl Task {
         if self.counters.is_empty() {
             return;
         }
-        let counters = std::mem::take(&mut self.counters);
+        let mut counters = std::mem::take(&mut self.counters);
+        counters.fold();
         if let Some(redis) = self.redis_writable() {
-            let pipe = write::counters(&self.layout, &counters);
-            let deadline = Instant::now() + WRITE_TIMEOUT;
-            if redis
-                .query::<()>(Command::Pipe(&pipe), deadline)
-                .await
-                .is_ok()
-            {
+            let written = match self.direct.clone() {
+                Some(config) => {
+                    let mut buf = std::mem::take(&mut self.spare);
+                    buf.clear();
+                    write::counters_into(&self.layout, &counters, &mut buf);
+                    let link = self.link.get_or_insert_with(|| Link::new(config));
+                    let sent = link.send(&buf).await;
+                    self.spare = buf;
+                    match sent {
+                        Err(e) if !e.is_transient() => {
+                            tracing::error!(error = %e, "redis refused analytics counters; the rest was written");
+                            true
+                        }
+                        sent => sent.is_ok(),
+                    }
+                }
+                None => {
+                    let pipe = write::counters(&self.layout, &counters);
+                    let deadline = Instant::now() + WRITE_TIMEOUT;
+                    redis
+                        .query::<()>(Command::Pipe(&pipe), deadline)
+                        .await
+                        .is_ok()
+                }
+            };
+            if written {
                 return;
             }
             self.stats.write_failures.fetch_add(1, Ordering::Relaxed);

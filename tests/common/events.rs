@@ -484,6 +484,14 @@ impl LogStore {
         self.query(redis::cmd("TTL").arg(key)).await
     }
 
+    pub async fn set(&mut self, key: &str, value: &str) {
+        let _: () = self.query(redis::cmd("SET").arg(key).arg(value)).await;
+    }
+
+    pub async fn get(&mut self, key: &str) -> Option<String> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
     pub async fn hset(&mut self, key: &str, field: &str, value: &str) {
         let _: i64 = self
             .query(redis::cmd("HSET").arg(key).arg(field).arg(value))

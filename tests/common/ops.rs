@@ -95,6 +95,7 @@ pub fn search_event(
                 ("p1".into(), Some("s1".into())),
                 ("p2".into(), Some("s2".into())),
             ],
+            ..SearchMeta::default()
         }),
         response_time_ms: 12.5,
         cache: CacheResult::Miss,

@@ -1,0 +1,251 @@
+//! What the search log needs of an answer's search facts, derived once per
+//! answer and shared by every logged hit of it.
+//!
+//! A cached answer's [`SearchMeta`] is one `Arc` shared by all its hits, so
+//! the de-duplicated product and supplier lists and the three JSON values of
+//! `search:<id>` are computed the first time the answer is logged and reused
+//! after that: a hit costs the writer no JSON building and no
+//! de-duplication.
+
+use std::sync::OnceLock;
+
+use crate::cache::envelope::SearchMeta;
+
+/// The derived facts of one answer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogFacts {
+    /// Indices into `SearchMeta::products` of each distinct product id, first
+    /// occurrence first.
+    products: Vec<usize>,
+    /// Indices into `SearchMeta::products` of the first product of each
+    /// distinct supplier: a supplier counts once per search.
+    suppliers: Vec<usize>,
+    /// `product_ids` of `search:<id>`: a JSON array.
+    pub product_ids_json: String,
+    /// `supplier_ids`: a JSON array.
+    pub supplier_ids_json: String,
+    /// `product_suppliers`: a JSON object product id → supplier id.
+    pub product_suppliers_json: String,
+}
+
+impl LogFacts {
+    fn derive(meta: &SearchMeta) -> LogFacts {
+        let items = &meta.products;
+        let mut products: Vec<usize> = Vec::with_capacity(items.len());
+        let mut suppliers: Vec<usize> = Vec::new();
+        for (i, (product, supplier)) in items.iter().enumerate() {
+            if !products.iter().any(|&j| items[j].0 == *product) {
+                products.push(i);
+            }
+            if let Some(s) = supplier
+                && !suppliers.iter().any(|&j| items[j].1.as_ref() == Some(s))
+            {
+                suppliers.push(i);
+            }
+        }
+        let mut product_ids_json = String::with_capacity(2 + 16 * products.len());
+        write_json_list(
+            &mut product_ids_json,
+            products.iter().map(|&i| items[i].0.as_str()),
+        );
+        let mut supplier_ids_json = String::with_capacity(2 + 16 * suppliers.len());
+        write_json_list(
+            &mut supplier_ids_json,
+            suppliers.iter().filter_map(|&i| items[i].1.as_deref()),
+        );
+        // A product listed twice is named once, with the supplier of its
+        // first listing that has one, so the object has no duplicate keys.
+        let mut pairs = String::with_capacity(2 + 32 * products.len());
+        pairs.push('{');
+        let mut named: Vec<&str> = Vec::with_capacity(products.len());
+        for (product, supplier) in items {
+            let Some(supplier) = supplier else { continue };
+            if named.contains(&product.as_str()) {
+                continue;
+            }
+            if !named.is_empty() {
+                pairs.push(',');
+            }
+            named.push(product);
+            write_json_str(&mut pairs, product);
+            pairs.push(':');
+            write_json_str(&mut pairs, supplier);
+        }
+        pairs.push('}');
+        LogFacts {
+            products,
+            suppliers,
+            product_ids_json,
+            supplier_ids_json,
+            product_suppliers_json: pairs,
+        }
+    }
+}
+
+/// The lazily derived [`LogFacts`] a [`SearchMeta`] carries.
+///
+/// Not part of the meta's identity: two metas with the same search facts
+/// are equal whether or not either has been logged yet, and the facts are
+/// never serialized (they are derived again from the meta).
+#[derive(Clone, Default)]
+pub struct LazyFacts(OnceLock<LogFacts>);
+
+impl PartialEq for LazyFacts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for LazyFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "LazyFacts(derived)"
+        } else {
+            "LazyFacts(pending)"
+        })
+    }
+}
+
+impl SearchMeta {
+    /// The log's view of these facts, derived on first use.
+    pub fn log_facts(&self) -> &LogFacts {
+        self.facts.0.get_or_init(|| LogFacts::derive(self))
+    }
+
+    /// Product ids de-duplicated, first occurrence first.
+    pub fn product_ids(&self) -> impl Iterator<Item = &str> {
+        let facts = self.log_facts();
+        facts.products.iter().map(|&i| self.products[i].0.as_str())
+    }
+
+    /// Supplier ids de-duplicated: a supplier counts once per search however
+    /// many of its products match.
+    pub fn supplier_ids(&self) -> impl Iterator<Item = &str> {
+        let facts = self.log_facts();
+        facts
+            .suppliers
+            .iter()
+            .filter_map(|&i| self.products[i].1.as_deref())
+    }
+}
+
+/// Writes `s` as a JSON string (RFC 8259 escaping).
+pub fn write_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{b:04x}"));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+fn write_json_list<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
+    out.push('[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, item);
+    }
+    out.push(']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(products: &[(&str, Option<&str>)]) -> SearchMeta {
+        SearchMeta {
+            products: products
+                .iter()
+                .map(|(p, s)| (p.to_string(), s.map(str::to_string)))
+                .collect(),
+            ..SearchMeta::default()
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_does() {
+        for s in [
+            "plain",
+            "quo\"te",
+            "back\\slash",
+            "new\nline",
+            "\u{1}ctl",
+            "ünï",
+            "tab\t",
+        ] {
+            let mut ours = String::new();
+            write_json_str(&mut ours, s);
+            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn products_and_suppliers_are_deduplicated_in_result_order() {
+        let m = meta(&[
+            ("p1", Some("s1")),
+            ("p2", Some("s1")),
+            ("p1", Some("s2")),
+            ("p3", None),
+            ("p4", Some("s\"2")),
+        ]);
+        assert_eq!(
+            m.product_ids().collect::<Vec<_>>(),
+            ["p1", "p2", "p3", "p4"]
+        );
+        assert_eq!(m.supplier_ids().collect::<Vec<_>>(), ["s1", "s2", "s\"2"]);
+        let facts = m.log_facts();
+        let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(
+            parse(&facts.product_ids_json),
+            json!(["p1", "p2", "p3", "p4"])
+        );
+        assert_eq!(parse(&facts.supplier_ids_json), json!(["s1", "s2", "s\"2"]));
+        assert_eq!(
+            parse(&facts.product_suppliers_json),
+            json!({"p1": "s1", "p2": "s1", "p4": "s\"2"})
+        );
+    }
+
+    #[test]
+    fn a_product_first_listed_without_supplier_takes_a_later_one() {
+        let m = meta(&[("p1", None), ("p1", Some("s1"))]);
+        let facts = m.log_facts();
+        assert_eq!(facts.product_suppliers_json, r#"{"p1":"s1"}"#);
+        assert_eq!(facts.product_ids_json, r#"["p1"]"#);
+    }
+
+    #[test]
+    fn no_products_give_empty_json_values() {
+        let facts = meta(&[]).log_facts().clone();
+        assert_eq!(facts.product_ids_json, "[]");
+        assert_eq!(facts.supplier_ids_json, "[]");
+        assert_eq!(facts.product_suppliers_json, "{}");
+    }
+
+    #[test]
+    fn derived_facts_do_not_change_equality() {
+        let a = meta(&[("p1", Some("s1"))]);
+        let b = a.clone();
+        let _ = a.log_facts();
+        assert_eq!(a, b);
+    }
+}
