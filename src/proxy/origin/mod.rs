@@ -295,7 +295,7 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 finish(Outcome::GoDirect);
-                return self.origin_failed(flow, &asked, stale.as_ref(), Err(&e));
+                return self.origin_failed(flow, &asked, stale.as_ref(), &e);
             }
         };
         let exchange = Exchange {
@@ -379,7 +379,7 @@ impl Proxy {
                     body::CollectError::Timeout => UpstreamError::Timeout(self.upstream.timeout),
                     body::CollectError::Body(_) => UpstreamError::Unavailable(e.to_string()),
                 };
-                return self.origin_failed(flow, &asked, stale.as_ref(), Err(&err));
+                return self.origin_failed(flow, &asked, stale.as_ref(), &err);
             }
         };
 

@@ -72,46 +72,34 @@ impl Proxy {
         self.log_now(flow, resp, CacheResult::Hit, entry.meta.clone())
     }
 
-    /// The backend failed (`result` is its error) or answered 5xx: serve
-    /// the stored entry when the answer allows serving it stale that long,
-    /// answer 504 when it must be revalidated, else the 502/504 of SPEC step 11.
+    /// The backend gave no answer: serve the stored entry when the answer
+    /// allows serving it stale that long, answer 504 when it must be
+    /// revalidated, else the 502/504 of SPEC step 11.
     pub(super) fn origin_failed(
         &self,
         flow: &mut Flow<'_>,
         asked: &Asked,
         stale: Option<&Usable>,
-        result: Result<StatusCode, &UpstreamError>,
+        error: &UpstreamError,
     ) -> Response<ProxyBody> {
-        let backend_status = result.ok();
-        if let Some(resp) = self.serve_on_error(flow, asked, stale, backend_status) {
+        if let Some(resp) = self.serve_on_error(flow, asked, stale, None) {
             return resp;
         }
-        match (stale, result) {
-            (Some(_), _) => {
-                let mut resp = respond::json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "revalidation_failed",
-                    "the stored answer must be revalidated and the backend cannot be reached",
-                );
-                mark(
-                    &mut resp,
-                    Verdict::Miss,
-                    respond::origin_error_status(&asked.hash, "must-revalidate"),
-                );
-                self.log_now(
-                    flow,
-                    resp,
-                    CacheResult::Miss,
-                    Arc::new(SearchMeta::default()),
-                )
-            }
-            (None, Err(e)) => self.backend_failed(flow, e),
-            (None, Ok(_)) => {
-                // Not reached: a 5xx answer without an entry is passed on by
-                // the caller. Answer as a failed backend all the same.
-                self.backend_failed(flow, &UpstreamError::Unavailable("backend error".into()))
-            }
+        if stale.is_none() {
+            return self.backend_failed(flow, error);
         }
+        let mut resp = respond::json_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "revalidation_failed",
+            "the stored answer must be revalidated and the backend cannot be reached",
+        );
+        mark(
+            &mut resp,
+            Verdict::Miss,
+            respond::origin_error_status(&asked.hash, "must-revalidate"),
+        );
+        let meta = Arc::new(SearchMeta::default());
+        self.log_now(flow, resp, CacheResult::Miss, meta)
     }
 
     /// stale-if-error on an origin route: the entry stands in for a failing
