@@ -160,7 +160,7 @@ fn reset_stats(port: u16) {
 
 fn layout() -> Layout {
     Layout {
-        prefix: String::new(),
+        prefix: leafcache::redis::keys::Prefix::default(),
         retention_secs: 90 * 86400,
         history_limit: 1000,
     }
@@ -177,7 +177,7 @@ fn main() {
         url: format!("redis://127.0.0.1:{}", redis.1),
         pool_size: 16,
         timeout: Duration::from_secs(2),
-        key_prefix: String::new(),
+        key_prefix: leafcache::redis::keys::Prefix::default(),
         cluster: false,
         tls_ca_file: None,
         tls_ca_pem: None,

@@ -70,7 +70,11 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
     );
     let l1 = L1::new(config.cache.l1_max_bytes, config.cache.l1_ttl);
     if let Some(l1) = &l1 {
-        crate::admin::purge::spawn_invalidation_listener(&config.redis, l1.clone());
+        crate::admin::purge::spawn_invalidation_listener(
+            redis.clone(),
+            config.redis.key_prefix.clone(),
+            l1.clone(),
+        );
     }
     let cache = Cache::new(
         l1,

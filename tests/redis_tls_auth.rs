@@ -30,7 +30,7 @@ async fn cache_and_log_go_through(proxy: &Proxy, redis: &Redis) {
     );
 
     let id = logged_search(redis, &repeat).await;
-    let record = keys::search("", &id);
+    let record = keys::search(&keys::Prefix::default(), &id);
     assert_eq!(hget(redis, &record, "query").await.as_deref(), Some("milk"));
     assert_eq!(hget(redis, &record, "user_id").await.as_deref(), Some("u1"));
     assert_eq!(hget(redis, &record, "cache").await.as_deref(), Some("hit"));

@@ -24,6 +24,7 @@ use super::{AdminBody, AdminResponse, BoxError, dates, history, json, manual, st
 use crate::events::write::Layout;
 use crate::proxy::Proxy;
 use crate::redis::RedisPool;
+use crate::redis::keys::Prefix;
 use crate::redis::pool::RedisFailure;
 
 /// Request bodies of the API (a manual search with its results list is the
@@ -256,7 +257,7 @@ fn redis(proxy: &Proxy) -> Result<&RedisPool, ApiError> {
         .ok_or_else(|| ApiError::Unavailable("no redis configured".into()))
 }
 
-fn prefix(proxy: &Proxy) -> &str {
+fn prefix(proxy: &Proxy) -> &Prefix {
     &proxy.config.redis.key_prefix
 }
 
@@ -267,7 +268,7 @@ fn accepted(body: serde_json::Value) -> AdminResponse {
 async fn record_feedback(proxy: &Proxy, body: Bytes) -> Result<AdminResponse, ApiError> {
     let fb = Feedback::from_json(&fields::object(&body)?)?;
     let layout = Layout {
-        prefix: prefix(proxy).to_owned(),
+        prefix: prefix(proxy).clone(),
         retention_secs: proxy.config.events.retention.as_secs().max(1),
         history_limit: proxy.config.events.history_limit,
     };
@@ -362,7 +363,7 @@ async fn export(
         .unwrap_or_default();
     let mut exporter = Exporter::new(
         redis(proxy)?.clone(),
-        prefix(proxy).to_owned(),
+        prefix(proxy).clone(),
         ExportRange { from, to, intents },
     );
     // The first page is read before answering, so that Redis being down is

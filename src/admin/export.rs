@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::dates;
 use crate::redis::RedisPool;
-use crate::redis::keys;
+use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::{Command, RedisFailure};
 
 /// Records per round trip.
@@ -46,7 +46,7 @@ pub struct Page {
 
 pub struct Exporter {
     redis: RedisPool,
-    prefix: String,
+    prefix: Prefix,
     range: ExportRange,
     day: u64,
     offset: usize,
@@ -55,7 +55,7 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn new(redis: RedisPool, prefix: String, range: ExportRange) -> Exporter {
+    pub fn new(redis: RedisPool, prefix: Prefix, range: ExportRange) -> Exporter {
         Exporter {
             redis,
             prefix,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::redis::RedisPool;
-use crate::redis::keys;
+use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::{Command, RedisFailure};
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -17,7 +17,7 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// by something else) is returned as a string rather than hidden.
 pub async fn read(
     redis: &RedisPool,
-    prefix: &str,
+    prefix: &Prefix,
     user_id: &str,
     limit: usize,
 ) -> Result<Vec<Value>, RedisFailure> {

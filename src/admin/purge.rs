@@ -13,10 +13,9 @@ use tokio::time::Instant;
 
 use super::fields::BadField;
 use crate::cache::l1::L1;
-use crate::config::RedisConfig;
-use crate::redis::RedisPool;
-use crate::redis::keys;
+use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::{Node, RedisPool};
 
 /// Keys removed per `UNLINK`.
 const UNLINK_BATCH: usize = 500;
@@ -111,7 +110,7 @@ impl Target {
     /// A user purge takes only keys of exactly the shape
     /// `user:<U>:cache:<64 hex>`, so user `a` never takes `a:cache:b`'s entries
     /// and the pattern match of SCAN is only a first filter.
-    pub fn covers(&self, prefix: &str, key: &[u8]) -> bool {
+    pub fn covers(&self, prefix: &Prefix, key: &[u8]) -> bool {
         let hash_after = |head: String| {
             key.strip_prefix(head.as_bytes())
                 .and_then(|h| std::str::from_utf8(h).ok())
@@ -128,7 +127,7 @@ impl Target {
 
     /// The SCAN pattern of a purge over many keys, glob characters of the
     /// prefix and user id escaped.
-    fn pattern(&self, prefix: &str) -> Option<String> {
+    fn pattern(&self, prefix: &Prefix) -> Option<String> {
         let head = match self {
             Target::User(u) => keys::user_cache_head(prefix, u),
             Target::AllGlobal => keys::global_cache_head(prefix),
@@ -138,7 +137,7 @@ impl Target {
     }
 
     /// The one key of a single-entry purge.
-    fn single_key(&self, prefix: &str) -> Option<String> {
+    fn single_key(&self, prefix: &Prefix) -> Option<String> {
         match self {
             Target::UserEntry(u, h) => Some(keys::user_cache_head(prefix, u) + h),
             Target::Global(h) => Some(keys::global_cache_head(prefix) + h),
@@ -164,7 +163,11 @@ fn glob_escape(s: &str) -> String {
 
 /// Removes the target's entries from Redis, then tells every proxy to drop
 /// its L1 copies. Returns how many keys were removed.
-pub async fn purge(redis: &RedisPool, prefix: &str, target: &Target) -> Result<u64, RedisFailure> {
+pub async fn purge(
+    redis: &RedisPool,
+    prefix: &Prefix,
+    target: &Target,
+) -> Result<u64, RedisFailure> {
     let removed = match (target.single_key(prefix), target.pattern(prefix)) {
         (Some(key), _) => unlink(redis, &[key.into_bytes()]).await?,
         (None, Some(pattern)) => scan_unlink(redis, prefix, target, &pattern).await?,
@@ -181,9 +184,25 @@ pub async fn purge(redis: &RedisPool, prefix: &str, target: &Target) -> Result<u
     Ok(removed)
 }
 
+/// SCANs every node (each master of a cluster) for the target's keys and
+/// unlinks them in batches.
 async fn scan_unlink(
     redis: &RedisPool,
-    prefix: &str,
+    prefix: &Prefix,
+    target: &Target,
+    pattern: &str,
+) -> Result<u64, RedisFailure> {
+    let mut removed = 0;
+    for node in redis.nodes(Instant::now() + DEADLINE).await? {
+        removed += scan_unlink_on(redis, &node, prefix, target, pattern).await?;
+    }
+    Ok(removed)
+}
+
+async fn scan_unlink_on(
+    redis: &RedisPool,
+    node: &Node,
+    prefix: &Prefix,
     target: &Target,
     pattern: &str,
 ) -> Result<u64, RedisFailure> {
@@ -199,7 +218,7 @@ async fn scan_unlink(
             .arg(SCAN_COUNT)
             .to_owned();
         let (next, found): (u64, Vec<Vec<u8>>) = redis
-            .query(Command::Cmd(&scan), Instant::now() + DEADLINE)
+            .query_on(node, &scan, Instant::now() + DEADLINE)
             .await?;
         doomed.extend(found.into_iter().filter(|k| target.covers(prefix, k)));
         if doomed.len() >= UNLINK_BATCH || (next == 0 && !doomed.is_empty()) {
@@ -213,6 +232,7 @@ async fn scan_unlink(
     }
 }
 
+/// One `UNLINK`; in a cluster redis-rs splits it by slot and sums the counts.
 async fn unlink(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<u64, RedisFailure> {
     let cmd = redis::cmd("UNLINK").arg(keys).to_owned();
     redis
@@ -221,7 +241,7 @@ async fn unlink(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<u64, RedisFailure
 }
 
 /// Drops this process's L1 copies of the target.
-pub fn forget_local(l1: &L1, prefix: &str, target: &Target) {
+pub fn forget_local(l1: &L1, prefix: &Prefix, target: &Target) {
     match target.single_key(prefix) {
         Some(key) => l1.remove(&key),
         None => l1.remove_matching(|k| target.covers(prefix, k.as_bytes())),
@@ -230,24 +250,20 @@ pub fn forget_local(l1: &L1, prefix: &str, target: &Target) {
 
 /// Listens on the invalidation channel for as long as the process runs and
 /// drops the L1 copies each message names; reconnects with a backoff. After a
-/// lost connection L1 is cleared, since messages may have been missed.
-pub fn spawn_invalidation_listener(cfg: &RedisConfig, l1: L1) -> tokio::task::JoinHandle<()> {
-    let client = crate::redis::pool::client(cfg);
-    let prefix = cfg.key_prefix.clone();
+/// lost connection L1 is cleared, since messages may have been missed. In a
+/// cluster the subscription is on one master, another after a failure: a
+/// `PUBLISH` on any node reaches every node's subscribers.
+pub fn spawn_invalidation_listener(
+    redis: RedisPool,
+    prefix: Prefix,
+    l1: L1,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // The pool was built from the same config, so this rarely fails.
-        let client = match client {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::warn!(error = %e, "invalidation channel disabled");
-                return;
-            }
-        };
         let channel = keys::invalidate_channel(&prefix);
         let mut backoff = BACKOFF_MIN;
         let mut lost = false;
         loop {
-            match listen(&client, &channel, &prefix, &l1, &mut lost, &mut backoff).await {
+            match listen(&redis, &channel, &prefix, &l1, &mut lost, &mut backoff).await {
                 Ok(()) => tracing::debug!("invalidation channel closed; resubscribing"),
                 Err(e) => tracing::debug!(error = %e, "invalidation channel unavailable"),
             }
@@ -258,16 +274,16 @@ pub fn spawn_invalidation_listener(cfg: &RedisConfig, l1: L1) -> tokio::task::Jo
 }
 
 async fn listen(
-    client: &redis::Client,
+    redis: &RedisPool,
     channel: &str,
-    prefix: &str,
+    prefix: &Prefix,
     l1: &L1,
     lost: &mut bool,
     backoff: &mut Duration,
-) -> Result<(), redis::RedisError> {
+) -> Result<(), RedisFailure> {
     use futures_util::StreamExt;
 
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = redis.pubsub(Instant::now() + DEADLINE).await?;
     pubsub.subscribe(channel).await?;
     if std::mem::replace(lost, true) {
         l1.clear();
@@ -295,19 +311,31 @@ mod tests {
     #[test]
     fn a_user_purge_never_takes_a_user_whose_id_only_starts_the_same() {
         let t = Target::User("a".into());
-        assert!(t.covers("", format!("user:a:cache:{H}").as_bytes()));
-        assert!(!t.covers("", format!("user:ab:cache:{H}").as_bytes()));
-        assert!(!t.covers("", format!("user:a:cache:x:cache:{H}").as_bytes()));
-        assert!(!t.covers("", b"user:a:searches"));
-        assert!(t.covers("p:", format!("p:user:a:cache:{H}").as_bytes()));
-        assert!(!t.covers("p:", format!("user:a:cache:{H}").as_bytes()));
+        let (none, p) = (Prefix::single_node(""), Prefix::single_node("p:"));
+        assert!(t.covers(&none, format!("user:a:cache:{H}").as_bytes()));
+        assert!(!t.covers(&none, format!("user:ab:cache:{H}").as_bytes()));
+        assert!(!t.covers(&none, format!("user:a:cache:x:cache:{H}").as_bytes()));
+        assert!(!t.covers(&none, b"user:a:searches"));
+        assert!(t.covers(&p, format!("p:user:a:cache:{H}").as_bytes()));
+        assert!(!t.covers(&p, format!("user:a:cache:{H}").as_bytes()));
+    }
+
+    #[test]
+    fn in_cluster_mode_a_user_purge_takes_the_tagged_keys() {
+        let t = Target::User("a".into());
+        let tagged = Prefix::new("", true);
+        assert!(t.covers(&tagged, format!("user:{{a}}:cache:{H}").as_bytes()));
+        assert!(!t.covers(&tagged, format!("user:a:cache:{H}").as_bytes()));
+        assert!(!t.covers(&tagged, format!("user:{{ab}}:cache:{H}").as_bytes()));
+        assert!(!t.covers(&tagged, format!("user:{{a}}b}}:cache:{H}").as_bytes()));
+        assert_eq!(t.pattern(&tagged).unwrap(), "user:{a}:cache:*");
     }
 
     #[test]
     fn glob_characters_are_escaped() {
         let t = Target::User("a*[b]?\\".into());
         assert_eq!(
-            t.pattern("x*").unwrap(),
+            t.pattern(&Prefix::single_node("x*")).unwrap(),
             "x\\*user:a\\*\\[b\\]\\?\\\\:cache:*"
         );
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::redis::RedisPool;
-use crate::redis::keys;
+use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::{Command, RedisFailure};
 
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -83,7 +83,7 @@ type Counts = (
 /// the three lists.
 pub async fn read(
     redis: &RedisPool,
-    prefix: &str,
+    prefix: &Prefix,
     date: &str,
     top: usize,
 ) -> Result<Stats, RedisFailure> {

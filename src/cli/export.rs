@@ -17,6 +17,7 @@ use crate::admin::dates;
 use crate::admin::export::{ExportRange, Exporter};
 use crate::config::Config;
 use crate::redis::RedisPool;
+use crate::redis::keys::Prefix;
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -91,7 +92,7 @@ pub fn run(config: &Config, args: ExportArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn prefix(config: &Config) -> String {
+fn prefix(config: &Config) -> Prefix {
     config.redis.key_prefix.clone()
 }
 

@@ -1,7 +1,6 @@
 //! `leafcache purge` and `leafcache replay`.
 
 use anyhow::{Context, anyhow};
-use bb8_redis::redis;
 use clap::Args;
 
 use super::{Failure, layout, redis as pool_of, redis_name, runtime};
@@ -9,7 +8,6 @@ use crate::admin::purge::{self, Target};
 use crate::config::Config;
 use crate::events::spool::Spool;
 use crate::events::writer::replay_records;
-use crate::redis::pool::Command;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["user", "key", "all_global"])))]
@@ -66,12 +64,8 @@ pub fn replay(config: &Config, args: ReplayArgs) -> Result<(), Failure> {
     }
     let rt = runtime()?;
     let pool = pool_of(&rt, config)?;
-    let ping = redis::cmd("PING");
-    rt.block_on(pool.query::<()>(
-        Command::Cmd(&ping),
-        tokio::time::Instant::now() + std::time::Duration::from_secs(5),
-    ))
-    .with_context(|| format!("cannot reach redis at {}", redis_name(config)))?;
+    rt.block_on(pool.probe(tokio::time::Instant::now() + std::time::Duration::from_secs(5)))
+        .with_context(|| format!("cannot reach redis at {}", redis_name(config)))?;
     let layout = layout(config);
     let mut events = 0;
     loop {

@@ -89,8 +89,7 @@ pub fn run(cmd: OpsCommand, config: Result<Config, ConfigError>) -> ExitCode {
 /// pool's warnings are written for a running proxy, not for a command that
 /// reports its own failure in one line.
 fn quiet_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let filter = crate::telemetry::env_filter("error");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -25,6 +25,8 @@ use serde::Deserialize;
 
 use locate::{Locator, line_col};
 
+use crate::redis::keys::Prefix;
+
 pub use units::{parse_duration, parse_size};
 
 /// The shipped proxy.toml, served when no file is given or found.
@@ -100,8 +102,11 @@ pub struct RedisConfig {
     pub pool_size: u32,
     /// Per cache lookup; a slower answer counts as a miss.
     pub timeout: Duration,
-    /// Prepended to every key, so several deployments can share one Redis.
-    pub key_prefix: String,
+    /// Prepended to every key, so several deployments can share one Redis;
+    /// it also says whether keys carry cluster hash tags (`cluster`).
+    pub key_prefix: Prefix,
+    /// Redis Cluster (Memorystore cluster mode): `url` names one node (or
+    /// the discovery endpoint) and the others are found from it.
     pub cluster: bool,
     /// `tls_ca_file`, resolved against the config file's folder.
     pub tls_ca_file: Option<PathBuf>,
@@ -116,7 +121,7 @@ impl fmt::Debug for RedisConfig {
             .field("url", &values::redact_url(&self.url))
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
-            .field("key_prefix", &self.key_prefix)
+            .field("key_prefix", &self.key_prefix.as_str())
             .field("cluster", &self.cluster)
             .field("tls_ca_file", &self.tls_ca_file)
             .finish()

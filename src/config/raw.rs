@@ -14,6 +14,8 @@ mod route;
 
 use super::locate::{Locator, Seg};
 use super::units::{Dur, Size};
+use crate::redis::keys::Prefix;
+
 use super::values::{Addr, Count, RedisUrl, SourceSpec, Status, Token, UpstreamUrl};
 use super::{
     CacheConfig, Config, ConfigError, EventsConfig, IdentityConfig, RedisConfig, RouteConfig,
@@ -251,11 +253,19 @@ impl RawConfig {
             }
             None => (None, None),
         };
+        if self.redis.cluster && self.redis.key_prefix.contains(['{', '}']) {
+            // A tag in the prefix would override the per-user tags and put
+            // every key of the deployment in one slot.
+            return Err(loc.error(
+                &[K("redis"), K("key_prefix")],
+                "must not contain '{' or '}' when cluster = true (Redis Cluster reads them as a hash tag)",
+            ));
+        }
         let redis = RedisConfig {
             url: self.redis.url.0,
             pool_size: self.redis.pool_size.0,
             timeout: positive(loc, &[K("redis"), K("timeout")], self.redis.timeout, tiny)?,
-            key_prefix: self.redis.key_prefix,
+            key_prefix: Prefix::new(self.redis.key_prefix, self.redis.cluster),
             cluster: self.redis.cluster,
             tls_ca_file,
             tls_ca_pem,

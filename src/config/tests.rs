@@ -127,7 +127,8 @@ fn empty_file_is_valid_with_spec_defaults_and_no_routes() {
     assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
     assert_eq!(c.redis.pool_size, 16);
     assert_eq!(c.redis.timeout, Duration::from_millis(50));
-    assert_eq!(c.redis.key_prefix, "");
+    assert_eq!(c.redis.key_prefix.as_str(), "");
+    assert!(!c.redis.key_prefix.hash_tags());
     assert!(!c.redis.cluster);
     assert_eq!(c.cache.ttl, Duration::from_secs(3600));
     assert_eq!(c.cache.l1_max_bytes, 64 << 20);
@@ -530,6 +531,26 @@ fn bad_redis_url_is_rejected() {
         "redis.url",
         "redis://",
     );
+}
+
+#[test]
+fn cluster_mode_tags_per_user_keys() {
+    let c = parse("[redis]\ncluster = true\nkey_prefix = \"app:\"\n").unwrap();
+    assert!(c.redis.cluster);
+    assert!(c.redis.key_prefix.hash_tags());
+    assert_eq!(c.redis.key_prefix.as_str(), "app:");
+}
+
+#[test]
+fn a_hash_tag_in_the_prefix_is_rejected_in_cluster_mode() {
+    assert_error(
+        "[redis]\ncluster = true\nkey_prefix = \"{app}:\"\n",
+        3,
+        14,
+        "redis.key_prefix",
+        "hash tag",
+    );
+    assert!(parse("[redis]\nkey_prefix = \"{app}:\"\n").is_ok());
 }
 
 #[test]

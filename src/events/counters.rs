@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SearchEvent;
 use crate::cache::envelope::SearchMeta;
-use crate::redis::keys;
+use crate::redis::keys::{self, Prefix};
 
 type Map<V> = HashMap<String, V, RandomState>;
 
@@ -175,7 +175,7 @@ impl Counters {
     }
 
     /// Every counter key with its increments, in a stable order.
-    pub fn writes(&self, prefix: &str) -> Vec<CounterWrite> {
+    pub fn writes(&self, prefix: &Prefix) -> Vec<CounterWrite> {
         if !self.groups.is_empty() {
             let mut folded = self.clone();
             folded.fold();
@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn written(c: &Counters) -> HashMap<String, HashMap<String, i64>> {
-        c.writes("")
+        c.writes(&Prefix::default())
             .into_iter()
             .map(|w| (w.key, w.increments.into_iter().collect()))
             .collect()

@@ -16,13 +16,14 @@ use bb8_redis::redis::{self, Pipeline};
 use super::SearchEvent;
 use super::counters::Counters;
 use super::facts::write_json_str;
-use crate::redis::keys;
+use crate::redis::keys::{self, Prefix};
 use crate::redis::wire::Commands;
 
 /// What the writer needs to know to name and expire keys.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    pub prefix: String,
+    /// `key_prefix`, and whether per-user keys carry cluster hash tags.
+    pub prefix: Prefix,
     /// `EXPIRE` for every log and analytics key, in seconds.
     pub retention_secs: u64,
     /// `user:<id>:searches` keeps this many entries.
@@ -336,7 +337,7 @@ mod tests {
     #[test]
     fn the_raw_batch_and_the_pipeline_carry_the_same_commands() {
         let layout = Layout {
-            prefix: "t:".into(),
+            prefix: Prefix::single_node("t:"),
             retention_secs: 60,
             history_limit: 10,
         };

@@ -1,9 +1,13 @@
-//! Redis: the connection pool with its health state, the key layout, and
-//! the event writer's own connection ([`direct`], speaking [`wire`]).
+//! Redis: the connection pool with its health state (one node or a
+//! [`cluster`]), the key layout, and the event writer's own connection to a
+//! single node ([`direct`], speaking [`wire`]).
 
+pub mod cluster;
 pub mod direct;
+mod health;
 pub mod keys;
 pub mod pool;
 pub mod wire;
 
-pub use pool::{Health, RedisPool};
+pub use health::Health;
+pub use pool::{Node, RedisPool};

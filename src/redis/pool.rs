@@ -1,9 +1,13 @@
-//! The Redis connection pool (bb8 over redis-rs multiplexed connections) and
-//! its health: a circuit breaker that makes a dead Redis cost the hot path
-//! nothing, and a monitor that notices when it comes back.
+//! The Redis connection pool behind a circuit breaker (the `health` module)
+//! that makes a dead Redis cost the hot path nothing, and a monitor that
+//! notices when it comes back.
+//!
+//! [`RedisPool`] is the one place that knows whether Redis is one node (bb8
+//! over redis-rs multiplexed connections) or a cluster ([`super::cluster`]):
+//! callers send the same commands and pipelines either way, and only
+//! per-node work (`SCAN`, pub/sub) asks for [`RedisPool::nodes`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bb8_redis::bb8::{self, ManageConnection, Pool};
@@ -11,6 +15,8 @@ use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
+use super::cluster::{Cluster, Master};
+use super::health::{BACKOFF_MAX, BACKOFF_MIN, Health, LastError};
 use crate::config::RedisConfig;
 
 /// A pooled connection that remembers whether it failed at the transport
@@ -50,33 +56,6 @@ impl ManageConnection for Manager {
     }
 }
 
-/// Keeps the last connection error bb8 saw, so the "redis is unreachable"
-/// warning can say why (bb8's own `get` only reports a timeout).
-#[derive(Debug, Clone, Default)]
-struct LastError(Arc<std::sync::Mutex<Option<String>>>);
-
-impl bb8::ErrorSink<RedisError> for LastError {
-    fn sink(&self, error: RedisError) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
-        Box::new(self.clone())
-    }
-}
-
-impl LastError {
-    /// bb8's own error (a timeout) with the connect error behind it, e.g. a
-    /// refused password or certificate, which is what the user can fix.
-    fn explain(&self, e: bb8::RunError<RedisError>) -> String {
-        let last = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match last {
-            Some(cause) => format!("{e} (last connect error: {cause})"),
-            None => e.to_string(),
-        }
-    }
-}
-
 /// Why a Redis call gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisFailure {
@@ -91,83 +70,51 @@ pub enum RedisFailure {
     Pool(String),
 }
 
-/// Consecutive failures that open the breaker.
-const TRIP_AFTER: u32 = 3;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Up or down, with the state change logged once (not per request).
-pub struct Health {
-    up: AtomicBool,
-    failures: AtomicU32,
-    /// Errors seen, by any caller, for metrics.
-    errors: AtomicU64,
-    target: String,
-    last_error: LastError,
-}
-
-impl Health {
-    fn new(target: String, last_error: LastError) -> Health {
-        Health {
-            up: AtomicBool::new(true),
-            failures: AtomicU32::new(0),
-            errors: AtomicU64::new(0),
-            target,
-            last_error,
-        }
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-
-    fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!(redis = %self.target, "redis is reachable again");
-        }
-    }
-
-    fn failure(&self, why: &RedisFailure, trip_now: bool) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if (trip_now || n >= TRIP_AFTER) && self.up.swap(false, Ordering::AcqRel) {
-            let cause = self
-                .last_error
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_else(|| why.to_string());
-            tracing::warn!(
-                redis = %self.target,
-                error = %cause,
-                "redis is unreachable; serving from L1 and the backend until it answers"
-            );
-        }
-    }
-}
-
 /// The pool plus its health. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisPool {
-    pool: Pool<Manager>,
+    backend: Backend,
     health: Arc<Health>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// One node: a bb8 pool, and the client for pub/sub connections.
+    Single {
+        pool: Pool<Manager>,
+        client: redis::Client,
+    },
+    /// A cluster: one multiplexed connection per node, shared.
+    Cluster(Cluster),
+}
+
+/// Where a per-node command (`SCAN`) runs: the one node, or each master of
+/// a cluster in turn.
+#[derive(Clone, Debug)]
+pub enum Node {
+    Only,
+    Master(Master),
 }
 
 impl RedisPool {
     /// Builds the pool without connecting: Redis may be down at startup.
+    /// Must run inside the Tokio runtime in cluster mode (the cluster client
+    /// connects in the background).
     pub fn new(cfg: &RedisConfig) -> Result<RedisPool, RedisError> {
-        let client = client(cfg)?;
         let io_timeout = cfg.timeout.max(Duration::from_millis(250));
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1).max(io_timeout)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
+        let connect_timeout = Duration::from_secs(1).max(io_timeout);
         let last_error = LastError::default();
+        let health = Arc::new(Health::new(redacted(&cfg.url), last_error.clone()));
+        if cfg.cluster {
+            return Ok(RedisPool {
+                backend: Backend::Cluster(Cluster::new(cfg, connect_timeout)?),
+                health,
+            });
+        }
+        let client = client(cfg)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(Duration::from_secs(5)));
         let pool = bb8::Pool::builder()
             .max_size(cfg.pool_size)
             .min_idle(None)
@@ -175,12 +122,15 @@ impl RedisPool {
             // broken connections are flagged by the caller instead.
             .test_on_check_out(false)
             .retry_connection(false)
-            .connection_timeout(Duration::from_secs(1).max(io_timeout))
-            .error_sink(Box::new(last_error.clone()))
-            .build_unchecked(Manager { client, config });
+            .connection_timeout(connect_timeout)
+            .error_sink(Box::new(last_error))
+            .build_unchecked(Manager {
+                client: client.clone(),
+                config,
+            });
         Ok(RedisPool {
-            pool,
-            health: Arc::new(Health::new(redacted(&cfg.url), last_error)),
+            backend: Backend::Single { pool, client },
+            health,
         })
     }
 
@@ -206,25 +156,42 @@ impl RedisPool {
         deadline: Instant,
     ) -> Result<T, RedisFailure> {
         let result = tokio::time::timeout_at(deadline, async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| RedisFailure::Pool(self.health.last_error.explain(e)))?;
-            let r = match cmd {
-                Command::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
-                Command::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
-            };
-            if let Err(e) = &r
-                && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
-            {
-                conn.broken = true;
+            match &self.backend {
+                Backend::Single { pool, .. } => {
+                    let mut conn = pool
+                        .get()
+                        .await
+                        .map_err(|e| RedisFailure::Pool(self.health.last_error.explain(e)))?;
+                    let r = match cmd {
+                        Command::Cmd(c) => c.query_async::<T>(&mut conn.inner).await,
+                        Command::Pipe(p) => p.query_async::<T>(&mut conn.inner).await,
+                    };
+                    if let Err(e) = &r
+                        && (e.is_io_error()
+                            || e.is_connection_dropped()
+                            || e.is_unrecoverable_error())
+                    {
+                        conn.broken = true;
+                    }
+                    r.map_err(RedisFailure::from)
+                }
+                // redis-rs reconnects the nodes of a cluster by itself.
+                Backend::Cluster(cluster) => match cmd {
+                    Command::Cmd(c) => cluster.query_cmd(c).await,
+                    Command::Pipe(p) => cluster.query_pipe(p).await,
+                }
+                .map_err(RedisFailure::from),
             }
-            r.map_err(RedisFailure::from)
         })
         .await
         .unwrap_or(Err(RedisFailure::Timeout));
-        match &result {
+        self.account(&result);
+        result
+    }
+
+    /// Feeds the outcome of a call to the breaker.
+    fn account<T>(&self, result: &Result<T, RedisFailure>) {
+        match result {
             Ok(_) => self.health.success(),
             // A server-side error reply (wrong type, OOM) says Redis is up.
             Err(RedisFailure::Redis(e)) if !is_transport(e) => self.health.success(),
@@ -234,7 +201,95 @@ impl RedisPool {
                 self.health.failure(e, refused);
             }
         }
+    }
+
+    /// Whether Redis can be used, asked past the breaker (which it feeds):
+    /// `PING` on a single node; on a cluster, every slot has a master and
+    /// every master answers (one unreachable master counts as Redis down:
+    /// lookups skip Redis and events are spooled until it is back).
+    pub async fn probe(&self, deadline: Instant) -> Result<(), RedisFailure> {
+        match &self.backend {
+            Backend::Single { .. } => {
+                self.query_unguarded::<()>(Command::Cmd(&redis::cmd("PING")), deadline)
+                    .await
+            }
+            Backend::Cluster(cluster) => {
+                let result = tokio::time::timeout_at(deadline, cluster.probe())
+                    .await
+                    .map_err(|_| RedisFailure::Timeout)
+                    .and_then(|r| r.map_err(RedisFailure::from));
+                self.account(&result);
+                result
+            }
+        }
+    }
+
+    /// The nodes a per-node command must visit: the node itself, or every
+    /// master of the cluster.
+    pub async fn nodes(&self, deadline: Instant) -> Result<Vec<Node>, RedisFailure> {
+        match &self.backend {
+            Backend::Single { .. } => Ok(vec![Node::Only]),
+            Backend::Cluster(cluster) => {
+                if !self.health.is_up() {
+                    return Err(RedisFailure::Down);
+                }
+                let result = tokio::time::timeout_at(deadline, cluster.masters())
+                    .await
+                    .map_err(|_| RedisFailure::Timeout)
+                    .and_then(|r| r.map_err(RedisFailure::from));
+                self.account(&result);
+                Ok(result?.into_iter().map(Node::Master).collect())
+            }
+        }
+    }
+
+    /// Runs one command on one node (from [`RedisPool::nodes`]), through the
+    /// breaker.
+    pub async fn query_on<T: FromRedisValue>(
+        &self,
+        node: &Node,
+        cmd: &redis::Cmd,
+        deadline: Instant,
+    ) -> Result<T, RedisFailure> {
+        let (Node::Master(master), Backend::Cluster(cluster)) = (node, &self.backend) else {
+            return self.query(Command::Cmd(cmd), deadline).await;
+        };
+        if !self.health.is_up() {
+            return Err(RedisFailure::Down);
+        }
+        let result = tokio::time::timeout_at(deadline, cluster.query_on(master, cmd))
+            .await
+            .map_err(|_| RedisFailure::Timeout)
+            .and_then(|r| r.map_err(RedisFailure::from));
+        self.account(&result);
         result
+    }
+
+    /// A pub/sub connection (not pooled; outside the breaker, whose
+    /// reconnects are the caller's). In a cluster, to the first master that
+    /// answers: a classic `PUBLISH` reaches the subscribers of every node.
+    pub async fn pubsub(&self, deadline: Instant) -> Result<redis::aio::PubSub, RedisFailure> {
+        let clients = match &self.backend {
+            Backend::Single { client, .. } => vec![client.clone()],
+            Backend::Cluster(cluster) => {
+                let masters = tokio::time::timeout_at(deadline, cluster.masters())
+                    .await
+                    .map_err(|_| RedisFailure::Timeout)??;
+                masters
+                    .iter()
+                    .map(|m| cluster.node_client(m))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let mut last = RedisFailure::Timeout;
+        for client in clients {
+            match tokio::time::timeout_at(deadline, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => return Ok(pubsub),
+                Ok(Err(e)) => last = RedisFailure::Redis(e),
+                Err(_) => return Err(RedisFailure::Timeout),
+            }
+        }
+        Err(last)
     }
 
     /// Pings Redis in the background: every second while up, with a backoff
@@ -246,10 +301,7 @@ impl RedisPool {
             let mut backoff = BACKOFF_MIN;
             loop {
                 let deadline = Instant::now() + Duration::from_secs(1);
-                let ok = this
-                    .query_unguarded::<()>(Command::Cmd(&redis::cmd("PING")), deadline)
-                    .await
-                    .is_ok();
+                let ok = this.probe(deadline).await.is_ok();
                 if ok {
                     backoff = BACKOFF_MIN;
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -294,8 +346,16 @@ pub enum Command<'a> {
     Pipe(&'a redis::Pipeline),
 }
 
+/// Errors that say Redis (or, in a cluster, part of it) cannot answer, as
+/// opposed to an answer that is an error.
 fn is_transport(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
 }
 
 /// The URL without its password, for logs.
@@ -331,7 +391,7 @@ mod tests {
             url: url.to_owned(),
             pool_size: 1,
             timeout: Duration::from_millis(50),
-            key_prefix: String::new(),
+            key_prefix: crate::redis::keys::Prefix::default(),
             cluster: false,
             tls_ca_file: ca.as_ref().map(|_| "ca.pem".into()),
             tls_ca_pem: ca,
@@ -360,20 +420,5 @@ mod tests {
         let shown = err.to_string();
         assert!(shown.contains("rediss://"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
-    }
-
-    #[test]
-    fn breaker_trips_after_repeated_failures_and_closes_on_success() {
-        let h = Health::new("t".into(), LastError::default());
-        for _ in 0..TRIP_AFTER - 1 {
-            h.failure(&RedisFailure::Timeout, false);
-            assert!(h.is_up());
-        }
-        h.failure(&RedisFailure::Timeout, false);
-        assert!(!h.is_up());
-        h.success();
-        assert!(h.is_up());
-        h.failure(&RedisFailure::Timeout, true);
-        assert!(!h.is_up());
     }
 }

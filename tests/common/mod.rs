@@ -6,6 +6,7 @@
 //! to run on the machine (port 6379 is never used).
 //!
 //! - `redis_server`: [`Redis`], a private `redis-server`, killable and restartable.
+//! - `redis_cluster`: [`RedisCluster`], a private three-master Redis Cluster.
 //! - `backend`: [`Backend`], which records, counts and answers requests as the
 //!   test's handler says ([`Reply`]), and tracks its peak concurrency.
 //! - `proxy`: [`Proxy`], the `leafcache serve` process, and the proxy.toml it
@@ -24,6 +25,7 @@ mod client;
 pub mod events;
 pub mod ops;
 mod proxy;
+mod redis_cluster;
 mod redis_server;
 
 #[allow(unused_imports)] // not every test file asserts with these
@@ -31,6 +33,8 @@ pub use assertions::*;
 pub use backend::*;
 pub use client::*;
 pub use proxy::*;
+#[allow(unused_imports)] // only the cluster tests start a cluster
+pub use redis_cluster::*;
 pub use redis_server::*;
 
 use std::future::Future;

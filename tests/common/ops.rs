@@ -112,7 +112,7 @@ pub async fn seed(redis: &Redis, events: &[SearchEvent]) {
         let mut pipe = redis::pipe();
         for ev in chunk {
             let id = ev.search_id.to_string();
-            let key = keys::search("", &id);
+            let key = keys::search(&keys::Prefix::default(), &id);
             pipe.cmd("HSET").arg(&key);
             for (field, value) in record_fields(ev) {
                 pipe.arg(field).arg(value);
@@ -120,7 +120,7 @@ pub async fn seed(redis: &Redis, events: &[SearchEvent]) {
             pipe.ignore();
             let date = &ev.timestamp()[..10];
             pipe.cmd("ZADD")
-                .arg(keys::searches_daily("", date))
+                .arg(keys::searches_daily(&keys::Prefix::default(), date))
                 .arg(ev.timestamp_ms)
                 .arg(&id)
                 .ignore();
@@ -139,7 +139,9 @@ pub async fn logged_search(redis: &Redis, resp: &super::Resp) -> String {
         .header("x-search-id")
         .unwrap_or_else(|| panic!("no X-Search-Id on {resp:?}"))
         .to_owned();
-    redis.wait_for_key(&keys::search("", &id)).await;
+    redis
+        .wait_for_key(&keys::search(&keys::Prefix::default(), &id))
+        .await;
     id
 }
 

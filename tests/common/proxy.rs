@@ -202,7 +202,10 @@ impl Proxy {
             .env_remove("LEAFCACHE_LISTEN")
             .env_remove("LEAFCACHE_ADMIN_TOKEN")
             .env_remove("PORT")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("PROXY_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
