@@ -369,8 +369,10 @@ async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>, stats: Arc<C
                     notices,
                     done,
                 } => {
-                    if !keys.is_empty() {
-                        pipe.cmd("UNLINK").arg(keys).ignore();
+                    // One key per command: in cluster mode the keys of
+                    // one URI live in different slots.
+                    for key in keys {
+                        pipe.cmd("UNLINK").arg(key).ignore();
                     }
                     for (channel, message) in notices {
                         pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
