@@ -41,15 +41,6 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
     let redis =
         RedisPool::new(&config.redis).map_err(|e| StartError::Config(format!("redis.url: {e}")))?;
     redis.spawn_monitor();
-    for route in &config.routes {
-        if route.freshness == crate::config::Freshness::Origin {
-            tracing::warn!(
-                route = %route.name,
-                "freshness = \"origin\" (RFC 9111 semantics) is not implemented yet; \
-                 the route uses freshness = \"route\""
-            );
-        }
-    }
     let ev = &config.events;
     let spool = Spool::open(&ev.spool_dir, ev.spool_max_bytes).map_err(StartError::Spool)?;
     if !spool.is_empty() {
@@ -91,7 +82,7 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
         config.cache.stale_if_error,
         config.cache.hit_for_pass,
     );
-    let proxy = Arc::new(Proxy::new(config, cache, Some(sink)));
+    let proxy = Proxy::new(config, cache, Some(sink));
     Ok(Running { proxy, writer })
 }
 

@@ -6,21 +6,45 @@
 //! invalid. Per section 4.2.1, an invalid `max-age`/`s-maxage` on a response
 //! means the answer is stale (we record it as `Some(0)`); on a request an
 //! invalid value is ignored.
+//!
+//! `CDN-Cache-Control` (RFC 9213) is read by [`CacheControl::for_shared_cache`]:
+//! when the backend sends it, it replaces `Cache-Control` for leafcache.
 
 use http::HeaderMap;
+use http::HeaderName;
 use http::header::{CACHE_CONTROL, PRAGMA};
+
+/// RFC 9213's targeted field for CDNs and other shared caches.
+pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+/// The Edge Architecture (W3C note) field for surrogates: directives may
+/// name the surrogate they are for (`max-age=60;leafcache`).
+pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+/// The request header with which a surrogate announces itself upstream.
+pub static SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-capability");
+/// leafcache's device token in `Surrogate-Capability` and targeted
+/// `Surrogate-Control` directives.
+pub const SURROGATE_TOKEN: &str = "leafcache";
+/// The `Surrogate-Capability` value leafcache sends on origin routes.
+pub const SURROGATE_CAPABILITY_VALUE: &str = "leafcache=\"Surrogate/1.0\"";
 
 /// The directives leafcache acts on. Delta-seconds are capped at 2^31 as RFC
 /// 9111 section 1.2.2 recommends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheControl {
     pub no_store: bool,
+    /// Unqualified `no-cache`: revalidate before every reuse.
     pub no_cache: bool,
+    /// Qualified `no-cache="a, b"` (RFC 9111 section 5.2.2.4): the named
+    /// fields may not be reused without revalidation; the rest may.
+    /// Lowercase.
+    pub no_cache_fields: Vec<String>,
     pub private: bool,
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
     pub only_if_cached: bool,
+    /// RFC 9111 section 5.2.2.3: store only when the status is understood.
+    pub must_understand: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     /// `Some(None)`: `max-stale` without a value (any staleness is fine).
@@ -63,6 +87,54 @@ impl CacheControl {
         parse_all(headers, Side::Response)
     }
 
+    /// The directives a shared cache follows: `CDN-Cache-Control` when the
+    /// answer carries it (RFC 9213 section 2.2: it then replaces
+    /// `Cache-Control`), else `Cache-Control`.
+    ///
+    /// Next in line, `Surrogate-Control` replaces `Cache-Control` when it
+    /// holds directives for leafcache (untargeted ones, or those targeted at
+    /// [`SURROGATE_TOKEN`]).
+    pub fn for_shared_cache(headers: &HeaderMap) -> CacheControl {
+        if headers.contains_key(&CDN_CACHE_CONTROL) {
+            let mut cc = CacheControl::default();
+            for value in headers.get_all(&CDN_CACHE_CONTROL) {
+                cc.apply(&String::from_utf8_lossy(value.as_bytes()), Side::Response);
+            }
+            return cc;
+        }
+        if headers.contains_key(&SURROGATE_CONTROL) {
+            let mut ours = String::new();
+            for value in headers.get_all(&SURROGATE_CONTROL) {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                for part in split_outside_quotes(&text) {
+                    let (directive, target) = match part.rsplit_once(';') {
+                        Some((d, t)) if !t.contains('"') => (d, Some(t.trim())),
+                        _ => (part, None),
+                    };
+                    if target.is_none_or(|t| t.eq_ignore_ascii_case(SURROGATE_TOKEN))
+                        && !directive.trim().is_empty()
+                    {
+                        ours.push_str(directive);
+                        ours.push(',');
+                    }
+                }
+            }
+            if !ours.is_empty() {
+                let mut cc = CacheControl::default();
+                cc.apply(&ours, Side::Response);
+                return cc;
+            }
+        }
+        parse_all(headers, Side::Response)
+    }
+
+    /// Whether a stored answer may be served stale at all (RFC 9111 sections
+    /// 4.2.4, 5.2.2.2, 5.2.2.8 and 5.2.2.10: `s-maxage` implies
+    /// proxy-revalidate for a shared cache).
+    pub fn forbids_stale(&self) -> bool {
+        self.no_cache || self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+
     /// Parses one header value (test and reuse helper).
     pub fn parse_response_value(value: &str) -> CacheControl {
         let mut cc = CacheControl::default();
@@ -75,12 +147,21 @@ impl CacheControl {
             let delta = || parse_delta(arg, side);
             match name.to_ascii_lowercase().as_str() {
                 "no-store" => self.no_store = true,
-                "no-cache" => self.no_cache = true,
+                "no-cache" => match arg.map(str::trim).filter(|a| !a.is_empty()) {
+                    Some(fields) => self.no_cache_fields.extend(
+                        fields
+                            .split(',')
+                            .map(|f| f.trim().to_ascii_lowercase())
+                            .filter(|f| !f.is_empty()),
+                    ),
+                    None => self.no_cache = true,
+                },
                 "private" => self.private = true,
                 "public" => self.public = true,
                 "must-revalidate" => self.must_revalidate = true,
                 "proxy-revalidate" => self.proxy_revalidate = true,
                 "only-if-cached" => self.only_if_cached = true,
+                "must-understand" => self.must_understand = true,
                 // With duplicates, the most restrictive value wins.
                 "max-age" => self.max_age = min_opt(self.max_age, delta()),
                 "s-maxage" => self.s_maxage = min_opt(self.s_maxage, delta()),
@@ -264,7 +345,136 @@ mod tests {
         assert_eq!(cc.max_age, Some(5));
     }
 
+    #[test]
+    fn max_age_inside_a_quoted_string_is_not_a_directive() {
+        assert_eq!(
+            resp(r#"extension="max-age=3600", max-age=1"#).max_age,
+            Some(1)
+        );
+        assert_eq!(
+            resp(r#"max-age=1, extension="max-age=3600""#).max_age,
+            Some(1)
+        );
+        assert_eq!(
+            resp(r#"extension="max-age=3600", max-age="1""#).max_age,
+            Some(1)
+        );
+        assert_eq!(
+            resp(r#"extension="a,\"max-age=9\"", no-store"#).max_age,
+            None
+        );
+        assert!(resp(r#"extension="a,\"max-age=9\"", no-store"#).no_store);
+    }
+
+    #[test]
+    fn odd_numbers_make_a_response_max_age_stale() {
+        for v in [
+            "max-age='3600'",
+            "max-age=3600.0",
+            "max-age=a3600",
+            "max-age=3600a",
+        ] {
+            assert_eq!(resp(v).max_age, Some(0), "{v}");
+        }
+        assert_eq!(resp("max-age=003600").max_age, Some(3600));
+    }
+
+    #[test]
+    fn qualified_no_cache_names_fields_instead() {
+        let cc = resp("no-cache=\"Set-Cookie, X-A\", max-age=60");
+        assert!(!cc.no_cache);
+        assert_eq!(cc.no_cache_fields, vec!["set-cookie", "x-a"]);
+        assert!(resp("no-cache").no_cache);
+        assert!(
+            resp("no-cache=\"\"").no_cache,
+            "an empty list is unqualified"
+        );
+    }
+
+    #[test]
+    fn cdn_cache_control_replaces_cache_control() {
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert!(CacheControl::for_shared_cache(&h).no_store);
+        h.insert(&CDN_CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        let cc = CacheControl::for_shared_cache(&h);
+        assert!(!cc.no_store);
+        assert_eq!(cc.max_age, Some(60));
+    }
+
+    #[test]
+    fn surrogate_control_directives_for_us_replace_cache_control() {
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            &SURROGATE_CONTROL,
+            HeaderValue::from_static("max-age=60;leafcache"),
+        );
+        let cc = CacheControl::for_shared_cache(&h);
+        assert!(!cc.no_store);
+        assert_eq!(cc.max_age, Some(60));
+        h.insert(
+            &SURROGATE_CONTROL,
+            HeaderValue::from_static("max-age=60;other"),
+        );
+        assert!(
+            CacheControl::for_shared_cache(&h).no_store,
+            "not for us: Cache-Control rules"
+        );
+        h.insert(
+            &SURROGATE_CONTROL,
+            HeaderValue::from_static("foobar, MaX-aGe=5"),
+        );
+        assert_eq!(CacheControl::for_shared_cache(&h).max_age, Some(5));
+        h.insert(&CDN_CACHE_CONTROL, HeaderValue::from_static("max-age=7"));
+        assert_eq!(
+            CacheControl::for_shared_cache(&h).max_age,
+            Some(7),
+            "CDN-Cache-Control first"
+        );
+    }
+
+    #[test]
+    fn stale_is_forbidden_by_revalidation_directives() {
+        assert!(!resp("max-age=1").forbids_stale());
+        for v in [
+            "no-cache",
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage=5",
+        ] {
+            assert!(resp(v).forbids_stale(), "{v}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn duplicates_keep_the_most_restrictive_max_age(a in 0u64..100000, b in 0u64..100000, lines in any::<bool>()) {
+            let mut h = HeaderMap::new();
+            if lines {
+                h.append(CACHE_CONTROL, HeaderValue::from_str(&format!("max-age={a}")).unwrap());
+                h.append(CACHE_CONTROL, HeaderValue::from_str(&format!("max-age={b}")).unwrap());
+            } else {
+                h.append(CACHE_CONTROL, HeaderValue::from_str(&format!("max-age={a}, max-age={b}")).unwrap());
+            }
+            prop_assert_eq!(CacheControl::from_response(&h).max_age, Some(a.min(b)));
+        }
+
+        #[test]
+        fn a_quoted_value_never_leaks_directives(inner in "[a-z=0-9, -]{0,30}") {
+            let cc = resp(&format!("x=\"{inner}\""));
+            prop_assert_eq!(cc, CacheControl::default());
+        }
+
+        #[test]
+        fn request_directives_ignore_invalid_numbers(junk in "[a-z.]{1,5}") {
+            let mut h = HeaderMap::new();
+            h.insert(CACHE_CONTROL, HeaderValue::from_str(&format!("max-age={junk}, min-fresh={junk}")).unwrap());
+            let cc = CacheControl::from_request(&h);
+            prop_assert_eq!(cc.max_age, None);
+            prop_assert_eq!(cc.min_fresh, None);
+        }
+
         #[test]
         fn never_panics_on_any_input(s in "\\PC{0,80}") {
             let _ = resp(&s);

@@ -8,6 +8,8 @@
 //!
 //! - [`config`]: proxy.toml schema, defaults, validation, overrides.
 //! - [`cache_control`]: Cache-Control parsing (RFC 9111).
+//! - [`http_cache`]: standard HTTP caching for `freshness = "origin"` routes
+//!   (freshness and age, Vary, conditional requests, invalidation).
 //! - [`answer`]: the search facts of a backend answer (intent, products).
 //! - [`events`]: the search log: events, the batching writer, the spool.
 //! - [`redis`]: the pool (one node or a cluster), its health, and every
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod http_cache;
 pub mod key;
 pub mod metrics;
 pub mod policy;

@@ -88,6 +88,15 @@ pub enum NotStored {
     BypassIntent,
     /// Larger than `max_object_bytes`.
     TooLarge,
+    /// Origin routes: a partial (206) or not-modified (304) answer, which is
+    /// not a whole answer to store; says nothing about the next request.
+    Partial,
+    /// Origin routes: nothing says how long the answer is fresh (no
+    /// `max-age`, `s-maxage`, `Expires`, and no heuristic).
+    NoFreshness,
+    /// Origin routes: an answer to a request with `Authorization` that does
+    /// not say it may be shared (RFC 9111 section 3.5).
+    Authorization,
 }
 
 impl NotStored {
@@ -96,7 +105,15 @@ impl NotStored {
     /// straight to the backend instead of queueing behind one another. Errors
     /// and oversized answers say nothing about the next answer.
     pub fn sets_pass(self) -> bool {
-        !matches!(self, NotStored::ServerError | NotStored::TooLarge)
+        // An Authorization request says nothing about the next requests for
+        // the same key, which may carry none.
+        !matches!(
+            self,
+            NotStored::ServerError
+                | NotStored::TooLarge
+                | NotStored::Authorization
+                | NotStored::Partial
+        )
     }
 }
 
@@ -126,7 +143,7 @@ pub fn decide_headers(
     if cc.no_store {
         return Err(NotStored::NoStore);
     }
-    if cc.no_cache {
+    if cc.no_cache || !cc.no_cache_fields.is_empty() {
         return Err(NotStored::NoReuse);
     }
     if headers.contains_key(SET_COOKIE) {

@@ -653,3 +653,53 @@ async fn tls_with_a_private_ca_reaches_every_node() {
         proxy.log()
     );
 }
+
+/// An origin route (RFC 9111) in cluster mode: variants of one URI and the
+/// URI's key live in different slots; invalidation reaches all of them.
+#[tokio::test]
+async fn an_origin_route_keeps_variants_and_invalidates_across_the_slots() {
+    let cluster = RedisCluster::start().await;
+    let backend = Backend::start(|req| {
+        if req.method == "POST" {
+            return Reply::echo(req).header("location", "/p/b");
+        }
+        Reply::echo(req)
+            .header("cache-control", "max-age=600")
+            .header("vary", "accept-language")
+    })
+    .await;
+    let config = ProxyConfig::new()
+        .route(
+            Route::new("pages")
+                .set("path_prefix", r#""/p/""#)
+                .set("freshness", r#""origin""#)
+                .scope("global"),
+        )
+        .redis("cluster = true")
+        .without_l1();
+    let proxy = Proxy::start_with(&config, &backend.url(), &cluster.url()).await;
+    let get = |path: &str, lang: &str| proxy.get(path).header("accept-language", lang);
+    let uris = [
+        ("/p/a", "en"),
+        ("/p/a", "fr"),
+        ("/p/b", "en"),
+        ("/p/b", "fr"),
+    ];
+    for (path, lang) in uris {
+        assert_miss_stored(&get(path, lang).send().await);
+    }
+    for (path, lang) in uris {
+        let hit = eventually("the variant to be a Redis hit", || async {
+            let resp = get(path, lang).send().await;
+            (resp.x_cache() == Some("HIT")).then_some(resp)
+        })
+        .await;
+        assert_hit(&hit);
+    }
+    let posted = proxy.post("/p/a").send().await;
+    assert_eq!(posted.status, 200);
+    for (path, lang) in uris {
+        let after = get(path, lang).send().await;
+        assert_eq!(after.x_cache(), Some("MISS"), "{path} {lang}: {after:?}");
+    }
+}

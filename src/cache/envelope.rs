@@ -4,11 +4,18 @@
 //!
 //! ```text
 //! "LC" version:u8 status:u16 stored_at_ms:u64 fresh_ms:u64
+//! [v2: initial_age_ms:u64 variant_flag:u8
+//!      [generation:u64 vary_count:u16 { name:str16 present:u8 [value:bytes32] }*]]
 //! header_count:u16 { name:str16 value:bytes32 }*
 //! meta_flags:u8 [intent:str32] [confidence:f64] results_count:u32
 //! product_count:u32 { product_id:str32 supplier_flag:u8 [supplier:str32] }*
 //! body:bytes32
 //! ```
+//!
+//! Version 1 is what "route" routes write (and what older releases wrote);
+//! version 2 adds what RFC 9111 needs on origin routes: the age the answer
+//! already had when it arrived (section 4.2.3) and the request header values
+//! its `Vary` selected it by. Both versions decode.
 //!
 //! Anything that does not decode (another version, truncation) reads as a miss,
 //! never as an error the client sees. The search facts of the answer (intent,
@@ -22,7 +29,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 2] = b"LC";
+/// The version "route" entries are written in.
 pub const VERSION: u8 = 1;
+/// The version origin-route entries are written in.
+pub const VERSION_HTTP: u8 = 2;
 
 /// What a search answer said, read once when it was fetched.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -51,12 +61,29 @@ pub struct Entry {
     pub fresh_for: Duration,
     /// Shared with the search events of every hit, not copied.
     pub meta: Arc<SearchMeta>,
+    /// How old the answer already was when it arrived (RFC 9111 section
+    /// 4.2.3 `corrected_initial_age`); zero on "route" routes.
+    pub initial_age: Duration,
+    /// Origin routes: which variant of its URI this entry is.
+    pub variant: Option<Arc<Variant>>,
+}
+
+/// A stored variant (RFC 9111 section 4.1): the request header values its
+/// `Vary` named, and the generation of the URI's variants it belongs to
+/// (a new generation after an invalidation makes older variants unreachable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub generation: u64,
+    pub selection: crate::http_cache::vary::Selection,
 }
 
 impl Entry {
-    /// Time since the answer was stored.
+    /// The answer's current age: its age on arrival plus the time since it
+    /// was stored (RFC 9111 section 4.2.3 `current_age`).
     pub fn age(&self, now_ms: u64) -> Duration {
-        Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
+        self.initial_age.saturating_add(Duration::from_millis(
+            now_ms.saturating_sub(self.stored_at_ms),
+        ))
     }
 
     /// Freshness left, zero when stale.
@@ -106,11 +133,34 @@ pub enum DecodeError {
 
 pub fn encode(entry: &Entry) -> Bytes {
     let mut out = BytesMut::with_capacity(entry.weight() + 64);
+    let http = !entry.initial_age.is_zero() || entry.variant.is_some();
     out.put_slice(MAGIC);
-    out.put_u8(VERSION);
+    out.put_u8(if http { VERSION_HTTP } else { VERSION });
     out.put_u16(entry.status.as_u16());
     out.put_u64(entry.stored_at_ms);
     out.put_u64(entry.fresh_for.as_millis() as u64);
+    if http {
+        out.put_u64(entry.initial_age.as_millis() as u64);
+        match &entry.variant {
+            None => out.put_u8(0),
+            Some(v) => {
+                out.put_u8(1);
+                out.put_u64(v.generation);
+                out.put_u16(v.selection.len().min(u16::MAX as usize) as u16);
+                for (name, value) in v.selection.iter().take(u16::MAX as usize) {
+                    out.put_u16(name.as_str().len() as u16);
+                    out.put_slice(name.as_str().as_bytes());
+                    match value {
+                        Some(value) => {
+                            out.put_u8(1);
+                            put_bytes(&mut out, value);
+                        }
+                        None => out.put_u8(0),
+                    }
+                }
+            }
+        }
+    }
     out.put_u16(entry.headers.len().min(u16::MAX as usize) as u16);
     for (name, value) in entry.headers.iter().take(u16::MAX as usize) {
         out.put_u16(name.as_str().len() as u16);
@@ -154,12 +204,44 @@ pub fn decode(input: Bytes) -> Result<Entry, DecodeError> {
         return Err(DecodeError::Magic);
     }
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_HTTP {
         return Err(DecodeError::Version(version));
     }
     let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid)?;
     let stored_at_ms = r.u64()?;
     let fresh_for = Duration::from_millis(r.u64()?);
+    let (initial_age, variant) = if version == VERSION_HTTP {
+        let initial_age = Duration::from_millis(r.u64()?);
+        let variant = match r.u8()? {
+            0 => None,
+            _ => {
+                let generation = r.u64()?;
+                let count = r.u16()? as usize;
+                // Each member takes at least 3 bytes.
+                if count > r.buf.remaining() / 3 {
+                    return Err(DecodeError::Truncated);
+                }
+                let mut selection = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let len = r.u16()? as usize;
+                    let name =
+                        HeaderName::from_bytes(&r.take(len)?).map_err(|_| DecodeError::Invalid)?;
+                    let value = match r.u8()? {
+                        0 => None,
+                        _ => Some(r.bytes32()?),
+                    };
+                    selection.push((name, value));
+                }
+                Some(Arc::new(Variant {
+                    generation,
+                    selection,
+                }))
+            }
+        };
+        (initial_age, variant)
+    } else {
+        (Duration::ZERO, None)
+    };
     let header_count = r.u16()? as usize;
     // Each header takes at least 7 bytes; a count the input cannot hold is
     // corruption (and HeaderMap::with_capacity panics past 32768).
@@ -211,6 +293,8 @@ pub fn decode(input: Bytes) -> Result<Entry, DecodeError> {
             products,
             facts: Default::default(),
         }),
+        initial_age,
+        variant,
     })
 }
 
@@ -283,7 +367,58 @@ mod tests {
                 products: vec![("p1".into(), Some("s1".into())), ("p2".into(), None)],
                 ..SearchMeta::default()
             }),
+            initial_age: Duration::ZERO,
+            variant: None,
         }
+    }
+
+    fn sample_http() -> Entry {
+        Entry {
+            initial_age: Duration::from_millis(30_500),
+            variant: Some(Arc::new(Variant {
+                generation: 0xfeed_beef,
+                selection: vec![
+                    (
+                        HeaderName::from_static("accept-language"),
+                        Some(Bytes::from_static(b"en,fr")),
+                    ),
+                    (HeaderName::from_static("x-absent"), None),
+                ],
+            })),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn route_entries_stay_version_1_and_origin_entries_are_version_2() {
+        assert_eq!(encode(&sample())[2], VERSION);
+        assert_eq!(encode(&sample_http())[2], VERSION_HTTP);
+    }
+
+    #[test]
+    fn version_2_round_trips_age_and_variant() {
+        let e = sample_http();
+        let d = decode(encode(&e)).unwrap();
+        assert_eq!(d.initial_age, e.initial_age);
+        assert_eq!(d.variant, e.variant);
+        assert_eq!(d.headers, e.headers);
+        assert_eq!(d.body, e.body);
+        assert_eq!(d.meta, e.meta);
+        let raw = encode(&e);
+        for n in 0..raw.len() {
+            assert!(
+                decode(raw.slice(..n)).is_err(),
+                "prefix of {n} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn age_counts_the_age_on_arrival() {
+        let e = sample_http();
+        assert_eq!(e.age(e.stored_at_ms + 1000), Duration::from_millis(31_500));
+        assert!(e.is_fresh(e.stored_at_ms));
+        assert!(!e.is_fresh(e.stored_at_ms + 3_600_000 - 30_000));
     }
 
     #[test]
@@ -335,8 +470,11 @@ mod tests {
         fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut with_magic = b"LC\x01".to_vec();
             with_magic.extend_from_slice(&raw);
+            let mut v2 = b"LC\x02".to_vec();
+            v2.extend_from_slice(&raw);
             let _ = decode(Bytes::from(raw));
             let _ = decode(Bytes::from(with_magic));
+            let _ = decode(Bytes::from(v2));
         }
     }
 }

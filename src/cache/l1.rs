@@ -108,6 +108,8 @@ mod tests {
             stored_at_ms: now_ms(),
             fresh_for: Duration::from_millis(fresh_ms),
             meta: Arc::new(SearchMeta::default()),
+            initial_age: Duration::ZERO,
+            variant: None,
         })
     }
 

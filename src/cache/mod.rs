@@ -54,10 +54,20 @@ pub struct Lookup {
 const WRITE_QUEUE: usize = 4096;
 const WRITE_BATCH: usize = 128;
 
-struct Write {
-    key: String,
-    value: Bytes,
-    ex_secs: u64,
+enum Write {
+    Set {
+        key: String,
+        value: Bytes,
+        ex_secs: u64,
+    },
+    /// Invalidation: UNLINK the keys, announce on the invalidation channel,
+    /// then acknowledge. It shares the queue with stores so that it runs
+    /// after any store queued before it.
+    Unlink {
+        keys: Vec<String>,
+        notices: Vec<(String, String)>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// Counters the metrics endpoint reads.
@@ -207,7 +217,7 @@ impl Cache {
         self.pass.invalidate(&key);
         let ex = entry.fresh_for + self.stale_window;
         if let Some(writes) = &self.writes {
-            let write = Write {
+            let write = Write::Set {
                 key: key.clone(),
                 value: envelope::encode(&entry),
                 ex_secs: ex.as_secs().max(1),
@@ -221,6 +231,101 @@ impl Cache {
         if let Some(l1) = &self.l1 {
             l1.insert(key, entry);
         }
+    }
+
+    /// Origin routes: the entry under `key`, fresh or stale: L1 (which holds
+    /// only fresh copies), then Redis, within `deadline`.
+    pub async fn lookup_any(&self, key: &str, deadline: Instant) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.l1.as_ref().and_then(|l1| l1.get(key)) {
+            return Some(entry);
+        }
+        let redis = self.redis.as_ref()?;
+        let cmd = redis::cmd("GET").arg(key).to_owned();
+        let raw = match redis
+            .query::<Option<Vec<u8>>>(Command::Cmd(&cmd), deadline)
+            .await
+        {
+            Ok(raw) => raw?,
+            Err(e) => {
+                self.lookup_failed(&e);
+                return None;
+            }
+        };
+        match envelope::decode(Bytes::from(raw)) {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                if let Some(l1) = &self.l1 {
+                    l1.insert(key.to_owned(), entry.clone());
+                }
+                Some(entry)
+            }
+            Err(err) => {
+                self.stats
+                    .redis_decode_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(key, error = %err, "unreadable cache entry; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Origin routes: stores one entry under each of `keys` (its URI's
+    /// primary key and its variant key). Redis keeps it `keep` past its
+    /// freshness, so that a stale entry can still be revalidated or stand
+    /// in for a failing backend.
+    pub fn store_kept(&self, keys: &[String], entry: Arc<Entry>, keep: Duration) {
+        let remaining = entry.remaining(now_ms());
+        let ex_secs = (remaining + keep).as_secs().max(1);
+        let value = envelope::encode(&entry);
+        for key in keys {
+            self.pass.invalidate(key);
+            if let Some(writes) = &self.writes {
+                let write = Write::Set {
+                    key: key.clone(),
+                    value: value.clone(),
+                    ex_secs,
+                };
+                if writes.try_send(write).is_err() {
+                    self.stats
+                        .redis_writes_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Some(l1) = &self.l1 {
+                l1.insert(key.clone(), entry.clone());
+            }
+        }
+    }
+
+    /// Drops entries from both tiers and tells the other proxies (each
+    /// notice is a channel and message); waits, at most `wait`, until Redis
+    /// has them gone, so that the next request cannot find them there.
+    pub async fn invalidate(
+        &self,
+        keys: Vec<String>,
+        notices: Vec<(String, String)>,
+        wait: Duration,
+    ) {
+        for key in &keys {
+            self.forget_local(key);
+        }
+        let Some(writes) = &self.writes else { return };
+        let (done, acked) = tokio::sync::oneshot::channel();
+        let write = Write::Unlink {
+            keys,
+            notices,
+            done,
+        };
+        if tokio::time::timeout(wait, writes.send(write))
+            .await
+            .is_err()
+        {
+            self.stats
+                .redis_writes_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = tokio::time::timeout(wait, acked).await;
     }
 
     /// Drops an L1 copy (purge, invalidation).
@@ -242,21 +347,48 @@ impl Cache {
 /// Drains cache writes into Redis, pipelining what has queued up.
 async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>, stats: Arc<CacheStats>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut acks = Vec::new();
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         for w in batch.drain(..) {
-            pipe.cmd("SET")
-                .arg(w.key)
-                .arg(w.value.as_ref())
-                .arg("EX")
-                .arg(w.ex_secs)
-                .ignore();
+            match w {
+                Write::Set {
+                    key,
+                    value,
+                    ex_secs,
+                } => {
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(value.as_ref())
+                        .arg("EX")
+                        .arg(ex_secs)
+                        .ignore();
+                }
+                Write::Unlink {
+                    keys,
+                    notices,
+                    done,
+                } => {
+                    // One key per command: in cluster mode the keys of
+                    // one URI live in different slots.
+                    for key in keys {
+                        pipe.cmd("UNLINK").arg(key).ignore();
+                    }
+                    for (channel, message) in notices {
+                        pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+                    }
+                    acks.push(done);
+                }
+            }
         }
         // A failed write loses a cache copy, never data: nothing to retry.
         let deadline = Instant::now() + Duration::from_secs(1);
         if let Err(e) = pool.query::<()>(Command::Pipe(&pipe), deadline).await {
             stats.redis_store_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "cache write to redis skipped");
+        }
+        for done in acks.drain(..) {
+            let _ = done.send(());
         }
     }
 }

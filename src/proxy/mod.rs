@@ -6,15 +6,19 @@
 //! - [`body`]: the body type that carries whole, streamed or resumed bodies.
 //! - [`respond`]: answers the proxy writes itself and the cache headers.
 //! - [`log`]: the search event of a logged request.
+//! - [`origin`]: the flow of `freshness = "origin"` routes (RFC 9111).
+//! - [`invalidate`]: what unsafe requests drop on origin routes.
 
 pub mod body;
 pub mod forward;
+mod invalidate;
 pub mod log;
+mod origin;
 mod request;
 pub mod respond;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,9 +31,10 @@ use crate::answer;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
 use crate::cache::envelope::{Entry, SearchMeta, now_ms};
 use crate::cache::{Cache, Found};
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, Freshness, RouteConfig};
 use crate::events::CacheResult;
 use crate::events::writer::EventSink;
+use crate::http_cache::conditional;
 use crate::metrics::{self, Metrics, Sources};
 use crate::policy::{self, NotStored, StoreRules, StoreScope};
 use body::{Collected, ProxyBody, collect_limited};
@@ -52,6 +57,9 @@ pub struct Proxy {
     /// Route names as shared strings, so events do not copy them.
     route_names: Vec<Arc<str>>,
     pub metrics: Arc<Metrics>,
+    /// This proxy, for work that outlives a request (background
+    /// revalidation on origin routes).
+    this: Weak<Proxy>,
 }
 
 /// Where a routed request is in the flow: its route and its log entry.
@@ -62,7 +70,7 @@ struct Flow<'a> {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, cache: Cache, events: Option<EventSink>) -> Proxy {
+    pub fn new(config: Arc<Config>, cache: Cache, events: Option<EventSink>) -> Arc<Proxy> {
         let upstream = Upstream::new(&config.upstream, config.trust_forwarded);
         let route_names: Vec<Arc<str>> = config
             .routes
@@ -80,14 +88,15 @@ impl Proxy {
             },
         ));
         let upstream = upstream.with_metrics(metrics.clone());
-        Proxy {
+        Arc::new_cyclic(|this| Proxy {
             config,
             upstream,
             cache,
             events,
             route_names,
             metrics,
-        }
+            this: this.clone(),
+        })
     }
 
     /// Answers one client request. Never fails: every error becomes a
@@ -108,6 +117,24 @@ impl Proxy {
     }
 
     async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        started: Instant,
+    ) -> (Option<usize>, Response<ProxyBody>) {
+        // Cheap for safe methods: nothing is allocated unless the method is
+        // unsafe and an origin route covers the path.
+        match self.unsafe_request(req.method(), req.uri(), req.headers()) {
+            None => self.route_inner(req, client, started).await,
+            Some(unsafe_req) => {
+                let routed = self.route_inner(req, client, started).await;
+                self.invalidate_after(unsafe_req, &routed.1).await;
+                routed
+            }
+        }
+    }
+
+    async fn route_inner(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
@@ -157,6 +184,9 @@ impl Proxy {
         c: Cacheable,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
+        if flow.route.freshness == Freshness::Origin {
+            return self.serve_origin(flow, c, client).await;
+        }
         let keys: Vec<&str> = c.keys.iter().map(String::as_str).collect();
         let mut rounds = 0;
         let mut detail = MissDetail {
@@ -237,6 +267,20 @@ impl Proxy {
             ..
         } = c;
         let user_key = c.user_key_index.map(|i| keys[i].clone());
+        // HEAD shares the GET's entry: fetch the whole answer to store it
+        // (as nginx and Varnish do); the client still gets no body.
+        if parts.method == http::Method::HEAD {
+            parts.method = http::Method::GET;
+        }
+        // A stale copy with validators is revalidated rather than fetched
+        // again, unless the client asks a condition of its own.
+        let validating = stale
+            .clone()
+            .filter(|e| conditional::has_validators(&e.headers))
+            .filter(|_| !conditional::has_preconditions(&parts.headers));
+        if let Some(e) = &validating {
+            conditional::set_validators(&mut parts.headers, &e.headers);
+        }
         self.upstream.prepare(&mut parts, client);
         let deadline = Instant::now() + self.upstream.timeout;
         let req = Request::from_parts(parts, ProxyBody::full(body));
@@ -260,6 +304,42 @@ impl Proxy {
             cacheable_status: &self.config.cache.cacheable_status,
             vary_headers: &route.vary_headers,
         };
+        if rparts.status == StatusCode::NOT_MODIFIED
+            && let Some(old) = validating
+        {
+            let headers = conditional::merge_304(&old.headers, &rparts.headers);
+            let decision = policy::decide_headers(&rules, old.status, &headers);
+            let entry = Arc::new(Entry {
+                status: old.status,
+                headers,
+                body: old.body.clone(),
+                stored_at_ms: now_ms(),
+                fresh_for: decision.map_or(Duration::ZERO, |(_, fresh)| fresh),
+                meta: old.meta.clone(),
+                initial_age: Duration::ZERO,
+                variant: None,
+            });
+            let stored = match decision {
+                Ok((scope, _)) => {
+                    let key = match (scope, user_key) {
+                        (StoreScope::User, Some(k)) => k,
+                        _ => keys.last().cloned().unwrap_or_default(),
+                    };
+                    self.cache.store(key, entry.clone());
+                    finish(Outcome::Stored(entry.clone()));
+                    true
+                }
+                Err(_) => {
+                    finish(Outcome::GoDirect);
+                    false
+                }
+            };
+            let ttl = entry.remaining(now_ms()).as_secs();
+            let status = respond::revalidated_status(&hash, ttl, stored);
+            let resp = respond::from_entry(&entry, Verdict::Revalidated, status);
+            return self.log_now(flow, resp, CacheResult::Hit, entry.meta.clone());
+        }
+
         let max_object = self.config.cache.max_object_bytes;
         let decision =
             policy::decide_headers(&rules, rparts.status, &rparts.headers).and_then(|ok| {
@@ -341,6 +421,8 @@ impl Proxy {
             stored_at_ms: now_ms(),
             fresh_for,
             meta: meta.clone(),
+            initial_age: Duration::ZERO,
+            variant: None,
         });
         let key = match (scope, user_key) {
             (StoreScope::User, Some(k)) => k,

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::body::{Collected, ProxyBody, collect_limited};
 use crate::cache_control::CacheControl;
-use crate::config::{Config, RouteConfig, Scope};
+use crate::config::{Config, Freshness, RouteConfig, Scope};
 use crate::key::{self, BodyKey, KeyHash, KeyInput};
 use crate::policy::{self, BypassReason};
 use crate::redis::keys;
@@ -46,6 +46,8 @@ pub struct Cacheable {
     pub refresh: bool,
     /// The search log entry, on logged routes.
     pub draft: Option<SearchDraft>,
+    /// The user id that scopes the user key, for invalidation notices.
+    pub user_id: Option<String>,
 }
 
 impl Cacheable {
@@ -170,6 +172,12 @@ fn decide(
     if cc.no_store {
         return logged_bypass(BypassReason::ClientNoStore, parts, bytes, draft);
     }
+    let origin = route.freshness == Freshness::Origin;
+    // Origin routes follow RFC 9110: POST is not answered from the cache
+    // (it invalidates instead, in the proxy).
+    if origin && parts.method == http::Method::POST {
+        return logged_bypass(BypassReason::Method, parts, bytes, draft);
+    }
 
     if let Some(doc) = json.as_mut() {
         for pointer in route::unkeyed_pointers(route, &config.identity) {
@@ -184,8 +192,9 @@ fn decide(
     let key_params = key::sorted_params(params.iter().cloned(), |name| {
         !route::unkeyed_param(route, &config.identity, name)
     });
-    let vary: Vec<Option<Vec<u8>>> = route
-        .vary_headers
+    // Origin routes keep variants by the answer's own Vary instead.
+    let keyed_headers: &[http::HeaderName] = if origin { &[] } else { &route.vary_headers };
+    let vary: Vec<Option<Vec<u8>>> = keyed_headers
         .iter()
         .map(|name| {
             let values: Vec<&[u8]> = parts
@@ -200,7 +209,12 @@ fn decide(
     let vary_refs: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
     let hash = key::derive(&KeyInput {
         route: &route.name,
-        method: parts.method.as_str(),
+        // HEAD is answered from the stored GET.
+        method: if parts.method == http::Method::HEAD {
+            "GET"
+        } else {
+            parts.method.as_str()
+        },
         path: uri.path(),
         query: query_normalized.as_deref(),
         body: body_key,
@@ -228,5 +242,33 @@ fn decide(
         user_key_index,
         refresh: cc.no_cache,
         draft,
+        user_id: identity.user_id,
     })
+}
+
+/// The cache keys a GET of `uri` would be stored under on `route`, as the
+/// client of `headers` (whose identity scopes user entries); for
+/// invalidation. `None` when such a GET would not be cached.
+pub fn keys_for_get(
+    config: &Config,
+    route: &RouteConfig,
+    route_name: &Arc<str>,
+    uri: http::Uri,
+    headers: &http::HeaderMap,
+) -> Option<Cacheable> {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = http::Method::GET;
+    parts.uri = uri;
+    parts.headers = headers.clone();
+    // The GET's own directives, not the unsafe request's, decide its key.
+    parts.headers.remove(http::header::CACHE_CONTROL);
+    parts.headers.remove(http::header::PRAGMA);
+    let ctx = ReadCtx {
+        started: Instant::now(),
+        route_name,
+    };
+    match decide(config, route, parts, Bytes::new(), ctx) {
+        Routed::Cacheable(c) => Some(c),
+        _ => None,
+    }
 }

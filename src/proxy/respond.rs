@@ -22,6 +22,8 @@ pub enum Verdict {
     Miss,
     Bypass,
     Stale,
+    /// A stale entry the backend confirmed with `304 Not Modified`.
+    Revalidated,
 }
 
 impl Verdict {
@@ -31,6 +33,7 @@ impl Verdict {
             Verdict::Miss => "MISS",
             Verdict::Bypass => "BYPASS",
             Verdict::Stale => "STALE",
+            Verdict::Revalidated => "REVALIDATED",
         })
     }
 }
@@ -90,6 +93,46 @@ pub fn stale_status(
         "; ttl=-{stale_secs}; detail=stale-if-error; key=\"{hash}\""
     );
     header_value(s)
+}
+
+/// A stale entry served because the request (`max-stale`) or the answer
+/// (`stale-while-revalidate`) allowed it.
+pub fn stale_hit_status(hash: &KeyHash, stale_secs: u64, detail: &str) -> HeaderValue {
+    let mut s = String::with_capacity(128);
+    let _ = write!(
+        s,
+        "leafcache; hit; ttl=-{stale_secs}; detail={detail}; key=\"{hash}\""
+    );
+    header_value(s)
+}
+
+/// A stale entry revalidated with the backend (`304`), then served.
+pub fn revalidated_status(hash: &KeyHash, ttl_secs: u64, stored: bool) -> HeaderValue {
+    let mut s = String::with_capacity(128);
+    s.push_str("leafcache; fwd=stale; fwd-status=304");
+    if stored {
+        s.push_str("; stored");
+    }
+    let _ = write!(s, "; ttl={ttl_secs}; key=\"{hash}\"");
+    header_value(s)
+}
+
+/// A request leafcache answers with an error of its own on an origin route
+/// (`only-if-cached` with nothing stored, a must-revalidate entry with the
+/// backend down).
+pub fn origin_error_status(hash: &KeyHash, detail: &str) -> HeaderValue {
+    let mut s = String::with_capacity(112);
+    let _ = write!(s, "leafcache; detail={detail}; key=\"{hash}\"");
+    header_value(s)
+}
+
+/// Turns a full answer into the `304 Not Modified` of a client whose copy is
+/// current: same headers but those describing the body, no body.
+pub fn into_not_modified(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, _) = resp.into_parts();
+    parts.status = StatusCode::NOT_MODIFIED;
+    parts.headers = crate::http_cache::conditional::not_modified_headers(&parts.headers);
+    Response::from_parts(parts, ProxyBody::Empty)
 }
 
 pub fn bypass_status(reason: BypassReason) -> HeaderValue {
