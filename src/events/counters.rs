@@ -144,31 +144,52 @@ impl Counters {
 
     /// Moves the grouped searches into the per-day maps.
     pub fn fold(&mut self) {
+        let groups = std::mem::take(&mut self.groups);
         let entries = &mut self.entries;
-        for (key, group) in self.groups.drain() {
+        // Answers that list the same products (the same query for many
+        // users, each with an entry of their own) are counted together: one
+        // hash of the product list per group, then one update per product
+        // per distinct list. Likewise suppliers, per list and query.
+        type Lists<'a, K> = HashMap<K, (i64, &'a SearchMeta), RandomState>;
+        let mut by_products: Lists<'_, (u64, &str)> = Lists::default();
+        let mut by_suppliers: Lists<'_, (u64, &str, &str)> = Lists::default();
+        for (key, group) in &groups {
             let day = self.days.entry(key.day).or_default();
-            let meta = &group.meta;
+            let meta: &SearchMeta = &group.meta;
+            let facts = meta.log_facts();
             let searches: i64 = group.queries.iter().map(|(_, n)| n).sum();
             if let Some(intent) = &meta.intent {
                 incr(&mut day.intents, intent, searches, entries);
             }
-            for product in meta.product_ids() {
-                incr(&mut day.products, product, searches, entries);
-            }
-            for supplier in meta.supplier_ids() {
-                let queries = match day.suppliers.get_mut(supplier) {
-                    Some(q) => q,
-                    None => day.suppliers.entry(supplier.to_owned()).or_default(),
-                };
-                for (query, n) in &group.queries {
-                    incr(queries, query, *n, entries);
-                }
-            }
+            by_products
+                .entry((key.day, facts.product_ids_json.as_str()))
+                .or_insert((0, meta))
+                .0 += searches;
             for (query, n) in &group.queries {
                 incr(&mut day.queries, query, *n, entries);
                 if meta.results_count == 0 {
                     incr(&mut day.zero, query, *n, entries);
                 }
+                by_suppliers
+                    .entry((key.day, facts.supplier_ids_json.as_str(), query.as_str()))
+                    .or_insert((0, meta))
+                    .0 += *n;
+            }
+        }
+        for ((day, _), (n, meta)) in by_products {
+            let day = self.days.entry(day).or_default();
+            for product in meta.product_ids() {
+                incr(&mut day.products, product, n, entries);
+            }
+        }
+        for ((day, _, query), (n, meta)) in by_suppliers {
+            let day = self.days.entry(day).or_default();
+            for supplier in meta.supplier_ids() {
+                let queries = match day.suppliers.get_mut(supplier) {
+                    Some(q) => q,
+                    None => day.suppliers.entry(supplier.to_owned()).or_default(),
+                };
+                incr(queries, query, n, entries);
             }
         }
         self.group_entries = 0;
