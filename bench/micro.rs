@@ -1,0 +1,163 @@
+//! Criterion micro-benchmarks of the pure pieces every request pays for:
+//! key derivation (query normalization and the SHA-256 over the key fields)
+//! and the cache envelope (encode on store, decode on every Redis-tier hit).
+//!
+//! Run: `cargo bench --bench micro` (all), `cargo bench --bench micro -- key`
+//! (one group). Inputs are the shapes `bench/compare.sh` sends: a GET search
+//! with a query string, a POST search with a small JSON body, and a ~3 KB
+//! answer with 10 products.
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use leafcache::cache::envelope::{self, Entry, SearchMeta};
+use leafcache::key::{self, BodyKey, KeyInput};
+use serde_json::Value;
+
+fn bench_key(c: &mut Criterion) {
+    let mut g = c.benchmark_group("key");
+
+    g.bench_function("normalize_query/ascii", |b| {
+        b.iter(|| key::normalize_query(black_box("  Organic   Whole MILK 2%  ")))
+    });
+    g.bench_function("normalize_query/unicode", |b| {
+        b.iter(|| key::normalize_query(black_box("  Crème  fraîche ＢＩＯ  ")))
+    });
+
+    // GET /api/v1/search?q=query+number+17 with x-user-id and one vary header:
+    // what the proxy hashes for a GET search.
+    let accept = b"gzip, br".as_slice();
+    let vary = [Some(accept)];
+    g.bench_function("derive/get", |b| {
+        b.iter(|| {
+            let q = key::normalize_query(black_box("query number 17"));
+            key::derive(&KeyInput {
+                route: "search",
+                method: "GET",
+                path: "/api/v1/search",
+                query: Some(&q),
+                body: BodyKey::None,
+                params: &[],
+                vary: &vary,
+            })
+        })
+    });
+
+    // GET with other query parameters, which enter the key sorted.
+    g.bench_function("derive/get_with_params", |b| {
+        b.iter(|| {
+            let raw = black_box("q=query+number+17&page=2&sort=price&limit=20");
+            let parsed = form_urlencoded::parse(raw.as_bytes());
+            let params = key::sorted_params(parsed, |name| name != "q");
+            let q = key::normalize_query("query number 17");
+            key::derive(&KeyInput {
+                route: "search",
+                method: "GET",
+                path: "/api/v1/search",
+                query: Some(&q),
+                body: BodyKey::None,
+                params: &params,
+                vary: &vary,
+            })
+        })
+    });
+
+    // POST {"query", "user_id", "filters", "limit"}: parse the body, drop the
+    // query and identity fields, hash the rest in canonical form. This is
+    // the work a POST hit does before it can look anything up.
+    let body = Bytes::from_static(
+        br#"{"query":"Query  Number 17","user_id":"user-3","session_id":"s-9","filters":{"organic":true,"max_price":12.5,"categories":["dairy","bakery"]},"limit":10}"#,
+    );
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("derive/post_json", |b| {
+        b.iter(|| {
+            let mut doc: Value = serde_json::from_slice(black_box(&body)).expect("valid JSON");
+            let q = doc["query"].as_str().map(key::normalize_query);
+            for pointer in ["/query", "/user_id", "/session_id"] {
+                key::remove_pointer(&mut doc, pointer);
+            }
+            let params: [(Cow<'_, str>, Cow<'_, str>); 0] = [];
+            key::derive(&KeyInput {
+                route: "search",
+                method: "POST",
+                path: "/api/v1/search",
+                query: q.as_deref(),
+                body: BodyKey::Json(&doc),
+                params: &params,
+                vary: &vary,
+            })
+        })
+    });
+    g.bench_function("hex", |b| {
+        let h = key::derive(&KeyInput {
+            route: "search",
+            method: "GET",
+            path: "/api/v1/search",
+            query: Some("milk"),
+            body: BodyKey::None,
+            params: &[],
+            vary: &[],
+        });
+        b.iter(|| black_box(h).to_hex())
+    });
+    g.finish();
+}
+
+/// A stored search answer as the proxy keeps it: ~3 KB of JSON, the headers
+/// a backend sends, and the search facts of 10 products.
+fn sample_entry() -> Entry {
+    let mut body = String::from(
+        r#"{"query":"query number 17","intent":"product_search","confidence":0.9,"products":["#,
+    );
+    for i in 0..10 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"product_id":"p{i}4711","supplier":"green-valley","name":"organic whole milk","price":3.49,"description":"organic whole milk from green-valley: fresh, local and delivered today; a product for the query query number 17 and shopper user-3."}}"#
+        ));
+    }
+    body.push_str("]}");
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        "date",
+        HeaderValue::from_static("Wed, 25 Nov 2026 10:00:00 GMT"),
+    );
+    headers.insert("content-length", HeaderValue::from(body.len()));
+    Entry {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::from(body),
+        stored_at_ms: envelope::now_ms(),
+        fresh_for: Duration::from_secs(3600),
+        meta: Arc::new(SearchMeta {
+            intent: Some("product_search".into()),
+            confidence: Some(0.9),
+            results_count: 10,
+            products: (0..10)
+                .map(|i| (format!("p{i}4711"), Some("green-valley".to_string())))
+                .collect(),
+        }),
+    }
+}
+
+fn bench_envelope(c: &mut Criterion) {
+    let entry = sample_entry();
+    let encoded = envelope::encode(&entry);
+    let mut g = c.benchmark_group("envelope");
+    g.throughput(Throughput::Bytes(encoded.len() as u64));
+    g.bench_function("encode/3kb", |b| b.iter(|| envelope::encode(black_box(&entry))));
+    g.bench_function("decode/3kb", |b| {
+        b.iter(|| envelope::decode(black_box(encoded.clone())).expect("decodes"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_key, bench_envelope);
+criterion_main!(benches);
