@@ -104,13 +104,24 @@ wait_port "$CEILING_PORT"
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx"
+# open_file_cache keeps cached files open: as many as one hit run's 10,000
+# keys need, within the descriptors this machine allows (20,000 here), with
+# room for the connections and the files of the miss runs' new entries.
+NOFILE=$(ulimit -Hn)
+[ "$NOFILE" = unlimited ] && NOFILE=65536
+OPEN_FILES=$((NOFILE - 4000 > 20000 ? 20000 : NOFILE - 4000))
+if [ "$OPEN_FILES" -ge $((KEYS + 1000)) ]; then
+  OPEN_FILE_CACHE="open_file_cache max=$OPEN_FILES inactive=60s;"
+else
+  OPEN_FILE_CACHE="# open_file_cache off: too few descriptors ($NOFILE) for $KEYS cached files"
+fi
 cat >"$WORK/nginx/nginx.conf" <<NGINX
 # nginx proxy_cache as a search cache: one worker, the cache on tmpfs, POST
 # cached by its body (the body must be in memory for \$request_body, hence
 # client_body_buffer_size), keepalive to the backend and from the client.
 user root;
 worker_processes 1;
-worker_rlimit_nofile 65536; # open_file_cache keeps every cached file open
+worker_rlimit_nofile $NOFILE;
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
@@ -128,7 +139,7 @@ http {
   scgi_temp_path $WORK/nginx/scgi;
   proxy_cache_path $SHM levels=1:2 keys_zone=search:64m max_size=2g inactive=1h use_temp_path=off;
   # Cached files are opened through this cache: nginx's best case for hits.
-  open_file_cache max=20000 inactive=60s;
+  $OPEN_FILE_CACHE
   upstream backend {
     server 127.0.0.1:$BACKEND_PORT;
     keepalive 64;
