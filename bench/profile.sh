@@ -12,13 +12,13 @@
 # perf: `perf record -e cpu-clock` (a software clock, so it works in VMs
 # without hardware counters) with DWARF call graphs; prints the self and the
 # inclusive (children) rankings. callgrind: the proxy runs under valgrind with
-# collection switched on after the warm-up; prints callgrind_annotate's
+# instrumentation switched on after the warm-up; prints callgrind_annotate's
 # inclusive ranking. Output stays in $OUT (default /tmp/leafcache-profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${1:-get}
 TOOL=${2:-perf}
-SECS=${3:-10}
+SECS=${3:-20}
 OUT=${OUT:-/tmp/leafcache-profile}
 LOG=${LOG:-}
 mkdir -p "$OUT"
@@ -79,7 +79,7 @@ if [ "$TOOL" = callgrind ]; then
   # Valgrind runs the proxy ~50x slower: a longer Redis budget keeps Redis-tier
   # lookups from timing out into misses.
   sed -i 's/^\[redis\]$/[redis]\ntimeout = "2s"/' "$WORK/proxy.toml"
-  RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --collect-atstart=no \
+  RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$OUT/callgrind.$SCENARIO.out" "$BIN" serve --config "$WORK/proxy.toml" 2>"$WORK/proxy.log" &
 else
   RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$WORK/proxy.toml" 2>"$WORK/proxy.log" &
@@ -117,8 +117,9 @@ if [ "$TOOL" = callgrind ]; then
 else
   taskset -c 1 wrk -t1 -c64 -d"$((SECS + 2))s" -s bench/wrk/search.lua "$URL" -- "$METHOD" "$KEYS" prof >"$OUT/wrk.$SCENARIO.txt" &
   WRK=$!
+  PIDS+=($WRK)
   sleep 1
-  perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$PID" -o "$OUT/perf.$SCENARIO.data" -- sleep "$SECS" 2>/dev/null
+  perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$PID" -o "$OUT/perf.$SCENARIO.data" -- sleep "$SECS" 2>/dev/null
   wait "$WRK"
   perf report -i "$OUT/perf.$SCENARIO.data" --no-children --sort symbol --stdio -g none --percent-limit 0.5 2>/dev/null |
     grep -v '^#' | grep -v '^$' >"$OUT/perf.$SCENARIO.self.txt"

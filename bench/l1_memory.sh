@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# RSS against l1_max_bytes: leafcache (logging off) under unique-key misses for
+# SECS seconds at 64 connections, once per size in SIZES. If RSS grows by far
+# more per L1 entry than the entry's accounted weight, entries hold memory the
+# weigher does not see (bench/RESULTS.md, "Memory").
+#
+#   bench/l1_memory.sh                      # SIZES="16MiB 64MiB" SECS=20
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+cargo build --release --quiet --example bench_servers
+W=$(mktemp -d)
+P=()
+cleanup() {
+  for p in "${P[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${P[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+fp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wp() {
+  for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
+R=$(fp)
+taskset -c 0 redis-server --port "$R" --bind 127.0.0.1 --save '' --appendonly no \
+  --maxmemory 1gb --maxmemory-policy allkeys-lru >/dev/null &
+P+=($!)
+B=$(fp)
+taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$B" &
+P+=($!)
+wp "$R"
+wp "$B"
+printf '%-13s %12s %8s %10s %10s %16s\n' l1_max_bytes "l1_bytes" entries "VmRSS MiB" "VmHWM MiB" "RSS KiB/entry"
+for size in ${SIZES:-16MiB 64MiB}; do
+  L=$(fp)
+  A=$(fp)
+  cat >"$W/$size.toml" <<TOML
+listen = "127.0.0.1:$L"
+admin_listen = "127.0.0.1:$A"
+[upstream]
+url = "http://127.0.0.1:$B"
+[redis]
+url = "redis://127.0.0.1:$R"
+key_prefix = "$size:"
+[cache]
+l1_max_bytes = "$size"
+[events]
+spool_dir = "$W/spool"
+[[route]]
+name = "search"
+methods = ["GET", "POST"]
+path = "/api/v1/search"
+query = ["json:/query", "query:q"]
+log = false
+TOML
+  RUST_LOG=error taskset -c 0 target/release/leafcache serve --config "$W/$size.toml" 2>/dev/null &
+  pid=$!
+  P+=($pid)
+  wp "$L"
+  taskset -c 1 wrk -t1 -c64 -d"${SECS:-20}"s -s bench/wrk/search.lua "http://127.0.0.1:$L" -- GET unique "mem$size" >/dev/null
+  bytes=$(metric "$A" l1_bytes)
+  entries=$(metric "$A" l1_entries)
+  rss=$(awk '/^VmRSS/ {print $2}' /proc/"$pid"/status)
+  hwm=$(awk '/^VmHWM/ {print $2}' /proc/"$pid"/status)
+  printf '%-13s %12s %8s %10d %10d %16.1f\n' "$size" "$bytes" "$entries" $((rss / 1024)) $((hwm / 1024)) \
+    "$(awk -v r="$rss" -v e="$entries" 'BEGIN {print r / e}')"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+done
