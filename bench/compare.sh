@@ -168,7 +168,7 @@ taskset -c 0 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>>"$WORK/ngi
 NGINX_PID=$!
 PIDS+=($NGINX_PID)
 wait_port "$NGINX_PORT"
-nginx_worker() { pgrep -P "$NGINX_PID" -f 'worker process' | head -1; }
+nginx_worker() { pgrep -P "$NGINX_PID" -f 'worker process' | awk 'NR == 1'; }
 
 declare -A PORT PID ADMIN
 # leafcache NAME L1_MAX LOG [extra [cache] lines]: one proxy per configuration.
@@ -453,7 +453,7 @@ done
 for name in l1 redis log rss; do
   if grep -q -e '"WARN"' -e '"ERROR"' -e ' WARN ' -e ' ERROR ' "$WORK/$name.log"; then
     echo "note: leafcache $name logged $(grep -c -e WARN -e ERROR "$WORK/$name.log") warnings or errors, first:" >&2
-    grep -e WARN -e ERROR "$WORK/$name.log" | head -1 >&2
+    grep -m1 -e WARN -e ERROR "$WORK/$name.log" >&2 || true
   fi
 done
 exit $bad

@@ -111,8 +111,8 @@ if [ "$TOOL" = callgrind ]; then
   callgrind_control -i off "$PID" >/dev/null
   kill "$PID"
   wait "$PID" 2>/dev/null || true
-  callgrind_annotate --inclusive=yes "$OUT/callgrind.$SCENARIO.out" 2>/dev/null | head -80 >"$OUT/callgrind.$SCENARIO.inclusive.txt"
-  callgrind_annotate "$OUT/callgrind.$SCENARIO.out" 2>/dev/null | head -80 >"$OUT/callgrind.$SCENARIO.self.txt"
+  callgrind_annotate --inclusive=yes "$OUT/callgrind.$SCENARIO.out" 2>/dev/null | sed -n 1,80p >"$OUT/callgrind.$SCENARIO.inclusive.txt"
+  callgrind_annotate "$OUT/callgrind.$SCENARIO.out" 2>/dev/null | sed -n 1,80p >"$OUT/callgrind.$SCENARIO.self.txt"
   echo "callgrind: $OUT/callgrind.$SCENARIO.{self,inclusive}.txt"
 else
   taskset -c 1 wrk -t1 -c64 -d"$((SECS + 2))s" -s bench/wrk/search.lua "$URL" -- "$METHOD" "$KEYS" prof >"$OUT/wrk.$SCENARIO.txt" &
