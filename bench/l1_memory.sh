@@ -34,6 +34,7 @@ P+=($!)
 wp "$R"
 wp "$B"
 printf '%-13s %12s %8s %10s %10s %16s\n' l1_max_bytes "l1_bytes" entries "VmRSS MiB" "VmHWM MiB" "RSS KiB/entry"
+POINTS=()
 for size in ${SIZES:-16MiB 64MiB}; do
   L=$(fp)
   A=$(fp)
@@ -67,6 +68,13 @@ TOML
   hwm=$(awk '/^VmHWM/ {print $2}' /proc/"$pid"/status)
   printf '%-13s %12s %8s %10d %10d %16.1f\n' "$size" "$bytes" "$entries" $((rss / 1024)) $((hwm / 1024)) \
     "$(awk -v r="$rss" -v e="$entries" 'BEGIN {print r / e}')"
+  POINTS+=("$entries $rss $bytes")
   kill "$pid"
   wait "$pid" 2>/dev/null || true
 done
+# Between the first and the last size: RSS added per extra entry, against the
+# weight the L1 accounts for it.
+if [ ${#POINTS[@]} -ge 2 ]; then
+  echo "${POINTS[0]} ${POINTS[-1]}" | awk '{printf "RSS per extra L1 entry: %.1f KiB; accounted weight per entry: %.1f KiB\n",
+    ($5 - $2) / ($4 - $1), ($6 - $3) / 1024 / ($4 - $1)}'
+fi

@@ -70,7 +70,7 @@ fn search(query: &str, user: &str) -> Vec<u8> {
         }
         let _ = write!(
             out,
-            r#"{{"product_id":"p{}","supplier":"{supplier}","name":"{name}","price":{price},"description":"{name} from {supplier}: fresh, local and delivered today; picked for the query {} and this shopper ({})."}}"#,
+            r#"{{"product_id":"p{}","supplier":"{supplier}","name":"{name}","price":{price},"description":"{name} from {supplier}: fresh, local and delivered today; keep refrigerated, best before the date on the pack; picked for the query {} and this shopper ({})."}}"#,
             seed.wrapping_add(i * 7919) % 100_000,
             q.trim_matches('"'),
             u.trim_matches('"'),
