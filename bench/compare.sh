@@ -212,6 +212,9 @@ PORT[nginx]=$NGINX_PORT
 PORT[ceiling]=$CEILING_PORT
 PORT[backend]=$BACKEND_PORT
 
+# A leafcache instance's metric, from its admin listener (0 when absent).
+lc_metric() { curl -s "http://127.0.0.1:${ADMIN[$1]}/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
+
 # --- load --------------------------------------------------------------------
 # Every key at least once: the walk of 10,000 keys in order, repeated with a
 # longer run until one run completed them all (plus the requests in flight).
@@ -286,11 +289,19 @@ sleep 2 # the warm-up's events reach Redis before counting starts
 C0=$(redis_calls)
 measure log.off l1 GET set "$CONNS"
 C1=$(redis_calls)
+W1=$(lc_metric log events_written_total)
+D1=$(lc_metric log events_dropped_total)
 measure log.on log GET set "$CONNS"
 C2=$(redis_calls)
+W2=$(lc_metric log events_written_total)
+D2=$(lc_metric log events_dropped_total)
 # Commands counted in the logging-on window (the off window shows the floor:
-# health probes and the like, normally 0).
-CMDS_PER_EVENT=$(awk -v c=$((C2 - C1)) -v r="$(col log.on 5)" 'BEGIN {printf "%.2f", c / r}')
+# health probes and the like, normally 0), per event actually written: when
+# the writer falls behind, the queue fills and events are dropped, and those
+# cost neither Redis commands nor writer CPU.
+EVENTS_WRITTEN=$((W2 - W1))
+EVENTS_DROPPED=$((D2 - D1))
+CMDS_PER_EVENT=$(awk -v c=$((C2 - C1)) -v w="$EVENTS_WRITTEN" -v r="$(col log.on 5)" 'BEGIN {printf "%.2f", c / (w > 0 ? w : r)}')
 CMDS_OFF=$((C1 - C0))
 
 echo "miss path: a new key per request" >&2
@@ -387,6 +398,7 @@ LOG_CPU=$(awk -v a="$(col log.on 4)" -v b="$(col log.off 4)" 'BEGIN {printf "%.2
 echo "added p50 at 1 connection (miss, over the backend direct): leafcache ${ADDED_L1} ms, nginx ${ADDED_NGINX} ms"
 echo "CPU per request, logging on / off: $(col log.on 4) / $(col log.off 4) us = ${LOG_CPU}x; req/s on / off: $(ratio "$(col log.on 1)" "$(col log.off 1)")"
 echo "Redis commands per logged event: $CMDS_PER_EVENT (INFO commandstats; $CMDS_OFF in the logging-off window)"
+echo "events in the logging-on window: $EVENTS_WRITTEN written, $EVENTS_DROPPED dropped (queue full) of $(col log.on 5) requests"
 [ -n "$WRITER_RATE" ] && echo "event writer into a local redis-server: $WRITER_RATE events/s, $WRITER_CMDS commands/event"
 echo "peak RSS (VmHWM): $(printf '%s MiB, ' "${HWM[@]}")nginx worker $NGINX_HWM MiB"
 echo "memory run: $RSS_REQS requests in ${RSS_DURATION}s (unique keys, logging on, l1_max_bytes ${L1_MAX_MIB} MiB):" \
@@ -431,7 +443,12 @@ target "Redis-tier hit req/s >= nginx hit (redis-server on CPU 0)" "${r}x" "$(ge
 r=$(rv "miss$CONNS.l1" "miss$CONNS.nginx")
 target "miss req/s >= 1.5x nginx miss" "${r}x" "$(ge "$r" 1.5)"
 target "miss added p50 at 1 connection < 0.1 ms" "$ADDED_L1 ms" "$(lt "$ADDED_L1" 0.1)"
-target "CPU/request logging on <= 1.15x off" "${LOG_CPU}x" "$(awk -v a="$LOG_CPU" 'BEGIN {print (a <= 1.15) ? 1 : 0}')"
+if [ "$EVENTS_DROPPED" -gt 0 ]; then
+  # Dropped events skip the writer: the ratio flatters logging.
+  target "CPU/request logging on <= 1.15x off (events dropped)" "${LOG_CPU}x" 0
+else
+  target "CPU/request logging on <= 1.15x off" "${LOG_CPU}x" "$(awk -v a="$LOG_CPU" 'BEGIN {print (a <= 1.15) ? 1 : 0}')"
+fi
 target "Redis commands per logged event <= 8" "$CMDS_PER_EVENT" "$(awk -v a="$CMDS_PER_EVENT" 'BEGIN {print (a <= 8) ? 1 : 0}')"
 if [ -n "$WRITER_RATE" ]; then
   target "event writer >= 100,000 events/s" "$WRITER_RATE/s" "$(ge "$WRITER_RATE" 100000)"

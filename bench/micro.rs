@@ -143,7 +143,10 @@ fn sample_entry() -> Entry {
             products: (0..10)
                 .map(|i| (format!("p{i}4711"), Some("green-valley".to_string())))
                 .collect(),
+            ..SearchMeta::default()
         }),
+        initial_age: Duration::ZERO,
+        variant: None,
     }
 }
 
