@@ -12,8 +12,8 @@
 //!   (freshness and age, Vary, conditional requests, invalidation).
 //! - [`answer`]: the search facts of a backend answer (intent, products).
 //! - [`events`]: the search log: events, the batching writer, the spool.
-//! - [`redis`]: the pool (one node or a cluster), its health, and every
-//!   Redis key name.
+//! - [`redis`]: the pool (one node or a cluster), its health, every Redis
+//!   key name, and the event writer's own connection speaking raw RESP.
 //! - [`admin`]: health and readiness probes, metrics, and the `/v1` API
 //!   (feedback, manual logging, history, stats, export, purge).
 //! - [`metrics`]: Prometheus counters and histograms.
