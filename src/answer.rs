@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::cache::envelope::SearchMeta;
 use crate::config::RouteConfig;
+use crate::route::json_pointer;
 
 /// Reads the search facts of a backend answer. A body that is not JSON, or
 /// lacks the fields, gives empty facts: the answer is still served.
@@ -17,16 +18,16 @@ pub fn read(route: &RouteConfig, body: &[u8]) -> SearchMeta {
 }
 
 pub fn read_value(route: &RouteConfig, doc: &Value) -> SearchMeta {
-    let intent = doc.pointer(&route.intent).and_then(scalar_text);
-    let confidence = doc.pointer(&route.confidence).and_then(Value::as_f64);
-    let results = doc.pointer(&route.results).and_then(Value::as_array);
+    let intent = json_pointer(doc, &route.intent).and_then(scalar_text);
+    let confidence = json_pointer(doc, &route.confidence).and_then(Value::as_f64);
+    let results = json_pointer(doc, &route.results).and_then(Value::as_array);
     let products = results
         .map(|items| {
             items
                 .iter()
                 .filter_map(|item| {
-                    let id = item.pointer(&route.product_id).and_then(scalar_text)?;
-                    let supplier = item.pointer(&route.supplier_id).and_then(scalar_text);
+                    let id = json_pointer(item, &route.product_id).and_then(scalar_text)?;
+                    let supplier = json_pointer(item, &route.supplier_id).and_then(scalar_text);
                     Some((id, supplier))
                 })
                 .collect()
