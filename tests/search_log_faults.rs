@@ -333,3 +333,25 @@ async fn events_go_to_the_database_the_url_names() {
     let mut db0 = LogStore::new(&redis.url()).await;
     assert!(db0.all_keys().await.is_empty(), "nothing in database 0");
 }
+
+/// A `unix://` URL reaches Redis for lookups and for the writer's own
+/// connection alike.
+#[tokio::test]
+async fn events_go_through_a_unix_socket_url() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let proxy = LogProxy::start(&LogConfig::new(), &backend.url(), &redis.unix_url()).await;
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    let ids: BTreeSet<String> = [logged_id(&resp)].into();
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &ids, WAIT).await;
+    assert_eq!(store.list("user:u1:searches").await.len(), 1);
+    assert_eq!(
+        metric(proxy.admin, "events_spooled").await,
+        0,
+        "written straight to Redis, not through the spool"
+    );
+}

@@ -78,8 +78,9 @@ impl Commands for redis::Pipeline {
 /// What one reply was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// `+...`: the status text.
-    Status(Vec<u8>),
+    /// `+...` (`OK`, `QUEUED`): the writer needs only to know it is not an
+    /// error, so the text is not kept (one reply per command of a batch).
+    Status,
     /// `-...`: the error text.
     Error(String),
     /// `*n` with n >= 0: the number of elements, and the first error among
@@ -129,7 +130,7 @@ fn read_at(
     let line = &buf[start + 1..line_end];
     let next = line_end + 2;
     match buf[start] {
-        b'+' => Ok(Some((Reply::Status(line.to_vec()), next - start))),
+        b'+' => Ok(Some((Reply::Status, next - start))),
         b'-' => Ok(Some((
             Reply::Error(String::from_utf8_lossy(line).into_owned()),
             next - start,
@@ -251,7 +252,7 @@ mod tests {
     #[test]
     fn reads_every_reply_type() {
         let cases: [(&[u8], Reply); 7] = [
-            (b"+OK\r\n", Reply::Status(b"OK".to_vec())),
+            (b"+OK\r\n", Reply::Status),
             (b"-ERR wrong\r\n", Reply::Error("ERR wrong".into())),
             (b":42\r\n", Reply::Value),
             (b"$3\r\nabc\r\n", Reply::Value),

@@ -124,6 +124,9 @@ impl Redis {
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            // Also on a Unix socket, for tests of `unix://` URLs.
+            .arg("--unixsocket")
+            .arg(self.unix_socket())
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -172,6 +175,15 @@ impl Redis {
 
     /// The URL the proxy is given: `rediss://` for a TLS server, with the
     /// password when there is one.
+    fn unix_socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// The same server through its Unix socket.
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.unix_socket().display())
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.tls_ca.is_some() {
             "rediss"
