@@ -208,7 +208,17 @@ impl Link {
 
     /// Sends an encoded batch as one transaction, connecting first when
     /// needed. Any failure drops the connection.
-    async fn send(&mut self, buf: &RespBuf) -> Result<(), DirectError> {
+    async fn send(&mut self, buf: &RespBuf) -> Sent {
+        match self.try_send(buf).await {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_transient() => Err(e.to_string()),
+            // Sending it again would fail the same way: the commands that
+            // could run did.
+            Err(e) => Ok(Some(e.to_string())),
+        }
+    }
+
+    async fn try_send(&mut self, buf: &RespBuf) -> Result<(), DirectError> {
         let conn = match &mut self.conn {
             Some(c) => c,
             None => self
@@ -229,6 +239,11 @@ impl Link {
         result
     }
 }
+
+/// What sending a batch or a counter flush came to: `Ok` when Redis ran it,
+/// with the error reply that sending it again would not cure, if any (a key
+/// of the wrong type); `Err` when it must be sent again (spooled).
+type Sent = Result<Option<String>, String>;
 
 /// What the batch in flight gives back.
 struct Inflight {
@@ -330,23 +345,10 @@ impl Task {
                     return self.spool(SpoolRecord::Records(batch), n).await;
                 }
                 let mut link = self.link.take().unwrap_or_else(|| Link::new(config));
-                self.inflight = Some(tokio::spawn(async move {
-                    let (result, refused) = match link.send(&buf).await {
-                        Ok(()) => (Ok(n), None),
-                        Err(e) if e.is_transient() => {
-                            tracing::debug!(error = %e, events = n, "batch not written; spooling");
-                            (Err(batch), None)
-                        }
-                        // Sending it again would fail the same way: the
-                        // commands that could run did, and it is not spooled.
-                        Err(e) => (Ok(n), Some(e.to_string())),
-                    };
-                    Inflight {
-                        result,
-                        refused,
-                        link: Some((link, buf)),
-                    }
-                }));
+                self.send_batch(batch, async move {
+                    let sent = link.send(&buf).await;
+                    (sent, Some((link, buf)))
+                });
             }
             None => {
                 let pipe = write::records(&self.layout, &batch);
@@ -354,23 +356,43 @@ impl Task {
                 let Some(redis) = self.redis_writable().cloned() else {
                     return self.spool(SpoolRecord::Records(batch), n).await;
                 };
-                self.inflight = Some(tokio::spawn(async move {
-                    let deadline = Instant::now() + WRITE_TIMEOUT;
-                    let result = match redis.query::<()>(Command::Pipe(&pipe), deadline).await {
-                        Ok(()) => Ok(n),
-                        Err(e) => {
-                            tracing::debug!(error = %e, events = n, "batch not written; spooling");
-                            Err(batch)
-                        }
-                    };
-                    Inflight {
-                        result,
-                        refused: None,
-                        link: None,
-                    }
-                }));
+                self.send_batch(batch, async move { (send_pipe(&redis, &pipe).await, None) });
             }
         }
+    }
+
+    /// Puts a batch in flight: `send` writes it and hands back the writer's
+    /// connection and buffer when it took them.
+    fn send_batch(
+        &mut self,
+        batch: Vec<SearchEvent>,
+        send: impl Future<Output = (Sent, Option<(Link, RespBuf)>)> + Send + 'static,
+    ) {
+        self.inflight = Some(tokio::spawn(async move {
+            let n = batch.len() as u64;
+            let (sent, link) = send.await;
+            let (result, refused) = match sent {
+                Ok(refused) => (Ok(n), refused),
+                Err(e) => {
+                    tracing::debug!(error = %e, events = n, "batch not written; spooling");
+                    (Err(batch), None)
+                }
+            };
+            Inflight {
+                result,
+                refused,
+                link,
+            }
+        }));
+    }
+
+    /// Counts and reports an error reply that was not worth sending again.
+    fn refused(&self, what: &str, error: &str) {
+        self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            error,
+            "redis refused commands of {what}; the rest was written"
+        );
     }
 
     /// Waits for the batch in flight; spools its events if it failed (its
@@ -390,8 +412,7 @@ impl Task {
             self.spare = buf;
         }
         if let Some(e) = done.refused {
-            self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "redis refused commands of an event batch; the rest was written");
+            self.refused("an event batch", &e);
         }
         match done.result {
             Ok(n) => {
@@ -413,7 +434,7 @@ impl Task {
         let mut counters = std::mem::take(&mut self.counters);
         counters.fold();
         if let Some(redis) = self.redis_writable() {
-            let written = match self.direct.clone() {
+            let sent = match self.direct.clone() {
                 Some(config) => {
                     let mut buf = std::mem::take(&mut self.spare);
                     buf.clear();
@@ -421,25 +442,14 @@ impl Task {
                     let link = self.link.get_or_insert_with(|| Link::new(config));
                     let sent = link.send(&buf).await;
                     self.spare = buf;
-                    match sent {
-                        Err(e) if !e.is_transient() => {
-                            tracing::error!(error = %e, "redis refused analytics counters; the rest was written");
-                            true
-                        }
-                        sent => sent.is_ok(),
-                    }
+                    sent
                 }
-                None => {
-                    let pipe = write::counters(&self.layout, &counters);
-                    let deadline = Instant::now() + WRITE_TIMEOUT;
-                    redis
-                        .query::<()>(Command::Pipe(&pipe), deadline)
-                        .await
-                        .is_ok()
-                }
+                None => send_pipe(redis, &write::counters(&self.layout, &counters)).await,
             };
-            if written {
-                return;
+            match sent {
+                Ok(None) => return,
+                Ok(Some(e)) => return self.refused("the analytics counters", &e),
+                Err(_) => {}
             }
             self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -525,6 +535,16 @@ impl Task {
             }
         }
     }
+}
+
+/// Sends a pipeline through the pool, within WRITE_TIMEOUT.
+async fn send_pipe(redis: &RedisPool, pipe: &redis::Pipeline) -> Sent {
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    redis
+        .query::<()>(Command::Pipe(pipe), deadline)
+        .await
+        .map(|()| None)
+        .map_err(|e| e.to_string())
 }
 
 /// What a replay delivered.
