@@ -55,32 +55,11 @@ BIN=target/release/leafcache
 SERVERS=target/release/examples/bench_servers
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-WORK=$(mktemp -d)
+. bench/lib.sh
 SHM=$(mktemp -d -p /dev/shm leafcache-bench.XXXXXX) # nginx's cache on tmpfs
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$SHM"
-  if [ -n "${KEEP:-}" ]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "port $1 never opened" >&2
-  exit 1
-}
+CLEAN+=("$SHM")
 HZ=$(getconf CLK_TCK)
-# utime + stime of every thread of the processes given, in clock ticks.
-cpu_ticks() { local s=0 p; for p in "$@"; do s=$((s + $(awk '{print $14 + $15}' /proc/"$p"/stat))); done; echo "$s"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' /proc/"$1"/status; }
-redis_calls() {
-  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
-    grep -v -e cmdstat_info -e cmdstat_ping -e cmdstat_config |
-    sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p' | awk '{s += $1} END {print s + 0}'
-}
 backend_searches() { curl -s "http://127.0.0.1:$BACKEND_PORT/__stats" | sed -n 's/.*"searches":\([0-9]*\).*/\1/p'; }
 
 # --- servers -----------------------------------------------------------------

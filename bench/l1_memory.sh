@@ -9,36 +9,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 cargo build --release --quiet --example bench_servers
-W=$(mktemp -d)
-P=()
-cleanup() {
-  for p in "${P[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${P[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-fp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wp() {
-  for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "port $1 never opened" >&2
-  exit 1
-}
+. bench/lib.sh
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
-R=$(fp)
+R=$(free_port)
 taskset -c 0 redis-server --port "$R" --bind 127.0.0.1 --save '' --appendonly no \
   --maxmemory 1gb --maxmemory-policy allkeys-lru >/dev/null &
-P+=($!)
-B=$(fp)
+PIDS+=($!)
+B=$(free_port)
 taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$B" &
-P+=($!)
-wp "$R"
-wp "$B"
+PIDS+=($!)
+wait_port "$R"
+wait_port "$B"
 printf '%-13s %12s %8s %10s %10s %16s\n' l1_max_bytes "l1_bytes" entries "VmRSS MiB" "VmHWM MiB" "RSS KiB/entry"
 POINTS=()
 for size in ${SIZES:-16MiB 64MiB}; do
-  L=$(fp)
-  A=$(fp)
-  cat >"$W/$size.toml" <<TOML
+  L=$(free_port)
+  A=$(free_port)
+  cat >"$WORK/$size.toml" <<TOML
 listen = "127.0.0.1:$L"
 admin_listen = "127.0.0.1:$A"
 [upstream]
@@ -49,7 +36,7 @@ key_prefix = "$size:"
 [cache]
 l1_max_bytes = "$size"
 [events]
-spool_dir = "$W/spool"
+spool_dir = "$WORK/spool"
 [[route]]
 name = "search"
 methods = ["GET", "POST"]
@@ -57,10 +44,10 @@ path = "/api/v1/search"
 query = ["json:/query", "query:q"]
 log = false
 TOML
-  RUST_LOG=error taskset -c 0 target/release/leafcache serve --config "$W/$size.toml" 2>/dev/null &
+  RUST_LOG=error taskset -c 0 target/release/leafcache serve --config "$WORK/$size.toml" 2>/dev/null &
   pid=$!
-  P+=($pid)
-  wp "$L"
+  PIDS+=($pid)
+  wait_port "$L"
   taskset -c 1 wrk -t1 -c64 -d"${SECS:-20}"s -s bench/wrk/search.lua "http://127.0.0.1:$L" -- GET unique "mem$size" >/dev/null
   bytes=$(metric "$A" l1_bytes)
   entries=$(metric "$A" l1_entries)

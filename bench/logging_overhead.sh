@@ -10,15 +10,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}
 cargo build --release --quiet
 BIN=target/release/leafcache
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-cpu_ticks() { awk '{print $14+$15}' /proc/"$1"/stat; }
-redis_calls() { redis-cli -p "$REDIS_PORT" info commandstats | grep -v -e cmdstat_info -e cmdstat_ping -e cmdstat_config | sed -n "s/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p" | awk '{s+=$1} END {print s+0}'; }
+. bench/lib.sh
 
 REDIS_PORT=$(free_port)
 taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &

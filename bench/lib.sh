@@ -1,0 +1,31 @@
+# Shared by the bench scripts: a work directory and the processes started,
+# both cleaned up on exit, and the helpers every script needs. Source it after
+# `set -euo pipefail` and `cd` to the repository.
+# KEEP=1 keeps the work directory; scripts add other directories to remove
+# to CLEAN.
+WORK=$(mktemp -d)
+PIDS=()
+CLEAN=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for d in "${CLEAN[@]}"; do rm -rf "$d"; done
+  if [ -n "${KEEP:-}" ]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Until 127.0.0.1:PORT accepts, 60 s at most.
+wait_port() {
+  for _ in $(seq 1200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+# utime + stime of every thread of the processes given, in clock ticks.
+cpu_ticks() { local s=0 p; for p in "$@"; do s=$((s + $(awk '{print $14 + $15}' /proc/"$p"/stat))); done; echo "$s"; }
+# Commands redis-server on $REDIS_PORT has run, but for our own probes.
+redis_calls() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    grep -v -e cmdstat_info -e cmdstat_ping -e cmdstat_config |
+    sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p' | awk '{s += $1} END {print s + 0}'
+}
