@@ -329,16 +329,10 @@ impl DurableRedis {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = super::redis_server(self.dir.path())
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
             .args(["--appendonly", "yes"])
             .args(["--appendfsync", "always"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed and starts");
         let pid = child.id();

@@ -3,11 +3,11 @@
 //! inspections the cluster tests make.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use redis::cluster_async::ClusterConnection;
 
-use super::{WAIT, eventually, free_port};
+use super::{WAIT, eventually, free_port, redis_server};
 
 /// One master: its client port and its cluster bus port (set explicitly, so
 /// that it is free too, rather than port + 10000).
@@ -158,22 +158,16 @@ impl RedisCluster {
             Some(_) => vec!["--port", "0", "--tls-port", &port],
             None => vec!["--port", &port],
         };
-        let child = Command::new("redis-server")
+        let child = redis_server(self.dir.path())
             .args(ports)
             .args(["--cluster-port", &node.bus_port.to_string()])
-            .args(["--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .arg("--cluster-config-file")
             .arg(&conf)
             .args(["--cluster-require-full-coverage", "no"])
             .args(["--cluster-node-timeout", "2000"])
-            .args(["--save", ""])
             .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
             .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed and starts");
         let pid = child.id();

@@ -4,6 +4,18 @@ use std::process::{Child, Command, Stdio};
 
 use super::{eventually, free_port};
 
+/// `redis-server` on loopback, keeping nothing on disk but what a test's
+/// `--appendonly` asks for, in `dir`, silent; callers add the ports.
+pub fn redis_server(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--save", ""])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 /// A private `redis-server` on an ephemeral port, killed on drop.
 pub struct Redis {
     pub port: u16,
@@ -117,19 +129,13 @@ impl Redis {
             Some(_) => vec!["--port", "0", "--tls-port", &port],
             None => vec!["--port", &port],
         };
-        let child = Command::new("redis-server")
+        let child = redis_server(self.dir.path())
             .args(ports)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
             .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
             // Also on a Unix socket, for tests of `unix://` URLs.
             .arg("--unixsocket")
             .arg(self.unix_socket())
             .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed and starts");
         let pid = child.id();
