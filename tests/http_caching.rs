@@ -321,9 +321,12 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
     assert_eq!(stale.body, first.body);
     assert!(stale.cache_status().raw.contains("stale-while-revalidate"));
     s.backend.wait_for_count(2).await;
+    // A hit on an answer the backend gave after the first: the background
+    // refresh was stored. (Not "the second" exactly: with max-age=1 a slow
+    // poll can find the refreshed copy stale again and start another.)
     let refreshed = eventually("the background refresh to be stored", || async {
         let resp = get.send().await;
-        (resp.x_cache() == Some("HIT") && resp.backend_n() == 2).then_some(resp)
+        (resp.x_cache() == Some("HIT") && resp.backend_n() >= 2).then_some(resp)
     })
     .await;
     assert_hit(&refreshed);
