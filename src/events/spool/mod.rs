@@ -85,6 +85,59 @@ pub struct ReplayStats {
     pub torn: u64,
 }
 
+/// A place in the spool: everything before it is delivered once confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    seq: u64,
+    offset: u64,
+}
+
+/// Records read by [`Spool::read_next`], oldest first.
+#[derive(Debug)]
+pub struct Chunk {
+    seq: u64,
+    /// Where `buf` starts in the segment.
+    start: u64,
+    buf: Vec<u8>,
+    /// Each record's payload in `buf`, and its end in the segment.
+    records: Vec<(std::ops::Range<usize>, u64)>,
+    /// Torn or corrupt stretches skipped while reading.
+    pub torn: u64,
+}
+
+/// One record of a [`Chunk`].
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkRecord<'a> {
+    pub payload: &'a [u8],
+    /// What to confirm once the record is delivered.
+    pub done: Position,
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<ChunkRecord<'_>> {
+        let (range, end) = self.records.get(i)?;
+        Some(ChunkRecord {
+            payload: &self.buf[range.clone()],
+            done: Position {
+                seq: self.seq,
+                offset: self.start + end,
+            },
+        })
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = ChunkRecord<'_>> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Segment {
     seq: u64,
@@ -108,8 +161,10 @@ pub struct Spool {
     /// a new segment.
     writer: Option<File>,
     checkpoint: CheckpointFile,
-    /// A torn tail cut at open, reported by the next successful replay.
+    /// A torn tail cut at open, counted by the next read.
     torn_at_open: u64,
+    /// Torn or corrupt stretches skipped by reads so far.
+    torn: u64,
 }
 
 impl Spool {
@@ -149,6 +204,7 @@ impl Spool {
             writer: None,
             checkpoint: checkpoint_file,
             torn_at_open,
+            torn: 0,
         })
     }
 
@@ -220,28 +276,28 @@ impl Spool {
         &mut self,
         mut deliver: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<ReplayStats, ReplayError<E>> {
-        let mut stats = ReplayStats {
-            torn: self.torn_at_open,
-            ..ReplayStats::default()
-        };
-        let outcome = self.replay_segments(&mut deliver, &mut stats);
-        if stats.torn > 0 {
-            tracing::warn!(
-                dir = %self.dir.display(),
-                torn = stats.torn,
-                "skipped torn or corrupt spool records"
-            );
+        let mut stats = ReplayStats::default();
+        let torn_before = self.torn;
+        while let Some(chunk) = self.read_next()? {
+            stats.torn = self.torn - torn_before;
+            for record in chunk.records() {
+                deliver(record.payload).map_err(ReplayError::Deliver)?;
+                stats.records += 1;
+                stats.bytes += record.payload.len() as u64;
+                self.confirm(record.done)?;
+            }
         }
-        outcome?;
-        self.torn_at_open = 0;
+        stats.torn = self.torn - torn_before;
         Ok(stats)
     }
 
-    fn replay_segments<E>(
-        &mut self,
-        deliver: &mut impl FnMut(&[u8]) -> Result<(), E>,
-        stats: &mut ReplayStats,
-    ) -> Result<(), ReplayError<E>> {
+    /// Reads what is left to replay of the oldest segment that still holds
+    /// a record, for the caller to deliver (without holding the spool, so
+    /// appends go on meanwhile) and [`Spool::confirm`] record by record.
+    /// Segments that hold nothing more are deleted on the way. `None` when
+    /// nothing is left. Torn or corrupt stretches are skipped, counted in
+    /// the chunk and warned about.
+    pub fn read_next(&mut self) -> Result<Option<Chunk>, SpoolError> {
         while let Some(&segment) = self.segments.front() {
             let path = segment_path(&self.dir, segment.seq);
             let start = self.replayed;
@@ -252,40 +308,80 @@ impl Spool {
                     self.forget_oldest();
                     continue;
                 }
-                Err(e) => return Err(io_error(&path)(e).into()),
+                Err(e) => return Err(io_error(&path)(e)),
             };
+            let mut chunk = Chunk {
+                seq: segment.seq,
+                start,
+                buf: Vec::new(),
+                records: Vec::new(),
+                torn: std::mem::take(&mut self.torn_at_open),
+            };
+            let mut end = 0;
             for item in Reader::new(&buf) {
                 match item {
-                    Item::Record { payload, end } => {
-                        deliver(payload).map_err(ReplayError::Deliver)?;
-                        stats.records += 1;
-                        stats.bytes += payload.len() as u64;
-                        self.replayed = start + end as u64;
-                        let checkpoint = Checkpoint {
-                            seq: segment.seq,
-                            offset: self.replayed,
-                        };
-                        self.checkpoint.save(checkpoint)?;
+                    Item::Record { payload, end: e } => {
+                        let from = payload.as_ptr() as usize - buf.as_ptr() as usize;
+                        chunk.records.push((from..from + payload.len(), e as u64));
+                        end = e;
                     }
-                    // Not saved on its own: the next confirmed record's
-                    // checkpoint covers it, and until then re-skipping is cheap.
-                    Item::Corrupt { end } => {
-                        stats.torn += 1;
-                        self.replayed = start + end as u64;
+                    Item::Corrupt { end: e } => {
+                        chunk.torn += 1;
+                        end = e;
                     }
                 }
             }
-            if self.segments.len() == 1 {
-                self.writer = None;
+            self.torn += chunk.torn;
+            if chunk.torn > 0 {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    torn = chunk.torn,
+                    "skipped torn or corrupt spool records"
+                );
             }
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&path)(e).into()),
+            if chunk.records.is_empty() {
+                // Nothing to deliver here: forget what was skipped (and the
+                // segment, when that was all of it).
+                self.confirm(Position {
+                    seq: segment.seq,
+                    offset: start + end as u64,
+                })?;
+                if self.segments.front().is_some_and(|s| s.seq == segment.seq) {
+                    return Ok(None); // the open segment, read to its end
+                }
+                continue;
             }
-            files::sync_dir(&self.dir)?;
-            self.forget_oldest();
+            chunk.buf = buf;
+            return Ok(Some(chunk));
         }
+        Ok(None)
+    }
+
+    /// Marks everything before `done` as delivered: the checkpoint moves
+    /// there, and a segment delivered to its end is deleted (the directory
+    /// fsynced). A position in a segment already gone is ignored.
+    pub fn confirm(&mut self, done: Position) -> Result<(), SpoolError> {
+        let Some(&oldest) = self.segments.front() else {
+            return Ok(());
+        };
+        if oldest.seq != done.seq || done.offset < self.replayed {
+            return Ok(());
+        }
+        self.replayed = done.offset;
+        if done.offset < oldest.len {
+            return self.checkpoint.save(Checkpoint {
+                seq: done.seq,
+                offset: done.offset,
+            });
+        }
+        let path = segment_path(&self.dir, oldest.seq);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path)(e)),
+        }
+        files::sync_dir(&self.dir)?;
+        self.forget_oldest();
         Ok(())
     }
 
