@@ -152,6 +152,47 @@ async fn every_search_of_a_burst_survives_a_redis_restart() {
     assert_eq!(metric(proxy.admin, "events_dropped").await, 0);
 }
 
+/// Redis holds the writer's transactions for 3 s mid-burst (reads still
+/// answer, so the proxy keeps serving at full speed) and the queue holds
+/// only 200 events: the backlog goes to the spool instead of overflowing
+/// the queue, and every search reaches Redis once it takes writes again.
+#[tokio::test]
+async fn a_queue_backlog_behind_a_stalled_redis_spills_to_the_spool_and_nothing_is_dropped() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let config = LogConfig::new()
+        .events("queue_capacity = 200")
+        .events("batch_max = 50");
+    let proxy = LogProxy::start(&config, &backend.url(), &redis.url()).await;
+    let mut store = LogStore::new(&redis.url()).await;
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients = burst(&proxy, 3000, 16, answered.clone());
+    let stall = async {
+        eventually("300 answers", || async {
+            (answered.load(Ordering::SeqCst) >= 300).then_some(())
+        })
+        .await;
+        store.client_pause_writes(3000).await;
+    };
+    let (ids, ()) = tokio::join!(clients, stall);
+    let ids = unique(&ids);
+    assert_eq!(ids.len(), 3000);
+
+    store.wait_for_records("", &ids, REPLAY_WAIT).await;
+    assert_eq!(store.search_ids("").await, ids, "one record per search");
+    assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
+    assert_eq!(
+        metric(proxy.admin, "events_dropped").await,
+        0,
+        "a backlog is spooled, not dropped"
+    );
+    assert!(
+        metric(proxy.admin, "events_spooled").await > 0,
+        "the stall was felt: the backlog went through the spool"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_right_after_a_burst_exits_0_with_every_search_in_redis() {
     let redis = Redis::start().await;

@@ -482,6 +482,14 @@ impl LogStore {
         let _: () = self.query(redis::cmd("SET").arg(key).arg(value)).await;
     }
 
+    /// `CLIENT PAUSE <ms> WRITE`: Redis answers reads but holds every write
+    /// (a transaction included) until the time is up.
+    pub async fn client_pause_writes(&mut self, ms: u64) {
+        let _: () = self
+            .query(redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"))
+            .await;
+    }
+
     pub async fn get(&mut self, key: &str) -> Option<String> {
         self.query(redis::cmd("GET").arg(key)).await
     }

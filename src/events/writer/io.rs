@@ -1,0 +1,193 @@
+//! The writer's Redis task: every write to Redis happens here, so a slow or
+//! stalled Redis never holds up the queue task, which keeps draining the
+//! queue (into the spool when this task falls behind).
+//!
+//! It takes work from a one-slot channel: a batch of records (already
+//! encoded by the queue task while the previous one was in Redis) or a
+//! counter flush. Between items, while the spool holds records and Redis is
+//! up, it replays them one at a time, oldest first.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::link::{Sent, Target};
+use super::spooling::{SharedSpool, SpoolRecord};
+use super::{EventStats, Work};
+use crate::events::spool::Chunk;
+use crate::events::write::Layout;
+use crate::redis::RedisPool;
+use crate::redis::wire::RespBuf;
+
+/// How long replay rests after Redis failed it, and how often an idle task
+/// looks for something to replay.
+const REPLAY_RETRY: Duration = Duration::from_secs(1);
+
+pub(super) struct Io {
+    pub(super) work: mpsc::Receiver<Work>,
+    /// Encoding buffers handed back to the queue task for reuse.
+    pub(super) spares: mpsc::Sender<RespBuf>,
+    /// `None` without Redis: everything is spooled.
+    pub(super) target: Option<Target>,
+    /// For its health: replay waits while Redis is down.
+    pub(super) redis: Option<RedisPool>,
+    pub(super) layout: Layout,
+    pub(super) spool: SharedSpool,
+    pub(super) stats: Arc<EventStats>,
+    /// Buffer for counter flushes.
+    pub(super) buf: RespBuf,
+    /// Records read from the spool, and the next one to replay.
+    pub(super) chunk: Option<(Chunk, usize)>,
+    /// No replay before this (after a failure).
+    pub(super) replay_at: Instant,
+}
+
+impl Io {
+    pub(super) async fn run(mut self) {
+        loop {
+            let work = if self.may_replay() {
+                match self.work.try_recv() {
+                    Ok(work) => Some(work),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                tokio::select! {
+                    work = self.work.recv() => match work {
+                        Some(work) => Some(work),
+                        None => break, // closed and drained: shutting down
+                    },
+                    // The queue task may spool without handing anything
+                    // over: look again now and then.
+                    () = tokio::time::sleep(REPLAY_RETRY) => None,
+                }
+            };
+            match work {
+                Some(work) => self.handle(work).await,
+                None if self.may_replay() => self.replay_one().await,
+                None => {}
+            }
+        }
+    }
+
+    fn may_replay(&self) -> bool {
+        self.target.is_some()
+            && self.spool.pending()
+            && Instant::now() >= self.replay_at
+            && self.redis.as_ref().is_some_and(|r| r.health().is_up())
+    }
+
+    async fn handle(&mut self, work: Work) {
+        match work {
+            Work::Records { events, encoded } => {
+                let n = events.len() as u64;
+                // Behind spooled records, a batch waits its turn there.
+                let sent = match &mut self.target {
+                    Some(target) if !self.spool.pending() => {
+                        Some(target.records(&self.layout, &events, &encoded).await)
+                    }
+                    _ => None,
+                };
+                let _ = self.spares.try_send(encoded);
+                if let Some(Ok(refused)) = sent {
+                    self.stats.written.fetch_add(n, Ordering::Relaxed);
+                    if let Some(e) = refused {
+                        refused_commands(&self.stats, "an event batch", &e);
+                    }
+                    return;
+                }
+                if let Some(Err(e)) = sent {
+                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, events = n, "batch not written; spooling");
+                }
+                self.spool.append(SpoolRecord::Records(events)).await;
+            }
+            Work::Counters(counters) => {
+                // Sums commute: they need not wait behind spooled records.
+                let sent = match &mut self.target {
+                    Some(target) => Some(
+                        target
+                            .counters(&self.layout, &counters, &mut self.buf)
+                            .await,
+                    ),
+                    None => None,
+                };
+                match sent {
+                    Some(Ok(None)) => return,
+                    Some(Ok(Some(e))) => {
+                        return refused_commands(&self.stats, "the analytics counters", &e);
+                    }
+                    Some(Err(_)) => {
+                        self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+                self.spool.append(SpoolRecord::Counters(counters)).await;
+            }
+        }
+    }
+
+    /// Replays the oldest spooled record.
+    async fn replay_one(&mut self) {
+        let (chunk, next) = match self.chunk.take() {
+            Some(c) => c,
+            None => match self.spool.read_next().await {
+                Some(chunk) => (chunk, 0),
+                None => {
+                    // Nothing readable (the rest was torn): try again later.
+                    self.replay_at = Instant::now() + REPLAY_RETRY;
+                    return;
+                }
+            },
+        };
+        let Some(record) = chunk.get(next) else {
+            return; // chunk done; the next call reads on
+        };
+        let done = record.done;
+        let payload = record.payload.to_vec();
+        let rest = (next + 1 < chunk.len()).then_some((chunk, next + 1));
+        let Some(target) = &mut self.target else {
+            return;
+        };
+        let (sent, events): (Sent, u64) = match target.spooled(&self.layout, payload).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable spool record");
+                self.chunk = rest;
+                return self.spool.confirm(done).await;
+            }
+        };
+        match sent {
+            Ok(refused) => {
+                if let Some(e) = refused {
+                    refused_commands(&self.stats, "a spooled record", &e);
+                }
+                self.spool.confirm(done).await;
+                self.stats.replayed.fetch_add(events, Ordering::Relaxed);
+                self.stats.written.fetch_add(events, Ordering::Relaxed);
+                self.chunk = rest;
+                if !self.spool.pending() {
+                    tracing::info!("spool replayed into redis");
+                }
+            }
+            Err(e) => {
+                // Keep the record; it is sent again once Redis answers.
+                tracing::debug!(error = %e, "replay paused: redis failed");
+                self.replay_at = Instant::now() + REPLAY_RETRY;
+                self.chunk = rest.map(|(chunk, _)| (chunk, next));
+            }
+        }
+    }
+}
+
+/// Counts and reports an error reply that was not worth sending again.
+fn refused_commands(stats: &EventStats, what: &str, error: &str) {
+    stats.write_failures.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        error,
+        "redis refused commands of {what}; the rest was written"
+    );
+}

@@ -1,0 +1,166 @@
+//! Where the writer sends: its own connection to a single Redis, or the pool
+//! (a cluster, which routes commands by slot).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::spooling::SpoolRecord;
+use crate::config::RedisConfig;
+use crate::events::SearchEvent;
+use crate::events::counters::Counters;
+use crate::events::write::{self, Layout};
+use crate::redis::RedisPool;
+use crate::redis::direct::{DirectConn, DirectError};
+use crate::redis::pool::Command;
+use crate::redis::wire::{Commands, RespBuf};
+
+/// How one write may take in Redis before its outcome counts as unknown.
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the writer's own connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What sending a batch or a counter flush came to: `Ok` when Redis ran it,
+/// with the error reply that sending it again would not cure, if any (a key
+/// of the wrong type); `Err` when it must be sent again (spooled).
+pub(super) type Sent = Result<Option<String>, String>;
+
+/// The writer's way into Redis.
+pub(super) enum Target {
+    /// Its own connection: commands encoded straight into a buffer.
+    Direct(Link),
+    /// Through the pool, as `redis` pipelines.
+    Pool(RedisPool),
+}
+
+impl Target {
+    /// Writes a batch of records. `encoded` holds its commands already when
+    /// the target is direct.
+    pub(super) async fn records(
+        &mut self,
+        layout: &Layout,
+        events: &[SearchEvent],
+        encoded: &RespBuf,
+    ) -> Sent {
+        match self {
+            Target::Direct(link) => link.send(encoded).await,
+            Target::Pool(pool) => send_pipe(pool, &write::records(layout, events)).await,
+        }
+    }
+
+    pub(super) async fn counters(
+        &mut self,
+        layout: &Layout,
+        counters: &Counters,
+        buf: &mut RespBuf,
+    ) -> Sent {
+        match self {
+            Target::Direct(link) => {
+                buf.clear();
+                write::counters_into(layout, counters, buf);
+                link.send(buf).await
+            }
+            Target::Pool(pool) => send_pipe(pool, &write::counters(layout, counters)).await,
+        }
+    }
+
+    /// Writes a record read back from the spool, decoded and encoded on a
+    /// blocking thread (one can hold thousands of events). `Err` when it
+    /// does not decode (written by another version); else what sending it
+    /// came to, and how many searches it carried.
+    pub(super) async fn spooled(
+        &mut self,
+        layout: &Layout,
+        payload: Vec<u8>,
+    ) -> Result<(Sent, u64), String> {
+        match self {
+            Target::Direct(link) => {
+                let (buf, events) = decode_into(layout, payload, RespBuf::default).await?;
+                Ok((link.send(&buf).await, events))
+            }
+            Target::Pool(pool) => {
+                let atomic = || {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    pipe
+                };
+                let (pipe, events) = decode_into(layout, payload, atomic).await?;
+                Ok((send_pipe(pool, &pipe).await, events))
+            }
+        }
+    }
+}
+
+/// Decodes a spooled record and encodes its commands into what `empty`
+/// makes, on a blocking thread.
+async fn decode_into<C: Commands + Send + 'static>(
+    layout: &Layout,
+    payload: Vec<u8>,
+    empty: impl FnOnce() -> C + Send + 'static,
+) -> Result<(C, u64), String> {
+    let layout = layout.clone();
+    tokio::task::spawn_blocking(move || {
+        let record: SpoolRecord = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
+        let mut out = empty();
+        record.encode(&layout, &mut out);
+        Ok((out, record.events()))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The writer's own connection.
+pub(super) struct Link {
+    config: RedisConfig,
+    /// `None` until connected, and again after any failure.
+    conn: Option<DirectConn>,
+}
+
+impl Link {
+    pub(super) fn new(config: RedisConfig) -> Link {
+        Link { config, conn: None }
+    }
+
+    /// Sends encoded commands as one transaction, connecting first when
+    /// needed. Any failure drops the connection.
+    async fn send(&mut self, buf: &RespBuf) -> Sent {
+        match self.try_send(buf).await {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_transient() => Err(e.to_string()),
+            // Sending it again would fail the same way: the commands that
+            // could run did.
+            Err(e) => Ok(Some(e.to_string())),
+        }
+    }
+
+    async fn try_send(&mut self, buf: &RespBuf) -> Result<(), DirectError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(DirectConn::connect(&self.config, CONNECT_TIMEOUT).await?),
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, conn.exec(buf))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write not confirmed in time",
+                )))
+            });
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
+/// Sends a pipeline through the pool, within WRITE_TIMEOUT.
+pub(super) async fn send_pipe(redis: &RedisPool, pipe: &redis::Pipeline) -> Sent {
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    redis
+        .query::<()>(Command::Pipe(pipe), deadline)
+        .await
+        .map(|()| None)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,428 @@
+//! The writer that drains the event queue into Redis.
+//!
+//! Requests hand events to [`EventSink::send`], which never waits: a bounded
+//! queue takes them (when it is full, the event is dropped and counted).
+//! Two tasks drain it:
+//!
+//! - the queue task takes batches (`batch_max` events, or whatever arrived
+//!   within `flush_interval` of the first), sums the shared counters in
+//!   process (written once a second), encodes each batch and hands it to
+//! - the Redis task ([`io`]), which writes each batch as one MULTI/EXEC,
+//!   and replays the spool.
+//!
+//! The queue task never waits on Redis. Batches go to the disk spool
+//! instead while Redis cannot be written, while the spool holds older
+//! records (so that replay keeps the order in which searches happened), and
+//! while the Redis task is behind with the queue more than half full: a
+//! stalled or overloaded Redis costs disk space, not searches. Only when
+//! the queue and the spool are both full is an event dropped.
+//!
+//! A batch whose outcome is unknown (a timeout mid-transaction) is spooled
+//! and sent again: delivery is at least once. A batch that fails while
+//! later ones were already spilled is replayed after them: counts are
+//! unaffected, a user's history list may show those searches out of order.
+
+mod io;
+mod link;
+mod spooling;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::SearchEvent;
+use super::counters::Counters;
+use super::spool::{ReplayError, Spool};
+use super::write::{self, Layout};
+use crate::config::RedisConfig;
+use crate::redis::RedisPool;
+use crate::redis::pool::Command;
+use crate::redis::wire::RespBuf;
+use link::{Link, Target, WRITE_TIMEOUT};
+use spooling::{SharedSpool, SpoolRecord};
+
+/// How often summed counters are written.
+const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+/// Distinct counter members held before an early flush, to bound memory.
+const COUNTER_ENTRIES_MAX: usize = 200_000;
+/// While the Redis task is busy, how often the queue task looks whether the
+/// queue has filled past half (and it should spill instead of waiting).
+const BACKLOG_CHECK: Duration = Duration::from_millis(5);
+/// A spilled record takes up to this many batches from the queue at once:
+/// one fsync for all of them, so the spool outruns the queue.
+const SPILL_BATCHES: usize = 8;
+
+/// Counters for metrics and tests.
+#[derive(Default)]
+pub struct EventStats {
+    pub enqueued: AtomicU64,
+    pub written: AtomicU64,
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    /// Batch or counter writes Redis did not confirm.
+    pub write_failures: AtomicU64,
+}
+
+/// The sending side, cheap to clone; held by the proxy and the admin API.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<SearchEvent>,
+    capacity: usize,
+    pub stats: Arc<EventStats>,
+    /// Set while the queue is full, so the warning is logged once per
+    /// episode rather than once per dropped event.
+    overflowing: Arc<AtomicBool>,
+}
+
+impl EventSink {
+    /// Queues an event; never waits.
+    pub fn send(&self, ev: SearchEvent) {
+        match self.tx.try_send(ev) {
+            Ok(()) => {
+                self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+                if self.overflowing.load(Ordering::Relaxed)
+                    && self.overflowing.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!("event queue is accepting events again");
+                }
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.overflowing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        capacity = self.capacity,
+                        "event queue is full: dropping search events until the writer catches up"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Events waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+}
+
+/// The writer; [`Writer::shutdown`] flushes everything queued.
+pub struct Writer {
+    handle: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Writer {
+    /// Stops taking events, writes what is queued (to Redis, or else to the
+    /// spool) and returns when done.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.handle.await;
+    }
+}
+
+pub struct WriterConfig {
+    pub layout: Layout,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub flush_interval: Duration,
+    /// Where the writer opens its own connection for batches (see
+    /// [`crate::redis::direct`]); `None` sends them through the pool.
+    pub direct: Option<RedisConfig>,
+}
+
+/// Starts the writer. `spool` is `None` only where losing events while Redis
+/// is down is acceptable (benchmarks).
+pub fn spawn(
+    cfg: WriterConfig,
+    redis: Option<RedisPool>,
+    spool: Option<Spool>,
+) -> (EventSink, Writer) {
+    let capacity = cfg.queue_capacity.max(1);
+    let (tx, rx) = mpsc::channel(capacity);
+    let stats = Arc::new(EventStats::default());
+    let spool = SharedSpool::new(spool, stats.clone());
+    let sink = EventSink {
+        tx,
+        capacity,
+        stats: stats.clone(),
+        overflowing: Arc::new(AtomicBool::new(false)),
+    };
+    // One batch waits while one is written: the next is encoded meanwhile.
+    let (work_tx, work_rx) = mpsc::channel(1);
+    let (spares_tx, spares_rx) = mpsc::channel(2);
+    let target = match (&cfg.direct, &redis) {
+        (Some(config), _) => Some(Target::Direct(Link::new(config.clone()))),
+        (None, Some(pool)) => Some(Target::Pool(pool.clone())),
+        (None, None) => None,
+    };
+    let io = io::Io {
+        work: work_rx,
+        spares: spares_tx,
+        target,
+        redis: redis.clone(),
+        layout: cfg.layout.clone(),
+        spool: spool.clone(),
+        stats: stats.clone(),
+        buf: RespBuf::default(),
+        chunk: None,
+        replay_at: Instant::now(),
+    };
+    let queue = Queue {
+        rx,
+        capacity,
+        layout: cfg.layout,
+        batch_max: cfg.batch_max.max(1),
+        flush_interval: cfg.flush_interval,
+        encode: cfg.direct.is_some(),
+        redis,
+        spool,
+        counters: Counters::default(),
+        work: work_tx,
+        spares: spares_rx,
+    };
+    let (stop, stopped) = oneshot::channel();
+    let io = tokio::spawn(io.run());
+    let handle = tokio::spawn(async move {
+        queue.run(stopped).await;
+        // The queue task dropped its end of the work channel: the Redis
+        // task finishes what it holds and ends.
+        let _ = io.await;
+    });
+    (sink, Writer { handle, stop })
+}
+
+/// What the queue task hands the Redis task.
+enum Work {
+    /// A batch of searches, with its commands encoded (empty when the
+    /// target is the pool, which builds its own pipeline).
+    Records {
+        events: Vec<SearchEvent>,
+        encoded: RespBuf,
+    },
+    Counters(Counters),
+}
+
+impl Work {
+    fn into_spool_record(self) -> SpoolRecord {
+        match self {
+            Work::Records { events, .. } => SpoolRecord::Records(events),
+            Work::Counters(c) => SpoolRecord::Counters(c),
+        }
+    }
+}
+
+/// The queue task.
+struct Queue {
+    rx: mpsc::Receiver<SearchEvent>,
+    capacity: usize,
+    layout: Layout,
+    batch_max: usize,
+    flush_interval: Duration,
+    /// Whether batches are encoded here (for the writer's own connection).
+    encode: bool,
+    redis: Option<RedisPool>,
+    spool: SharedSpool,
+    counters: Counters,
+    work: mpsc::Sender<Work>,
+    spares: mpsc::Receiver<RespBuf>,
+}
+
+impl Queue {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut batch: Vec<SearchEvent> = Vec::with_capacity(self.batch_max);
+        let mut tick = tokio::time::interval(COUNTER_FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                n = self.rx.recv_many(&mut batch, self.batch_max) => {
+                    if n == 0 {
+                        break; // closed and drained
+                    }
+                    self.fill(&mut batch).await;
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_max));
+                    self.records(full).await;
+                    if self.counters.entries() > COUNTER_ENTRIES_MAX {
+                        self.flush_counters().await;
+                    }
+                }
+                _ = tick.tick() => self.flush_counters().await,
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    self.rx.close();
+                }
+            }
+        }
+        self.flush_counters().await;
+    }
+
+    /// Lets the batch fill for `flush_interval`, then takes what arrived.
+    ///
+    /// The task sleeps rather than waiting on the queue meanwhile: a task
+    /// waiting on the queue is woken by every send, which at tens of
+    /// thousands of searches a second costs the request threads more than
+    /// the write itself.
+    async fn fill(&mut self, batch: &mut Vec<SearchEvent>) {
+        if batch.len() >= self.batch_max {
+            return;
+        }
+        tokio::time::sleep(self.flush_interval).await;
+        self.take_queued(batch, self.batch_max);
+    }
+
+    /// Moves queued events into `batch` until it holds `max`.
+    fn take_queued(&mut self, batch: &mut Vec<SearchEvent>, max: usize) {
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Whether Redis takes writes now: it is up and nothing older waits in
+    /// the spool.
+    fn writable(&self) -> bool {
+        !self.spool.pending() && self.redis.as_ref().is_some_and(|r| r.health().is_up())
+    }
+
+    /// More than half the queue waits: time to spill rather than wait.
+    fn behind(&self) -> bool {
+        self.rx.len() > self.capacity / 2
+    }
+
+    async fn records(&mut self, mut batch: Vec<SearchEvent>) {
+        for ev in &batch {
+            self.counters.add(ev);
+        }
+        if self.writable() {
+            let mut encoded = self.spares.try_recv().unwrap_or_default();
+            encoded.clear();
+            if self.encode {
+                write::records_into(&self.layout, &batch, &mut encoded);
+            }
+            match self
+                .hand_over(Work::Records {
+                    events: batch,
+                    encoded,
+                })
+                .await
+            {
+                None => return,
+                Some(Work::Records { events, .. }) => batch = events,
+                Some(other) => return self.spool.append(other.into_spool_record()).await,
+            }
+        }
+        // Spilling: take what else waits too, one record and one fsync for
+        // several batches.
+        if self.behind() {
+            let start = batch.len();
+            self.take_queued(&mut batch, self.batch_max * SPILL_BATCHES);
+            for ev in &batch[start..] {
+                self.counters.add(ev);
+            }
+        }
+        self.spool.append(SpoolRecord::Records(batch)).await;
+    }
+
+    /// Gives `work` to the Redis task, waiting while it is busy unless the
+    /// queue fills past half meanwhile; then gives `work` back, to spill.
+    async fn hand_over(&mut self, work: Work) -> Option<Work> {
+        let permit = match self.work.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(())) => return Some(work),
+            Err(mpsc::error::TrySendError::Full(())) => loop {
+                if self.behind() {
+                    return Some(work);
+                }
+                match tokio::time::timeout(BACKLOG_CHECK, self.work.reserve()).await {
+                    Ok(Ok(permit)) => break permit,
+                    Ok(Err(_closed)) => return Some(work),
+                    Err(_elapsed) => {}
+                }
+            },
+        };
+        permit.send(work);
+        None
+    }
+
+    async fn flush_counters(&mut self) {
+        if self.counters.is_empty() {
+            return;
+        }
+        let mut counters = std::mem::take(&mut self.counters);
+        counters.fold();
+        let mut work = Work::Counters(counters);
+        if self.redis.as_ref().is_some_and(|r| r.health().is_up()) {
+            match self.hand_over(work).await {
+                None => return,
+                Some(back) => work = back,
+            }
+        }
+        self.spool.append(work.into_spool_record()).await;
+    }
+}
+
+/// What a replay delivered.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Replayed {
+    pub records: u64,
+    pub events: u64,
+}
+
+/// Why a replay stopped early.
+#[derive(Debug)]
+pub enum ReplayStop {
+    /// The time slice is over; the rest waits for the next one.
+    Slice,
+    Redis(String),
+}
+
+/// Writes spooled records to Redis in order, on the calling (blocking)
+/// thread, until the spool is empty, Redis fails, or `until` passes.
+/// Undecodable records (from another version) are skipped with a warning.
+pub fn replay_records(
+    spool: &mut Spool,
+    redis: &RedisPool,
+    layout: &Layout,
+    runtime: &tokio::runtime::Handle,
+    until: Option<std::time::Instant>,
+) -> Replayed {
+    let mut done = Replayed::default();
+    let result = spool.replay(|payload| {
+        if until.is_some_and(|t| std::time::Instant::now() >= t) {
+            return Err(ReplayStop::Slice);
+        }
+        let record: SpoolRecord = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable spool record");
+                return Ok(());
+            }
+        };
+        let (pipe, events) = match &record {
+            SpoolRecord::Records(evs) => (write::records(layout, evs), evs.len() as u64),
+            SpoolRecord::Counters(c) => (write::counters(layout, c), 0),
+        };
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        runtime
+            .block_on(redis.query::<()>(Command::Pipe(&pipe), deadline))
+            .map_err(|e| ReplayStop::Redis(e.to_string()))?;
+        done.records += 1;
+        done.events += events;
+        Ok(())
+    });
+    match result {
+        Err(ReplayError::Deliver(ReplayStop::Redis(e))) => {
+            tracing::debug!(error = %e, "replay paused: redis failed");
+        }
+        Err(ReplayError::Spool(e)) => tracing::error!(error = %e, "cannot read the spool"),
+        Err(ReplayError::Deliver(ReplayStop::Slice)) | Ok(_) => {}
+    }
+    done
+}
