@@ -149,27 +149,15 @@ impl Cache {
         let Some(redis) = &self.redis else {
             return Lookup::default();
         };
-        let values: Vec<Option<Vec<u8>>> = if keys.len() == 1 {
-            let cmd = redis::cmd("GET").arg(keys[0]).to_owned();
-            match redis
-                .query::<Option<Vec<u8>>>(Command::Cmd(&cmd), deadline)
-                .await
-            {
-                Ok(v) => vec![v],
-                Err(e) => return self.lookup_failed(&e),
-            }
-        } else {
-            let cmd = redis::cmd("MGET").arg(keys).to_owned();
-            match redis.query(Command::Cmd(&cmd), deadline).await {
-                Ok(v) => v,
-                Err(e) => return self.lookup_failed(&e),
-            }
+        let values = match redis.values(keys, deadline).await {
+            Ok(v) => v,
+            Err(e) => return self.lookup_failed(&e),
         };
         let now = now_ms();
         let mut found = Lookup::default();
         for (i, value) in values.into_iter().enumerate() {
             let Some(raw) = value else { continue };
-            let entry = match envelope::decode(Bytes::from(raw)) {
+            let entry = match envelope::decode(raw) {
                 Ok(e) => Arc::new(e),
                 Err(err) => {
                     self.stats
@@ -240,18 +228,14 @@ impl Cache {
             return Some(entry);
         }
         let redis = self.redis.as_ref()?;
-        let cmd = redis::cmd("GET").arg(key).to_owned();
-        let raw = match redis
-            .query::<Option<Vec<u8>>>(Command::Cmd(&cmd), deadline)
-            .await
-        {
-            Ok(raw) => raw?,
+        let raw = match redis.values(&[key], deadline).await {
+            Ok(mut values) => values.pop().flatten()?,
             Err(e) => {
                 self.lookup_failed(&e);
                 return None;
             }
         };
-        match envelope::decode(Bytes::from(raw)) {
+        match envelope::decode(raw) {
             Ok(entry) => {
                 let entry = Arc::new(entry);
                 if let Some(l1) = &self.l1 {

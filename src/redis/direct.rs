@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::wire::{self, Commands, Reply, RespBuf};
 use crate::config::RedisConfig;
 
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 /// Why a batch was not confirmed. After any of these the outcome of the
@@ -141,6 +141,12 @@ impl DirectConn {
             }
         }
         Ok(conn)
+    }
+
+    /// The connected socket, for a connection that speaks for itself
+    /// ([`super::mux`]).
+    pub(super) fn into_stream(self) -> Pin<Box<dyn Stream>> {
+        self.stream
     }
 
     /// Runs `batch` as one transaction. `Ok` only when Redis executed every

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod direct;
 mod health;
 pub mod keys;
+pub mod mux;
 pub mod pool;
 pub mod wire;
 

@@ -8,6 +8,8 @@
 //! per-node work (`SCAN`, pub/sub) asks for [`RedisPool::nodes`].
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use bb8_redis::bb8::{self, ManageConnection, Pool};
@@ -17,6 +19,7 @@ use tokio::time::Instant;
 
 use super::cluster::{Cluster, Master};
 use super::health::{BACKOFF_MAX, BACKOFF_MIN, Health, LastError};
+use super::mux::{Mux, MuxError};
 use crate::config::RedisConfig;
 
 /// A pooled connection that remembers whether it failed at the transport
@@ -68,6 +71,8 @@ pub enum RedisFailure {
     Redis(#[from] RedisError),
     #[error("redis pool: {0}")]
     Pool(String),
+    #[error(transparent)]
+    Lookup(#[from] MuxError),
 }
 
 /// The pool plus its health. Cheap to clone.
@@ -83,6 +88,8 @@ enum Backend {
     Single {
         pool: Pool<Manager>,
         client: redis::Client,
+        /// The connection cache lookups share.
+        lookups: Mux,
     },
     /// A cluster: one multiplexed connection per node, shared.
     Cluster(Cluster),
@@ -129,13 +136,58 @@ impl RedisPool {
                 config,
             });
         Ok(RedisPool {
-            backend: Backend::Single { pool, client },
+            backend: Backend::Single {
+                pool,
+                client,
+                lookups: Mux::new(cfg),
+            },
             health,
         })
     }
 
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// The values of `keys` (`GET`, or `MGET` for several), for cache
+    /// lookups, through the breaker. On a single node they share one
+    /// pipelined connection ([`super::mux`]) and come back without a copy.
+    pub async fn values(
+        &self,
+        keys: &[&str],
+        deadline: Instant,
+    ) -> Result<Vec<Option<Bytes>>, RedisFailure> {
+        if !self.health.is_up() {
+            return Err(RedisFailure::Down);
+        }
+        let result = match (&self.backend, keys) {
+            (Backend::Single { lookups, .. }, [key]) => lookups
+                .get(key, deadline)
+                .await
+                .map(|v| vec![v])
+                .map_err(RedisFailure::from),
+            (Backend::Single { lookups, .. }, _) => lookups
+                .mget(keys, deadline)
+                .await
+                .map_err(RedisFailure::from),
+            // Accounted by query_unguarded.
+            (Backend::Cluster(_), [key]) => {
+                let cmd = redis::cmd("GET").arg(key).to_owned();
+                return self
+                    .query_unguarded::<Option<Vec<u8>>>(Command::Cmd(&cmd), deadline)
+                    .await
+                    .map(|v| vec![v.map(Bytes::from)]);
+            }
+            (Backend::Cluster(_), _) => {
+                let cmd = redis::cmd("MGET").arg(keys).to_owned();
+                return self
+                    .query_unguarded::<Vec<Option<Vec<u8>>>>(Command::Cmd(&cmd), deadline)
+                    .await
+                    .map(|values| values.into_iter().map(|v| v.map(Bytes::from)).collect());
+            }
+        };
+        self.account(&result);
+        result
     }
 
     /// Runs one command (or pipeline) with a deadline, through the breaker.
@@ -195,6 +247,7 @@ impl RedisPool {
             Ok(_) => self.health.success(),
             // A server-side error reply (wrong type, OOM) says Redis is up.
             Err(RedisFailure::Redis(e)) if !is_transport(e) => self.health.success(),
+            Err(RedisFailure::Lookup(MuxError::Reply(_))) => self.health.success(),
             Err(e) => {
                 let refused = matches!(e, RedisFailure::Redis(r) if r.is_connection_refusal())
                     || matches!(e, RedisFailure::Pool(_));

@@ -208,12 +208,12 @@ pub fn read_array_header(buf: &[u8]) -> Result<Option<(Option<usize>, usize)>, P
     }))
 }
 
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let rest = buf.get(from..)?;
     rest.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
 }
 
-fn parse_int(line: &[u8]) -> Result<i64, ProtocolError> {
+pub(crate) fn parse_int(line: &[u8]) -> Result<i64, ProtocolError> {
     std::str::from_utf8(line)
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
