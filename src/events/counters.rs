@@ -103,7 +103,7 @@ impl Counters {
         self.days.is_empty() && self.groups.is_empty()
     }
 
-    /// Distinct members held (an upper bound for unfolded searches).
+    /// Distinct members held, and groups and queries not yet folded.
     pub fn entries(&self) -> usize {
         self.entries + self.group_entries
     }
@@ -121,9 +121,10 @@ impl Counters {
             meta: Arc::as_ptr(&ev.meta) as usize,
         };
         let group = self.groups.entry(key).or_insert_with(|| {
-            // What folding this group may add: products, suppliers, the
-            // intent and the query.
-            self.group_entries += ev.meta.products.len() * 2 + 2;
+            // What a group holds: an entry and a share of an answer the
+            // cache holds anyway. What folding adds to the day's maps is
+            // counted there, per distinct member.
+            self.group_entries += 1;
             Group {
                 meta: ev.meta.clone(),
                 queries: Vec::with_capacity(1),
@@ -136,7 +137,7 @@ impl Counters {
         {
             Some((_, n)) => *n += 1,
             None => {
-                self.group_entries += ev.meta.products.len() + 2;
+                self.group_entries += 1;
                 group.queries.push((ev.query_normalized.clone(), 1));
             }
         }

@@ -248,7 +248,13 @@ impl Queue {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_max));
                     self.records(full).await;
                     if self.counters.entries() > COUNTER_ENTRIES_MAX {
-                        self.flush_counters().await;
+                        // Folding merges the groups into the day's maps,
+                        // whose size the products and queries in use bound;
+                        // only past that is memory bought with writes.
+                        self.counters.fold();
+                        if self.counters.entries() > COUNTER_ENTRIES_MAX {
+                            self.flush_counters().await;
+                        }
                     }
                 }
                 _ = tick.tick() => self.flush_counters().await,
