@@ -1,8 +1,9 @@
 //! The event writer's own connection to Redis: one socket (TCP, TLS or
 //! Unix), set up like the pool's (the same URL, password or ACL user,
 //! database, `tls_ca_file`), that sends a batch of pre-encoded commands as
-//! one MULTI/EXEC and checks the replies without parsing values (see
-//! [`super::wire`] for why).
+//! one MULTI/EXEC (a long write, such as a counter flush, as several of at
+//! most [`TRANSACTION_MAX`] commands) and checks the replies without parsing
+//! values (see [`super::wire`] for why).
 //!
 //! It belongs to the writer alone: one batch in flight at a time, so there
 //! is nothing to multiplex. Any failure leaves the connection unusable; the
@@ -50,6 +51,9 @@ pub struct DirectConn {
 }
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+/// The most commands in one transaction: a batch of `batch_max` = 512
+/// events (about 1,400 commands) fits in one.
+pub const TRANSACTION_MAX: usize = 4096;
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 
 impl DirectError {
@@ -149,21 +153,48 @@ impl DirectConn {
         self.stream
     }
 
-    /// Runs `batch` as one transaction. `Ok` only when Redis executed every
-    /// command without an error reply.
+    /// Runs `batch` as transactions of at most [`TRANSACTION_MAX`]
+    /// commands (one, for a batch of events), all written at once. `Ok`
+    /// only when Redis executed every command without an error reply.
+    ///
+    /// Redis runs one transaction at a time and serves other clients
+    /// between them: a long counter flush or spool replay cut this way
+    /// holds cache lookups up for a few milliseconds at a time rather than
+    /// for all of it. A failure in one transaction leaves those before it
+    /// executed; the caller sends the whole batch again (at least once).
     pub async fn exec(&mut self, batch: &RespBuf) -> Result<(), DirectError> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(MULTI).await?;
-        self.stream.write_all(batch.as_bytes()).await?;
-        self.stream.write_all(EXEC).await?;
+        for (commands, _) in batch.parts(TRANSACTION_MAX) {
+            self.stream.write_all(MULTI).await?;
+            self.stream.write_all(commands).await?;
+            self.stream.write_all(EXEC).await?;
+        }
         self.stream.flush().await?;
+        let mut result = Ok(());
+        for (_, n) in batch.parts(TRANSACTION_MAX) {
+            match self.read_transaction(n).await {
+                Ok(()) => {}
+                // A refusal: the replies of the other transactions still
+                // come, and are read so the connection stays usable.
+                Err(e @ DirectError::Refused { .. }) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        result
+    }
 
+    /// Reads the replies of one transaction of `n` commands.
+    async fn read_transaction(&mut self, n_commands: usize) -> Result<(), DirectError> {
         let mut refused = None;
         // MULTI's +OK, then a +QUEUED per command (or an error for a command
         // Redis would not queue, which makes EXEC abort).
-        for _ in 0..=batch.commands() {
+        for _ in 0..=n_commands {
             if let Reply::Error(e) = self.next_reply().await? {
                 refused.get_or_insert(e);
             }
@@ -181,14 +212,13 @@ impl DirectConn {
                 }
             }
             return match (failed, refused) {
-                (None, None) if n == batch.commands() => Ok(()),
+                (None, None) if n == n_commands => Ok(()),
                 (Some(message), _) | (None, Some(message)) => Err(DirectError::Refused {
                     message,
                     executed: true,
                 }),
                 (None, None) => Err(DirectError::Protocol(wire::ProtocolError(format!(
-                    "EXEC answered {n} replies for {} commands",
-                    batch.commands()
+                    "EXEC answered {n} replies for {n_commands} commands"
                 )))),
             };
         }

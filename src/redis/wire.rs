@@ -22,26 +22,40 @@ pub trait Commands {
 #[derive(Default)]
 pub struct RespBuf {
     buf: Vec<u8>,
-    commands: usize,
+    /// Where each command ends in `buf`.
+    ends: Vec<usize>,
 }
 
 impl RespBuf {
     /// Empties the buffer, keeping its memory for the next batch.
     pub fn clear(&mut self) {
         self.buf.clear();
-        self.commands = 0;
+        self.ends.clear();
     }
 
     pub fn commands(&self) -> usize {
-        self.commands
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.commands == 0
+        self.ends.is_empty()
     }
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// The commands in runs of at most `max` (the last may be shorter):
+    /// each run's bytes and how many commands it holds.
+    pub fn parts(&self, max: usize) -> impl Iterator<Item = (&[u8], usize)> {
+        let max = max.max(1);
+        let mut start = 0;
+        self.ends.chunks(max).map(move |run| {
+            let end = run[run.len() - 1];
+            let bytes = &self.buf[start..end];
+            start = end;
+            (bytes, run.len())
+        })
     }
 }
 
@@ -58,7 +72,7 @@ impl Commands for RespBuf {
             self.buf.extend_from_slice(arg);
             self.buf.extend_from_slice(b"\r\n");
         }
-        self.commands += 1;
+        self.ends.push(self.buf.len());
     }
 }
 
@@ -223,6 +237,29 @@ pub(crate) fn parse_int(line: &[u8]) -> Result<i64, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_cut_between_commands_and_cover_every_byte() {
+        let mut buf = RespBuf::default();
+        for i in 0..7 {
+            buf.command(&[b"INCR", format!("k{i}").as_bytes()]);
+        }
+        let parts: Vec<(&[u8], usize)> = buf.parts(3).collect();
+        assert_eq!(parts.iter().map(|p| p.1).collect::<Vec<_>>(), [3, 3, 1]);
+        assert_eq!(parts.concat_bytes(), buf.as_bytes());
+        assert!(parts[1].0.starts_with(b"*2\r\n$4\r\nINCR\r\n$2\r\nk3\r\n"));
+        assert_eq!(RespBuf::default().parts(3).count(), 0);
+    }
+
+    trait ConcatBytes {
+        fn concat_bytes(&self) -> Vec<u8>;
+    }
+
+    impl ConcatBytes for Vec<(&[u8], usize)> {
+        fn concat_bytes(&self) -> Vec<u8> {
+            self.iter().flat_map(|(b, _)| b.iter().copied()).collect()
+        }
+    }
 
     #[test]
     fn encodes_commands_as_resp_arrays_of_bulk_strings() {
