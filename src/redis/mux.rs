@@ -168,6 +168,9 @@ impl Shared {
 async fn drive(shared: Arc<Shared>) {
     let why = match DirectConn::connect(&shared.config, CONNECT_TIMEOUT).await {
         Ok(conn) => {
+            // A reset asked for while connecting was about the last
+            // connection: take it back.
+            let _ = tokio::time::timeout(Duration::ZERO, shared.reset.notified()).await;
             let (reader, writer) = tokio::io::split(conn.into_stream());
             tokio::select! {
                 e = write_loop(&shared, writer) => e,

@@ -18,9 +18,10 @@
 //! the queue and the spool are both full is an event dropped.
 //!
 //! A batch whose outcome is unknown (a timeout mid-transaction) is spooled
-//! and sent again: delivery is at least once. A batch that fails while
-//! later ones were already spilled is replayed after them: counts are
-//! unaffected, a user's history list may show those searches out of order.
+//! and sent again: delivery is at least once. Batches that were with the
+//! Redis task when Redis failed or when the queue task began to spill may
+//! reach the spool after later ones: counts are unaffected, a user's
+//! history list may show those searches out of order.
 
 mod io;
 mod link;
