@@ -152,8 +152,10 @@ impl Counters {
         // hash of the product list per group, then one update per product
         // per distinct list. Likewise suppliers, per list and query.
         type Lists<'a, K> = HashMap<K, (i64, &'a SearchMeta), RandomState>;
-        let mut by_products: Lists<'_, (u64, &str)> = Lists::default();
-        let mut by_suppliers: Lists<'_, (u64, &str, &str)> = Lists::default();
+        let mut by_products: Lists<'_, (u64, &str)> =
+            Lists::with_capacity_and_hasher(groups.len(), RandomState::default());
+        let mut by_suppliers: Lists<'_, (u64, &str, &str)> =
+            Lists::with_capacity_and_hasher(groups.len(), RandomState::default());
         for (key, group) in &groups {
             let day = self.days.entry(key.day).or_default();
             let meta: &SearchMeta = &group.meta;

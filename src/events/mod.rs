@@ -100,7 +100,63 @@ pub fn now_ms() -> u64 {
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    let mut buf = [0; RFC3339_MS_LEN];
+    match rfc3339_ms_into(ms, &mut buf) {
+        Some(s) => s.to_owned(),
+        None => {
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        }
+    }
+}
+
+/// Length of [`rfc3339_ms_into`]'s output: `2026-11-25T21:27:36.927Z`.
+pub const RFC3339_MS_LEN: usize = 24;
+
+/// Formats `ms` since the Unix epoch into `buf` without allocating (once
+/// per logged search, so it is on the writer's hot path). `None` past the
+/// year 9999, where the format needs more digits.
+pub fn rfc3339_ms_into(ms: u64, buf: &mut [u8; RFC3339_MS_LEN]) -> Option<&str> {
+    let days = ms / 86_400_000;
+    let in_day = ms % 86_400_000;
+    // Days to civil date (Howard Hinnant's algorithm, for days >= 0).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    if year > 9999 {
+        return None;
+    }
+    let mut put = |at: usize, value: u64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, in_day / 3_600_000, 2);
+    put(14, in_day / 60_000 % 60, 2);
+    put(17, in_day / 1000 % 60, 2);
+    put(20, in_day % 1000, 3);
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        buf[at] = sep;
+    }
+    std::str::from_utf8(buf).ok()
 }
 
 #[cfg(test)]
@@ -111,6 +167,24 @@ mod tests {
     fn timestamps_are_rfc3339_utc_with_millis() {
         assert_eq!(rfc3339_ms(1_764_106_056_927), "2025-11-25T21:27:36.927Z");
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_fast_formatter_agrees_with_humantime() {
+        let mut ms: u64 = 0;
+        // Every day boundary region of 1970-2200 and odd milliseconds.
+        while ms < 7_258_118_400_000 {
+            for probe in [ms, ms + 1, ms + 86_399_999, ms + 43_261_001] {
+                let expected =
+                    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(probe))
+                        .to_string();
+                assert_eq!(rfc3339_ms(probe), expected, "{probe}");
+            }
+            ms += 86_400_000 * 13 + 7;
+        }
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        let mut buf = [0; RFC3339_MS_LEN];
+        assert_eq!(rfc3339_ms_into(253_402_300_800_000, &mut buf), None);
     }
 
     #[test]

@@ -30,20 +30,56 @@ pub struct Layout {
     pub history_limit: usize,
 }
 
-/// The values of one search that several commands need, computed once.
+/// The values of one search that several commands need, computed once,
+/// on the stack: this runs for every logged search.
 struct Prepared<'a> {
     ev: &'a SearchEvent,
-    id: String,
-    timestamp: String,
+    id: [u8; 36],
+    timestamp: Small,
 }
 
 impl<'a> Prepared<'a> {
     fn new(ev: &'a SearchEvent) -> Self {
-        let mut buf = uuid::Uuid::encode_buffer();
-        Prepared {
-            ev,
-            id: ev.search_id.hyphenated().encode_lower(&mut buf).to_owned(),
-            timestamp: ev.timestamp(),
+        let mut id = [0; 36];
+        ev.search_id.hyphenated().encode_lower(&mut id);
+        let mut ts = [0; crate::events::RFC3339_MS_LEN];
+        let timestamp = match crate::events::rfc3339_ms_into(ev.timestamp_ms, &mut ts) {
+            Some(t) => Small::of(format_args!("{t}")),
+            None => Small::of(format_args!("{}", ev.timestamp())),
+        };
+        Prepared { ev, id, timestamp }
+    }
+
+    fn id(&self) -> &str {
+        // A hyphenated UUID is ASCII.
+        std::str::from_utf8(&self.id).unwrap_or_default()
+    }
+}
+
+/// A short formatted value, kept on the stack when it fits.
+enum Small {
+    Stack([u8; 40], u8),
+    Heap(String),
+}
+
+impl Small {
+    fn of(args: std::fmt::Arguments<'_>) -> Small {
+        use std::io::Write as _;
+        let mut buf = [0; 40];
+        let mut rest = &mut buf[..];
+        if rest.write_fmt(args).is_ok() {
+            let len = 40 - rest.len();
+            return Small::Stack(buf, len as u8);
+        }
+        Small::Heap(std::fmt::format(args))
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Small::Stack(buf, len) => {
+                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
+            }
+            Small::Heap(s) => s,
         }
     }
 }
@@ -63,26 +99,25 @@ fn with_fields<R>(p: &Prepared<'_>, f: impl FnOnce(&[(&'static str, &[u8])]) -> 
     let ev = p.ev;
     // Derived once per answer and shared by all its hits.
     let facts = ev.meta.log_facts();
-    let confidence = ev
-        .meta
-        .confidence
-        .map(|c| c.to_string())
-        .unwrap_or_default();
-    let response_time = format!("{:.3}", ev.response_time_ms);
+    let confidence = match ev.meta.confidence {
+        Some(c) => Small::of(format_args!("{c}")),
+        None => Small::Stack([0; 40], 0),
+    };
+    let response_time = Small::of(format_args!("{:.3}", ev.response_time_ms));
     let mut results = itoa::Buffer::new();
     let mut status = itoa::Buffer::new();
     // Absent optional values are left out rather than stored as "": fewer
     // fields make the record cheaper for Redis, and readers see "missing".
     let all: [(&'static str, &[u8], bool); RECORD_FIELDS] = [
-        ("search_id", p.id.as_bytes(), true),
-        ("timestamp", p.timestamp.as_bytes(), true),
+        ("search_id", p.id().as_bytes(), true),
+        ("timestamp", p.timestamp.as_str().as_bytes(), true),
         ("user_id", opt(&ev.user_id), false),
         ("user_uuid", opt(&ev.user_uuid), false),
         ("session_id", opt(&ev.session_id), false),
         ("query", ev.query.as_bytes(), true),
         ("query_normalized", ev.query_normalized.as_bytes(), true),
         ("intent", opt(&ev.meta.intent), false),
-        ("confidence", confidence.as_bytes(), false),
+        ("confidence", confidence.as_str().as_bytes(), false),
         (
             "results_count",
             results.format(ev.meta.results_count).as_bytes(),
@@ -95,7 +130,7 @@ fn with_fields<R>(p: &Prepared<'_>, f: impl FnOnce(&[(&'static str, &[u8])]) -> 
             facts.product_suppliers_json.as_bytes(),
             true,
         ),
-        ("response_time_ms", response_time.as_bytes(), true),
+        ("response_time_ms", response_time.as_str().as_bytes(), true),
         ("cache", ev.cache.as_str().as_bytes(), true),
         ("status", status.format(ev.status).as_bytes(), true),
         ("route", ev.route.as_bytes(), true),
@@ -126,9 +161,9 @@ fn history_json(p: &Prepared<'_>) -> String {
     let ev = p.ev;
     let mut out = String::with_capacity(128 + ev.query.len());
     out.push_str("{\"search_id\":");
-    write_json_str(&mut out, &p.id);
+    write_json_str(&mut out, p.id());
     out.push_str(",\"timestamp\":");
-    write_json_str(&mut out, &p.timestamp);
+    write_json_str(&mut out, p.timestamp.as_str());
     out.push_str(",\"query\":");
     write_json_str(&mut out, &ev.query);
     out.push_str(",\"intent\":");
@@ -170,7 +205,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
     let mut daily: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
     let mut users: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
     for pr in &prepared {
-        let key = keys::search(p, &pr.id);
+        let key = keys::search(p, pr.id());
         with_fields(pr, |fields| {
             let mut args: [&[u8]; 2 + 2 * RECORD_FIELDS] = [&[]; 2 + 2 * RECORD_FIELDS];
             args[0] = b"HSET";
@@ -182,7 +217,8 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
             out.command(&args[..2 + 2 * fields.len()]);
         });
         out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
-        daily.entry(&pr.timestamp[..10]).or_default().push(pr);
+        let date = pr.timestamp.as_str().get(..10).unwrap_or_default();
+        daily.entry(date).or_default().push(pr);
         if let Some(user) = pr.ev.user_id.as_deref() {
             users.entry(user).or_default().push(pr);
         }
@@ -203,7 +239,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
         let mut start = 0;
         for (end, pr) in ends.iter().zip(members) {
             args.push(&scores.as_bytes()[start..*end]);
-            args.push(pr.id.as_bytes());
+            args.push(pr.id().as_bytes());
             start = *end;
         }
         out.command(&args);
@@ -234,7 +270,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
             b"HSETNX",
             profile.as_bytes(),
             b"first_seen",
-            first.timestamp.as_bytes(),
+            first.timestamp.as_str().as_bytes(),
         ]);
         let latest =
             |f: fn(&SearchEvent) -> Option<&str>| searches.iter().rev().find_map(|pr| f(pr.ev));
@@ -242,7 +278,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
             b"HSET",
             profile.as_bytes(),
             b"last_seen",
-            last.timestamp.as_bytes(),
+            last.timestamp.as_str().as_bytes(),
         ];
         if let Some(uuid) = latest(|e| e.user_uuid.as_deref()) {
             hset.extend([&b"user_uuid"[..], uuid.as_bytes()]);

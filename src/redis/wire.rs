@@ -61,6 +61,10 @@ impl RespBuf {
 
 impl Commands for RespBuf {
     fn command(&mut self, args: &[&[u8]]) {
+        // One reservation for the whole command: `$<len>\r\n<arg>\r\n` is
+        // at most 25 bytes of framing per argument.
+        let size: usize = args.iter().map(|a| a.len() + 25).sum();
+        self.buf.reserve(size + 25);
         let mut n = itoa::Buffer::new();
         self.buf.push(b'*');
         self.buf.extend_from_slice(n.format(args.len()).as_bytes());
