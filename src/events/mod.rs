@@ -116,21 +116,13 @@ pub const RFC3339_MS_LEN: usize = 24;
 /// per logged search, so it is on the writer's hot path). `None` past the
 /// year 9999, where the format needs more digits.
 pub fn rfc3339_ms_into(ms: u64, buf: &mut [u8; RFC3339_MS_LEN]) -> Option<&str> {
-    let days = ms / 86_400_000;
+    let days = i64::try_from(ms / 86_400_000).ok()?;
     let in_day = ms % 86_400_000;
-    // Days to civil date (Howard Hinnant's algorithm, for days >= 0).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = crate::http_cache::date::civil_from_days(days);
     if year > 9999 {
         return None;
     }
+    let (year, month, day) = (year as u64, month as u64, day as u64);
     let mut put = |at: usize, value: u64, width: usize| {
         let mut v = value;
         for i in (0..width).rev() {
