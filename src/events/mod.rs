@@ -5,7 +5,8 @@
 //! - [`counters`]: analytics counters summed in process between flushes.
 //! - [`write`]: the Redis commands for records and counters (key names come
 //!   from [`crate::redis::keys`]).
-//! - [`writer`]: the batching writer task, spooling and replay.
+//! - [`writer`]: the batching writer (a queue task and a Redis task),
+//!   spilling to the spool under load, and replay.
 //! - [`spool`]: the append-only disk buffer used while Redis is unreachable.
 
 pub mod counters;
