@@ -1,7 +1,8 @@
 //! The event writer's connection against a real redis-server: a long write
 //! (a counter flush, a spool replay) goes out as several transactions of at
 //! most `TRANSACTION_MAX` commands, every command runs, and an error reply in
-//! one of them is reported without losing the others or the connection.
+//! one of them is reported without losing the others or the connection; a
+//! batch of events, however long, stays one transaction.
 
 mod common;
 
@@ -52,8 +53,35 @@ async fn a_write_longer_than_one_transaction_runs_every_command() {
     let mut buf = RespBuf::default();
     incrs(&mut buf, 0..n);
     assert_eq!(buf.parts(TRANSACTION_MAX).count(), 3);
-    conn.exec(&buf).await.expect("every transaction ran");
+    conn.exec(&buf, TRANSACTION_MAX)
+        .await
+        .expect("every transaction ran");
     assert_eq!(sum_of(&redis, n).await, 2 * n as i64);
+    assert_eq!(exec_calls(&redis).await, 3, "three transactions");
+
+    // As a batch of events: one transaction, however long.
+    conn.exec(&buf, usize::MAX).await.expect("one transaction");
+    assert_eq!(sum_of(&redis, n).await, 4 * n as i64);
+    assert_eq!(exec_calls(&redis).await, 4, "one more transaction");
+}
+
+/// `EXEC` calls Redis has counted (`INFO commandstats`).
+async fn exec_calls(redis: &Redis) -> u64 {
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -74,7 +102,7 @@ async fn an_error_reply_in_one_transaction_spares_the_others_and_the_connection(
     // In the second transaction: a list command on a string.
     buf.command(&[b"LPUSH", b"a-string", b"v"]);
     incrs(&mut buf, TRANSACTION_MAX + 10..n);
-    match conn.exec(&buf).await {
+    match conn.exec(&buf, TRANSACTION_MAX).await {
         Err(DirectError::Refused { message, executed }) => {
             assert!(message.starts_with("WRONGTYPE"), "{message}");
             assert!(executed, "the rest of its transaction ran");
@@ -86,7 +114,7 @@ async fn an_error_reply_in_one_transaction_spares_the_others_and_the_connection(
     // Every reply was read: the connection carries on.
     buf.clear();
     incrs(&mut buf, 0..1);
-    conn.exec(&buf)
+    conn.exec(&buf, TRANSACTION_MAX)
         .await
         .expect("the connection is still usable");
     assert_eq!(sum_of(&redis, 1).await, 4);

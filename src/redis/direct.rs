@@ -1,8 +1,8 @@
 //! The event writer's own connection to Redis: one socket (TCP, TLS or
 //! Unix), set up like the pool's (the same URL, password or ACL user,
 //! database, `tls_ca_file`), that sends a batch of pre-encoded commands as
-//! one MULTI/EXEC (a long write, such as a counter flush, as several of at
-//! most [`TRANSACTION_MAX`] commands) and checks the replies without parsing
+//! one MULTI/EXEC (a counter flush or a spool replay as several of at most
+//! [`TRANSACTION_MAX`] commands) and checks the replies without parsing
 //! values (see [`super::wire`] for why).
 //!
 //! It belongs to the writer alone: one batch in flight at a time, so there
@@ -51,8 +51,8 @@ pub struct DirectConn {
 }
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
-/// The most commands in one transaction: a batch of `batch_max` = 512
-/// events (about 1,400 commands) fits in one.
+/// The most commands in one transaction of a counter flush or a spool
+/// replay (a batch of events is always one transaction).
 pub const TRANSACTION_MAX: usize = 4096;
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 
@@ -153,27 +153,32 @@ impl DirectConn {
         self.stream
     }
 
-    /// Runs `batch` as transactions of at most [`TRANSACTION_MAX`]
-    /// commands (one, for a batch of events), all written at once. `Ok`
-    /// only when Redis executed every command without an error reply.
+    /// Runs `batch` as transactions of at most `per_transaction` commands
+    /// (`usize::MAX`: one, as for a batch of events), all written at once.
+    /// `Ok` only when Redis executed every command without an error reply.
     ///
     /// Redis runs one transaction at a time and serves other clients
-    /// between them: a long counter flush or spool replay cut this way
-    /// holds cache lookups up for a few milliseconds at a time rather than
-    /// for all of it. A failure in one transaction leaves those before it
-    /// executed; the caller sends the whole batch again (at least once).
-    pub async fn exec(&mut self, batch: &RespBuf) -> Result<(), DirectError> {
+    /// between them: a long counter flush or spool replay cut into runs of
+    /// [`TRANSACTION_MAX`] holds cache lookups up for a few milliseconds at
+    /// a time rather than for all of it. A failure in one transaction leaves
+    /// those before it executed; the caller sends the whole batch again (at
+    /// least once).
+    pub async fn exec(
+        &mut self,
+        batch: &RespBuf,
+        per_transaction: usize,
+    ) -> Result<(), DirectError> {
         if batch.is_empty() {
             return Ok(());
         }
-        for (commands, _) in batch.parts(TRANSACTION_MAX) {
+        for (commands, _) in batch.parts(per_transaction) {
             self.stream.write_all(MULTI).await?;
             self.stream.write_all(commands).await?;
             self.stream.write_all(EXEC).await?;
         }
         self.stream.flush().await?;
         let mut result = Ok(());
-        for (_, n) in batch.parts(TRANSACTION_MAX) {
+        for (_, n) in batch.parts(per_transaction) {
             match self.read_transaction(n).await {
                 Ok(()) => {}
                 // A refusal: the replies of the other transactions still

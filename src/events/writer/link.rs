@@ -11,7 +11,7 @@ use crate::events::SearchEvent;
 use crate::events::counters::Counters;
 use crate::events::write::{self, Layout};
 use crate::redis::RedisPool;
-use crate::redis::direct::{DirectConn, DirectError};
+use crate::redis::direct::{DirectConn, DirectError, TRANSACTION_MAX};
 use crate::redis::pool::Command;
 use crate::redis::wire::{Commands, RespBuf};
 
@@ -43,7 +43,8 @@ impl Target {
         encoded: &RespBuf,
     ) -> Sent {
         match self {
-            Target::Direct(link) => link.send(encoded).await,
+            // A batch of events is one transaction (SPEC section 5).
+            Target::Direct(link) => link.send(encoded, usize::MAX).await,
             Target::Pool(pool) => send_pipe(pool, &write::records(layout, events)).await,
         }
     }
@@ -58,7 +59,7 @@ impl Target {
             Target::Direct(link) => {
                 buf.clear();
                 write::counters_into(layout, counters, buf);
-                link.send(buf).await
+                link.send(buf, TRANSACTION_MAX).await
             }
             Target::Pool(pool) => send_pipe(pool, &write::counters(layout, counters)).await,
         }
@@ -76,7 +77,7 @@ impl Target {
         match self {
             Target::Direct(link) => {
                 let (buf, events) = decode_into(layout, payload, RespBuf::default).await?;
-                Ok((link.send(&buf).await, events))
+                Ok((link.send(&buf, TRANSACTION_MAX).await, events))
             }
             Target::Pool(pool) => {
                 let atomic = || {
@@ -123,8 +124,8 @@ impl Link {
 
     /// Sends encoded commands as one transaction, connecting first when
     /// needed. Any failure drops the connection.
-    async fn send(&mut self, buf: &RespBuf) -> Sent {
-        match self.try_send(buf).await {
+    async fn send(&mut self, buf: &RespBuf, per_transaction: usize) -> Sent {
+        match self.try_send(buf, per_transaction).await {
             Ok(()) => Ok(None),
             Err(e) if e.is_transient() => Err(e.to_string()),
             // Sending it again would fail the same way: the commands that
@@ -133,14 +134,14 @@ impl Link {
         }
     }
 
-    async fn try_send(&mut self, buf: &RespBuf) -> Result<(), DirectError> {
+    async fn try_send(&mut self, buf: &RespBuf, per_transaction: usize) -> Result<(), DirectError> {
         let conn = match &mut self.conn {
             Some(c) => c,
             None => self
                 .conn
                 .insert(DirectConn::connect(&self.config, CONNECT_TIMEOUT).await?),
         };
-        let result = tokio::time::timeout(WRITE_TIMEOUT, conn.exec(buf))
+        let result = tokio::time::timeout(WRITE_TIMEOUT, conn.exec(buf, per_transaction))
             .await
             .unwrap_or_else(|_| {
                 Err(DirectError::Io(std::io::Error::new(
