@@ -1,6 +1,8 @@
-//! Redis behind a password, an ACL user and TLS, through the real binary:
-//! the cache and the search log work as with an open Redis, a wrong password
-//! fails open, and secrets never reach the log or `/readyz`.
+//! Redis behind a password, an ACL user and TLS, or named by a database
+//! number or a Unix socket, through the real binary: the cache (lookups
+//! share a connection of their own) and the search log work as with an open
+//! Redis, a wrong password fails open, and secrets never reach the log or
+//! `/readyz`.
 
 mod common;
 
@@ -234,4 +236,40 @@ async fn a_batch_command_with_a_wrong_password_fails_without_showing_it() {
     );
     assert!(!history.stderr.contains(WRONG), "{}", history.stderr);
     assert!(!history.stdout_text().contains(WRONG), "{history:?}");
+}
+
+/// Lookups have a connection of their own: it selects the URL's database
+/// too. A hit with L1 off can only come from database 3.
+#[tokio::test]
+async fn lookups_read_the_database_the_url_names() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let url = format!("{}/3", redis.url());
+    let proxy = Proxy::start_with(&ProxyConfig::search().without_l1(), &backend.url(), &url).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+    assert_miss_stored(&milk.send().await);
+    let hit = eventually("a hit from database 3", || async {
+        let resp = milk.send().await;
+        (resp.x_cache() == Some("HIT")).then_some(resp)
+    })
+    .await;
+    assert_eq!(hit.backend_n(), 1, "the backend saw only the first search");
+    assert!(
+        !redis.exists(&user_key("u1", &hit.key())).await,
+        "nothing was stored in database 0"
+    );
+}
+
+/// The same through a `unix://` URL.
+#[tokio::test]
+async fn lookups_go_through_a_unix_socket_url() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start_with(
+        &ProxyConfig::search().without_l1(),
+        &backend.url(),
+        &redis.unix_url(),
+    )
+    .await;
+    cache_and_log_go_through(&proxy, &redis).await;
 }

@@ -240,6 +240,39 @@ async fn searches_spooled_while_redis_is_down(spool: &std::path::Path, n: usize)
     ids
 }
 
+/// SPEC section 5: only when the queue and the spool are both full is an
+/// event dropped; each drop is counted, and warned about once per episode.
+#[tokio::test]
+async fn with_redis_down_and_the_spool_full_events_are_dropped_counted_and_warned_once() {
+    let backend = Backend::start(answer).await;
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let spool = tempfile::tempdir().expect("spool dir");
+    let config = LogConfig::new()
+        .spool_dir(spool.path())
+        .events("batch_max = 4")
+        .events(r#"spool_max_bytes = "4KiB""#);
+    let proxy = LogProxy::start(&config, &backend.url(), &nowhere).await;
+    let n = 40;
+    for i in 0..n {
+        let resp = proxy
+            .search(Some("u1"), json!({"query": format!("item {i}")}))
+            .send()
+            .await;
+        assert_eq!(resp.status, 200, "answers never wait for the log: {resp:?}");
+    }
+    let (spooled, dropped) = eventually("every event spooled or dropped", || async {
+        let spooled = metric(proxy.admin, "events_spooled").await;
+        let dropped = metric(proxy.admin, "events_dropped").await;
+        (spooled + dropped == n).then_some((spooled, dropped))
+    })
+    .await;
+    assert!(spooled > 0, "the spool took what fitted");
+    assert!(dropped > 0, "the rest was dropped and counted");
+    assert!(metric(proxy.admin, "spool_bytes").await <= 4096);
+    let warnings = proxy.log().matches("dropping search events").count();
+    assert_eq!(warnings, 1, "one warning for the episode: {}", proxy.log());
+}
+
 #[tokio::test]
 async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() {
     let spool = tempfile::tempdir().expect("spool dir");
