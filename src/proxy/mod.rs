@@ -360,13 +360,7 @@ impl Proxy {
                     return resp;
                 }
                 let body = ProxyBody::with_deadline(rbody, deadline);
-                let mut resp = Response::from_parts(rparts, body);
-                mark(
-                    &mut resp,
-                    Verdict::Miss,
-                    respond::miss_status(&hash, detail),
-                );
-                return self.log_streaming(flow, resp, CacheResult::Miss);
+                return self.stream_miss(flow, rparts, body, respond::miss_status(&hash, detail));
             }
         };
 
@@ -376,13 +370,7 @@ impl Proxy {
             Ok(Collected::Overflow(prefix, rest)) => {
                 finish(Outcome::GoDirect);
                 let body = ProxyBody::resume(prefix, rest, Some(deadline));
-                let mut resp = Response::from_parts(rparts, body);
-                mark(
-                    &mut resp,
-                    Verdict::Miss,
-                    respond::miss_status(&hash, detail),
-                );
-                return self.log_streaming(flow, resp, CacheResult::Miss);
+                return self.stream_miss(flow, rparts, body, respond::miss_status(&hash, detail));
             }
             Err(e) => {
                 finish(Outcome::GoDirect);
@@ -489,6 +477,19 @@ impl Proxy {
             draft.finish(sink, cache, resp.status().as_u16(), meta);
         }
         resp
+    }
+
+    /// A miss that is not stored, its body streaming on to the client.
+    fn stream_miss(
+        &self,
+        flow: &mut Flow<'_>,
+        parts: http::response::Parts,
+        body: ProxyBody,
+        status: http::HeaderValue,
+    ) -> Response<ProxyBody> {
+        let mut resp = Response::from_parts(parts, body);
+        mark(&mut resp, Verdict::Miss, status);
+        self.log_streaming(flow, resp, CacheResult::Miss)
     }
 
     /// Logs a search whose answer is still streaming: the body keeps a copy

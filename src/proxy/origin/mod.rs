@@ -348,13 +348,8 @@ impl Proxy {
                 finish(Outcome::GoDirect);
                 strip_targeted(&mut rparts.headers);
                 let body = ProxyBody::with_deadline(rbody, deadline);
-                let mut resp = Response::from_parts(rparts, body);
-                mark(
-                    &mut resp,
-                    Verdict::Miss,
-                    respond::miss_status(&asked.hash, detail),
-                );
-                return self.log_streaming(flow, resp, CacheResult::Miss);
+                let status = respond::miss_status(&asked.hash, detail);
+                return self.stream_miss(flow, rparts, body, status);
             }
         };
 
@@ -365,13 +360,8 @@ impl Proxy {
                 finish(Outcome::GoDirect);
                 strip_targeted(&mut rparts.headers);
                 let body = ProxyBody::resume(prefix, rest, Some(deadline));
-                let mut resp = Response::from_parts(rparts, body);
-                mark(
-                    &mut resp,
-                    Verdict::Miss,
-                    respond::miss_status(&asked.hash, detail),
-                );
-                return self.log_streaming(flow, resp, CacheResult::Miss);
+                let status = respond::miss_status(&asked.hash, detail);
+                return self.stream_miss(flow, rparts, body, status);
             }
             Err(e) => {
                 finish(Outcome::GoDirect);
