@@ -213,7 +213,7 @@ pub fn decide_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::http_cache::headers;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -225,14 +225,6 @@ mod tests {
             cacheable_status: &[200],
             vary_headers: &[],
         }
-    }
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
     }
 
     #[test]

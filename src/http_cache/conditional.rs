@@ -197,16 +197,9 @@ pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_cache::headers;
     use http::HeaderValue;
     use proptest::prelude::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     const LM: &str = "Wed, 01 Jan 2020 00:00:00 GMT";
     const LATER: &str = "Thu, 02 Jan 2020 00:00:00 GMT";

@@ -242,18 +242,11 @@ pub fn error_grace(resp: &CacheControl, configured: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_cache::headers;
     use http::HeaderValue;
     use proptest::prelude::*;
 
     const T0: u64 = 1_700_000_000_000;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     fn at(ms: u64) -> String {
         date::format((ms / 1000) as i64)

@@ -21,3 +21,16 @@ pub mod invalidate;
 pub mod range;
 pub mod store;
 pub mod vary;
+
+/// A header map from name/value pairs, for unit tests.
+#[cfg(test)]
+pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            *k,
+            http::HeaderValue::from_str(v).expect("a valid test header value"),
+        );
+    }
+    h
+}

@@ -104,7 +104,7 @@ pub fn authorized_may_share(cc: &CacheControl) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::http_cache::headers;
 
     const T0: u64 = 1_700_000_000_000;
     const EX: Exchange = Exchange {
@@ -115,14 +115,6 @@ mod tests {
         scope: StoreScope::Global,
         heuristic: false,
     };
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     fn ok(resp: &[(&'static str, &str)]) -> Result<Storable, NotStored> {
         decide(

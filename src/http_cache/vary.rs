@@ -118,16 +118,9 @@ fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_cache::headers;
     use http::HeaderValue;
     use proptest::prelude::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     fn names(v: &[&'static str]) -> Vec<HeaderName> {
         v.iter().map(|n| HeaderName::from_static(n)).collect()
