@@ -71,7 +71,7 @@ pub fn replay(config: &Config, args: ReplayArgs) -> Result<(), Failure> {
     loop {
         let before = spool.bytes();
         // Blocks on the runtime for each record; this thread is not in it.
-        let done = replay_records(&mut spool, &pool, &layout, rt.handle(), None);
+        let done = replay_records(&mut spool, &pool, &layout, rt.handle());
         events += done.events;
         if spool.is_empty() {
             break;

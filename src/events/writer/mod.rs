@@ -41,9 +41,8 @@ use super::spool::{ReplayError, Spool};
 use super::write::{self, Layout};
 use crate::config::RedisConfig;
 use crate::redis::RedisPool;
-use crate::redis::pool::Command;
 use crate::redis::wire::RespBuf;
-use link::{Link, Target, WRITE_TIMEOUT};
+use link::{Link, Target};
 use spooling::{SharedSpool, SpoolRecord};
 
 /// How often summed counters are written.
@@ -382,54 +381,36 @@ pub struct Replayed {
     pub events: u64,
 }
 
-/// Why a replay stopped early.
-#[derive(Debug)]
-pub enum ReplayStop {
-    /// The time slice is over; the rest waits for the next one.
-    Slice,
-    Redis(String),
-}
-
 /// Writes spooled records to Redis in order, on the calling (blocking)
-/// thread, until the spool is empty, Redis fails, or `until` passes.
-/// Undecodable records (from another version) are skipped with a warning.
+/// thread, until the spool is empty or Redis fails (`leafcache replay`),
+/// decoding and encoding them as the writer's own replay does. Undecodable
+/// records (from another version) are skipped with a warning.
 pub fn replay_records(
     spool: &mut Spool,
     redis: &RedisPool,
     layout: &Layout,
     runtime: &tokio::runtime::Handle,
-    until: Option<std::time::Instant>,
 ) -> Replayed {
+    let mut target = Target::Pool(redis.clone());
     let mut done = Replayed::default();
     let result = spool.replay(|payload| {
-        if until.is_some_and(|t| std::time::Instant::now() >= t) {
-            return Err(ReplayStop::Slice);
-        }
-        let record: SpoolRecord = match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an unreadable spool record");
-                return Ok(());
+        match runtime.block_on(target.spooled(layout, payload.to_vec())) {
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable spool record"),
+            Ok((Err(e), _)) => return Err(e),
+            Ok((Ok(refused), events)) => {
+                if let Some(e) = refused {
+                    tracing::error!(error = %e, "redis refused commands of a spooled record");
+                }
+                done.records += 1;
+                done.events += events;
             }
-        };
-        let (pipe, events) = match &record {
-            SpoolRecord::Records(evs) => (write::records(layout, evs), evs.len() as u64),
-            SpoolRecord::Counters(c) => (write::counters(layout, c), 0),
-        };
-        let deadline = Instant::now() + WRITE_TIMEOUT;
-        runtime
-            .block_on(redis.query::<()>(Command::Pipe(&pipe), deadline))
-            .map_err(|e| ReplayStop::Redis(e.to_string()))?;
-        done.records += 1;
-        done.events += events;
+        }
         Ok(())
     });
     match result {
-        Err(ReplayError::Deliver(ReplayStop::Redis(e))) => {
-            tracing::debug!(error = %e, "replay paused: redis failed");
-        }
+        Err(ReplayError::Deliver(e)) => tracing::debug!(error = %e, "replay paused: redis failed"),
         Err(ReplayError::Spool(e)) => tracing::error!(error = %e, "cannot read the spool"),
-        Err(ReplayError::Deliver(ReplayStop::Slice)) | Ok(_) => {}
+        Ok(_) => {}
     }
     done
 }
