@@ -156,27 +156,10 @@ start_leafcache() {
   local port admin
   port=$(free_port)
   admin=$(free_port)
-  cat >"$WORK/$name.toml" <<TOML
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin"
-[upstream]
-url = "http://127.0.0.1:$BACKEND_PORT"
-[redis]
-url = "redis://127.0.0.1:$REDIS_PORT"
-key_prefix = "$name:"
-[cache]
-l1_max_bytes = "$l1"
-l1_ttl = "10m" # outlives every run: an L1 run measures L1 hits only
-$extra
-[events]
-spool_dir = "$WORK/spool-$name"
-[[route]]
-name = "search"
-methods = ["GET", "POST"]
-path = "/api/v1/search"
-query = ["json:/query", "query:q"]
-log = $log
-TOML
+  leafcache_toml "$port" "$admin" "$name:" "$WORK/spool-$name" "$log" \
+    "l1_max_bytes = \"$l1\"
+l1_ttl = \"10m\" # outlives every run: an L1 run measures L1 hits only
+$extra" >"$WORK/$name.toml"
   RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
   PIDS+=($!)
   PID[$name]=$!
@@ -201,7 +184,7 @@ drain_spool() {
   done
   echo "the spool of $1 did not drain in 120 s" >&2
 }
-lc_metric() { curl -s "http://127.0.0.1:${ADMIN[$1]}/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
+lc_metric() { admin_metric "${ADMIN[$1]}" "$2"; }
 
 # --- load --------------------------------------------------------------------
 # Every key at least once: the walk of 10,000 keys in order, repeated with a
@@ -313,7 +296,7 @@ taskset -c 1 wrk -t1 -c"$CONNS" -d"${RSS_DURATION}s" -s bench/wrk/search.lua \
 WRK_PID=$!
 RSS_SAMPLES=()
 step=$(((RSS_DURATION + 11) / 12))
-metric() { curl -s "http://127.0.0.1:${ADMIN[rss]}/metrics" | awk -v m="leafcache_$1" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
+metric() { admin_metric "${ADMIN[rss]}" "$1"; }
 while kill -0 "$WRK_PID" 2>/dev/null; do
   sleep "$step"
   RSS_SAMPLES+=($(($(status_kib "$RSS_PID" VmRSS) / 1024)))

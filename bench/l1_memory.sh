@@ -10,47 +10,28 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 cargo build --release --quiet --example bench_servers
 . bench/lib.sh
-metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
-R=$(free_port)
-taskset -c 0 redis-server --port "$R" --bind 127.0.0.1 --save '' --appendonly no \
+REDIS_PORT=$(free_port)
+taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --maxmemory 1gb --maxmemory-policy allkeys-lru >/dev/null &
 PIDS+=($!)
-B=$(free_port)
-taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$B" &
+BACKEND_PORT=$(free_port)
+taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$BACKEND_PORT" &
 PIDS+=($!)
-wait_port "$R"
-wait_port "$B"
+wait_port "$REDIS_PORT"
+wait_port "$BACKEND_PORT"
 printf '%-13s %12s %8s %10s %10s %16s\n' l1_max_bytes "l1_bytes" entries "VmRSS MiB" "VmHWM MiB" "RSS KiB/entry"
 POINTS=()
 for size in ${SIZES:-16MiB 64MiB}; do
   L=$(free_port)
   A=$(free_port)
-  cat >"$WORK/$size.toml" <<TOML
-listen = "127.0.0.1:$L"
-admin_listen = "127.0.0.1:$A"
-[upstream]
-url = "http://127.0.0.1:$B"
-[redis]
-url = "redis://127.0.0.1:$R"
-key_prefix = "$size:"
-[cache]
-l1_max_bytes = "$size"
-[events]
-spool_dir = "$WORK/spool"
-[[route]]
-name = "search"
-methods = ["GET", "POST"]
-path = "/api/v1/search"
-query = ["json:/query", "query:q"]
-log = false
-TOML
+  leafcache_toml "$L" "$A" "$size:" "$WORK/spool" false "l1_max_bytes = \"$size\"" >"$WORK/$size.toml"
   RUST_LOG=error taskset -c 0 target/release/leafcache serve --config "$WORK/$size.toml" 2>/dev/null &
   pid=$!
   PIDS+=($pid)
   wait_port "$L"
   taskset -c 1 wrk -t1 -c64 -d"${SECS:-20}"s -s bench/wrk/search.lua "http://127.0.0.1:$L" -- GET unique "mem$size" >/dev/null
-  bytes=$(metric "$A" l1_bytes)
-  entries=$(metric "$A" l1_entries)
+  bytes=$(admin_metric "$A" l1_bytes)
+  entries=$(admin_metric "$A" l1_entries)
   rss=$(awk '/^VmRSS/ {print $2}' /proc/"$pid"/status)
   hwm=$(awk '/^VmHWM/ {print $2}' /proc/"$pid"/status)
   printf '%-13s %12s %8s %10d %10d %16.1f\n' "$size" "$bytes" "$entries" $((rss / 1024)) $((hwm / 1024)) \

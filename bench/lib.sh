@@ -29,3 +29,29 @@ redis_calls() {
     grep -v -e cmdstat_info -e cmdstat_ping -e cmdstat_config |
     sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p' | awk '{s += $1} END {print s + 0}'
 }
+# A leafcache metric from the admin listener on PORT (0 when absent).
+admin_metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
+# proxy.toml for a bench proxy in front of $BACKEND_PORT with Redis on
+# $REDIS_PORT and the one search route: leafcache_toml PORT ADMIN PREFIX
+# SPOOL_DIR LOG(true|false) [CACHE_LINES]. CACHE_LINES go under [cache].
+leafcache_toml() {
+  cat <<TOML
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+[upstream]
+url = "http://127.0.0.1:$BACKEND_PORT"
+[redis]
+url = "redis://127.0.0.1:$REDIS_PORT"
+key_prefix = "$3"
+[cache]
+${6:-}
+[events]
+spool_dir = "$4"
+[[route]]
+name = "search"
+methods = ["GET", "POST"]
+path = "/api/v1/search"
+query = ["json:/query", "query:q"]
+log = $5
+TOML
+}

@@ -21,28 +21,10 @@ taskset -c 0 "$BIN" demo-backend --listen 127.0.0.1:"$BACKEND_PORT" 2>/dev/null 
 PIDS+=($!)
 wait_port "$REDIS_PORT"; wait_port "$BACKEND_PORT"
 
-admin_metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
-
 run() { # name log(true|false)
   local name=$1 log=$2 port admin
   port=$(free_port); admin=$(free_port)
-  cat >"$WORK/$name.toml" <<TOML
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin"
-[upstream]
-url = "http://127.0.0.1:$BACKEND_PORT"
-[redis]
-url = "redis://127.0.0.1:$REDIS_PORT"
-key_prefix = "$name:"
-[events]
-spool_dir = "$WORK/spool-$name"
-[[route]]
-name = "search"
-methods = ["GET", "POST"]
-path = "/api/v1/search"
-query = ["json:/query", "query:q"]
-log = $log
-TOML
+  leafcache_toml "$port" "$admin" "$name:" "$WORK/spool-$name" "$log" >"$WORK/$name.toml"
   RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$WORK/$name.toml" 2>"$WORK/$name.log" &
   local pid=$!
   PIDS+=($pid)

@@ -42,25 +42,9 @@ L1=64MiB
 [ "$SCENARIO" = redis ] && L1=0
 LOGV=false
 [ -n "$LOG" ] && LOGV=true
-cat >"$WORK/proxy.toml" <<TOML
-listen = "127.0.0.1:$PORT"
-admin_listen = "127.0.0.1:$(free_port)"
-[upstream]
-url = "http://127.0.0.1:$BACKEND_PORT"
-[redis]
-url = "redis://127.0.0.1:$REDIS_PORT"
-[cache]
-l1_max_bytes = "$L1"
-l1_ttl = "10m"
-[events]
-spool_dir = "$WORK/spool"
-[[route]]
-name = "search"
-methods = ["GET", "POST"]
-path = "/api/v1/search"
-query = ["json:/query", "query:q"]
-log = $LOGV
-TOML
+leafcache_toml "$PORT" "$(free_port)" "" "$WORK/spool" "$LOGV" \
+  "l1_max_bytes = \"$L1\"
+l1_ttl = \"10m\"" >"$WORK/proxy.toml"
 
 if [ "$TOOL" = callgrind ]; then
   # Valgrind runs the proxy ~50x slower: a longer Redis budget keeps Redis-tier
