@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::events::connect;
 use common::*;
 use leafcache::config::RedisConfig;
 use leafcache::redis::direct::{DirectConn, DirectError, TRANSACTION_MAX};
@@ -33,11 +34,7 @@ fn incrs(buf: &mut RespBuf, keys: std::ops::Range<usize>) {
 }
 
 async fn sum_of(redis: &Redis, n: usize) -> i64 {
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = connect(&redis.url()).await;
     let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
     let values: Vec<Option<i64>> = conn.mget(&keys).await.expect("MGET");
     values.into_iter().map(|v| v.unwrap_or(0)).sum()
@@ -67,11 +64,7 @@ async fn a_write_longer_than_one_transaction_runs_every_command() {
 
 /// `EXEC` calls Redis has counted (`INFO commandstats`).
 async fn exec_calls(redis: &Redis) -> u64 {
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = connect(&redis.url()).await;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut conn)
@@ -87,11 +80,7 @@ async fn exec_calls(redis: &Redis) -> u64 {
 #[tokio::test]
 async fn an_error_reply_in_one_transaction_spares_the_others_and_the_connection() {
     let redis = Redis::start().await;
-    let mut setup = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut setup = connect(&redis.url()).await;
     let _: () = setup.set("a-string", "x").await.expect("SET");
     let mut conn = DirectConn::connect(&config(&redis), Duration::from_secs(2))
         .await

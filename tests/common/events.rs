@@ -386,7 +386,8 @@ async fn redis_pid_is(con: &mut redis::aio::MultiplexedConnection, pid: u32) -> 
     info.is_ok_and(|i| i.lines().any(|l| l.trim() == format!("process_id:{pid}")))
 }
 
-async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+/// A plain client connection to the test Redis at `url`.
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("valid redis url")
         .get_multiplexed_async_connection()
