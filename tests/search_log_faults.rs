@@ -276,7 +276,8 @@ async fn with_redis_down_and_the_spool_full_events_are_dropped_counted_and_warne
 #[tokio::test]
 async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() {
     let spool = tempfile::tempdir().expect("spool dir");
-    let ids = unique(&searches_spooled_while_redis_is_down(spool.path(), 20).await);
+    let in_order = searches_spooled_while_redis_is_down(spool.path(), 20).await;
+    let ids = unique(&in_order);
 
     let redis = Redis::start().await;
     let backend = Backend::start(answer).await;
@@ -287,6 +288,21 @@ async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() 
     assert_eq!(store.search_ids("").await, ids);
     assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
     assert_eq!(backend.count(), 0, "replay does not ask the backend");
+    // SPEC section 5: replayed in order (several records: batch_max = 4).
+    let history: Vec<String> = store
+        .list("user:u1:searches")
+        .await
+        .iter()
+        .map(|entry| {
+            let v: serde_json::Value = serde_json::from_str(entry).expect("a JSON history entry");
+            v["search_id"].as_str().expect("a search_id").to_owned()
+        })
+        .collect();
+    let newest_first: Vec<String> = in_order.into_iter().rev().collect();
+    assert_eq!(
+        history, newest_first,
+        "the history reads newest first, as searched"
+    );
 }
 
 #[tokio::test]
