@@ -44,8 +44,8 @@ impl<'a> Prepared<'a> {
         ev.search_id.hyphenated().encode_lower(&mut id);
         let mut ts = [0; crate::events::RFC3339_MS_LEN];
         let timestamp = match crate::events::rfc3339_ms_into(ev.timestamp_ms, &mut ts) {
-            Some(t) => Small::of(format_args!("{t}")),
-            None => Small::of(format_args!("{}", ev.timestamp())),
+            Some(t) => Small::copy(t),
+            None => Small::Heap(ev.timestamp()),
         };
         Prepared { ev, id, timestamp }
     }
@@ -72,6 +72,17 @@ impl Small {
             return Small::Stack(buf, len as u8);
         }
         Small::Heap(std::fmt::format(args))
+    }
+
+    fn copy(s: &str) -> Small {
+        let mut buf = [0; 40];
+        match buf.get_mut(..s.len()) {
+            Some(head) => {
+                head.copy_from_slice(s.as_bytes());
+                Small::Stack(buf, s.len() as u8)
+            }
+            None => Small::Heap(s.to_owned()),
+        }
     }
 
     fn as_str(&self) -> &str {
