@@ -63,12 +63,9 @@ status_kib() { awk -v k="$2:" '$1 == k {print $2}' /proc/"$1"/status; }
 backend_searches() { curl -s "http://127.0.0.1:$BACKEND_PORT/__stats" | sed -n 's/.*"searches":\([0-9]*\).*/\1/p'; }
 
 # --- servers -----------------------------------------------------------------
-REDIS_PORT=$(free_port)
 # maxmemory bounds the memory run, whose unique keys would otherwise keep
 # ~2 GB of entries and search records for their full TTL and retention.
-taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --maxmemory 2gb --maxmemory-policy allkeys-lru >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+start_redis --maxmemory 2gb --maxmemory-policy allkeys-lru
 BACKEND_PORT=$(free_port)
 taskset -c 0 "$SERVERS" backend 127.0.0.1:"$BACKEND_PORT" 2>"$WORK/backend.log" &
 PIDS+=($!)
@@ -77,7 +74,6 @@ CEILING_PORT=$(free_port)
 taskset -c 0 "$SERVERS" ceiling 127.0.0.1:"$CEILING_PORT" 2>"$WORK/ceiling.log" &
 PIDS+=($!)
 CEILING_PID=$!
-wait_port "$REDIS_PORT"
 wait_port "$BACKEND_PORT"
 wait_port "$CEILING_PORT"
 

@@ -10,14 +10,10 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 cargo build --release --quiet --example bench_servers
 . bench/lib.sh
-REDIS_PORT=$(free_port)
-taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --maxmemory 1gb --maxmemory-policy allkeys-lru >/dev/null &
-PIDS+=($!)
+start_redis --maxmemory 1gb --maxmemory-policy allkeys-lru
 BACKEND_PORT=$(free_port)
 taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$BACKEND_PORT" &
 PIDS+=($!)
-wait_port "$REDIS_PORT"
 wait_port "$BACKEND_PORT"
 printf '%-13s %12s %8s %10s %10s %16s\n' l1_max_bytes "l1_bytes" entries "VmRSS MiB" "VmHWM MiB" "RSS KiB/entry"
 POINTS=()

@@ -13,13 +13,11 @@ cargo build --release --quiet
 BIN=target/release/leafcache
 . bench/lib.sh
 
-REDIS_PORT=$(free_port)
-taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-PIDS+=($!)
+start_redis
 BACKEND_PORT=$(free_port)
 taskset -c 0 "$BIN" demo-backend --listen 127.0.0.1:"$BACKEND_PORT" 2>/dev/null &
 PIDS+=($!)
-wait_port "$REDIS_PORT"; wait_port "$BACKEND_PORT"
+wait_port "$BACKEND_PORT"
 
 run() { # name log(true|false)
   local name=$1 log=$2 port admin

@@ -28,13 +28,10 @@ cargo build --release --quiet --example bench_servers
 BIN=target/release/leafcache
 . bench/lib.sh
 
-REDIS_PORT=$(free_port)
-taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-PIDS+=($!)
+start_redis
 BACKEND_PORT=$(free_port)
 taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$BACKEND_PORT" &
 PIDS+=($!)
-wait_port "$REDIS_PORT"
 wait_port "$BACKEND_PORT"
 
 PORT=$(free_port)
