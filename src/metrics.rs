@@ -219,7 +219,7 @@ impl Collector for Snapshot {
         counter(
             &mut enc,
             "cache_writes_dropped",
-            "Cache stores that skipped Redis because its write queue was full",
+            "Cache stores that skipped Redis because its write backlog was full",
             cs.redis_writes_dropped.load(Ordering::Relaxed),
         )?;
         if let Some(ev) = &s.events {

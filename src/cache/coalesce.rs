@@ -7,7 +7,6 @@
 //! waiter takes over instead of waiting forever; cancellation safety does not
 //! depend on the leader's future running to completion.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ struct Flight {
 #[derive(Default)]
 pub struct Coalescer {
     /// std Mutex: held only to look up or insert, never across an `.await`.
-    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    flights: Mutex<foldhash::HashMap<String, Arc<Flight>>>,
     waits: std::sync::atomic::AtomicU64,
 }
 

@@ -21,8 +21,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::redis::RedisPool;
+use crate::redis::mux::Mux;
 use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::wire::Commands;
+use crate::redis::{Health, RedisPool};
 use coalesce::Coalescer;
 use envelope::{Entry, now_ms};
 use l1::L1;
@@ -49,8 +51,10 @@ pub struct Lookup {
     pub stale: Option<Found>,
 }
 
-/// Cache writes waiting for Redis; past this many, new stores skip Redis
-/// (L1 still has them) rather than queueing without bound.
+/// Cluster mode: cache writes waiting for Redis; past this many, new stores
+/// skip Redis (L1 still has them) rather than queueing without bound. (On a
+/// single node they go straight to the shared connection, which bounds its
+/// own backlog.)
 const WRITE_QUEUE: usize = 4096;
 const WRITE_BATCH: usize = 128;
 
@@ -76,18 +80,28 @@ pub struct CacheStats {
     pub redis_writes_dropped: AtomicU64,
     pub redis_decode_errors: AtomicU64,
     pub redis_lookup_errors: AtomicU64,
-    pub redis_store_errors: AtomicU64,
+    /// Shared with the connection that counts failed stores nobody waits for.
+    pub redis_store_errors: Arc<AtomicU64>,
+}
+
+/// Where cache writes go.
+enum Writes {
+    /// A single node: appended to the connection lookups share.
+    Shared { conn: Mux, health: Arc<Health> },
+    /// A cluster: a queue drained by [`write_loop`] through the pool.
+    Queue(mpsc::Sender<Write>),
 }
 
 pub struct Cache {
     l1: Option<L1>,
     redis: Option<RedisPool>,
-    writes: Option<mpsc::Sender<Write>>,
+    writes: Option<Writes>,
     /// Added to freshness for the Redis `EX`, so stale copies stay for
     /// stale-if-error.
     stale_window: Duration,
-    /// Keys whose last answer could not be stored (hit-for-pass).
-    pass: moka::sync::Cache<String, ()>,
+    /// Keys whose last answer could not be stored (hit-for-pass), with the
+    /// time (ms) the mark lapses.
+    pass: PassMarks,
     pub coalescer: Arc<Coalescer>,
     pub stats: Arc<CacheStats>,
 }
@@ -103,19 +117,22 @@ impl Cache {
     ) -> Cache {
         let stats = Arc::new(CacheStats::default());
         let writes = redis.clone().map(|pool| {
+            if let Some(conn) = pool.shared_connection() {
+                return Writes::Shared {
+                    conn: conn.clone(),
+                    health: pool.health().clone(),
+                };
+            }
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             tokio::spawn(write_loop(pool, rx, stats.clone()));
-            tx
+            Writes::Queue(tx)
         });
         Cache {
             l1,
             redis,
             writes,
             stale_window,
-            pass: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(hit_for_pass.max(Duration::from_millis(1)))
-                .build(),
+            pass: PassMarks::new(hit_for_pass),
             coalescer: Arc::new(Coalescer::default()),
             stats,
         }
@@ -204,20 +221,46 @@ impl Cache {
     pub fn store(&self, key: String, entry: Arc<Entry>) {
         self.pass.invalidate(&key);
         let ex = entry.fresh_for + self.stale_window;
-        if let Some(writes) = &self.writes {
-            let write = Write::Set {
-                key: key.clone(),
-                value: envelope::encode(&entry),
-                ex_secs: ex.as_secs().max(1),
-            };
-            if writes.try_send(write).is_err() {
-                self.stats
-                    .redis_writes_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.write_redis(&key, &envelope::encode(&entry), ex.as_secs().max(1));
         if let Some(l1) = &self.l1 {
             l1.insert(key, entry);
+        }
+    }
+
+    /// `SET key value EX ex_secs` in the background; counted as dropped when
+    /// the backlog is full, as a store error when Redis is marked down.
+    fn write_redis(&self, key: &str, value: &Bytes, ex_secs: u64) {
+        let sent = match &self.writes {
+            None => return,
+            Some(Writes::Shared { conn, health }) => {
+                if !health.is_up() {
+                    self.stats
+                        .redis_store_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let mut secs = itoa::Buffer::new();
+                let args: [&[u8]; 5] = [
+                    b"SET",
+                    key.as_bytes(),
+                    value,
+                    b"EX",
+                    secs.format(ex_secs).as_bytes(),
+                ];
+                conn.send_discarding(&args, &self.stats.redis_store_errors)
+            }
+            Some(Writes::Queue(queue)) => queue
+                .try_send(Write::Set {
+                    key: key.to_owned(),
+                    value: value.clone(),
+                    ex_secs,
+                })
+                .is_ok(),
+        };
+        if !sent {
+            self.stats
+                .redis_writes_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -263,18 +306,7 @@ impl Cache {
         let value = envelope::encode(&entry);
         for key in keys {
             self.pass.invalidate(key);
-            if let Some(writes) = &self.writes {
-                let write = Write::Set {
-                    key: key.clone(),
-                    value: value.clone(),
-                    ex_secs,
-                };
-                if writes.try_send(write).is_err() {
-                    self.stats
-                        .redis_writes_dropped
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            self.write_redis(key, &value, ex_secs);
             if let Some(l1) = &self.l1 {
                 l1.insert(key.clone(), entry.clone());
             }
@@ -293,23 +325,59 @@ impl Cache {
         for key in &keys {
             self.forget_local(key);
         }
-        let Some(writes) = &self.writes else { return };
+        let queue = match &self.writes {
+            None => return,
+            Some(Writes::Shared { conn, health }) => {
+                if !health.is_up() {
+                    self.stats
+                        .redis_store_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                return self.unlink_shared(conn, &keys, &notices, wait).await;
+            }
+            Some(Writes::Queue(queue)) => queue,
+        };
         let (done, acked) = tokio::sync::oneshot::channel();
         let write = Write::Unlink {
             keys,
             notices,
             done,
         };
-        if tokio::time::timeout(wait, writes.send(write))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(wait, queue.send(write)).await.is_err() {
             self.stats
                 .redis_writes_dropped
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
         let _ = tokio::time::timeout(wait, acked).await;
+    }
+
+    /// Invalidation on a single node: the UNLINKs and PUBLISHes go out
+    /// after every store already sent, and are waited for.
+    async fn unlink_shared(
+        &self,
+        conn: &Mux,
+        keys: &[String],
+        notices: &[(String, String)],
+        wait: Duration,
+    ) {
+        let build = |out: &mut crate::redis::wire::RespBuf| {
+            // One key per command, as in cluster mode.
+            for key in keys {
+                out.command(&[b"UNLINK", key.as_bytes()]);
+            }
+            for (channel, message) in notices {
+                out.command(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]);
+            }
+            keys.len() + notices.len()
+        };
+        if let Err(e) = conn.call_many(build, Instant::now() + wait).await {
+            self.stats
+                .redis_store_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "cache invalidation in redis failed");
+        }
     }
 
     /// Drops an L1 copy (purge, invalidation).
@@ -320,11 +388,77 @@ impl Cache {
     }
 
     pub fn mark_pass(&self, key: &str) {
-        self.pass.insert(key.to_owned(), ());
+        self.pass.mark(key);
     }
 
     pub fn is_pass(&self, key: &str) -> bool {
-        self.pass.contains_key(key)
+        self.pass.contains(key)
+    }
+}
+
+/// Hit-for-pass marks: at most `PASS_MARKS` keys (the least used go first),
+/// each for `hit_for_pass`.
+struct PassMarks {
+    marks: quick_cache::sync::Cache<
+        String,
+        u64,
+        quick_cache::UnitWeighter,
+        foldhash::fast::RandomState,
+    >,
+    for_ms: u64,
+    /// When the newest mark lapses: past it no key is marked, and lookups
+    /// skip the table.
+    last_until_ms: AtomicU64,
+}
+
+const PASS_MARKS: usize = 100_000;
+
+impl PassMarks {
+    fn new(hit_for_pass: Duration) -> PassMarks {
+        PassMarks {
+            marks: quick_cache::sync::Cache::with(
+                PASS_MARKS,
+                PASS_MARKS as u64,
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                Default::default(),
+            ),
+            for_ms: u64::try_from(hit_for_pass.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            last_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn any(&self) -> bool {
+        now_ms() < self.last_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self, key: &str) {
+        let until = now_ms().saturating_add(self.for_ms);
+        self.last_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.marks.insert(key.to_owned(), until);
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        // Marks are rare: skip the table while none is live.
+        if !self.any() {
+            return false;
+        }
+        match self.marks.get(key) {
+            Some(until) if now_ms() < until => true,
+            Some(_) => {
+                self.marks.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn invalidate(&self, key: &str) {
+        if self.any() {
+            self.marks.remove(key);
+        }
     }
 }
 

@@ -9,12 +9,19 @@
 //! bytes, which the cache entry then borrows without a copy. Under load
 //! dozens of lookups share each read and write.
 //!
+//! Cache stores share it too: a `SET` is appended like a lookup, but nobody
+//! waits for its reply (an error reply, or a connection lost first, is
+//! counted), so a miss's store costs a copy into the buffer, not a round
+//! trip through a pool and a second connection. Order holds across both: an
+//! invalidation sent after a store runs after it.
+//!
 //! Failures: any I/O or protocol error fails every pending lookup (they
 //! count as Redis errors, so the breaker sees them) and the next lookup
 //! connects again. A connection that stops answering (a peer gone without
 //! a reset) is dropped once lookups keep timing out with no reply between.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +52,36 @@ pub enum MuxError {
     Protocol(#[from] ProtocolError),
 }
 
-type Waiter = oneshot::Sender<Result<Bytes, MuxError>>;
+/// Bytes of unwritten commands past which stores are refused (lookups
+/// never are): Redis is not keeping up, and L1 still has the answers.
+const STORE_BACKLOG_BYTES: usize = 16 << 20;
+
+/// Who gets the replies of the commands in `out`, in order.
+enum Waiter {
+    /// A caller waiting for `left` more replies: it gets the last one, or
+    /// the first error reply among them.
+    Reply {
+        tx: oneshot::Sender<Result<Bytes, MuxError>>,
+        left: usize,
+        error: Option<String>,
+    },
+    /// A write nobody waits for: an error reply, or the connection failing
+    /// before it was answered, adds one to the counter.
+    Discard(Arc<AtomicU64>),
+}
+
+impl Waiter {
+    fn fail(self, why: &Arc<str>) {
+        match self {
+            Waiter::Reply { tx, .. } => {
+                let _ = tx.send(Err(MuxError::Connection(why.clone())));
+            }
+            Waiter::Discard(failures) => {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// Cheap to clone: every clone shares the connection.
 #[derive(Clone)]
@@ -105,19 +141,74 @@ impl Mux {
         array_of_bulks(&reply)
     }
 
-    /// Sends one command and waits, until `deadline`, for its raw reply.
-    async fn call(&self, args: &[&[u8]], deadline: Instant) -> Result<Bytes, MuxError> {
+    /// Appends a command whose reply nobody waits for (a cache store).
+    /// Returns false, sending nothing, when Redis is so far behind that
+    /// `STORE_BACKLOG_BYTES` are waiting to be written already.
+    pub fn send_discarding(&self, args: &[&[u8]], failures: &Arc<AtomicU64>) -> bool {
+        let spawn = {
+            let mut st = self.lock();
+            if st.out.as_bytes().len() >= STORE_BACKLOG_BYTES {
+                return false;
+            }
+            st.out.command(args);
+            st.waiters.push_back(Waiter::Discard(failures.clone()));
+            !std::mem::replace(&mut st.driving, true)
+        };
+        self.start(spawn);
+        true
+    }
+
+    /// Sends the commands `build` appends (it returns how many) and waits,
+    /// until `deadline`, for all their replies: the first error reply, or
+    /// else the last reply.
+    pub async fn call_many(
+        &self,
+        build: impl FnOnce(&mut RespBuf) -> usize,
+        deadline: Instant,
+    ) -> Result<Bytes, MuxError> {
         let (tx, rx) = oneshot::channel();
         let spawn = {
             let mut st = self.lock();
-            st.out.command(args);
-            st.waiters.push_back(tx);
+            let left = build(&mut st.out);
+            if left == 0 {
+                return Ok(Bytes::new());
+            }
+            st.waiters.push_back(Waiter::Reply {
+                tx,
+                left,
+                error: None,
+            });
             !std::mem::replace(&mut st.driving, true)
         };
+        self.start(spawn);
+        self.wait(rx, deadline).await
+    }
+
+    /// Sends one command and waits, until `deadline`, for its raw reply.
+    async fn call(&self, args: &[&[u8]], deadline: Instant) -> Result<Bytes, MuxError> {
+        self.call_many(
+            |out| {
+                out.command(args);
+                1
+            },
+            deadline,
+        )
+        .await
+    }
+
+    /// Wakes the writer, starting a driver first when none runs.
+    fn start(&self, spawn: bool) {
         if spawn {
             tokio::spawn(drive(self.shared.clone()));
         }
         self.shared.wake.notify_one();
+    }
+
+    async fn wait(
+        &self,
+        rx: oneshot::Receiver<Result<Bytes, MuxError>>,
+        deadline: Instant,
+    ) -> Result<Bytes, MuxError> {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_dropped)) => Err(MuxError::Connection("connection lost".into())),
@@ -159,7 +250,7 @@ impl Shared {
         };
         let why: Arc<str> = why.into();
         for w in waiters {
-            let _ = w.send(Err(MuxError::Connection(why.clone())));
+            w.fail(&why);
         }
     }
 }
@@ -212,16 +303,37 @@ async fn read_loop(shared: &Shared, mut reader: impl tokio::io::AsyncRead + Unpi
                 Err(e) => return e.to_string(),
             };
             let reply = buf.split_to(len).freeze();
-            let waiter = {
+            let is_error = reply.first() == Some(&b'-');
+            let answered = {
                 let mut st = shared.lock();
                 st.timeouts = 0;
-                st.waiters.pop_front()
-            };
-            match waiter {
-                Some(w) => {
-                    let _ = w.send(Ok(reply));
+                match st.waiters.front_mut() {
+                    None => return "a reply nobody asked for".to_owned(),
+                    Some(Waiter::Discard(failures)) => {
+                        if is_error {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        st.waiters.pop_front();
+                        None
+                    }
+                    Some(Waiter::Reply { left, error, .. }) => {
+                        *left -= 1;
+                        if is_error && error.is_none() {
+                            *error = Some(error_text(&reply));
+                        }
+                        if *left == 0 {
+                            st.waiters.pop_front()
+                        } else {
+                            None
+                        }
+                    }
                 }
-                None => return "a reply nobody asked for".to_owned(),
+            };
+            if let Some(Waiter::Reply { tx, error, .. }) = answered {
+                let _ = tx.send(match error {
+                    Some(e) => Err(MuxError::Reply(e)),
+                    None => Ok(reply),
+                });
             }
         }
         if buf.capacity() - buf.len() < 16 * 1024 {
@@ -233,6 +345,13 @@ async fn read_loop(shared: &Shared, mut reader: impl tokio::io::AsyncRead + Unpi
             Err(e) => return e.to_string(),
         }
     }
+}
+
+/// The text of an error reply (`-ERR ...\r\n`).
+fn error_text(reply: &[u8]) -> String {
+    let text = reply.get(1..).unwrap_or_default();
+    let text = text.strip_suffix(b"\r\n").unwrap_or(text);
+    String::from_utf8_lossy(text).into_owned()
 }
 
 /// The bulk string (or nil) at `at` in `reply`, and where it ends; an error

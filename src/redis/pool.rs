@@ -149,6 +149,16 @@ impl RedisPool {
         &self.health
     }
 
+    /// On a single node, the pipelined connection lookups share (cache
+    /// stores and invalidations go through it too, in order); `None` for a
+    /// cluster.
+    pub fn shared_connection(&self) -> Option<&Mux> {
+        match &self.backend {
+            Backend::Single { lookups, .. } => Some(lookups),
+            Backend::Cluster(_) => None,
+        }
+    }
+
     /// The values of `keys` (`GET`, or `MGET` for several), for cache
     /// lookups, through the breaker. On a single node they share one
     /// pipelined connection ([`super::mux`]) and come back without a copy.
