@@ -7,6 +7,7 @@
 #   bench/profile.sh post  [perf|callgrind] [secs]   # L1 POST JSON hits
 #   bench/profile.sh redis [perf|callgrind] [secs]   # Redis-tier GET hits
 #   bench/profile.sh miss  [perf|callgrind] [secs]   # a new key per request
+#   bench/profile.sh miss1 [perf|callgrind] [secs]   # the same, one connection
 #   LOG=1 bench/profile.sh get ...                   # with search logging on
 #
 # perf: `perf record -e cpu-clock` (a software clock, so it works in VMs
@@ -59,7 +60,9 @@ wait_port "$PORT"
 METHOD=GET
 [ "$SCENARIO" = post ] && METHOD=POST
 URL="http://127.0.0.1:$PORT"
-if [ "$SCENARIO" != miss ]; then
+CONNS=64
+[ "$SCENARIO" = miss1 ] && CONNS=1
+if [ "${SCENARIO%1}" != miss ]; then
   # Every key once, as in compare.sh (slowly under valgrind).
   secs=2
   while :; do
@@ -71,11 +74,11 @@ if [ "$SCENARIO" != miss ]; then
   done
 fi
 KEYS=set
-[ "$SCENARIO" = miss ] && KEYS=unique
+[ "${SCENARIO%1}" = miss ] && KEYS=unique
 
 if [ "$TOOL" = callgrind ]; then
   callgrind_control -i on "$PID" >/dev/null
-  taskset -c 1 wrk -t1 -c64 -d"${SECS}s" -s bench/wrk/search.lua "$URL" -- "$METHOD" "$KEYS" prof | tee "$OUT/wrk.$SCENARIO.txt"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" -s bench/wrk/search.lua "$URL" -- "$METHOD" "$KEYS" prof | tee "$OUT/wrk.$SCENARIO.txt"
   callgrind_control -i off "$PID" >/dev/null
   kill "$PID"
   wait "$PID" 2>/dev/null || true
@@ -83,7 +86,7 @@ if [ "$TOOL" = callgrind ]; then
   callgrind_annotate "$OUT/callgrind.$SCENARIO.out" 2>/dev/null | sed -n 1,80p >"$OUT/callgrind.$SCENARIO.self.txt"
   echo "callgrind: $OUT/callgrind.$SCENARIO.{self,inclusive}.txt"
 else
-  taskset -c 1 wrk -t1 -c64 -d"$((SECS + 2))s" -s bench/wrk/search.lua "$URL" -- "$METHOD" "$KEYS" prof >"$OUT/wrk.$SCENARIO.txt" &
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"$((SECS + 2))s" -s bench/wrk/search.lua "$URL" -- "$METHOD" "$KEYS" prof >"$OUT/wrk.$SCENARIO.txt" &
   WRK=$!
   PIDS+=($WRK)
   sleep 1

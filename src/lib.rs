@@ -14,7 +14,7 @@
 //! - [`events`]: the search log: events, the batching writer, the spool.
 //! - [`redis`]: the pool (one node or a cluster), its health, every Redis
 //!   key name, the event writer's own connection speaking raw RESP, and the
-//!   pipelined connection cache lookups share.
+//!   pipelined connections cache lookups and stores share.
 //! - [`admin`]: health and readiness probes, metrics, and the `/v1` API
 //!   (feedback, manual logging, history, stats, export, purge).
 //! - [`metrics`]: Prometheus counters and histograms.

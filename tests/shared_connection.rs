@@ -1,5 +1,5 @@
-//! Cache stores and invalidations on the connection lookups share
-//! (`redis::mux`), against a real redis-server: a store nobody waits for
+//! Cache stores and invalidations on a pipelined connection
+//! (`redis::mux`, as the proxy uses it for them), against a real redis-server: a store nobody waits for
 //! still lands, in order with what follows it on the connection; an error
 //! reply to one is counted, not lost; a batch of commands gets all its
 //! replies and reports the first error among them.

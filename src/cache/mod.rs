@@ -53,7 +53,7 @@ pub struct Lookup {
 
 /// Cluster mode: cache writes waiting for Redis; past this many, new stores
 /// skip Redis (L1 still has them) rather than queueing without bound. (On a
-/// single node they go straight to the shared connection, which bounds its
+/// single node they go straight to the store connection, which bounds its
 /// own backlog.)
 const WRITE_QUEUE: usize = 4096;
 const WRITE_BATCH: usize = 128;
@@ -86,7 +86,7 @@ pub struct CacheStats {
 
 /// Where cache writes go.
 enum Writes {
-    /// A single node: appended to the connection lookups share.
+    /// A single node: appended to the pipelined store connection.
     Shared { conn: Mux, health: Arc<Health> },
     /// A cluster: a queue drained by [`write_loop`] through the pool.
     Queue(mpsc::Sender<Write>),
@@ -117,7 +117,7 @@ impl Cache {
     ) -> Cache {
         let stats = Arc::new(CacheStats::default());
         let writes = redis.clone().map(|pool| {
-            if let Some(conn) = pool.shared_connection() {
+            if let Some(conn) = pool.store_connection() {
                 return Writes::Shared {
                     conn: conn.clone(),
                     health: pool.health().clone(),

@@ -1,7 +1,7 @@
 //! Redis: the connection pool with its health state (one node or a
 //! [`cluster`]), the key layout, the event writer's own connection to a
-//! single node ([`direct`], speaking [`wire`]), and the pipelined connection
-//! cache lookups share on a single node ([`mux`]).
+//! single node ([`direct`], speaking [`wire`]), and the pipelined connections
+//! cache lookups and stores share on a single node ([`mux`]).
 
 pub mod cluster;
 pub mod direct;

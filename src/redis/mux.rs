@@ -1,4 +1,5 @@
-//! One connection that every cache lookup shares, its commands pipelined.
+//! One connection that every cache lookup shares, its commands pipelined
+//! (and another, the same way, for cache stores).
 //!
 //! A pooled connection per lookup costs a checkout, a command built through
 //! `redis::Cmd`, a wake of the connection's driver, a parse into
@@ -9,11 +10,12 @@
 //! bytes, which the cache entry then borrows without a copy. Under load
 //! dozens of lookups share each read and write.
 //!
-//! Cache stores share it too: a `SET` is appended like a lookup, but nobody
-//! waits for its reply (an error reply, or a connection lost first, is
-//! counted), so a miss's store costs a copy into the buffer, not a round
-//! trip through a pool and a second connection. Order holds across both: an
-//! invalidation sent after a store runs after it.
+//! Cache stores use a second `Mux` of their own (so that lookups never queue
+//! in Redis behind kilobytes of stored answers): a `SET` is appended the same
+//! way, but nobody waits for its reply (an error reply, or a connection lost
+//! first, is counted), so a miss's store costs a copy into the buffer, not a
+//! trip through a queue, a pool and redis-rs. Order holds on a connection:
+//! an invalidation sent after a store runs after it.
 //!
 //! Failures: any I/O or protocol error fails every pending lookup (they
 //! count as Redis errors, so the breaker sees them) and the next lookup

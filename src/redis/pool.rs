@@ -90,6 +90,10 @@ enum Backend {
         client: redis::Client,
         /// The connection cache lookups share.
         lookups: Mux,
+        /// The connection cache stores and invalidations share: apart from
+        /// lookups, so that a lookup never waits in Redis's input buffer
+        /// behind kilobytes of stored answers.
+        stores: Mux,
     },
     /// A cluster: one multiplexed connection per node, shared.
     Cluster(Cluster),
@@ -140,6 +144,7 @@ impl RedisPool {
                 pool,
                 client,
                 lookups: Mux::new(cfg),
+                stores: Mux::new(cfg),
             },
             health,
         })
@@ -149,12 +154,11 @@ impl RedisPool {
         &self.health
     }
 
-    /// On a single node, the pipelined connection lookups share (cache
-    /// stores and invalidations go through it too, in order); `None` for a
-    /// cluster.
-    pub fn shared_connection(&self) -> Option<&Mux> {
+    /// On a single node, the pipelined connection cache stores and
+    /// invalidations share, in order; `None` for a cluster.
+    pub fn store_connection(&self) -> Option<&Mux> {
         match &self.backend {
-            Backend::Single { lookups, .. } => Some(lookups),
+            Backend::Single { stores, .. } => Some(stores),
             Backend::Cluster(_) => None,
         }
     }
