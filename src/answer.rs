@@ -23,14 +23,15 @@ pub fn read_value(route: &RouteConfig, doc: &Value) -> SearchMeta {
     let results = json_pointer(doc, &route.results).and_then(Value::as_array);
     let products = results
         .map(|items| {
-            items
-                .iter()
-                .filter_map(|item| {
-                    let id = json_pointer(item, &route.product_id).and_then(scalar_text)?;
-                    let supplier = json_pointer(item, &route.supplier_id).and_then(scalar_text);
-                    Some((id, supplier))
-                })
-                .collect()
+            // Sized once: the list lives as long as the cached answer.
+            let mut products = Vec::with_capacity(items.len());
+            products.extend(items.iter().filter_map(|item| {
+                let id = json_pointer(item, &route.product_id).and_then(scalar_text)?;
+                let supplier = json_pointer(item, &route.supplier_id).and_then(scalar_text);
+                Some((id, supplier))
+            }));
+            products.shrink_to_fit();
+            products
         })
         .unwrap_or_default();
     SearchMeta {

@@ -68,7 +68,9 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
         Some(redis.clone()),
         Some(spool),
     );
-    let l1 = L1::new(config.cache.l1_max_bytes, config.cache.l1_ttl);
+    let logs = config.routes.iter().any(|r| r.log);
+    let l1 = L1::new(config.cache.l1_max_bytes, config.cache.l1_ttl)
+        .map(|l1| l1.counting_log_facts(logs));
     if let Some(l1) = &l1 {
         crate::admin::purge::spawn_invalidation_listener(
             redis.clone(),

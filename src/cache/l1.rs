@@ -77,6 +77,9 @@ fn compact(entry: Arc<Entry>) -> Arc<Entry> {
 pub struct L1 {
     cache: Arc<Table>,
     ttl_ms: u64,
+    /// Some route logs searches: every answer served will carry its derived
+    /// log facts, so their size counts from insertion on.
+    counts_log_facts: bool,
 }
 
 impl L1 {
@@ -102,7 +105,15 @@ impl L1 {
         Some(L1 {
             cache: Arc::new(cache),
             ttl_ms: u64::try_from(l1_ttl.as_millis()).unwrap_or(u64::MAX),
+            counts_log_facts: false,
         })
+    }
+
+    /// Counts, for each entry, the log facts the search log will derive
+    /// for it (when some route logs).
+    pub fn counting_log_facts(mut self, yes: bool) -> L1 {
+        self.counts_log_facts = yes;
+        self
     }
 
     /// A fresh copy, if there is one.
@@ -125,7 +136,13 @@ impl L1 {
         let lives = self.ttl_ms.min(entry.remaining(now).as_millis() as u64);
         let entry = compact(entry);
         let slot = Slot {
-            weight: (key.len() + entry.weight()) as u64,
+            weight: (key.len()
+                + entry.weight()
+                + if self.counts_log_facts {
+                    entry.meta.facts_to_come()
+                } else {
+                    0
+                }) as u64,
             entry,
             until_ms: now.saturating_add(lives),
         };

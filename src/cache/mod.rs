@@ -118,6 +118,7 @@ impl Cache {
         let stats = Arc::new(CacheStats::default());
         let writes = redis.clone().map(|pool| {
             if let Some(conn) = pool.store_connection() {
+                conn.connect_early();
                 return Writes::Shared {
                     conn: conn.clone(),
                     health: pool.health().clone(),

@@ -72,6 +72,12 @@ impl LogFacts {
             write_json_str(&mut pairs, supplier);
         }
         pairs.push('}');
+        // Held for as long as the answer is cached: no slack.
+        for text in [&mut product_ids_json, &mut supplier_ids_json, &mut pairs] {
+            text.shrink_to_fit();
+        }
+        products.shrink_to_fit();
+        suppliers.shrink_to_fit();
         LogFacts {
             products,
             suppliers,
@@ -79,6 +85,18 @@ impl LogFacts {
             supplier_ids_json,
             product_suppliers_json: pairs,
         }
+    }
+}
+
+impl LogFacts {
+    /// The heap these facts hold (for the L1 byte budget).
+    pub fn heap_bytes(&self) -> usize {
+        use crate::cache::envelope::alloc_size;
+        alloc_size(self.products.capacity() * 8)
+            + alloc_size(self.suppliers.capacity() * 8)
+            + alloc_size(self.product_ids_json.capacity())
+            + alloc_size(self.supplier_ids_json.capacity())
+            + alloc_size(self.product_suppliers_json.capacity())
     }
 }
 
@@ -103,6 +121,13 @@ impl std::fmt::Debug for LazyFacts {
         } else {
             "LazyFacts(pending)"
         })
+    }
+}
+
+impl LazyFacts {
+    /// The facts, if derived already.
+    pub fn get(&self) -> Option<&LogFacts> {
+        self.0.get()
     }
 }
 
@@ -179,6 +204,27 @@ mod tests {
                 .collect(),
             ..SearchMeta::default()
         }
+    }
+
+    #[test]
+    fn the_size_of_facts_to_come_is_predicted_and_then_counted() {
+        let ids: Vec<(String, Option<String>)> = (0..12)
+            .map(|i| (format!("prod-{i:05}"), Some(format!("sup-{}", i % 4))))
+            .collect();
+        let refs: Vec<(&str, Option<&str>)> = ids
+            .iter()
+            .map(|(p, s)| (p.as_str(), s.as_deref()))
+            .collect();
+        let m = meta(&refs);
+        let before = m.heap_bytes();
+        let predicted = m.facts_to_come();
+        let derived = m.log_facts().heap_bytes();
+        assert!(
+            predicted * 4 >= derived * 3 && predicted <= derived * 2,
+            "predicted {predicted} bytes, derived {derived}"
+        );
+        assert_eq!(m.facts_to_come(), 0, "nothing more to come");
+        assert_eq!(m.heap_bytes(), before + derived, "now counted as held");
     }
 
     #[test]

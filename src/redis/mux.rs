@@ -143,6 +143,14 @@ impl Mux {
         array_of_bulks(&reply)
     }
 
+    /// Connects now rather than on the first command (a store should not
+    /// wait for a connection to be set up); must run inside the runtime.
+    /// A failure is forgotten: the first command connects again.
+    pub fn connect_early(&self) {
+        let spawn = !std::mem::replace(&mut self.lock().driving, true);
+        self.start(spawn);
+    }
+
     /// Appends a command whose reply nobody waits for (a cache store).
     /// Returns false, sending nothing, when Redis is so far behind that
     /// `STORE_BACKLOG_BYTES` are waiting to be written already.
