@@ -10,22 +10,9 @@ use std::time::Duration;
 
 use common::events::connect;
 use common::*;
-use leafcache::config::RedisConfig;
 use leafcache::redis::direct::{DirectConn, DirectError, TRANSACTION_MAX};
 use leafcache::redis::wire::{Commands, RespBuf};
 use redis::AsyncCommands;
-
-fn config(redis: &Redis) -> RedisConfig {
-    RedisConfig {
-        url: redis.url(),
-        pool_size: 1,
-        timeout: Duration::from_secs(2),
-        key_prefix: Default::default(),
-        cluster: false,
-        tls_ca_file: None,
-        tls_ca_pem: None,
-    }
-}
 
 fn incrs(buf: &mut RespBuf, keys: std::ops::Range<usize>) {
     for i in keys {
@@ -43,7 +30,7 @@ async fn sum_of(redis: &Redis, n: usize) -> i64 {
 #[tokio::test]
 async fn a_write_longer_than_one_transaction_runs_every_command() {
     let redis = Redis::start().await;
-    let mut conn = DirectConn::connect(&config(&redis), Duration::from_secs(2))
+    let mut conn = DirectConn::connect(&redis.config(), Duration::from_secs(2))
         .await
         .expect("connect");
     let n = 2 * TRANSACTION_MAX + 123;
@@ -82,7 +69,7 @@ async fn an_error_reply_in_one_transaction_spares_the_others_and_the_connection(
     let redis = Redis::start().await;
     let mut setup = connect(&redis.url()).await;
     let _: () = setup.set("a-string", "x").await.expect("SET");
-    let mut conn = DirectConn::connect(&config(&redis), Duration::from_secs(2))
+    let mut conn = DirectConn::connect(&redis.config(), Duration::from_secs(2))
         .await
         .expect("connect");
     let n = 2 * TRANSACTION_MAX;

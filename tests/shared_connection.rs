@@ -11,23 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use leafcache::config::RedisConfig;
 use leafcache::redis::mux::{Mux, MuxError};
 use leafcache::redis::wire::Commands;
 use redis::AsyncCommands;
 use tokio::time::Instant;
-
-fn config(redis: &Redis) -> RedisConfig {
-    RedisConfig {
-        url: redis.url(),
-        pool_size: 1,
-        timeout: Duration::from_secs(2),
-        key_prefix: Default::default(),
-        cluster: false,
-        tls_ca_file: None,
-        tls_ca_pem: None,
-    }
-}
 
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(5)
@@ -36,7 +23,7 @@ fn soon() -> Instant {
 #[tokio::test]
 async fn stores_land_in_order_with_the_lookups_and_invalidations_after_them() {
     let redis = Redis::start().await;
-    let mux = Mux::new(&config(&redis));
+    let mux = Mux::new(&redis.config());
     let failures = Arc::new(AtomicU64::new(0));
     for i in 0..500u32 {
         let value = format!("v{i}");
@@ -69,7 +56,7 @@ async fn an_error_reply_to_a_store_is_counted_and_the_connection_goes_on() {
     let redis = Redis::start().await;
     let mut admin = redis.conn().await;
     let _: () = admin.lpush("a-list", "x").await.expect("lpush");
-    let mux = Mux::new(&config(&redis));
+    let mux = Mux::new(&redis.config());
     let failures = Arc::new(AtomicU64::new(0));
     // APPEND to a list answers WRONGTYPE; the SETs around it succeed.
     assert!(mux.send_discarding(&[b"SET", b"before", b"1"], &failures));
@@ -86,7 +73,7 @@ async fn a_batch_gets_every_reply_and_reports_the_first_error() {
     let redis = Redis::start().await;
     let mut admin = redis.conn().await;
     let _: () = admin.lpush("a-list", "x").await.expect("lpush");
-    let mux = Mux::new(&config(&redis));
+    let mux = Mux::new(&redis.config());
     let last = mux
         .call_many(
             |out| {
@@ -126,7 +113,7 @@ async fn a_batch_gets_every_reply_and_reports_the_first_error() {
 #[tokio::test]
 async fn stores_pending_when_redis_goes_away_are_counted_as_failed() {
     let mut redis = Redis::start().await;
-    let mux = Mux::new(&config(&redis));
+    let mux = Mux::new(&redis.config());
     let failures = Arc::new(AtomicU64::new(0));
     // A live connection first.
     mux.get("k", soon()).await.expect("lookup");

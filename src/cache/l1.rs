@@ -248,6 +248,25 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_larger_than_the_budget_is_not_kept() {
+        let l1 = L1::new(64 * 1024, Duration::from_secs(30)).unwrap();
+        l1.insert("small".into(), entry(60_000, 1024));
+        l1.insert("huge".into(), entry(60_000, 100 * 1024));
+        assert!(l1.get("huge").is_none());
+        assert!(l1.get("small").is_some(), "it did not push out the rest");
+        assert!(l1.usage().0 <= 64 * 1024);
+    }
+
+    #[test]
+    fn a_copy_lives_at_most_l1_ttl() {
+        let l1 = L1::new(1 << 20, Duration::from_millis(1)).unwrap();
+        l1.insert("k".into(), entry(60_000, 10));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(l1.get("k").is_none());
+        assert_eq!(l1.usage().1, 0, "the lapsed copy was dropped on lookup");
+    }
+
+    #[test]
     fn remove_matching_drops_only_matching_keys() {
         let l1 = L1::new(1 << 20, Duration::from_secs(30)).unwrap();
         l1.insert("user:a:cache:1".into(), entry(60_000, 1));

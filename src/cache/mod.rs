@@ -234,12 +234,9 @@ impl Cache {
         let sent = match &self.writes {
             None => return,
             Some(Writes::Shared { conn, health }) => {
-                if !health.is_up() {
-                    self.stats
-                        .redis_store_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                let Some(conn) = self.while_up(conn, health) else {
                     return;
-                }
+                };
                 let mut secs = itoa::Buffer::new();
                 let args: [&[u8]; 5] = [
                     b"SET",
@@ -329,13 +326,10 @@ impl Cache {
         let queue = match &self.writes {
             None => return,
             Some(Writes::Shared { conn, health }) => {
-                if !health.is_up() {
-                    self.stats
-                        .redis_store_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
+                if let Some(conn) = self.while_up(conn, health) {
+                    self.unlink_shared(conn, &keys, &notices, wait).await;
                 }
-                return self.unlink_shared(conn, &keys, &notices, wait).await;
+                return;
             }
             Some(Writes::Queue(queue)) => queue,
         };
@@ -352,6 +346,18 @@ impl Cache {
             return;
         }
         let _ = tokio::time::timeout(wait, acked).await;
+    }
+
+    /// The store connection while Redis is up; while it is marked down,
+    /// `None`, and the skipped write counts as a store error.
+    fn while_up<'a>(&self, conn: &'a Mux, health: &Health) -> Option<&'a Mux> {
+        if health.is_up() {
+            return Some(conn);
+        }
+        self.stats
+            .redis_store_errors
+            .fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     /// Invalidation on a single node: the UNLINKs and PUBLISHes go out

@@ -199,6 +199,20 @@ impl Redis {
         format!("{scheme}://{}127.0.0.1:{}", self.auth, self.port)
     }
 
+    /// A `[redis]` section for this server, for tests that drive the
+    /// library's connections directly (one pooled connection, 2 s timeout).
+    pub fn config(&self) -> leafcache::config::RedisConfig {
+        leafcache::config::RedisConfig {
+            url: self.url(),
+            pool_size: 1,
+            timeout: std::time::Duration::from_secs(2),
+            key_prefix: Default::default(),
+            cluster: false,
+            tls_ca_file: None,
+            tls_ca_pem: None,
+        }
+    }
+
     /// Kills the server at once (SIGKILL), as an outage would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
