@@ -1,10 +1,11 @@
 //! The connection cache lookups share (`redis::mux`), against servers that
 //! misbehave: one that accepts and never answers is given up after a run of
 //! timeouts and connected to afresh; one that closes fails every pending
-//! lookup at once instead of leaving them to their deadlines.
+//! lookup at once instead of leaving them to their deadlines; stores to a
+//! peer that never answers are bounded, and then the connection is replaced.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use leafcache::config::RedisConfig;
@@ -93,4 +94,40 @@ async fn a_server_that_closes_fails_every_pending_lookup_at_once() {
     for r in results {
         assert!(matches!(r, Err(MuxError::Connection(_))), "{r:?}");
     }
+}
+
+#[tokio::test]
+async fn stores_to_a_peer_that_never_answers_are_bounded_then_the_connection_is_replaced() {
+    let (port, accepted) = silent_server().await;
+    let mux = Mux::new(&config(port));
+    let failures = Arc::new(AtomicU64::new(0));
+    assert!(mux.send_discarding(&[b"SET", b"k", b"v"], &failures));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while accepted.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let the driver settle into reading and writing.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut sent = 1u64;
+    while mux.send_discarding(&[b"SET", b"k", b"v"], &failures) {
+        sent += 1;
+        assert!(sent <= 70_000, "stores are bounded while no reply comes");
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "nothing failed yet");
+    // A run of refusals with no reply between gives the connection up: the
+    // stores it held count as failed.
+    for _ in 0..32 {
+        let _ = mux.send_discarding(&[b"SET", b"k", b"v"], &failures);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while failures.load(Ordering::SeqCst) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), sent);
+    assert!(mux.send_discarding(&[b"SET", b"k", b"v"], &failures));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while accepted.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a fresh connection");
 }

@@ -57,6 +57,9 @@ pub enum MuxError {
 /// Bytes of unwritten commands past which stores are refused (lookups
 /// never are): Redis is not keeping up, and L1 still has the answers.
 const STORE_BACKLOG_BYTES: usize = 16 << 20;
+/// Commands sent and not yet answered past which stores are refused too:
+/// a peer that reads but never answers would otherwise let them pile up.
+const STORE_BACKLOG_REPLIES: usize = 65_536;
 
 /// Who gets the replies of the commands in `out`, in order.
 enum Waiter {
@@ -153,11 +156,23 @@ impl Mux {
 
     /// Appends a command whose reply nobody waits for (a cache store).
     /// Returns false, sending nothing, when Redis is so far behind that
-    /// `STORE_BACKLOG_BYTES` are waiting to be written already.
+    /// `STORE_BACKLOG_BYTES` are waiting to be written already, or
+    /// `STORE_BACKLOG_REPLIES` replies are outstanding. Refusals count like
+    /// timed-out lookups: a run of them with no reply in between drops the
+    /// connection (its pending stores count as failed), so a peer that went
+    /// away without a reset cannot stop stores for good.
     pub fn send_discarding(&self, args: &[&[u8]], failures: &Arc<AtomicU64>) -> bool {
         let spawn = {
             let mut st = self.lock();
-            if st.out.as_bytes().len() >= STORE_BACKLOG_BYTES {
+            if st.out.as_bytes().len() >= STORE_BACKLOG_BYTES
+                || st.waiters.len() >= STORE_BACKLOG_REPLIES
+            {
+                st.timeouts += 1;
+                if st.timeouts >= STALL_TIMEOUTS {
+                    st.timeouts = 0;
+                    drop(st);
+                    self.shared.reset.notify_one();
+                }
                 return false;
             }
             st.out.command(args);
