@@ -47,6 +47,12 @@ fn start_redis() -> Redis {
             "--appendonly",
             "no",
         ])
+        // REDIS_ARGS: more redis-server options, e.g. to try a setting.
+        .args(
+            std::env::var("REDIS_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH");
@@ -113,6 +119,19 @@ fn events(n: usize) -> Vec<SearchEvent> {
             }
         })
         .collect()
+}
+
+/// redis-server's `used_memory`, in bytes.
+fn used_memory(port: u16) -> u64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut c)
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn total_commands(port: u16) -> u64 {
@@ -212,7 +231,8 @@ fn main() {
     // leafcache's writer: batches, counters summed in process.
     reset_stats(redis.1);
     let evs = events(n);
-    let (rate, per_event) = rt.block_on(async {
+    let memory_before = used_memory(redis.1);
+    let (rate, per_event, memory_per_event) = rt.block_on(async {
         let pool = RedisPool::new(&cfg).expect("pool");
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path(), 1 << 30).expect("spool");
@@ -251,7 +271,11 @@ fn main() {
         if std::env::var("VERBOSE").is_ok() {
             print_commandstats(redis.1);
         }
-        (n as f64 / secs, total_commands(redis.1) as f64 / n as f64)
+        (
+            n as f64 / secs,
+            total_commands(redis.1) as f64 / n as f64,
+            used_memory(redis.1).saturating_sub(memory_before) as f64 / n as f64,
+        )
     });
 
     // Redis's own ceiling for this layout: only the two commands every
@@ -261,7 +285,10 @@ fn main() {
     let ceiling = redis_ceiling(redis.1, &events(n));
 
     if std::env::var("SKIP_BASELINE").is_ok() {
-        println!("leafcache writer: {rate:.0} events/s, {per_event:.2} commands/event");
+        println!(
+            "leafcache writer: {rate:.0} events/s, {per_event:.2} commands/event, \
+             {memory_per_event:.0} bytes of Redis memory/event"
+        );
         return;
     }
     // Baseline: one transaction per event, 16 at a time.
@@ -325,6 +352,7 @@ fn main() {
         per_event / base_per_event,
         100.0 * rate / ceiling
     );
+    println!("redis memory per event written (all keys): {memory_per_event:.0} bytes");
 }
 
 /// Events/s Redis sustains for just the `HSET` and `EXPIRE` of each search
