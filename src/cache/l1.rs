@@ -95,6 +95,7 @@ impl L1 {
             .weight_capacity(max_bytes)
             .estimated_items_capacity((max_bytes / TYPICAL_ENTRY_BYTES).clamp(16, 1 << 20) as usize)
             .build()
+            // Fails only when a size above is not set.
             .ok()?;
         let cache = Cache::with_options(
             options,
