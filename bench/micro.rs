@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the pure pieces every request pays for:
-//! key derivation (query normalization and the SHA-256 over the key fields)
-//! and the cache envelope (encode on store, decode on every Redis-tier hit).
+//! key derivation (query normalization and the SHA-256 over the key fields),
+//! the cache envelope (encode on store, decode on every Redis-tier hit) and
+//! the answer of an L1 hit (its headers and `Cache-Status`).
 //!
 //! Run: `cargo bench --bench micro` (all), `cargo bench --bench micro -- key`
 //! (one group). Inputs are the shapes `bench/compare.sh` sends: a GET search
@@ -164,5 +165,37 @@ fn bench_envelope(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_key, bench_envelope);
+/// What an L1 hit builds: the stored headers plus `Age`, `X-Cache` and
+/// `Cache-Status`, from the copy L1 keeps.
+fn bench_hit(c: &mut Criterion) {
+    use leafcache::proxy::respond::{self, Verdict};
+    let l1 = leafcache::cache::l1::L1::new(1 << 20, Duration::from_secs(60)).expect("an L1");
+    l1.insert("k".into(), Arc::new(sample_entry()));
+    let entry = l1.get("k").expect("the L1 copy");
+    let hash = key::derive(&KeyInput {
+        route: "search",
+        method: "GET",
+        path: "/api/v1/search",
+        query: Some("query number 17"),
+        body: BodyKey::None,
+        params: &[],
+        vary: &[],
+    });
+    let mut g = c.benchmark_group("hit");
+    g.bench_function("cache_status", |b| {
+        b.iter(|| respond::hit_status(black_box(&hash), black_box(3512)))
+    });
+    g.bench_function("from_entry", |b| {
+        b.iter(|| {
+            respond::from_entry(
+                black_box(&entry),
+                Verdict::Hit,
+                respond::hit_status(&hash, 3512),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_key, bench_envelope, bench_hit);
 criterion_main!(benches);

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use http::header::{AGE, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::forward::UpstreamError;
@@ -52,7 +52,11 @@ pub struct MissDetail {
 
 pub fn hit_status(hash: &KeyHash, ttl_secs: u64) -> HeaderValue {
     let mut s = String::with_capacity(96);
-    let _ = write!(s, "leafcache; hit; ttl={ttl_secs}; key=\"{hash}\"");
+    s.push_str("leafcache; hit; ttl=");
+    s.push_str(itoa::Buffer::new().format(ttl_secs));
+    s.push_str("; key=\"");
+    s.push_str(hash.hex().as_str());
+    s.push('"');
     header_value(s)
 }
 
@@ -149,16 +153,26 @@ pub fn bypass_status(reason: BypassReason) -> HeaderValue {
 }
 
 fn header_value(s: String) -> HeaderValue {
-    // Built from ASCII we control (the hash is hex).
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("leafcache"))
+    // Built from ASCII we control (the hash is hex); the value takes the
+    // string's buffer rather than a copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+        .unwrap_or_else(|_| HeaderValue::from_static("leafcache"))
 }
 
 /// Replays a stored entry with `Age`, `X-Cache` and `Cache-Status`.
 pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(entry.body.clone()));
     *resp.status_mut() = entry.status;
-    let headers = resp.headers_mut();
-    *headers = entry.headers.clone();
+    // Sized for the stored headers and the three added here: a clone of
+    // the stored map would have to grow (and rehash) to take them.
+    let mut headers = HeaderMap::with_capacity(entry.headers.len() + 3);
+    for (name, value) in &entry.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    let headers = {
+        *resp.headers_mut() = headers;
+        resp.headers_mut()
+    };
     headers.insert(AGE, HeaderValue::from(entry.age(now_ms()).as_secs()));
     headers.insert(&X_CACHE, verdict.header());
     headers.insert(&CACHE_STATUS, status);
