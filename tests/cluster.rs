@@ -14,6 +14,11 @@ use serde_json::json;
 
 /// The search route in `auto` scope (user entry, then the global one: a
 /// two-key lookup across slots), without L1, so every hit comes from Redis.
+/// Searches whose records (random ids, so random slots) land on all three
+/// masters but with probability 3 x (2/3)^40, about 2e-7 (with 12 it was
+/// 2%, and a run of CI met it).
+const SEARCHES_FOR_EVERY_MASTER: usize = 40;
+
 fn cache_config() -> ProxyConfig {
     ProxyConfig::new()
         .route(Route::search().scope("auto"))
@@ -601,7 +606,7 @@ async fn an_acl_user_and_password_reach_every_node() {
     )
     .await;
     let mut ids = BTreeSet::new();
-    for i in 0..12 {
+    for i in 0..SEARCHES_FOR_EVERY_MASTER {
         let resp = proxy
             .search(Some(&format!("u{i}")), json!({"query": "milk"}))
             .send()
@@ -633,7 +638,7 @@ async fn tls_with_a_private_ca_reaches_every_node() {
     let config = log_config().redis(&format!("tls_ca_file = {:?}", ca.display().to_string()));
     let proxy = Proxy::start_with(&config, &backend.url(), &cluster.url()).await;
     let mut ids = BTreeSet::new();
-    for i in 0..12 {
+    for i in 0..SEARCHES_FOR_EVERY_MASTER {
         let resp = proxy
             .search(Some(&format!("u{i}")), json!({"query": "milk"}))
             .send()

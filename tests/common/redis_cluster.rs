@@ -7,7 +7,10 @@ use std::process::{Child, Stdio};
 
 use redis::cluster_async::ClusterConnection;
 
-use super::{WAIT, eventually, free_port, redis_server};
+use super::{eventually, free_port, redis_server};
+
+/// How long `redis-cli --cluster create` may take before the test gives up.
+const CLUSTER_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One master: its client port and its cluster bus port (set explicitly, so
 /// that it is free too, rather than port + 10000).
@@ -137,7 +140,10 @@ impl RedisCluster {
             .arg("--cluster-yes")
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        let out = tokio::time::timeout(WAIT, create.output())
+        // Creating a cluster waits for the nodes to agree (redis-cli polls
+        // once a second); with the cluster tests starting 33 servers at once
+        // on two cores it has taken over 10 s. The bound only guards a hang.
+        let out = tokio::time::timeout(CLUSTER_CREATE_WAIT, create.output())
             .await
             .expect("redis-cli --cluster create finishes")
             .expect("redis-cli is installed");
