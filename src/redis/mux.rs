@@ -33,7 +33,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::direct::DirectConn;
-use super::wire::{self, Commands, ProtocolError, RespBuf};
+use super::wire::{self, Commands, ProtocolError, Reply, RespBuf};
 use crate::config::RedisConfig;
 
 /// How long connecting may take.
@@ -150,8 +150,7 @@ impl Mux {
     /// wait for a connection to be set up); must run inside the runtime.
     /// A failure is forgotten: the first command connects again.
     pub fn connect_early(&self) {
-        let spawn = !std::mem::replace(&mut self.lock().driving, true);
-        self.start(spawn);
+        self.start(self.lock());
     }
 
     /// Appends a command whose reply nobody waits for (a cache store).
@@ -162,24 +161,20 @@ impl Mux {
     /// connection (its pending stores count as failed), so a peer that went
     /// away without a reset cannot stop stores for good.
     pub fn send_discarding(&self, args: &[&[u8]], failures: &Arc<AtomicU64>) -> bool {
-        let spawn = {
+        let st = {
             let mut st = self.lock();
             if st.out.as_bytes().len() >= STORE_BACKLOG_BYTES
                 || st.waiters.len() >= STORE_BACKLOG_REPLIES
             {
-                st.timeouts += 1;
-                if st.timeouts >= STALL_TIMEOUTS {
-                    st.timeouts = 0;
-                    drop(st);
-                    self.shared.reset.notify_one();
-                }
+                drop(st);
+                self.stalled_once();
                 return false;
             }
             st.out.command(args);
             st.waiters.push_back(Waiter::Discard(failures.clone()));
-            !std::mem::replace(&mut st.driving, true)
+            st
         };
-        self.start(spawn);
+        self.start(st);
         true
     }
 
@@ -192,7 +187,7 @@ impl Mux {
         deadline: Instant,
     ) -> Result<Bytes, MuxError> {
         let (tx, rx) = oneshot::channel();
-        let spawn = {
+        {
             let mut st = self.lock();
             let left = build(&mut st.out);
             if left == 0 {
@@ -203,9 +198,8 @@ impl Mux {
                 left,
                 error: None,
             });
-            !std::mem::replace(&mut st.driving, true)
-        };
-        self.start(spawn);
+            self.start(st);
+        }
         self.wait(rx, deadline).await
     }
 
@@ -221,12 +215,29 @@ impl Mux {
         .await
     }
 
-    /// Wakes the writer, starting a driver first when none runs.
-    fn start(&self, spawn: bool) {
+    /// Releases the state (commands appended to it) and wakes the writer,
+    /// starting a driver first when none runs.
+    fn start(&self, mut st: std::sync::MutexGuard<'_, State>) {
+        let spawn = !std::mem::replace(&mut st.driving, true);
+        drop(st);
         if spawn {
             tokio::spawn(drive(self.shared.clone()));
         }
         self.shared.wake.notify_one();
+    }
+
+    /// One more sign that the connection stopped answering (a lookup timed
+    /// out, a store was refused); a run of them with no reply in between
+    /// drops it.
+    fn stalled_once(&self) {
+        let stalled = {
+            let mut st = self.lock();
+            st.timeouts += 1;
+            st.timeouts >= STALL_TIMEOUTS
+        };
+        if stalled {
+            self.shared.reset.notify_one();
+        }
     }
 
     async fn wait(
@@ -238,14 +249,7 @@ impl Mux {
             Ok(Ok(reply)) => reply,
             Ok(Err(_dropped)) => Err(MuxError::Connection("connection lost".into())),
             Err(_elapsed) => {
-                let stalled = {
-                    let mut st = self.lock();
-                    st.timeouts += 1;
-                    st.timeouts >= STALL_TIMEOUTS
-                };
-                if stalled {
-                    self.shared.reset.notify_one();
-                }
+                self.stalled_once();
                 Err(MuxError::Timeout)
             }
         }
@@ -322,29 +326,34 @@ async fn read_loop(shared: &Shared, mut reader: impl tokio::io::AsyncRead + Unpi
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         loop {
-            let len = match wire::read_reply(&buf) {
-                Ok(Some((_, len))) => len,
+            let (kind, len) = match wire::read_reply(&buf) {
+                Ok(Some(read)) => read,
                 Ok(None) => break,
                 Err(e) => return e.to_string(),
             };
             let reply = buf.split_to(len).freeze();
-            let is_error = reply.first() == Some(&b'-');
+            let error = match kind {
+                Reply::Error(text) => Some(text),
+                _ => None,
+            };
             let answered = {
                 let mut st = shared.lock();
                 st.timeouts = 0;
                 match st.waiters.front_mut() {
                     None => return "a reply nobody asked for".to_owned(),
                     Some(Waiter::Discard(failures)) => {
-                        if is_error {
+                        if error.is_some() {
                             failures.fetch_add(1, Ordering::Relaxed);
                         }
                         st.waiters.pop_front();
                         None
                     }
-                    Some(Waiter::Reply { left, error, .. }) => {
+                    Some(Waiter::Reply {
+                        left, error: first, ..
+                    }) => {
                         *left -= 1;
-                        if is_error && error.is_none() {
-                            *error = Some(error_text(&reply));
+                        if first.is_none() {
+                            *first = error;
                         }
                         if *left == 0 {
                             st.waiters.pop_front()
@@ -370,13 +379,6 @@ async fn read_loop(shared: &Shared, mut reader: impl tokio::io::AsyncRead + Unpi
             Err(e) => return e.to_string(),
         }
     }
-}
-
-/// The text of an error reply (`-ERR ...\r\n`).
-fn error_text(reply: &[u8]) -> String {
-    let text = reply.get(1..).unwrap_or_default();
-    let text = text.strip_suffix(b"\r\n").unwrap_or(text);
-    String::from_utf8_lossy(text).into_owned()
 }
 
 /// The bulk string (or nil) at `at` in `reply`, and where it ends; an error
