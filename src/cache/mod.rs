@@ -21,10 +21,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::redis::RedisPool;
 use crate::redis::mux::Mux;
 use crate::redis::pool::{Command, RedisFailure};
 use crate::redis::wire::Commands;
-use crate::redis::{Health, RedisPool};
 use coalesce::Coalescer;
 use envelope::{Entry, now_ms};
 use l1::L1;
@@ -84,18 +84,12 @@ pub struct CacheStats {
     pub redis_store_errors: Arc<AtomicU64>,
 }
 
-/// Where cache writes go.
-enum Writes {
-    /// A single node: appended to the pipelined store connection.
-    Shared { conn: Mux, health: Arc<Health> },
-    /// A cluster: a queue drained by [`write_loop`] through the pool.
-    Queue(mpsc::Sender<Write>),
-}
-
 pub struct Cache {
     l1: Option<L1>,
     redis: Option<RedisPool>,
-    writes: Option<Writes>,
+    /// Cluster mode: the queue [`write_loop`] drains through the pool. (On a
+    /// single node stores go to the pool's store connection.)
+    queue: Option<mpsc::Sender<Write>>,
     /// Added to freshness for the Redis `EX`, so stale copies stay for
     /// stale-if-error.
     stale_window: Duration,
@@ -116,22 +110,19 @@ impl Cache {
         hit_for_pass: Duration,
     ) -> Cache {
         let stats = Arc::new(CacheStats::default());
-        let writes = redis.clone().map(|pool| {
+        let queue = redis.clone().and_then(|pool| {
             if let Some(conn) = pool.store_connection() {
                 conn.connect_early();
-                return Writes::Shared {
-                    conn: conn.clone(),
-                    health: pool.health().clone(),
-                };
+                return None;
             }
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             tokio::spawn(write_loop(pool, rx, stats.clone()));
-            Writes::Queue(tx)
+            Some(tx)
         });
         Cache {
             l1,
             redis,
-            writes,
+            queue,
             stale_window,
             pass: PassMarks::new(hit_for_pass),
             coalescer: Arc::new(Coalescer::default()),
@@ -231,29 +222,26 @@ impl Cache {
     /// `SET key value EX ex_secs` in the background; counted as dropped when
     /// the backlog is full, as a store error when Redis is marked down.
     fn write_redis(&self, key: &str, value: &Bytes, ex_secs: u64) {
-        let sent = match &self.writes {
-            None => return,
-            Some(Writes::Shared { conn, health }) => {
-                let Some(conn) = self.while_up(conn, health) else {
-                    return;
-                };
-                let mut secs = itoa::Buffer::new();
-                let args: [&[u8]; 5] = [
-                    b"SET",
-                    key.as_bytes(),
-                    value,
-                    b"EX",
-                    secs.format(ex_secs).as_bytes(),
-                ];
-                conn.send_discarding(&args, &self.stats.redis_store_errors)
-            }
-            Some(Writes::Queue(queue)) => queue
+        let sent = if let Some(queue) = &self.queue {
+            queue
                 .try_send(Write::Set {
                     key: key.to_owned(),
                     value: value.clone(),
                     ex_secs,
                 })
-                .is_ok(),
+                .is_ok()
+        } else if let Some(conn) = self.store_connection() {
+            let mut secs = itoa::Buffer::new();
+            let args: [&[u8]; 5] = [
+                b"SET",
+                key.as_bytes(),
+                value,
+                b"EX",
+                secs.format(ex_secs).as_bytes(),
+            ];
+            conn.send_discarding(&args, &self.stats.redis_store_errors)
+        } else {
+            return;
         };
         if !sent {
             self.stats
@@ -323,15 +311,11 @@ impl Cache {
         for key in &keys {
             self.forget_local(key);
         }
-        let queue = match &self.writes {
-            None => return,
-            Some(Writes::Shared { conn, health }) => {
-                if let Some(conn) = self.while_up(conn, health) {
-                    self.unlink_shared(conn, &keys, &notices, wait).await;
-                }
-                return;
+        let Some(queue) = &self.queue else {
+            if let Some(conn) = self.store_connection() {
+                self.unlink_shared(conn, &keys, &notices, wait).await;
             }
-            Some(Writes::Queue(queue)) => queue,
+            return;
         };
         let (done, acked) = tokio::sync::oneshot::channel();
         let write = Write::Unlink {
@@ -348,10 +332,13 @@ impl Cache {
         let _ = tokio::time::timeout(wait, acked).await;
     }
 
-    /// The store connection while Redis is up; while it is marked down,
-    /// `None`, and the skipped write counts as a store error.
-    fn while_up<'a>(&self, conn: &'a Mux, health: &Health) -> Option<&'a Mux> {
-        if health.is_up() {
+    /// A single node's store connection while Redis is up; while it is
+    /// marked down, `None`, and the skipped write counts as a store error.
+    /// `None` too without Redis, or on a cluster.
+    fn store_connection(&self) -> Option<&Mux> {
+        let redis = self.redis.as_ref()?;
+        let conn = redis.store_connection()?;
+        if redis.health().is_up() {
             return Some(conn);
         }
         self.stats
