@@ -137,17 +137,10 @@ impl SearchMeta {
     /// (0 once they are derived): the L1 tier of a proxy that logs counts it
     /// up front, since every answer it serves gets them.
     pub fn facts_to_come(&self) -> usize {
-        if self.facts.get().is_some() {
-            return 0;
+        match self.facts.get() {
+            Some(_) => 0,
+            None => crate::events::facts::LogFacts::predicted_heap_bytes(self),
         }
-        let n = self.products.len();
-        let ids: usize = self
-            .products
-            .iter()
-            .map(|(p, s)| p.len() + s.as_ref().map_or(0, String::len))
-            .sum();
-        // Three JSON texts naming every id once or twice, two index lists.
-        alloc_size(2 * ids + 12 * n + 8) + 3 * 16 + 2 * alloc_size(8 * n)
     }
 }
 

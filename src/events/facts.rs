@@ -89,6 +89,20 @@ impl LogFacts {
 }
 
 impl LogFacts {
+    /// What [`LogFacts::derive`] will allocate for `meta`, without deriving
+    /// (for the L1 byte budget): three JSON texts naming every id once or
+    /// twice, and two index lists. Kept next to `derive`, which it predicts.
+    pub fn predicted_heap_bytes(meta: &SearchMeta) -> usize {
+        use crate::cache::envelope::alloc_size;
+        let n = meta.products.len();
+        let ids: usize = meta
+            .products
+            .iter()
+            .map(|(p, s)| p.len() + s.as_ref().map_or(0, String::len))
+            .sum();
+        alloc_size(2 * ids + 12 * n + 8) + 3 * 16 + 2 * alloc_size(8 * n)
+    }
+
     /// The heap these facts hold (for the L1 byte budget).
     pub fn heap_bytes(&self) -> usize {
         use crate::cache::envelope::alloc_size;

@@ -169,13 +169,10 @@ pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Respo
     for (name, value) in &entry.headers {
         headers.append(name.clone(), value.clone());
     }
-    let headers = {
-        *resp.headers_mut() = headers;
-        resp.headers_mut()
-    };
     headers.insert(AGE, HeaderValue::from(entry.age(now_ms()).as_secs()));
     headers.insert(&X_CACHE, verdict.header());
     headers.insert(&CACHE_STATUS, status);
+    *resp.headers_mut() = headers;
     resp
 }
 
