@@ -196,6 +196,33 @@ async fn a_cart_intent_answer_puts_the_key_in_hit_for_pass() {
     wait_for_hit_for_pass(&milk).await;
 }
 
+/// SPEC 3: the key is remembered as "pass" only for `hit_for_pass`.
+#[tokio::test]
+async fn hit_for_pass_lapses_after_its_duration() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(|req| {
+        Reply::json(json!({"n": req.n, "intent": "add_to_order", "products": []}))
+    })
+    .await;
+    let config = ProxyConfig::search().cache(r#"hit_for_pass = "300ms""#);
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    assert_miss_not_stored(&milk.send().await);
+    wait_for_hit_for_pass(&milk).await;
+    // Waiting out the duration is the behaviour under test (every request
+    // in the window would mark the key again).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = milk.send().await;
+    assert_eq!(after.x_cache(), Some("MISS"), "{after:?}");
+    assert_ne!(
+        after.cache_status().get("detail"),
+        Some("hit-for-pass"),
+        "the mark lapsed: {:?}",
+        after.cache_status().raw
+    );
+}
+
 #[tokio::test]
 async fn a_storable_answer_during_hit_for_pass_is_stored_and_ends_it() {
     let redis = Redis::start().await;
