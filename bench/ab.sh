@@ -14,10 +14,7 @@ A=$1 B=$2 SCENARIO=${3:-get} ROUNDS=${4:-3} SECS=${5:-8}
 cargo build --release --quiet --example bench_servers
 . bench/lib.sh
 start_redis
-BACKEND_PORT=$(free_port)
-taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$BACKEND_PORT" &
-PIDS+=($!)
-wait_port "$BACKEND_PORT"
+start_backend
 
 METHOD=GET KEYS=set CONNS=64 L1=64MiB LOGV=false
 case $SCENARIO in

@@ -11,10 +11,7 @@ cargo build --release --quiet
 cargo build --release --quiet --example bench_servers
 . bench/lib.sh
 start_redis --maxmemory 1gb --maxmemory-policy allkeys-lru
-BACKEND_PORT=$(free_port)
-taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$BACKEND_PORT" &
-PIDS+=($!)
-wait_port "$BACKEND_PORT"
+start_backend
 printf '%-13s %12s %8s %10s %10s %16s\n' l1_max_bytes "l1_bytes" entries "VmRSS MiB" "VmHWM MiB" "RSS KiB/entry"
 POINTS=()
 for size in ${SIZES:-16MiB 64MiB}; do

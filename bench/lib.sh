@@ -64,3 +64,11 @@ start_redis() {
   PIDS+=($!)
   wait_port "$REDIS_PORT"
 }
+# The fake search backend (bench/servers.rs, built with `cargo build --release
+# --example bench_servers`) on CPU 0, its port in BACKEND_PORT.
+start_backend() {
+  BACKEND_PORT=$(free_port)
+  taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$BACKEND_PORT" &
+  PIDS+=($!)
+  wait_port "$BACKEND_PORT"
+}

@@ -30,10 +30,7 @@ BIN=target/release/leafcache
 . bench/lib.sh
 
 start_redis
-BACKEND_PORT=$(free_port)
-taskset -c 0 target/release/examples/bench_servers backend 127.0.0.1:"$BACKEND_PORT" &
-PIDS+=($!)
-wait_port "$BACKEND_PORT"
+start_backend
 
 PORT=$(free_port)
 L1=64MiB
