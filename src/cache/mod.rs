@@ -424,8 +424,15 @@ impl PassMarks {
         }
     }
 
-    fn any(&self) -> bool {
-        now_ms() < self.last_until_ms.load(Ordering::Relaxed)
+    /// The time now, if some mark may still be live; `None` (without
+    /// reading the clock when nothing was ever marked) otherwise.
+    fn live_now(&self) -> Option<u64> {
+        let last = self.last_until_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return None;
+        }
+        let now = now_ms();
+        (now < last).then_some(now)
     }
 
     fn mark(&self, key: &str) {
@@ -436,11 +443,11 @@ impl PassMarks {
 
     fn contains(&self, key: &str) -> bool {
         // Marks are rare: skip the table while none is live.
-        if !self.any() {
+        let Some(now) = self.live_now() else {
             return false;
-        }
+        };
         match self.marks.get(key) {
-            Some(until) if now_ms() < until => true,
+            Some(until) if now < until => true,
             Some(_) => {
                 self.marks.remove(key);
                 false
@@ -450,7 +457,7 @@ impl PassMarks {
     }
 
     fn invalidate(&self, key: &str) {
-        if self.any() {
+        if self.live_now().is_some() {
             self.marks.remove(key);
         }
     }
