@@ -52,6 +52,8 @@ const COUNTER_ENTRIES_MAX: usize = 200_000;
 /// While the Redis task is busy, how often the queue task looks whether the
 /// queue has filled past half (and it should spill instead of waiting).
 const BACKLOG_CHECK: Duration = Duration::from_millis(5);
+/// How often a filling batch looks whether `batch_max` events wait.
+const FILL_CHECK: Duration = Duration::from_millis(1);
 /// A spilled record takes up to this many batches from the queue at once:
 /// one fsync for all of them, so the spool outruns the queue.
 const SPILL_BATCHES: usize = 8;
@@ -267,17 +269,24 @@ impl Queue {
         self.flush_counters().await;
     }
 
-    /// Lets the batch fill for `flush_interval`, then takes what arrived.
+    /// Lets the batch fill for `flush_interval`, or until `batch_max` events
+    /// wait, then takes what arrived.
     ///
     /// The task sleeps rather than waiting on the queue meanwhile: a task
     /// waiting on the queue is woken by every send, which at tens of
     /// thousands of searches a second costs the request threads more than
-    /// the write itself.
+    /// the write itself. It looks at the queue's length every
+    /// [`FILL_CHECK`]: a small queue under a fast load would otherwise fill
+    /// up and drop events while the task slept.
     async fn fill(&mut self, batch: &mut Vec<SearchEvent>) {
-        if batch.len() >= self.batch_max {
-            return;
+        let deadline = Instant::now() + self.flush_interval;
+        while batch.len() + self.rx.len() < self.batch_max {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(deadline.min(now + FILL_CHECK)).await;
         }
-        tokio::time::sleep(self.flush_interval).await;
         self.take_queued(batch, self.batch_max);
     }
 
