@@ -16,6 +16,15 @@ use std::fmt;
 pub trait Commands {
     /// Appends one command, given as its arguments (name first).
     fn command(&mut self, args: &[&[u8]]);
+
+    /// Appends commands already encoded as RESP (a spool record of
+    /// commands), all of them or, when `resp` does not read as whole
+    /// commands, none.
+    fn encoded(&mut self, resp: &[u8]) -> Result<(), ProtocolError> {
+        for_each_command(resp, |_, _| {})?;
+        for_each_command(resp, |args, _| self.command(args))?;
+        Ok(())
+    }
 }
 
 /// Commands encoded as RESP, ready to be written to the socket.
@@ -65,18 +74,44 @@ impl Commands for RespBuf {
         // at most 25 bytes of framing per argument.
         let size: usize = args.iter().map(|a| a.len() + 25).sum();
         self.buf.reserve(size + 25);
-        let mut n = itoa::Buffer::new();
-        self.buf.push(b'*');
-        self.buf.extend_from_slice(n.format(args.len()).as_bytes());
-        self.buf.extend_from_slice(b"\r\n");
+        header(&mut self.buf, b'*', args.len());
         for arg in args {
-            self.buf.push(b'$');
-            self.buf.extend_from_slice(n.format(arg.len()).as_bytes());
-            self.buf.extend_from_slice(b"\r\n");
+            header(&mut self.buf, b'$', arg.len());
             self.buf.extend_from_slice(arg);
             self.buf.extend_from_slice(b"\r\n");
         }
         self.ends.push(self.buf.len());
+    }
+
+    /// Takes the bytes as they are: one copy, no encoding.
+    fn encoded(&mut self, resp: &[u8]) -> Result<(), ProtocolError> {
+        let (base, known) = (self.buf.len(), self.ends.len());
+        if let Err(e) = for_each_command(resp, |_, end| self.ends.push(base + end)) {
+            self.ends.truncate(known);
+            return Err(e);
+        }
+        self.buf.extend_from_slice(resp);
+        Ok(())
+    }
+}
+
+/// Appends `*<n>\r\n` or `$<n>\r\n`. A logged search takes ~40 of them:
+/// lengths under 1000 are written as one fixed-size copy (plain stores)
+/// rather than formatted and copied piecewise.
+#[inline(always)]
+fn header(buf: &mut Vec<u8>, kind: u8, n: usize) {
+    let digit = |d: usize| b'0' + (d % 10) as u8;
+    match n {
+        0..=9 => buf.extend_from_slice(&[kind, digit(n), b'\r', b'\n']),
+        10..=99 => buf.extend_from_slice(&[kind, digit(n / 10), digit(n), b'\r', b'\n']),
+        100..=999 => {
+            buf.extend_from_slice(&[kind, digit(n / 100), digit(n / 10), digit(n), b'\r', b'\n'])
+        }
+        _ => {
+            buf.push(kind);
+            buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
     }
 }
 
@@ -226,6 +261,55 @@ pub fn read_array_header(buf: &[u8]) -> Result<Option<(Option<usize>, usize)>, P
     }))
 }
 
+/// Calls `each` with the arguments of every command in `buf`, and where in
+/// `buf` the command ends; `buf` holds commands as [`RespBuf`] encodes them
+/// (arrays of bulk strings, as a spool record of commands keeps them).
+/// Returns how many there were.
+/// Anything else, or a command cut short, is an error: nothing is called
+/// for a command that is not whole.
+pub fn for_each_command<'a>(
+    buf: &'a [u8],
+    mut each: impl FnMut(&[&'a [u8]], usize),
+) -> Result<usize, ProtocolError> {
+    let mut args: Vec<&'a [u8]> = Vec::new();
+    let mut at = 0;
+    let mut commands = 0;
+    while at < buf.len() {
+        args.clear();
+        let count = command_header(buf, &mut at, b'*')?;
+        for _ in 0..count {
+            let len = command_header(buf, &mut at, b'$')?;
+            let end = at
+                .checked_add(len)
+                .filter(|&end| {
+                    end.checked_add(2).and_then(|after| buf.get(end..after)) == Some(&b"\r\n"[..])
+                })
+                .ok_or_else(|| ProtocolError(format!("argument at byte {at} cut short")))?;
+            args.push(&buf[at..end]);
+            at = end + 2;
+        }
+        each(&args, at);
+        commands += 1;
+    }
+    Ok(commands)
+}
+
+/// Reads `*<n>\r\n` or `$<n>\r\n` at `at` (moving past it): `n`.
+fn command_header(buf: &[u8], at: &mut usize, kind: u8) -> Result<usize, ProtocolError> {
+    if buf.get(*at) != Some(&kind) {
+        return Err(ProtocolError(format!(
+            "expected {:?} at byte {}",
+            kind as char, *at
+        )));
+    }
+    let line_end = find_crlf(buf, *at + 1)
+        .ok_or_else(|| ProtocolError(format!("header at byte {} cut short", *at)))?;
+    let n = usize::try_from(parse_int(&buf[*at + 1..line_end])?)
+        .map_err(|_| ProtocolError(format!("negative length at byte {}", *at)))?;
+    *at = line_end + 2;
+    Ok(n)
+}
+
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let rest = buf.get(from..)?;
     rest.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
@@ -253,6 +337,91 @@ mod tests {
         assert_eq!(parts.concat_bytes(), buf.as_bytes());
         assert!(parts[1].0.starts_with(b"*2\r\n$4\r\nINCR\r\n$2\r\nk3\r\n"));
         assert_eq!(RespBuf::default().parts(3).count(), 0);
+    }
+
+    #[test]
+    fn lengths_of_every_width_are_framed_as_redis_rs_frames_them() {
+        for len in [0, 1, 9, 10, 99, 100, 999, 1000, 12_345] {
+            let arg = vec![b'x'; len];
+            let mut raw = RespBuf::default();
+            raw.command(&[b"SET", b"k", &arg]);
+            let mut pipe = redis::pipe();
+            pipe.command(&[b"SET", b"k", &arg]);
+            assert_eq!(raw.as_bytes(), &pipe.get_packed_pipeline()[..], "{len}");
+        }
+    }
+
+    #[test]
+    fn encoded_commands_read_back_as_their_arguments() {
+        let commands: [&[&[u8]]; 3] = [
+            &[b"HSET", b"k", b"f", b"with \r\n inside"],
+            &[b"EXPIRE", b"k", b"60"],
+            &[b"LPUSH", b"l", b""],
+        ];
+        let mut buf = RespBuf::default();
+        for c in commands {
+            buf.command(c);
+        }
+        let mut read: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut ends = Vec::new();
+        let n = for_each_command(buf.as_bytes(), |args, end| {
+            read.push(args.iter().map(|a| a.to_vec()).collect());
+            ends.push(end);
+        })
+        .expect("valid");
+        assert_eq!(n, 3);
+        let expected: Vec<Vec<Vec<u8>>> = commands
+            .iter()
+            .map(|c| c.iter().map(|a| a.to_vec()).collect())
+            .collect();
+        assert_eq!(read, expected);
+        assert_eq!(ends, buf.ends);
+        assert_eq!(for_each_command(b"", |_, _| unreachable!()), Ok(0));
+
+        // Taken as they are, or re-encoded into a pipeline: the same.
+        let mut copy = RespBuf::default();
+        copy.command(&[b"PING"]);
+        copy.encoded(buf.as_bytes()).expect("whole commands");
+        assert_eq!(copy.as_bytes()[14..], *buf.as_bytes());
+        assert_eq!(copy.commands(), 4);
+        assert_eq!(
+            copy.parts(1).nth(1).map(|p| p.0),
+            buf.parts(1).next().map(|p| p.0)
+        );
+        let mut pipe = redis::pipe();
+        pipe.encoded(buf.as_bytes()).expect("whole commands");
+        assert_eq!(pipe.get_packed_pipeline(), buf.as_bytes());
+    }
+
+    #[test]
+    fn a_cut_or_foreign_command_stream_is_an_error_and_nothing_partial_is_read() {
+        let mut buf = RespBuf::default();
+        buf.command(&[b"INCR", b"a"]);
+        buf.command(&[b"INCR", b"b"]);
+        let bytes = buf.as_bytes();
+        for cut in 1..bytes.len() {
+            if cut == bytes.len() / 2 {
+                continue; // between the two commands: a whole first one
+            }
+            let mut whole = 0;
+            let result = for_each_command(&bytes[..cut], |_, _| whole += 1);
+            assert!(result.is_err(), "cut at {cut}");
+            assert_eq!(whole, usize::from(cut > bytes.len() / 2), "cut at {cut}");
+            let mut raw = RespBuf::default();
+            assert!(raw.encoded(&bytes[..cut]).is_err());
+            assert!(raw.is_empty() && raw.as_bytes().is_empty(), "none of it");
+            let mut pipe = redis::pipe();
+            assert!(pipe.encoded(&bytes[..cut]).is_err());
+            assert!(pipe.get_packed_pipeline().is_empty(), "none of it");
+        }
+        for foreign in [
+            &b"+OK\r\n"[..],
+            b"*1\r\n:5\r\n",
+            b"*-1\r\n",
+            b"*1\r\n$3\r\nabcd\r\n",
+        ] {
+            assert!(for_each_command(foreign, |_, _| {}).is_err(), "{foreign:?}");
+        }
     }
 
     trait ConcatBytes {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::spooling::SpoolRecord;
+use super::spooling::Spooled;
 use crate::config::RedisConfig;
 use crate::events::SearchEvent;
 use crate::events::counters::Counters;
@@ -101,9 +101,9 @@ async fn decode_into<C: Commands + Send + 'static>(
 ) -> Result<(C, u64), String> {
     let layout = layout.clone();
     tokio::task::spawn_blocking(move || {
-        let record: SpoolRecord = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
+        let record = Spooled::decode(&payload)?;
         let mut out = empty();
-        record.encode(&layout, &mut out);
+        record.encode(&layout, &mut out)?;
         Ok((out, record.events()))
     })
     .await

@@ -147,7 +147,8 @@ pub fn spawn(
     let capacity = cfg.queue_capacity.max(1);
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(EventStats::default());
-    let spool = SharedSpool::new(spool, stats.clone());
+    let commands = cfg.direct.is_some().then(|| cfg.layout.clone());
+    let spool = SharedSpool::new(spool, stats.clone(), commands);
     let sink = EventSink {
         tx,
         capacity,

@@ -13,7 +13,7 @@ use crate::events::SearchEvent;
 use crate::events::counters::Counters;
 use crate::events::spool::{Chunk, Position, Spool, SpoolError};
 use crate::events::write::{self, Layout};
-use crate::redis::wire::Commands;
+use crate::redis::wire::{Commands, RespBuf};
 
 /// What goes into one spool record.
 #[derive(Serialize, Deserialize)]
@@ -21,6 +21,19 @@ pub(super) enum SpoolRecord {
     Records(Vec<SearchEvent>),
     Counters(Counters),
 }
+
+/// A spool record of searches as the Redis commands that write them starts
+/// with this, then the number of searches (u32, big-endian), then the
+/// commands as RESP. Any other record is a [`SpoolRecord`] in JSON (which
+/// starts with `{`).
+///
+/// Searches spilled while Redis is behind are spooled as their commands
+/// when the writer has its own connection: encoding them is work the
+/// writer does anyway, and their replay is then a parse and a send, where
+/// JSON cost a serialization, a deserialization and the encoding besides.
+/// The commands carry the key prefix and retention of the proxy that
+/// spooled them.
+const ENCODED: &[u8; 4] = b"\0CMD";
 
 impl SpoolRecord {
     /// Searches it carries.
@@ -31,11 +44,69 @@ impl SpoolRecord {
         }
     }
 
-    pub(super) fn encode(&self, layout: &Layout, out: &mut impl Commands) {
-        match self {
-            SpoolRecord::Records(evs) => write::records_into(layout, evs, out),
-            SpoolRecord::Counters(c) => write::counters_into(layout, c, out),
+    /// The payload to spool: searches as their commands when `commands`
+    /// gives the layout to encode them with, everything else as JSON.
+    fn to_payload(&self, commands: Option<&Layout>) -> Result<Vec<u8>, String> {
+        match (self, commands) {
+            (SpoolRecord::Records(evs), Some(layout)) => {
+                let events = u32::try_from(evs.len()).map_err(|e| e.to_string())?;
+                let mut buf = RespBuf::default();
+                write::records_into(layout, evs, &mut buf);
+                let mut payload = Vec::with_capacity(8 + buf.as_bytes().len());
+                payload.extend_from_slice(ENCODED);
+                payload.extend_from_slice(&events.to_be_bytes());
+                payload.extend_from_slice(buf.as_bytes());
+                Ok(payload)
+            }
+            _ => serde_json::to_vec(self).map_err(|e| e.to_string()),
         }
+    }
+}
+
+/// A spool record read back.
+pub(super) enum Spooled<'a> {
+    /// Written as JSON: encoded with the replaying writer's layout.
+    Json(SpoolRecord),
+    /// Written as commands: sent as they are.
+    Commands { events: u64, resp: &'a [u8] },
+}
+
+impl<'a> Spooled<'a> {
+    /// Reads a payload; `Err` when it is neither form (another version's).
+    pub(super) fn decode(payload: &'a [u8]) -> Result<Spooled<'a>, String> {
+        match payload.strip_prefix(ENCODED) {
+            Some(rest) => {
+                let (count, resp) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or("a record of commands without its count")?;
+                Ok(Spooled::Commands {
+                    events: u64::from(u32::from_be_bytes(*count)),
+                    resp,
+                })
+            }
+            None => serde_json::from_slice(payload)
+                .map(Spooled::Json)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Searches it carries.
+    pub(super) fn events(&self) -> u64 {
+        match self {
+            Spooled::Json(record) => record.events(),
+            Spooled::Commands { events, .. } => *events,
+        }
+    }
+
+    /// Appends its commands to `out`. Nothing is appended unless the whole
+    /// record reads as commands.
+    pub(super) fn encode(&self, layout: &Layout, out: &mut impl Commands) -> Result<(), String> {
+        match self {
+            Spooled::Json(SpoolRecord::Records(evs)) => write::records_into(layout, evs, out),
+            Spooled::Json(SpoolRecord::Counters(c)) => write::counters_into(layout, c, out),
+            Spooled::Commands { resp, .. } => out.encoded(resp).map_err(|e| e.to_string())?,
+        }
+        Ok(())
     }
 }
 
@@ -47,10 +118,17 @@ pub(super) struct SharedSpool {
     stats: Arc<EventStats>,
     /// Set while the spool refuses records, to warn once per episode.
     full: Arc<AtomicBool>,
+    /// With the writer's own connection: searches are spooled as their
+    /// commands, encoded with this layout.
+    commands: Option<Arc<Layout>>,
 }
 
 impl SharedSpool {
-    pub(super) fn new(spool: Option<Spool>, stats: Arc<EventStats>) -> SharedSpool {
+    pub(super) fn new(
+        spool: Option<Spool>,
+        stats: Arc<EventStats>,
+        commands: Option<Layout>,
+    ) -> SharedSpool {
         if let Some(s) = &spool {
             stats.spool_bytes.store(s.bytes(), Ordering::Relaxed);
         }
@@ -58,6 +136,7 @@ impl SharedSpool {
             spool: spool.map(|s| Arc::new(Mutex::new(s))),
             stats,
             full: Arc::new(AtomicBool::new(false)),
+            commands: commands.map(Arc::new),
         }
     }
 
@@ -96,9 +175,10 @@ impl SharedSpool {
     /// events as spooled, or as dropped when the spool cannot take it.
     pub(super) async fn append(&self, record: SpoolRecord) {
         let events = record.events();
+        let commands = self.commands.clone();
         let appended = self
             .with(move |spool| {
-                let payload = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+                let payload = record.to_payload(commands.as_deref())?;
                 spool.append(&payload).map_err(|e| match e {
                     SpoolError::Full { .. } => {
                         format!("redis unreachable or behind, and {e}")
@@ -144,5 +224,98 @@ impl SharedSpool {
             // at least once.
             tracing::error!(error = %e, "cannot record spool replay progress");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::envelope::SearchMeta;
+    use crate::events::{CacheResult, new_search_id};
+    use crate::redis::keys::Prefix;
+
+    fn event(user: Option<&str>, query: &str) -> SearchEvent {
+        SearchEvent {
+            search_id: new_search_id(),
+            timestamp_ms: 1_764_106_056_927,
+            user_id: user.map(str::to_owned),
+            user_uuid: None,
+            session_id: Some("s".into()),
+            query: query.into(),
+            query_normalized: query.to_lowercase(),
+            meta: Arc::new(SearchMeta {
+                intent: Some("product_search".into()),
+                results_count: 2,
+                products: vec![("p1".into(), Some("s1".into())), ("p2".into(), None)],
+                ..SearchMeta::default()
+            }),
+            response_time_ms: 0.5,
+            cache: CacheResult::Hit,
+            status: 200,
+            route: "search".into(),
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout {
+            prefix: Prefix::single_node("t:"),
+            retention_secs: 60,
+            history_limit: 10,
+        }
+    }
+
+    #[test]
+    fn searches_spooled_as_commands_replay_as_the_same_commands_as_json() {
+        let record = SpoolRecord::Records(vec![
+            event(Some("u1"), "Milk \"2%\"\r\n"),
+            event(None, "bread"),
+            event(Some("u1"), "eggs"),
+        ]);
+        let json = record.to_payload(None).expect("json");
+        let commands = record.to_payload(Some(&layout())).expect("commands");
+        assert!(json.starts_with(b"{"), "without a layout: JSON");
+        assert!(commands.starts_with(ENCODED));
+
+        // A JSON record (also what earlier versions spooled) replays as before.
+        let from_json = Spooled::decode(&json).expect("decodes");
+        let mut expected = RespBuf::default();
+        from_json.encode(&layout(), &mut expected).expect("encodes");
+        assert_eq!(from_json.events(), 3);
+
+        let from_commands = Spooled::decode(&commands).expect("decodes");
+        assert_eq!(from_commands.events(), 3);
+        let mut raw = RespBuf::default();
+        from_commands.encode(&layout(), &mut raw).expect("encodes");
+        assert_eq!(raw.as_bytes(), expected.as_bytes());
+        assert_eq!(raw.commands(), expected.commands());
+        // Through the pool (a cluster, `leafcache replay`): the same commands.
+        let mut pipe = redis::pipe();
+        from_commands.encode(&layout(), &mut pipe).expect("encodes");
+        assert_eq!(&pipe.get_packed_pipeline()[..], expected.as_bytes());
+    }
+
+    #[test]
+    fn counters_stay_json_and_a_damaged_record_of_commands_adds_nothing() {
+        let mut counters = Counters::default();
+        counters.add(&event(Some("u1"), "milk"));
+        let payload = SpoolRecord::Counters(counters)
+            .to_payload(Some(&layout()))
+            .expect("json");
+        assert!(matches!(
+            Spooled::decode(&payload),
+            Ok(Spooled::Json(SpoolRecord::Counters(_)))
+        ));
+
+        let mut commands = SpoolRecord::Records(vec![event(Some("u1"), "milk")])
+            .to_payload(Some(&layout()))
+            .expect("commands");
+        commands.truncate(commands.len() - 3);
+        let mut out = RespBuf::default();
+        let damaged = Spooled::decode(&commands).expect("the header reads");
+        assert!(damaged.encode(&layout(), &mut out).is_err());
+        assert!(out.is_empty(), "no command of a damaged record is sent");
+        assert!(Spooled::decode(&ENCODED[..3]).is_err());
+        assert!(Spooled::decode(b"\0CMD\0\0").is_err(), "count cut short");
+        assert!(Spooled::decode(b"not json").is_err());
     }
 }
