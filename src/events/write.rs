@@ -30,74 +30,85 @@ pub struct Layout {
     pub history_limit: usize,
 }
 
-/// The values of one search that several commands need, computed once,
-/// on the stack: this runs for every logged search.
+/// The values of one search that several commands need, formatted once:
+/// this runs for every logged search.
 struct Prepared<'a> {
     ev: &'a SearchEvent,
-    id: [u8; 36],
-    timestamp: Small,
+    id: &'a str,
+    timestamp: &'a str,
+    /// Empty when the answer has none.
+    confidence: &'a str,
+    response_time: &'a str,
 }
 
-impl<'a> Prepared<'a> {
-    fn new(ev: &'a SearchEvent) -> Self {
-        let mut id = [0; 36];
-        ev.search_id.hyphenated().encode_lower(&mut id);
+/// Formats the values of every search of `events` into `text` (one
+/// allocation for a whole batch, each value validated once) and returns
+/// them.
+fn prepare<'a>(events: &'a [SearchEvent], text: &'a mut String) -> Vec<Prepared<'a>> {
+    use std::fmt::Write as _;
+    text.clear();
+    text.reserve(events.len() * 80);
+    let mut spans = Vec::with_capacity(events.len());
+    for ev in events {
+        let start = text.len();
+        let mut id = uuid::Uuid::encode_buffer();
+        text.push_str(ev.search_id.hyphenated().encode_lower(&mut id));
+        let id_end = text.len();
         let mut ts = [0; crate::events::RFC3339_MS_LEN];
-        let timestamp = match crate::events::rfc3339_ms_into(ev.timestamp_ms, &mut ts) {
-            Some(t) => Small::copy(t),
-            None => Small::Heap(ev.timestamp()),
-        };
-        Prepared { ev, id, timestamp }
+        match crate::events::rfc3339_ms_into(ev.timestamp_ms, &mut ts) {
+            Some(t) => text.push_str(t),
+            None => text.push_str(&ev.timestamp()),
+        }
+        let ts_end = text.len();
+        if let Some(c) = ev.meta.confidence {
+            let _ = write!(text, "{c}");
+        }
+        let confidence_end = text.len();
+        push_millis(text, ev.response_time_ms);
+        spans.push([start, id_end, ts_end, confidence_end, text.len()]);
     }
-
-    fn id(&self) -> &str {
-        // A hyphenated UUID is ASCII.
-        std::str::from_utf8(&self.id).unwrap_or_default()
-    }
+    let text: &'a str = text;
+    events
+        .iter()
+        .zip(spans)
+        .map(|(ev, [a, b, c, d, e])| Prepared {
+            ev,
+            id: &text[a..b],
+            timestamp: &text[b..c],
+            confidence: &text[c..d],
+            response_time: &text[d..e],
+        })
+        .collect()
 }
 
-/// A short formatted value, kept on the stack when it fits.
-enum Small {
-    Stack([u8; 40], u8),
-    Heap(String),
-}
-
-impl Small {
-    fn of(args: std::fmt::Arguments<'_>) -> Small {
-        use std::io::Write as _;
-        let mut buf = [0; 40];
-        let mut rest = &mut buf[..];
-        if rest.write_fmt(args).is_ok() {
-            let len = 40 - rest.len();
-            return Small::Stack(buf, len as u8);
-        }
-        Small::Heap(std::fmt::format(args))
-    }
-
-    fn copy(s: &str) -> Small {
-        let mut buf = [0; 40];
-        match buf.get_mut(..s.len()) {
-            Some(head) => {
-                head.copy_from_slice(s.as_bytes());
-                Small::Stack(buf, s.len() as u8)
-            }
-            None => Small::Heap(s.to_owned()),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            Small::Stack(buf, len) => {
-                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
-            }
-            Small::Heap(s) => s,
-        }
+/// Appends `ms` as `format!("{ms:.3}")` would, without the formatting
+/// machinery (a third of the cost of encoding a search) where the result is
+/// certainly the same: `ms * 1000` computed in floating point rounds to the
+/// same integer as the exact value unless it lies next to a tie, and those
+/// (and anything negative, huge or not finite) go the formatted way.
+fn push_millis(text: &mut String, ms: f64) {
+    use std::fmt::Write as _;
+    let thousandths = ms * 1000.0;
+    let fraction = thousandths - thousandths.trunc();
+    if ms.is_sign_positive() && thousandths < 1e12 && (fraction - 0.5).abs() > 1e-3 {
+        let n = thousandths.round() as u64;
+        let mut digits = itoa::Buffer::new();
+        text.push_str(digits.format(n / 1000));
+        text.push('.');
+        let frac = (n % 1000) as u16;
+        text.push(char::from(b'0' + (frac / 100) as u8));
+        text.push(char::from(b'0' + (frac / 10 % 10) as u8));
+        text.push(char::from(b'0' + (frac % 10) as u8));
+    } else {
+        let _ = write!(text, "{ms:.3}");
     }
 }
 
 /// The fields of `search:<search_id>`, in a stable order.
 pub fn record_fields(ev: &SearchEvent) -> Vec<(&'static str, String)> {
-    with_fields(&Prepared::new(ev), |fields| {
+    let mut text = String::new();
+    let prepared = prepare(std::slice::from_ref(ev), &mut text);
+    with_fields(&prepared[0], |fields| {
         fields
             .iter()
             .map(|(k, v)| (*k, String::from_utf8_lossy(v).into_owned()))
@@ -110,25 +121,20 @@ fn with_fields<R>(p: &Prepared<'_>, f: impl FnOnce(&[(&'static str, &[u8])]) -> 
     let ev = p.ev;
     // Derived once per answer and shared by all its hits.
     let facts = ev.meta.log_facts();
-    let confidence = match ev.meta.confidence {
-        Some(c) => Small::of(format_args!("{c}")),
-        None => Small::Stack([0; 40], 0),
-    };
-    let response_time = Small::of(format_args!("{:.3}", ev.response_time_ms));
     let mut results = itoa::Buffer::new();
     let mut status = itoa::Buffer::new();
     // Absent optional values are left out rather than stored as "": fewer
     // fields make the record cheaper for Redis, and readers see "missing".
     let all: [(&'static str, &[u8], bool); RECORD_FIELDS] = [
-        ("search_id", p.id().as_bytes(), true),
-        ("timestamp", p.timestamp.as_str().as_bytes(), true),
+        ("search_id", p.id.as_bytes(), true),
+        ("timestamp", p.timestamp.as_bytes(), true),
         ("user_id", opt(&ev.user_id), false),
         ("user_uuid", opt(&ev.user_uuid), false),
         ("session_id", opt(&ev.session_id), false),
         ("query", ev.query.as_bytes(), true),
         ("query_normalized", ev.query_normalized.as_bytes(), true),
         ("intent", opt(&ev.meta.intent), false),
-        ("confidence", confidence.as_str().as_bytes(), false),
+        ("confidence", p.confidence.as_bytes(), false),
         (
             "results_count",
             results.format(ev.meta.results_count).as_bytes(),
@@ -141,7 +147,7 @@ fn with_fields<R>(p: &Prepared<'_>, f: impl FnOnce(&[(&'static str, &[u8])]) -> 
             facts.product_suppliers_json.as_bytes(),
             true,
         ),
-        ("response_time_ms", response_time.as_str().as_bytes(), true),
+        ("response_time_ms", p.response_time.as_bytes(), true),
         ("cache", ev.cache.as_str().as_bytes(), true),
         ("status", status.format(ev.status).as_bytes(), true),
         ("route", ev.route.as_bytes(), true),
@@ -165,17 +171,20 @@ fn opt(v: &Option<String>) -> &[u8] {
 
 /// The compact JSON entry of `user:<id>:searches`.
 pub fn history_entry(ev: &SearchEvent) -> String {
-    history_json(&Prepared::new(ev))
+    let mut text = String::new();
+    history_json(&prepare(std::slice::from_ref(ev), &mut text)[0])
 }
 
 fn history_json(p: &Prepared<'_>) -> String {
     let ev = p.ev;
     let mut out = String::with_capacity(128 + ev.query.len());
-    out.push_str("{\"search_id\":");
-    write_json_str(&mut out, p.id());
-    out.push_str(",\"timestamp\":");
-    write_json_str(&mut out, p.timestamp.as_str());
-    out.push_str(",\"query\":");
+    // The id (hex and hyphens), the timestamp (digits and punctuation) and
+    // the cache result (a fixed word) need no escaping.
+    out.push_str("{\"search_id\":\"");
+    out.push_str(p.id);
+    out.push_str("\",\"timestamp\":\"");
+    out.push_str(p.timestamp);
+    out.push_str("\",\"query\":");
     write_json_str(&mut out, &ev.query);
     out.push_str(",\"intent\":");
     match &ev.meta.intent {
@@ -184,9 +193,9 @@ fn history_json(p: &Prepared<'_>) -> String {
     }
     out.push_str(",\"results_count\":");
     out.push_str(itoa::Buffer::new().format(ev.meta.results_count));
-    out.push_str(",\"cache\":");
-    write_json_str(&mut out, ev.cache.as_str());
-    out.push('}');
+    out.push_str(",\"cache\":\"");
+    out.push_str(ev.cache.as_str());
+    out.push_str("\"}");
     out
 }
 
@@ -212,11 +221,12 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
     let mut ttl_buf = itoa::Buffer::new();
     let ttl = ttl_buf.format(layout.retention_secs).as_bytes();
 
-    let prepared: Vec<Prepared<'_>> = events.iter().map(Prepared::new).collect();
+    let mut text = String::new();
+    let prepared = prepare(events, &mut text);
     let mut daily: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
     let mut users: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
     for pr in &prepared {
-        let key = keys::search(p, pr.id());
+        let key = keys::search(p, pr.id);
         with_fields(pr, |fields| {
             let mut args: [&[u8]; 2 + 2 * RECORD_FIELDS] = [&[]; 2 + 2 * RECORD_FIELDS];
             args[0] = b"HSET";
@@ -228,7 +238,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
             out.command(&args[..2 + 2 * fields.len()]);
         });
         out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
-        let date = pr.timestamp.as_str().get(..10).unwrap_or_default();
+        let date = pr.timestamp.get(..10).unwrap_or_default();
         daily.entry(date).or_default().push(pr);
         if let Some(user) = pr.ev.user_id.as_deref() {
             users.entry(user).or_default().push(pr);
@@ -250,7 +260,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
         let mut start = 0;
         for (end, pr) in ends.iter().zip(members) {
             args.push(&scores.as_bytes()[start..*end]);
-            args.push(pr.id().as_bytes());
+            args.push(pr.id.as_bytes());
             start = *end;
         }
         out.command(&args);
@@ -281,7 +291,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
             b"HSETNX",
             profile.as_bytes(),
             b"first_seen",
-            first.timestamp.as_str().as_bytes(),
+            first.timestamp.as_bytes(),
         ]);
         let latest =
             |f: fn(&SearchEvent) -> Option<&str>| searches.iter().rev().find_map(|pr| f(pr.ev));
@@ -289,7 +299,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
             b"HSET",
             profile.as_bytes(),
             b"last_seen",
-            last.timestamp.as_str().as_bytes(),
+            last.timestamp.as_bytes(),
         ];
         if let Some(uuid) = latest(|e| e.user_uuid.as_deref()) {
             hset.extend([&b"user_uuid"[..], uuid.as_bytes()]);
@@ -406,6 +416,42 @@ mod tests {
         let mut pipe = redis::pipe();
         counters_into(&layout, &c, &mut pipe);
         assert_eq!(raw.as_bytes(), &pipe.get_packed_pipeline()[..]);
+    }
+
+    #[test]
+    fn response_times_read_as_formatted_to_three_decimals() {
+        let mut probes = vec![
+            0.0,
+            -0.0,
+            0.0004,
+            0.0005,
+            0.0015,
+            0.4,
+            1.25,
+            1.2345,
+            1.2355,
+            2.675,
+            999.9995,
+            1e11,
+            1e12 - 0.001,
+            1e13,
+            -1.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+        ];
+        // Many ordinary values, and every tie of thousandths below 100 ms.
+        let mut x: f64 = 0.000_123_4;
+        while x < 1e9 {
+            probes.push(x);
+            x = x * 1.37 + 0.000_77;
+        }
+        probes.extend((0..200_000).map(|i| f64::from(i) / 2000.0));
+        for ms in probes {
+            let mut text = String::new();
+            push_millis(&mut text, ms);
+            assert_eq!(text, format!("{ms:.3}"), "{ms:e}");
+        }
     }
 
     #[test]
