@@ -200,69 +200,86 @@ impl Counters {
 
     /// Every counter key with its increments, in a stable order.
     pub fn writes(&self, prefix: &Prefix) -> Vec<CounterWrite> {
+        let mut out = Vec::new();
+        self.for_each_write(prefix, |key, is_hash, increments| {
+            out.push(CounterWrite {
+                key: key.to_owned(),
+                is_hash,
+                increments: increments
+                    .iter()
+                    .map(|(member, n)| ((*member).to_owned(), *n))
+                    .collect(),
+            });
+        });
+        out
+    }
+
+    /// Calls `f` with every counter key that has increments, whether it is
+    /// a hash (`HINCRBY`) or a sorted set (`ZINCRBY`), and its increments
+    /// by member, in a stable order (days, then keys, then members sorted).
+    /// Members are lent, not copied: a flush writes tens of thousands.
+    pub fn for_each_write(&self, prefix: &Prefix, mut f: impl FnMut(&str, bool, &[(&str, i64)])) {
         if !self.groups.is_empty() {
             let mut folded = self.clone();
             folded.fold();
-            return folded.writes(prefix);
+            return folded.for_each_write(prefix, f);
         }
-        let mut out = Vec::new();
         let mut days: Vec<_> = self.days.iter().collect();
         days.sort_by_key(|(d, _)| **d);
+        let mut increments: Vec<(&str, i64)> = Vec::new();
+        let mut emit = |key: String, is_hash: bool, increments: &[(&str, i64)]| {
+            if !increments.is_empty() {
+                f(&key, is_hash, increments);
+            }
+        };
+        fn sorted<'a>(into: &mut Vec<(&'a str, i64)>, map: &'a Map<i64>) {
+            into.clear();
+            into.extend(map.iter().map(|(member, n)| (member.as_str(), *n)));
+            into.sort_unstable();
+        }
         for (&day_number, day) in days {
             let date = date_of(day_number);
-            let sorted = |m: &Map<i64>| {
-                let mut v: Vec<(String, i64)> = m.iter().map(|(k, n)| (k.clone(), *n)).collect();
-                v.sort();
-                v
-            };
-            let hourly: Vec<(String, i64)> = (0..24)
-                .filter(|h| day.hourly[*h] != 0)
-                .map(|h| (format!("{h:02}"), day.hourly[h]))
-                .collect();
-            let cache: Vec<(String, i64)> = (0..4)
-                .filter(|i| day.cache[*i] != 0)
-                .map(|i| (CACHE_RESULTS[i].to_string(), day.cache[i]))
-                .collect();
-            let mut push = |key: String, is_hash: bool, increments: Vec<(String, i64)>| {
-                if !increments.is_empty() {
-                    out.push(CounterWrite {
-                        key,
-                        is_hash,
-                        increments,
-                    });
-                }
-            };
-            push(keys::searches_hourly(prefix, &date), true, hourly);
-            push(keys::cache_stats(prefix, &date), true, cache);
-            push(
-                keys::intent_stats(prefix, &date),
-                true,
-                sorted(&day.intents),
+            increments.clear();
+            increments.extend(
+                (0..24)
+                    .filter(|h| day.hourly[*h] != 0)
+                    .map(|h| (HOURS[h], day.hourly[h])),
             );
-            push(
-                keys::products_popular(prefix, &date),
-                false,
-                sorted(&day.products),
+            emit(keys::searches_hourly(prefix, &date), true, &increments);
+            increments.clear();
+            increments.extend(
+                (0..4)
+                    .filter(|i| day.cache[*i] != 0)
+                    .map(|i| (CACHE_RESULTS[i], day.cache[i])),
             );
+            emit(keys::cache_stats(prefix, &date), true, &increments);
+            sorted(&mut increments, &day.intents);
+            emit(keys::intent_stats(prefix, &date), true, &increments);
+            sorted(&mut increments, &day.products);
+            emit(keys::products_popular(prefix, &date), false, &increments);
             let mut suppliers: Vec<_> = day.suppliers.iter().collect();
-            suppliers.sort_by(|a, b| a.0.cmp(b.0));
+            suppliers.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (supplier, queries) in suppliers {
-                push(
+                sorted(&mut increments, queries);
+                emit(
                     keys::supplier_queries(prefix, supplier, &date),
                     false,
-                    sorted(queries),
+                    &increments,
                 );
             }
-            push(
-                keys::queries_popular(prefix, &date),
-                false,
-                sorted(&day.queries),
-            );
-            push(keys::queries_zero(prefix, &date), false, sorted(&day.zero));
+            sorted(&mut increments, &day.queries);
+            emit(keys::queries_popular(prefix, &date), false, &increments);
+            sorted(&mut increments, &day.zero);
+            emit(keys::queries_zero(prefix, &date), false, &increments);
         }
-        out
     }
 }
+
+/// The fields of `searches:hourly:<date>`.
+const HOURS: [&str; 24] = [
+    "00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13", "14", "15",
+    "16", "17", "18", "19", "20", "21", "22", "23",
+];
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01, UTC).
 pub fn date_of(day_number: u64) -> String {

@@ -338,26 +338,26 @@ pub fn counters_into(layout: &Layout, counters: &Counters, out: &mut impl Comman
     let mut ttl_buf = itoa::Buffer::new();
     let ttl = ttl_buf.format(layout.retention_secs).as_bytes();
     let mut by = itoa::Buffer::new();
-    for w in counters.writes(&layout.prefix) {
-        for (member, n) in &w.increments {
-            if w.is_hash {
+    counters.for_each_write(&layout.prefix, |key, is_hash, increments| {
+        for (member, n) in increments {
+            if is_hash {
                 out.command(&[
                     b"HINCRBY",
-                    w.key.as_bytes(),
+                    key.as_bytes(),
                     member.as_bytes(),
                     by.format(*n).as_bytes(),
                 ]);
             } else {
                 out.command(&[
                     b"ZINCRBY",
-                    w.key.as_bytes(),
+                    key.as_bytes(),
                     by.format(*n).as_bytes(),
                     member.as_bytes(),
                 ]);
             }
         }
-        out.command(&[b"EXPIRE", w.key.as_bytes(), ttl]);
-    }
+        out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
+    });
 }
 
 #[cfg(test)]
