@@ -14,20 +14,31 @@ pub(super) const HEADER_LEN: usize = 12;
 
 /// The CRC covers the length field too, so a flipped length bit is caught
 /// even when the wrong length still fits in the file.
-fn checksum(len_be: [u8; 4], payload: &[u8]) -> u32 {
+fn checksum(len_be: [u8; 4], parts: &[&[u8]]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len_be);
-    hasher.update(payload);
+    for part in parts {
+        hasher.update(part);
+    }
     hasher.finalize()
 }
 
-/// The framed record for `payload`, ready to be written in one call.
-pub(super) fn encode(payload: &[u8], len: u32) -> Vec<u8> {
+/// The header of the record whose payload is `parts` one after the other
+/// (`len` bytes in all): written before them, so that a payload of several
+/// megabytes is never copied into a frame.
+pub(super) fn header(parts: &[&[u8]], len: u32) -> [u8; HEADER_LEN] {
     let len_be = len.to_be_bytes();
-    let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
-    frame.extend_from_slice(&MAGIC);
-    frame.extend_from_slice(&len_be);
-    frame.extend_from_slice(&checksum(len_be, payload).to_be_bytes());
+    let mut header = [0; HEADER_LEN];
+    header[..4].copy_from_slice(&MAGIC);
+    header[4..8].copy_from_slice(&len_be);
+    header[8..].copy_from_slice(&checksum(len_be, parts).to_be_bytes());
+    header
+}
+
+/// The framed record for `payload`, in one buffer.
+#[cfg(test)]
+pub(super) fn encode(payload: &[u8], len: u32) -> Vec<u8> {
+    let mut frame = header(&[payload], len).to_vec();
     frame.extend_from_slice(payload);
     frame
 }
@@ -46,7 +57,7 @@ fn decode_at(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
     let start = pos + HEADER_LEN;
     let end = start.checked_add(usize::try_from(u32::from_be_bytes(len_be)).ok()?)?;
     let payload = buf.get(start..end)?;
-    (checksum(len_be, payload) == crc).then_some((payload, end))
+    (checksum(len_be, &[payload]) == crc).then_some((payload, end))
 }
 
 /// The first offset at or after `from` where an intact record starts, or the

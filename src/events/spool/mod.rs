@@ -211,12 +211,18 @@ impl Spool {
     /// Appends one record and fsyncs before returning. `Err(Full)` when the
     /// record would take the spool past `max_bytes` (nothing written then).
     pub fn append(&mut self, payload: &[u8]) -> Result<(), SpoolError> {
+        self.append_parts(&[payload])
+    }
+
+    /// [`Spool::append`] of the record whose payload is `parts` one after
+    /// the other, written without joining them first.
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<(), SpoolError> {
         let used = self.disk_bytes();
         let full = SpoolError::Full {
             used,
             max: self.max_bytes,
         };
-        let Ok(len) = u32::try_from(payload.len()) else {
+        let Ok(len) = u32::try_from(parts.iter().map(|p| p.len()).sum::<usize>()) else {
             return Err(full);
         };
         let record_len = HEADER_LEN as u64 + u64::from(len);
@@ -236,7 +242,8 @@ impl Spool {
             unreachable!("start_segment leaves an open newest segment");
         };
         let written = file
-            .write_all(&frame::encode(payload, len))
+            .write_all(&frame::header(parts, len))
+            .and_then(|()| parts.iter().try_for_each(|p| file.write_all(p)))
             .and_then(|()| file.sync_data());
         match written {
             Ok(()) => {

@@ -390,3 +390,22 @@ fn appends_between_a_read_and_its_confirmations_are_read_next() {
         .expect("append after draining");
     assert_eq!(drain(&mut spool).0, [4]);
 }
+
+#[test]
+fn a_record_appended_in_parts_reads_back_as_one_payload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+    let whole = payload(7, 100);
+    let (head, rest) = whole.split_at(30);
+    spool.append_parts(&[head, &[], rest]).expect("append");
+    spool.append(&payload(8, 10)).expect("append");
+    assert_eq!(spool.bytes(), record_len(100) + record_len(10));
+    let mut payloads = Vec::new();
+    spool
+        .replay(|p| {
+            payloads.push(p.to_vec());
+            Ok::<(), Infallible>(())
+        })
+        .expect("delivery never fails here");
+    assert_eq!(payloads, [whole, payload(8, 10)]);
+}

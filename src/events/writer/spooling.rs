@@ -23,17 +23,35 @@ pub(super) enum SpoolRecord {
 }
 
 /// A spool record of searches as the Redis commands that write them starts
-/// with this, then the number of searches (u32, big-endian), then the
+/// with this, then the number of searches (10 ASCII digits), then the
 /// commands as RESP. Any other record is a [`SpoolRecord`] in JSON (which
-/// starts with `{`).
+/// starts with `{`). Both are UTF-8 text, as the spool's framing expects.
 ///
 /// Searches spilled while Redis is behind are spooled as their commands
 /// when the writer has its own connection: encoding them is work the
-/// writer does anyway, and their replay is then a parse and a send, where
+/// writer does anyway, and their replay is then a check and a send, where
 /// JSON cost a serialization, a deserialization and the encoding besides.
 /// The commands carry the key prefix and retention of the proxy that
 /// spooled them.
 const ENCODED: &[u8; 4] = b"\0CMD";
+const ENCODED_HEAD: usize = ENCODED.len() + 10;
+
+/// A record's payload, in the parts it is written in.
+pub(super) enum Payload {
+    Json(Vec<u8>),
+    /// The head (magic and count), then the commands: appended as two
+    /// parts, so megabytes of commands are not copied behind the head.
+    Commands([u8; ENCODED_HEAD], RespBuf),
+}
+
+impl Payload {
+    pub(super) fn parts(&self) -> Vec<&[u8]> {
+        match self {
+            Payload::Json(json) => vec![json],
+            Payload::Commands(head, commands) => vec![head, commands.as_bytes()],
+        }
+    }
+}
 
 impl SpoolRecord {
     /// Searches it carries.
@@ -46,19 +64,21 @@ impl SpoolRecord {
 
     /// The payload to spool: searches as their commands when `commands`
     /// gives the layout to encode them with, everything else as JSON.
-    fn to_payload(&self, commands: Option<&Layout>) -> Result<Vec<u8>, String> {
+    pub(super) fn to_payload(&self, commands: Option<&Layout>) -> Result<Payload, String> {
         match (self, commands) {
             (SpoolRecord::Records(evs), Some(layout)) => {
-                let events = u32::try_from(evs.len()).map_err(|e| e.to_string())?;
+                let mut head = [0; ENCODED_HEAD];
+                head[..ENCODED.len()].copy_from_slice(ENCODED);
+                let count = format!("{:010}", evs.len());
+                head[ENCODED.len()..]
+                    .copy_from_slice(count.as_bytes().get(..10).ok_or("too many searches")?);
                 let mut buf = RespBuf::default();
                 write::records_into(layout, evs, &mut buf);
-                let mut payload = Vec::with_capacity(8 + buf.as_bytes().len());
-                payload.extend_from_slice(ENCODED);
-                payload.extend_from_slice(&events.to_be_bytes());
-                payload.extend_from_slice(buf.as_bytes());
-                Ok(payload)
+                Ok(Payload::Commands(head, buf))
             }
-            _ => serde_json::to_vec(self).map_err(|e| e.to_string()),
+            _ => serde_json::to_vec(self)
+                .map(Payload::Json)
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -77,12 +97,13 @@ impl<'a> Spooled<'a> {
         match payload.strip_prefix(ENCODED) {
             Some(rest) => {
                 let (count, resp) = rest
-                    .split_first_chunk::<4>()
+                    .split_first_chunk::<10>()
                     .ok_or("a record of commands without its count")?;
-                Ok(Spooled::Commands {
-                    events: u64::from(u32::from_be_bytes(*count)),
-                    resp,
-                })
+                let events = std::str::from_utf8(count)
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .ok_or("a record of commands with a bad count")?;
+                Ok(Spooled::Commands { events, resp })
             }
             None => serde_json::from_slice(payload)
                 .map(Spooled::Json)
@@ -179,7 +200,7 @@ impl SharedSpool {
         let appended = self
             .with(move |spool| {
                 let payload = record.to_payload(commands.as_deref())?;
-                spool.append(&payload).map_err(|e| match e {
+                spool.append_parts(&payload.parts()).map_err(|e| match e {
                     SpoolError::Full { .. } => {
                         format!("redis unreachable or behind, and {e}")
                     }
@@ -256,6 +277,14 @@ mod tests {
         }
     }
 
+    /// The payload as the spool stores it: its parts joined.
+    fn payload(record: &SpoolRecord, commands: Option<&Layout>) -> Vec<u8> {
+        let payload = record.to_payload(commands).expect("encodes");
+        let bytes = payload.parts().concat();
+        assert!(std::str::from_utf8(&bytes).is_ok(), "UTF-8 text");
+        bytes
+    }
+
     fn layout() -> Layout {
         Layout {
             prefix: Prefix::single_node("t:"),
@@ -271,8 +300,8 @@ mod tests {
             event(None, "bread"),
             event(Some("u1"), "eggs"),
         ]);
-        let json = record.to_payload(None).expect("json");
-        let commands = record.to_payload(Some(&layout())).expect("commands");
+        let json = payload(&record, None);
+        let commands = payload(&record, Some(&layout()));
         assert!(json.starts_with(b"{"), "without a layout: JSON");
         assert!(commands.starts_with(ENCODED));
 
@@ -298,24 +327,27 @@ mod tests {
     fn counters_stay_json_and_a_damaged_record_of_commands_adds_nothing() {
         let mut counters = Counters::default();
         counters.add(&event(Some("u1"), "milk"));
-        let payload = SpoolRecord::Counters(counters)
-            .to_payload(Some(&layout()))
-            .expect("json");
+        let counters = payload(&SpoolRecord::Counters(counters), Some(&layout()));
         assert!(matches!(
-            Spooled::decode(&payload),
+            Spooled::decode(&counters),
             Ok(Spooled::Json(SpoolRecord::Counters(_)))
         ));
 
-        let mut commands = SpoolRecord::Records(vec![event(Some("u1"), "milk")])
-            .to_payload(Some(&layout()))
-            .expect("commands");
+        let mut commands = payload(
+            &SpoolRecord::Records(vec![event(Some("u1"), "milk")]),
+            Some(&layout()),
+        );
         commands.truncate(commands.len() - 3);
         let mut out = RespBuf::default();
         let damaged = Spooled::decode(&commands).expect("the header reads");
         assert!(damaged.encode(&layout(), &mut out).is_err());
         assert!(out.is_empty(), "no command of a damaged record is sent");
         assert!(Spooled::decode(&ENCODED[..3]).is_err());
-        assert!(Spooled::decode(b"\0CMD\0\0").is_err(), "count cut short");
+        assert!(Spooled::decode(b"\0CMD00001").is_err(), "count cut short");
+        assert!(
+            Spooled::decode(b"\0CMD00000000x1*1\r\n").is_err(),
+            "count not a number"
+        );
         assert!(Spooled::decode(b"not json").is_err());
     }
 }
