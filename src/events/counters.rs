@@ -237,21 +237,22 @@ impl Counters {
             into.extend(map.iter().map(|(member, n)| (member.as_str(), *n)));
             into.sort_unstable();
         }
+        /// The fields of a fixed set (hours, cache results) that counted.
+        fn nonzero(into: &mut Vec<(&str, i64)>, names: &[&'static str], counts: &[i64]) {
+            into.clear();
+            into.extend(
+                names
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| **n != 0)
+                    .map(|(name, n)| (*name, *n)),
+            );
+        }
         for (&day_number, day) in days {
             let date = date_of(day_number);
-            increments.clear();
-            increments.extend(
-                (0..24)
-                    .filter(|h| day.hourly[*h] != 0)
-                    .map(|h| (HOURS[h], day.hourly[h])),
-            );
+            nonzero(&mut increments, &HOURS, &day.hourly);
             emit(keys::searches_hourly(prefix, &date), true, &increments);
-            increments.clear();
-            increments.extend(
-                (0..4)
-                    .filter(|i| day.cache[*i] != 0)
-                    .map(|i| (CACHE_RESULTS[i], day.cache[i])),
-            );
+            nonzero(&mut increments, &CACHE_RESULTS, &day.cache);
             emit(keys::cache_stats(prefix, &date), true, &increments);
             sorted(&mut increments, &day.intents);
             emit(keys::intent_stats(prefix, &date), true, &increments);
