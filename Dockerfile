@@ -89,12 +89,13 @@ USER 10001:10001
 WORKDIR /var/lib/leafcache
 EXPOSE 8080 9091
 
-# mimalloc returns freed pages at once rather than keeping them: while the
+# mimalloc returns freed pages at once rather than after its default 1 s: while the
 # search log spills to the spool and replays it (Redis stalled or slow), its
 # multi-megabyte record buffers otherwise stay in RSS (with Redis paused 8 s
-# under load: VmHWM 316 MiB by default, 204 MiB with this; the hit and miss
-# paths' CPU per request did not change measurably, bench/ab.sh). README,
-# "Sizing".
+# under load: VmHWM 316 MiB by default, 204 MiB with this, against a pod
+# limit of 384 MiB). It costs CPU where the search log allocates and frees
+# those buffers: ~10% more CPU per logged request (bench/ab.sh log), nothing
+# measurable on hits and misses without logging. README, "Sizing".
 ENV MIMALLOC_PURGE_DELAY=0
 
 # leafcache handles SIGTERM itself (stop accepting, finish requests in flight
