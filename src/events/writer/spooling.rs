@@ -45,10 +45,10 @@ pub(super) enum Payload {
 }
 
 impl Payload {
-    pub(super) fn parts(&self) -> Vec<&[u8]> {
+    pub(super) fn parts(&self) -> [&[u8]; 2] {
         match self {
-            Payload::Json(json) => vec![json],
-            Payload::Commands(head, commands) => vec![head, commands.as_bytes()],
+            Payload::Json(json) => [&[], json],
+            Payload::Commands(head, commands) => [head, commands.as_bytes()],
         }
     }
 }
@@ -70,8 +70,10 @@ impl SpoolRecord {
                 let mut head = [0; ENCODED_HEAD];
                 head[..ENCODED.len()].copy_from_slice(ENCODED);
                 let count = format!("{:010}", evs.len());
-                head[ENCODED.len()..]
-                    .copy_from_slice(count.as_bytes().get(..10).ok_or("too many searches")?);
+                if count.len() != 10 {
+                    return Err(format!("{count} searches do not fit one record"));
+                }
+                head[ENCODED.len()..].copy_from_slice(count.as_bytes());
                 let mut buf = RespBuf::default();
                 write::records_into(layout, evs, &mut buf);
                 Ok(Payload::Commands(head, buf))
