@@ -121,27 +121,24 @@ fn events(n: usize) -> Vec<SearchEvent> {
         .collect()
 }
 
-/// redis-server's `used_memory`, in bytes.
-fn used_memory(port: u16) -> u64 {
+/// redis-server's `INFO <section>`.
+fn info(port: u16, section: &str) -> String {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
     let mut c = client.get_connection().expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query(&mut c)
-        .expect("info");
-    info.lines()
+    redis::cmd("INFO").arg(section).query(&mut c).expect("info")
+}
+
+/// redis-server's `used_memory`, in bytes.
+fn used_memory(port: u16) -> u64 {
+    info(port, "memory")
+        .lines()
         .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
         .unwrap_or(0)
 }
 
 fn total_commands(port: u16) -> u64 {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
-    let mut c = client.get_connection().expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut c)
-        .expect("info");
-    info.lines()
+    info(port, "commandstats")
+        .lines()
         .filter(|l| {
             l.starts_with("cmdstat_")
                 && !l.starts_with("cmdstat_info")
@@ -159,13 +156,10 @@ fn total_commands(port: u16) -> u64 {
 }
 
 fn print_commandstats(port: u16) {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
-    let mut c = client.get_connection().expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut c)
-        .expect("info");
-    for l in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+    for l in info(port, "commandstats")
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+    {
         eprintln!("  {l}");
     }
 }
