@@ -763,3 +763,24 @@ async fn every_key_lives_under_the_key_prefix() {
         "global cache entries are prefixed too: {keys:?}"
     );
 }
+
+/// SPEC section 5: a batch is written at `batch_max` events or after
+/// `flush_interval`, whichever comes first. With a flush interval far longer
+/// than the wait, searches sent one after another reach Redis because their
+/// batch filled, not because the interval ran out.
+#[tokio::test]
+async fn a_full_batch_is_written_without_waiting_out_flush_interval() {
+    let config = LogConfig::new()
+        .events("batch_max = 4")
+        .events(r#"flush_interval = "120s""#);
+    let (redis, _backend, proxy) = setup_log(config).await;
+    let mut ids = BTreeSet::new();
+    for query in ["apples", "bananas", "cherries", "dates"] {
+        ids.insert(search(&proxy, user("u1"), query).await.id);
+    }
+    let mut store = LogStore::new(&redis.url()).await;
+    store
+        .wait_for_records("", &ids, Duration::from_secs(20))
+        .await;
+    assert_eq!(store.search_ids("").await, ids);
+}
