@@ -41,27 +41,12 @@ async fn a_write_longer_than_one_transaction_runs_every_command() {
         .await
         .expect("every transaction ran");
     assert_eq!(sum_of(&redis, n).await, 2 * n as i64);
-    assert_eq!(exec_calls(&redis).await, 3, "three transactions");
+    assert_eq!(redis.exec_calls().await, 3, "three transactions");
 
     // As a batch of events: one transaction, however long.
     conn.exec(&buf, usize::MAX).await.expect("one transaction");
     assert_eq!(sum_of(&redis, n).await, 4 * n as i64);
-    assert_eq!(exec_calls(&redis).await, 4, "one more transaction");
-}
-
-/// `EXEC` calls Redis has counted (`INFO commandstats`).
-async fn exec_calls(redis: &Redis) -> u64 {
-    let mut conn = connect(&redis.url()).await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    assert_eq!(redis.exec_calls().await, 4, "one more transaction");
 }
 
 #[tokio::test]

@@ -288,6 +288,9 @@ async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() 
     assert_eq!(store.search_ids("").await, ids);
     assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
     assert_eq!(backend.count(), 0, "replay does not ask the backend");
+    // The spool holds a record per batch of at most 4 searches, and replay
+    // sends them together: one round trip, one transaction.
+    assert_eq!(redis.exec_calls().await, 1, "records replayed together");
     // SPEC section 5: replayed in order (several records: batch_max = 4).
     let history: Vec<String> = store
         .list("user:u1:searches")

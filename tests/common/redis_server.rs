@@ -282,6 +282,21 @@ impl Redis {
         .await;
     }
 
+    /// `EXEC` calls Redis has counted (`INFO commandstats`).
+    pub async fn exec_calls(&self) -> u64 {
+        let mut con = self.conn().await;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut con)
+            .await
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Every cache entry (user or global scope) currently in Redis.
     pub async fn cache_keys(&self) -> Vec<String> {
         let mut keys = self.keys("*cache:*").await;

@@ -165,6 +165,10 @@ pub struct Spool {
     torn_at_open: u64,
     /// Torn or corrupt stretches skipped by reads so far.
     torn: u64,
+    /// The buffer of a replayed chunk, for the next read: replay after an
+    /// outage reads segment after segment, and a fresh multi-megabyte
+    /// buffer each time is memory the allocator may keep long after.
+    spare: Vec<u8>,
 }
 
 impl Spool {
@@ -205,6 +209,7 @@ impl Spool {
             checkpoint: checkpoint_file,
             torn_at_open,
             torn: 0,
+            spare: Vec::new(),
         })
     }
 
@@ -293,6 +298,7 @@ impl Spool {
                 stats.bytes += record.payload.len() as u64;
                 self.confirm(record.done)?;
             }
+            self.recycle(chunk);
         }
         stats.torn = self.torn - torn_before;
         Ok(stats)
@@ -308,7 +314,7 @@ impl Spool {
         while let Some(&segment) = self.segments.front() {
             let path = segment_path(&self.dir, segment.seq);
             let start = self.replayed;
-            let buf = match read_from(&path, start) {
+            let buf = match read_from(&path, start, std::mem::take(&mut self.spare)) {
                 Ok(buf) => buf,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     tracing::warn!(path = %path.display(), "spool segment vanished before replay");
@@ -347,6 +353,7 @@ impl Spool {
                 );
             }
             if chunk.records.is_empty() {
+                self.spare = buf;
                 // Nothing to deliver here: forget what was skipped (and the
                 // segment, when that was all of it).
                 self.confirm(Position {
@@ -362,6 +369,14 @@ impl Spool {
             return Ok(Some(chunk));
         }
         Ok(None)
+    }
+
+    /// Takes back the buffer of a chunk that was delivered, for the next
+    /// [`Spool::read_next`].
+    pub fn recycle(&mut self, chunk: Chunk) {
+        if chunk.buf.capacity() > self.spare.capacity() {
+            self.spare = chunk.buf;
+        }
     }
 
     /// Marks everything before `done` as delivered: the checkpoint moves
@@ -397,6 +412,7 @@ impl Spool {
         self.replayed = 0;
         if self.segments.is_empty() {
             self.writer = None;
+            self.spare = Vec::new(); // nothing left to read
         }
     }
 
@@ -422,12 +438,14 @@ impl Spool {
     }
 }
 
-/// A segment's bytes from `offset` to its end. The buffer is sized by the
-/// file, never by a length read from inside it.
-fn read_from(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+/// A segment's bytes from `offset` to its end, read into `buf` (emptied
+/// first). The buffer is sized by the file, never by a length read from
+/// inside it.
+fn read_from(path: &Path, offset: u64, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut buf = Vec::with_capacity(usize::try_from(len.saturating_sub(offset)).unwrap_or(0));
+    buf.clear();
+    buf.reserve(usize::try_from(len.saturating_sub(offset)).unwrap_or(0));
     file.seek(SeekFrom::Start(offset))?;
     file.read_to_end(&mut buf)?;
     Ok(buf)
@@ -438,7 +456,7 @@ fn read_from(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
 /// whether there was a torn tail.
 fn cut_torn_tail(dir: &Path, newest: &mut Segment) -> Result<bool, SpoolError> {
     let path = segment_path(dir, newest.seq);
-    let buf = read_from(&path, 0).map_err(io_error(&path))?;
+    let buf = read_from(&path, 0, Vec::new()).map_err(io_error(&path))?;
     let valid_end = frame::valid_end(&buf) as u64;
     if valid_end == buf.len() as u64 {
         return Ok(false);

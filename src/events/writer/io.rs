@@ -5,7 +5,7 @@
 //! It takes work from a one-slot channel: a batch of records (already
 //! encoded by the queue task while the previous one was in Redis) or a
 //! counter flush. Between items, while the spool holds records and Redis is
-//! up, it replays them one at a time, oldest first.
+//! up, it replays them oldest first, up to a few megabytes per round trip.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::link::{Sent, Target};
+use super::link::Target;
 use super::spooling::{SharedSpool, SpoolRecord};
 use super::{EventStats, Work};
 use crate::events::spool::Chunk;
@@ -41,6 +41,10 @@ pub(super) struct Io {
     pub(super) buf: RespBuf,
     /// Records read from the spool, and the next one to replay.
     pub(super) chunk: Option<(Chunk, usize)>,
+    /// A chunk replayed to its end, whose buffer the next read reuses.
+    pub(super) spent: Option<Chunk>,
+    /// What replayed records are encoded into, reused.
+    pub(super) replay_buf: RespBuf,
     /// No replay before this (after a failure).
     pub(super) replay_at: Instant,
 }
@@ -67,7 +71,7 @@ impl Io {
             };
             match work {
                 Some(work) => self.handle(work).await,
-                None if self.may_replay() => self.replay_one().await,
+                None if self.may_replay() => self.replay_some().await,
                 None => {}
             }
         }
@@ -130,11 +134,11 @@ impl Io {
         }
     }
 
-    /// Replays the oldest spooled record.
-    async fn replay_one(&mut self) {
-        let (chunk, next) = match self.chunk.take() {
+    /// Replays the oldest spooled records, up to a round trip's worth.
+    async fn replay_some(&mut self) {
+        let (chunk, from) = match self.chunk.take() {
             Some(c) => c,
-            None => match self.spool.read_next().await {
+            None => match self.spool.read_next(self.spent.take()).await {
                 Some(chunk) => (chunk, 0),
                 None => {
                     // Nothing readable (the rest was torn): try again later.
@@ -143,41 +147,47 @@ impl Io {
                 }
             },
         };
-        let Some(record) = chunk.get(next) else {
-            return; // chunk done; the next call reads on
-        };
-        let done = record.done;
-        let payload = record.payload.to_vec();
-        let rest = (next + 1 < chunk.len()).then_some((chunk, next + 1));
+        if from >= chunk.len() {
+            self.spent = Some(chunk); // done; the next call reads on
+            return;
+        }
         let Some(target) = &mut self.target else {
             return;
         };
-        let (sent, events): (Sent, u64) = match target.spooled(&self.layout, payload).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an unreadable spool record");
-                self.chunk = rest;
-                return self.spool.confirm(done).await;
-            }
+        let buf = std::mem::take(&mut self.replay_buf);
+        let Some((chunk, buf, taken, sent)) = target.replay(&self.layout, chunk, from, buf).await
+        else {
+            self.replay_at = Instant::now() + REPLAY_RETRY;
+            return;
         };
+        self.replay_buf = buf;
         match sent {
             Ok(refused) => {
                 if let Some(e) = refused {
                     refused_commands(&self.stats, "a spooled record", &e);
                 }
-                self.spool.confirm(done).await;
-                self.stats.replayed.fetch_add(events, Ordering::Relaxed);
-                self.stats.written.fetch_add(events, Ordering::Relaxed);
-                self.chunk = rest;
+                if let Some(done) = taken.done {
+                    self.spool.confirm(done).await;
+                }
+                self.stats
+                    .replayed
+                    .fetch_add(taken.events, Ordering::Relaxed);
+                self.stats
+                    .written
+                    .fetch_add(taken.events, Ordering::Relaxed);
+                self.chunk = Some((chunk, taken.end));
                 if !self.spool.pending() {
                     tracing::info!("spool replayed into redis");
+                    // Nothing more to replay: the buffers go.
+                    self.chunk = None;
+                    self.replay_buf = RespBuf::default();
                 }
             }
             Err(e) => {
-                // Keep the record; it is sent again once Redis answers.
+                // Keep the records; they are sent again once Redis answers.
                 tracing::debug!(error = %e, "replay paused: redis failed");
                 self.replay_at = Instant::now() + REPLAY_RETRY;
-                self.chunk = rest.map(|(chunk, _)| (chunk, next));
+                self.chunk = Some((chunk, from));
             }
         }
     }

@@ -9,6 +9,7 @@ use super::spooling::Spooled;
 use crate::config::RedisConfig;
 use crate::events::SearchEvent;
 use crate::events::counters::Counters;
+use crate::events::spool::{Chunk, Position};
 use crate::events::write::{self, Layout};
 use crate::redis::RedisPool;
 use crate::redis::direct::{DirectConn, DirectError, TRANSACTION_MAX};
@@ -65,49 +66,108 @@ impl Target {
         }
     }
 
-    /// Writes a record read back from the spool, decoded and encoded on a
-    /// blocking thread (one can hold thousands of events). `Err` when it
-    /// does not decode (written by another version); else what sending it
-    /// came to, and how many searches it carried.
-    pub(super) async fn spooled(
+    /// Sends the records of `chunk` from `from` on, as many as make
+    /// [`REPLAY_BYTES`] (at least one), in one round trip: they are decoded
+    /// and encoded on a blocking thread (into `buf` when the target is
+    /// direct; one record can hold thousands of events). Gives back the
+    /// chunk and the buffer, with what was taken and what sending it came
+    /// to; `None` when the blocking thread failed (the chunk is then gone:
+    /// its records are read again from the spool, which still holds them).
+    pub(super) async fn replay(
         &mut self,
         layout: &Layout,
-        payload: Vec<u8>,
-    ) -> Result<(Sent, u64), String> {
+        chunk: Chunk,
+        from: usize,
+        buf: RespBuf,
+    ) -> Option<(Chunk, RespBuf, Taken, Sent)> {
+        let layout = layout.clone();
         match self {
             Target::Direct(link) => {
-                let (buf, events) = decode_into(layout, payload, RespBuf::default).await?;
-                Ok((link.send(&buf, TRANSACTION_MAX).await, events))
+                let (chunk, mut buf, taken) = tokio::task::spawn_blocking(move || {
+                    let mut buf = buf;
+                    buf.clear();
+                    let taken = take_records(&layout, &chunk, from, &mut buf);
+                    (chunk, buf, taken)
+                })
+                .await
+                .map_err(|e| tracing::error!(error = %e, "spool replay task failed"))
+                .ok()?;
+                let sent = match taken.records {
+                    0 => Ok(None),
+                    _ => link.send(&buf, TRANSACTION_MAX).await,
+                };
+                if buf.as_bytes().len() > REPLAY_BYTES * 2 {
+                    buf = RespBuf::default(); // one outsized record: not kept
+                }
+                Some((chunk, buf, taken, sent))
             }
             Target::Pool(pool) => {
-                let atomic = || {
+                let (chunk, pipe, taken) = tokio::task::spawn_blocking(move || {
                     let mut pipe = redis::pipe();
                     pipe.atomic();
-                    pipe
+                    let taken = take_records(&layout, &chunk, from, &mut pipe);
+                    (chunk, pipe, taken)
+                })
+                .await
+                .map_err(|e| tracing::error!(error = %e, "spool replay task failed"))
+                .ok()?;
+                let sent = match taken.records {
+                    0 => Ok(None),
+                    _ => send_pipe(pool, &pipe).await,
                 };
-                let (pipe, events) = decode_into(layout, payload, atomic).await?;
-                Ok((send_pipe(pool, &pipe).await, events))
+                Some((chunk, buf, taken, sent))
             }
         }
     }
 }
 
-/// Decodes a spooled record and encodes its commands into what `empty`
-/// makes, on a blocking thread.
-async fn decode_into<C: Commands + Send + 'static>(
-    layout: &Layout,
-    payload: Vec<u8>,
-    empty: impl FnOnce() -> C + Send + 'static,
-) -> Result<(C, u64), String> {
-    let layout = layout.clone();
-    tokio::task::spawn_blocking(move || {
-        let record = Spooled::decode(&payload)?;
-        let mut out = empty();
-        record.encode(&layout, &mut out)?;
-        Ok((out, record.events()))
-    })
-    .await
-    .map_err(|e| e.to_string())?
+/// A round trip of replay sends up to this many bytes of spooled records
+/// (at least one record): after an outage the spool holds one record per
+/// batch of `batch_max` searches, and a round trip and a checkpoint for
+/// each would make replay slower than searches arrive.
+pub(super) const REPLAY_BYTES: usize = 4 << 20;
+
+/// What [`Target::replay`] took from a chunk.
+#[derive(Debug, Default)]
+pub(super) struct Taken {
+    /// The index after the last record taken.
+    pub(super) end: usize,
+    /// What to confirm once they are sent: the end of the last one.
+    pub(super) done: Option<Position>,
+    /// Records whose commands were encoded, and the searches they carry.
+    pub(super) records: u64,
+    pub(super) events: u64,
+}
+
+/// Encodes the commands of the chunk's records from `from` on into `out`,
+/// up to [`REPLAY_BYTES`] of them. Records that do not decode (written by
+/// another version) are taken and skipped with a warning.
+fn take_records(layout: &Layout, chunk: &Chunk, from: usize, out: &mut impl Commands) -> Taken {
+    let mut taken = Taken {
+        end: from,
+        ..Taken::default()
+    };
+    let mut bytes = 0;
+    while let Some(record) = chunk.get(taken.end) {
+        if bytes > 0 && bytes + record.payload.len() > REPLAY_BYTES {
+            break;
+        }
+        bytes += record.payload.len();
+        taken.end += 1;
+        taken.done = Some(record.done);
+        let encoded = Spooled::decode(record.payload).and_then(|r| {
+            r.encode(layout, out)?;
+            Ok(r.events())
+        });
+        match encoded {
+            Ok(events) => {
+                taken.records += 1;
+                taken.events += events;
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable spool record"),
+        }
+    }
+    taken
 }
 
 /// The writer's own connection.

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use super::SearchEvent;
 use super::counters::Counters;
-use super::spool::{ReplayError, Spool};
+use super::spool::Spool;
 use super::write::{self, Layout};
 use crate::config::RedisConfig;
 use crate::redis::RedisPool;
@@ -173,6 +173,8 @@ pub fn spawn(
         stats: stats.clone(),
         buf: RespBuf::default(),
         chunk: None,
+        spent: None,
+        replay_buf: RespBuf::default(),
         replay_at: Instant::now(),
     };
     let queue = Queue {
@@ -403,24 +405,43 @@ pub fn replay_records(
 ) -> Replayed {
     let mut target = Target::Pool(redis.clone());
     let mut done = Replayed::default();
-    let result = spool.replay(|payload| {
-        match runtime.block_on(target.spooled(layout, payload.to_vec())) {
-            Err(e) => tracing::warn!(error = %e, "skipping an unreadable spool record"),
-            Ok((Err(e), _)) => return Err(e),
-            Ok((Ok(refused), events)) => {
-                if let Some(e) = refused {
+    let mut buf = RespBuf::default();
+    loop {
+        let mut chunk = match spool.read_next() {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return done,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                return done;
+            }
+        };
+        let mut from = 0;
+        while from < chunk.len() {
+            let replayed = runtime.block_on(target.replay(layout, chunk, from, buf));
+            let Some((back, spare, taken, sent)) = replayed else {
+                return done;
+            };
+            (chunk, buf) = (back, spare);
+            match sent {
+                Err(e) => {
+                    tracing::debug!(error = %e, "replay paused: redis failed");
+                    return done;
+                }
+                Ok(Some(e)) => {
                     tracing::error!(error = %e, "redis refused commands of a spooled record");
                 }
-                done.records += 1;
-                done.events += events;
+                Ok(None) => {}
             }
+            if let Some(position) = taken.done
+                && let Err(e) = spool.confirm(position)
+            {
+                tracing::error!(error = %e, "cannot record spool replay progress");
+                return done;
+            }
+            done.records += taken.records;
+            done.events += taken.events;
+            from = taken.end;
         }
-        Ok(())
-    });
-    match result {
-        Err(ReplayError::Deliver(e)) => tracing::debug!(error = %e, "replay paused: redis failed"),
-        Err(ReplayError::Spool(e)) => tracing::error!(error = %e, "cannot read the spool"),
-        Ok(_) => {}
+        spool.recycle(chunk);
     }
-    done
 }

@@ -37,14 +37,14 @@ const ENCODED: &[u8; 4] = b"\0CMD";
 const ENCODED_HEAD: usize = ENCODED.len() + 10;
 
 /// A record's payload, in the parts it is written in.
-pub(super) enum Payload {
+pub(super) enum Payload<'a> {
     Json(Vec<u8>),
     /// The head (magic and count), then the commands: appended as two
     /// parts, so megabytes of commands are not copied behind the head.
-    Commands([u8; ENCODED_HEAD], RespBuf),
+    Commands([u8; ENCODED_HEAD], &'a RespBuf),
 }
 
-impl Payload {
+impl Payload<'_> {
     pub(super) fn parts(&self) -> [&[u8]; 2] {
         match self {
             Payload::Json(json) => [&[], json],
@@ -63,8 +63,13 @@ impl SpoolRecord {
     }
 
     /// The payload to spool: searches as their commands when `commands`
-    /// gives the layout to encode them with, everything else as JSON.
-    pub(super) fn to_payload(&self, commands: Option<&Layout>) -> Result<Payload, String> {
+    /// gives the layout to encode them with (into `scratch`, emptied
+    /// first), everything else as JSON.
+    pub(super) fn to_payload<'a>(
+        &self,
+        commands: Option<&Layout>,
+        scratch: &'a mut RespBuf,
+    ) -> Result<Payload<'a>, String> {
         match (self, commands) {
             (SpoolRecord::Records(evs), Some(layout)) => {
                 let mut head = [0; ENCODED_HEAD];
@@ -74,9 +79,9 @@ impl SpoolRecord {
                     return Err(format!("{count} searches do not fit one record"));
                 }
                 head[ENCODED.len()..].copy_from_slice(count.as_bytes());
-                let mut buf = RespBuf::default();
-                write::records_into(layout, evs, &mut buf);
-                Ok(Payload::Commands(head, buf))
+                scratch.clear();
+                write::records_into(layout, evs, scratch);
+                Ok(Payload::Commands(head, scratch))
             }
             _ => serde_json::to_vec(self)
                 .map(Payload::Json)
@@ -133,11 +138,19 @@ impl<'a> Spooled<'a> {
     }
 }
 
+/// The spool, and the buffer spilled searches are encoded into: one buffer,
+/// reused, rather than a fresh one of megabytes for each record, which the
+/// allocator would keep (per blocking thread) long after a spill.
+struct Held {
+    spool: Spool,
+    scratch: RespBuf,
+}
+
 #[derive(Clone)]
 pub(super) struct SharedSpool {
     /// `None` only where losing events is acceptable (benchmarks): what
     /// would be spooled is dropped and counted.
-    spool: Option<Arc<Mutex<Spool>>>,
+    spool: Option<Arc<Mutex<Held>>>,
     stats: Arc<EventStats>,
     /// Set while the spool refuses records, to warn once per episode.
     full: Arc<AtomicBool>,
@@ -156,7 +169,12 @@ impl SharedSpool {
             stats.spool_bytes.store(s.bytes(), Ordering::Relaxed);
         }
         SharedSpool {
-            spool: spool.map(|s| Arc::new(Mutex::new(s))),
+            spool: spool.map(|spool| {
+                Arc::new(Mutex::new(Held {
+                    spool,
+                    scratch: RespBuf::default(),
+                }))
+            }),
             stats,
             full: Arc::new(AtomicBool::new(false)),
             commands: commands.map(Arc::new),
@@ -173,15 +191,17 @@ impl SharedSpool {
     /// or when the thread failed.
     async fn with<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Spool) -> T + Send + 'static,
+        f: impl FnOnce(&mut Held) -> T + Send + 'static,
     ) -> Option<T> {
-        let spool = self.spool.clone()?;
+        let held = self.spool.clone()?;
         let stats = self.stats.clone();
         let result = tokio::task::spawn_blocking(move || {
             // std Mutex: only ever locked on blocking threads.
-            let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
-            let out = f(&mut spool);
-            stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            let out = f(&mut held);
+            stats
+                .spool_bytes
+                .store(held.spool.bytes(), Ordering::Relaxed);
             out
         })
         .await;
@@ -200,14 +220,16 @@ impl SharedSpool {
         let events = record.events();
         let commands = self.commands.clone();
         let appended = self
-            .with(move |spool| {
-                let payload = record.to_payload(commands.as_deref())?;
-                spool.append_parts(&payload.parts()).map_err(|e| match e {
-                    SpoolError::Full { .. } => {
-                        format!("redis unreachable or behind, and {e}")
-                    }
-                    SpoolError::Io { .. } => format!("cannot write the spool: {e}"),
-                })
+            .with(move |held| {
+                let payload = record.to_payload(commands.as_deref(), &mut held.scratch)?;
+                held.spool
+                    .append_parts(&payload.parts())
+                    .map_err(|e| match e {
+                        SpoolError::Full { .. } => {
+                            format!("redis unreachable or behind, and {e}")
+                        }
+                        SpoolError::Io { .. } => format!("cannot write the spool: {e}"),
+                    })
             })
             .await;
         match appended {
@@ -229,9 +251,16 @@ impl SharedSpool {
         }
     }
 
-    /// The next records to replay, if any.
-    pub(super) async fn read_next(&self) -> Option<Chunk> {
-        match self.with(Spool::read_next).await? {
+    /// The next records to replay, if any; `spent` is the chunk replayed
+    /// before, whose buffer the read reuses.
+    pub(super) async fn read_next(&self, spent: Option<Chunk>) -> Option<Chunk> {
+        let read = self.with(|held| {
+            if let Some(chunk) = spent {
+                held.spool.recycle(chunk);
+            }
+            held.spool.read_next()
+        });
+        match read.await? {
             Ok(chunk) => chunk,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool");
@@ -242,7 +271,14 @@ impl SharedSpool {
 
     /// Forgets what was replayed up to `done`.
     pub(super) async fn confirm(&self, done: Position) {
-        if let Some(Err(e)) = self.with(move |spool| spool.confirm(done)).await {
+        let confirmed = self.with(move |held| {
+            let confirmed = held.spool.confirm(done);
+            if held.spool.is_empty() {
+                held.scratch = RespBuf::default(); // the spill is over
+            }
+            confirmed
+        });
+        if let Some(Err(e)) = confirmed.await {
             // The record stays on disk and comes again after a restart:
             // at least once.
             tracing::error!(error = %e, "cannot record spool replay progress");
@@ -281,7 +317,8 @@ mod tests {
 
     /// The payload as the spool stores it: its parts joined.
     fn payload(record: &SpoolRecord, commands: Option<&Layout>) -> Vec<u8> {
-        let payload = record.to_payload(commands).expect("encodes");
+        let mut scratch = RespBuf::default();
+        let payload = record.to_payload(commands, &mut scratch).expect("encodes");
         let bytes = payload.parts().concat();
         assert!(std::str::from_utf8(&bytes).is_ok(), "UTF-8 text");
         bytes
