@@ -5,16 +5,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::spooling::Spooled;
+use super::spooling::{REPLAY_BYTES, Taken, take_records};
 use crate::config::RedisConfig;
 use crate::events::SearchEvent;
 use crate::events::counters::Counters;
-use crate::events::spool::{Chunk, Position};
+use crate::events::spool::Chunk;
 use crate::events::write::{self, Layout};
 use crate::redis::RedisPool;
 use crate::redis::direct::{DirectConn, DirectError, TRANSACTION_MAX};
 use crate::redis::pool::Command;
-use crate::redis::wire::{Commands, RespBuf};
+use crate::redis::wire::RespBuf;
 
 /// How one write may take in Redis before its outcome counts as unknown.
 pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,55 +119,6 @@ impl Target {
             }
         }
     }
-}
-
-/// A round trip of replay sends up to this many bytes of spooled records
-/// (at least one record): after an outage the spool holds one record per
-/// batch of `batch_max` searches, and a round trip and a checkpoint for
-/// each would make replay slower than searches arrive.
-pub(super) const REPLAY_BYTES: usize = 4 << 20;
-
-/// What [`Target::replay`] took from a chunk.
-#[derive(Debug, Default)]
-pub(super) struct Taken {
-    /// The index after the last record taken.
-    pub(super) end: usize,
-    /// What to confirm once they are sent: the end of the last one.
-    pub(super) done: Option<Position>,
-    /// Records whose commands were encoded, and the searches they carry.
-    pub(super) records: u64,
-    pub(super) events: u64,
-}
-
-/// Encodes the commands of the chunk's records from `from` on into `out`,
-/// up to [`REPLAY_BYTES`] of them. Records that do not decode (written by
-/// another version) are taken and skipped with a warning.
-fn take_records(layout: &Layout, chunk: &Chunk, from: usize, out: &mut impl Commands) -> Taken {
-    let mut taken = Taken {
-        end: from,
-        ..Taken::default()
-    };
-    let mut bytes = 0;
-    while let Some(record) = chunk.get(taken.end) {
-        if bytes > 0 && bytes + record.payload.len() > REPLAY_BYTES {
-            break;
-        }
-        bytes += record.payload.len();
-        taken.end += 1;
-        taken.done = Some(record.done);
-        let encoded = Spooled::decode(record.payload).and_then(|r| {
-            r.encode(layout, out)?;
-            Ok(r.events())
-        });
-        match encoded {
-            Ok(events) => {
-                taken.records += 1;
-                taken.events += events;
-            }
-            Err(e) => tracing::warn!(error = %e, "skipping an unreadable spool record"),
-        }
-    }
-    taken
 }
 
 /// The writer's own connection.

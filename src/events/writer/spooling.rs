@@ -138,6 +138,60 @@ impl<'a> Spooled<'a> {
     }
 }
 
+/// A round trip of replay sends up to this many bytes of spooled records
+/// (at least one record): after an outage the spool holds one record per
+/// batch of `batch_max` searches, and a round trip and a checkpoint for
+/// each would make replay slower than searches arrive.
+pub(super) const REPLAY_BYTES: usize = 4 << 20;
+
+/// What [`Target::replay`] took from a chunk.
+#[derive(Debug, Default)]
+pub(super) struct Taken {
+    /// The index after the last record taken.
+    pub(super) end: usize,
+    /// What to confirm once they are sent: the end of the last one.
+    pub(super) done: Option<Position>,
+    /// Records whose commands were encoded, and the searches they carry.
+    pub(super) records: u64,
+    pub(super) events: u64,
+}
+
+/// Encodes the commands of the chunk's records from `from` on into `out`,
+/// up to [`REPLAY_BYTES`] of them. Records that do not decode (written by
+/// another version) are taken and skipped with a warning.
+pub(super) fn take_records(
+    layout: &Layout,
+    chunk: &Chunk,
+    from: usize,
+    out: &mut impl Commands,
+) -> Taken {
+    let mut taken = Taken {
+        end: from,
+        ..Taken::default()
+    };
+    let mut bytes = 0;
+    while let Some(record) = chunk.get(taken.end) {
+        if bytes > 0 && bytes + record.payload.len() > REPLAY_BYTES {
+            break;
+        }
+        bytes += record.payload.len();
+        taken.end += 1;
+        taken.done = Some(record.done);
+        let encoded = Spooled::decode(record.payload).and_then(|r| {
+            r.encode(layout, out)?;
+            Ok(r.events())
+        });
+        match encoded {
+            Ok(events) => {
+                taken.records += 1;
+                taken.events += events;
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable spool record"),
+        }
+    }
+    taken
+}
+
 /// The spool, and the buffer spilled searches are encoded into: one buffer,
 /// reused, rather than a fresh one of megabytes for each record, which the
 /// allocator would keep (per blocking thread) long after a spill.
@@ -388,5 +442,71 @@ mod tests {
             "count not a number"
         );
         assert!(Spooled::decode(b"not json").is_err());
+    }
+
+    /// Appends `records` to a fresh spool and reads them back as one chunk.
+    fn chunk_of(records: &[Vec<u8>]) -> (tempfile::TempDir, Chunk) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut spool = Spool::open(dir.path(), 1 << 30).expect("opens");
+        for r in records {
+            spool.append(r).expect("appends");
+        }
+        let chunk = spool.read_next().expect("reads").expect("a chunk");
+        assert_eq!(chunk.len(), records.len());
+        (dir, chunk)
+    }
+
+    #[test]
+    fn replay_takes_records_up_to_its_round_trip_size_and_skips_unreadable_ones() {
+        // Records of ~1.5 MiB: two fit a round trip, a third does not.
+        let long = "q".repeat(1500);
+        let big = SpoolRecord::Records((0..300).map(|_| event(Some("u1"), &long)).collect());
+        let big = payload(&big, Some(&layout()));
+        assert!(big.len() > REPLAY_BYTES / 3 && big.len() < REPLAY_BYTES / 2);
+        let small = payload(
+            &SpoolRecord::Records(vec![event(None, "milk")]),
+            Some(&layout()),
+        );
+        let (_dir, chunk) = chunk_of(&[
+            big.clone(),
+            big.clone(),
+            big.clone(),
+            b"not a record".to_vec(),
+            small,
+        ]);
+
+        let mut out = RespBuf::default();
+        let first = take_records(&layout(), &chunk, 0, &mut out);
+        assert_eq!((first.end, first.records, first.events), (2, 2, 600));
+        assert_eq!(first.done, chunk.get(1).map(|r| r.done));
+        let mut expected = RespBuf::default();
+        for record in [&big, &big] {
+            Spooled::decode(record)
+                .and_then(|r| r.encode(&layout(), &mut expected))
+                .expect("encodes");
+        }
+        assert_eq!(out.as_bytes(), expected.as_bytes(), "both records, whole");
+
+        // The rest: the third, the unreadable one (taken, so that its
+        // position is confirmed, but adding nothing) and the last.
+        let mut out = RespBuf::default();
+        let rest = take_records(&layout(), &chunk, first.end, &mut out);
+        assert_eq!((rest.end, rest.records, rest.events), (5, 2, 301));
+        assert_eq!(rest.done, chunk.get(4).map(|r| r.done));
+
+        // A record larger than a round trip still goes, alone.
+        let huge = SpoolRecord::Records((0..1000).map(|_| event(Some("u1"), &long)).collect());
+        let huge = payload(&huge, Some(&layout()));
+        assert!(huge.len() > REPLAY_BYTES);
+        let small = payload(
+            &SpoolRecord::Records(vec![event(None, "eggs")]),
+            Some(&layout()),
+        );
+        let (_dir, chunk) = chunk_of(&[huge, small]);
+        let mut out = RespBuf::default();
+        let one = take_records(&layout(), &chunk, 0, &mut out);
+        assert_eq!((one.end, one.records), (1, 1));
+        let past = take_records(&layout(), &chunk, 2, &mut RespBuf::default());
+        assert_eq!((past.end, past.records, past.done), (2, 0, None));
     }
 }
