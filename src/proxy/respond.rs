@@ -163,9 +163,10 @@ fn header_value(s: String) -> HeaderValue {
 pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(entry.body.clone()));
     *resp.status_mut() = entry.status;
-    // Sized for the stored headers and the three added here: a clone of
-    // the stored map would have to grow (and rehash) to take them.
-    let mut headers = HeaderMap::with_capacity(entry.headers.len() + 3);
+    // Sized for the stored headers, the three added here and the
+    // `X-Search-Id` of a logged search: a clone of the stored map would
+    // have to grow (and rehash) to take them.
+    let mut headers = HeaderMap::with_capacity(entry.headers.len() + 4);
     for (name, value) in &entry.headers {
         headers.append(name.clone(), value.clone());
     }
@@ -226,6 +227,37 @@ mod tests {
                 .starts_with("leafcache; fwd=request; stored")
         );
         assert_eq!(bypass_status(BypassReason::Method), "leafcache; fwd=method");
+    }
+
+    #[test]
+    fn a_hit_has_room_for_its_search_id_without_growing_its_headers() {
+        for stored in 0..12 {
+            let mut headers = HeaderMap::new();
+            for i in 0..stored {
+                headers.insert(
+                    HeaderName::try_from(format!("x-h{i}")).expect("a header name"),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            let entry = Entry {
+                status: StatusCode::OK,
+                headers,
+                body: bytes::Bytes::from_static(b"{}"),
+                stored_at_ms: now_ms(),
+                fresh_for: std::time::Duration::from_secs(60),
+                meta: Default::default(),
+                initial_age: std::time::Duration::ZERO,
+                variant: None,
+            };
+            let mut resp = from_entry(&entry, Verdict::Hit, HeaderValue::from_static("s"));
+            let room = resp.headers().capacity();
+            resp.headers_mut().insert(
+                &crate::proxy::log::X_SEARCH_ID,
+                HeaderValue::from_static("id"),
+            );
+            assert_eq!(resp.headers().len(), stored + 4);
+            assert_eq!(resp.headers().capacity(), room, "{stored} stored headers");
+        }
     }
 
     #[test]
