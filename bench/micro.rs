@@ -197,5 +197,85 @@ fn bench_hit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_key, bench_envelope, bench_hit);
+/// The search log's counters over one flush interval of a hit-heavy load:
+/// 25,000 searches of 10,000 cached answers (200 queries x 50 users, each
+/// answer listing 10 products of 20 suppliers), added as they arrive, then
+/// folded into per-day counts as before a flush.
+fn bench_counters(c: &mut Criterion) {
+    use leafcache::events::counters::Counters;
+    use leafcache::events::{CacheResult, SearchEvent, new_search_id};
+    let answers: Vec<(String, Arc<SearchMeta>)> = (0..10_000)
+        .map(|i| {
+            let q = i % 200;
+            let meta = SearchMeta {
+                intent: Some("product_search".into()),
+                results_count: 10,
+                products: (0..10)
+                    .map(|p| {
+                        (
+                            format!("p{}", q * 7 + p),
+                            Some(format!("s{}", (q + p) % 20)),
+                        )
+                    })
+                    .collect(),
+                ..SearchMeta::default()
+            };
+            (format!("query number {q}"), Arc::new(meta))
+        })
+        .collect();
+    let events: Vec<SearchEvent> = (0..25_000)
+        .map(|i| {
+            let (query, meta) = &answers[(i * 7919) % answers.len()];
+            SearchEvent {
+                search_id: new_search_id(),
+                timestamp_ms: 1_764_106_056_927,
+                user_id: Some(format!("u{}", i % 50)),
+                user_uuid: None,
+                session_id: None,
+                query: query.clone(),
+                query_normalized: query.clone(),
+                meta: meta.clone(),
+                response_time_ms: 0.4,
+                cache: CacheResult::Hit,
+                status: 200,
+                route: "search".into(),
+            }
+        })
+        .collect();
+    let mut g = c.benchmark_group("counters");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("add_and_fold/25k_searches_10k_answers", |b| {
+        b.iter(|| {
+            let mut counters = Counters::default();
+            for ev in &events {
+                counters.add(black_box(ev));
+            }
+            counters.fold();
+            counters
+        })
+    });
+    let mut added = Counters::default();
+    for ev in &events {
+        added.add(ev);
+    }
+    g.bench_function("fold/25k_searches_10k_answers", |b| {
+        b.iter_batched(
+            || added.clone(),
+            |mut counters| {
+                counters.fold();
+                counters
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_key,
+    bench_envelope,
+    bench_hit,
+    bench_counters
+);
 criterion_main!(benches);

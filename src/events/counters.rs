@@ -15,12 +15,14 @@
 //! instead of one map update per product and supplier.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
 use super::SearchEvent;
+use super::facts::LogFacts;
 use crate::cache::envelope::SearchMeta;
 use crate::redis::keys::{self, Prefix};
 
@@ -80,6 +82,42 @@ struct Group {
     /// Normalized query → searches (almost always one query per answer).
     queries: Vec<(String, i64)>,
 }
+
+/// Searches of one day and query whose answers count the same (see
+/// [`Counters::fold`]): the same intent, the same distinct products and
+/// suppliers, and both found something or both nothing.
+#[derive(Clone, Copy)]
+struct Alike<'a> {
+    day: u64,
+    query: &'a str,
+    intent: Option<&'a str>,
+    zero: bool,
+    facts: &'a LogFacts,
+}
+
+impl Hash for Alike<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.day);
+        state.write_u64(self.facts.fingerprint);
+        self.query.hash(state);
+    }
+}
+
+impl PartialEq for Alike<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.facts, other.facts);
+        self.day == other.day
+            && self.query == other.query
+            && self.intent == other.intent
+            && self.zero == other.zero
+            && a.fingerprint == b.fingerprint
+            && (std::ptr::eq(a, b)
+                || (a.product_ids_json == b.product_ids_json
+                    && a.supplier_ids_json == b.supplier_ids_json))
+    }
+}
+
+impl Eq for Alike<'_> {}
 
 /// One counter key with its increments, as written to Redis.
 pub struct CounterWrite {
@@ -147,52 +185,45 @@ impl Counters {
     pub fn fold(&mut self) {
         let groups = std::mem::take(&mut self.groups);
         let entries = &mut self.entries;
-        // Answers that list the same products (the same query for many
-        // users, each with an entry of their own) are counted together: one
-        // hash of the product list per group, then one update per product
-        // per distinct list. Likewise suppliers, per list and query.
-        type Lists<'a, K> = HashMap<K, (i64, &'a SearchMeta), RandomState>;
-        let mut by_products: Lists<'_, (u64, &str)> =
-            Lists::with_capacity_and_hasher(groups.len(), RandomState::default());
-        let mut by_suppliers: Lists<'_, (u64, &str, &str)> =
-            Lists::with_capacity_and_hasher(groups.len(), RandomState::default());
+        // Searches alike (the same query, answered with the same intent,
+        // products and suppliers: one query's answers to many users, each
+        // an entry of its own) count the same. They are summed first, with
+        // one lookup each on the answer's precomputed fingerprint, and each
+        // kind then updates the day's maps once.
+        let mut alike: HashMap<Alike<'_>, (i64, &SearchMeta), RandomState> =
+            HashMap::with_capacity_and_hasher(groups.len(), RandomState::default());
         for (key, group) in &groups {
-            let day = self.days.entry(key.day).or_default();
             let meta: &SearchMeta = &group.meta;
             let facts = meta.log_facts();
-            let searches: i64 = group.queries.iter().map(|(_, n)| n).sum();
-            if let Some(intent) = &meta.intent {
-                incr(&mut day.intents, intent, searches, entries);
-            }
-            by_products
-                .entry((key.day, facts.product_ids_json.as_str()))
-                .or_insert((0, meta))
-                .0 += searches;
             for (query, n) in &group.queries {
-                incr(&mut day.queries, query, *n, entries);
-                if meta.results_count == 0 {
-                    incr(&mut day.zero, query, *n, entries);
-                }
-                by_suppliers
-                    .entry((key.day, facts.supplier_ids_json.as_str(), query.as_str()))
-                    .or_insert((0, meta))
-                    .0 += *n;
+                let kind = Alike {
+                    day: key.day,
+                    query,
+                    intent: meta.intent.as_deref(),
+                    zero: meta.results_count == 0,
+                    facts,
+                };
+                alike.entry(kind).or_insert((0, meta)).0 += *n;
             }
         }
-        for ((day, _), (n, meta)) in by_products {
-            let day = self.days.entry(day).or_default();
+        for (a, (n, meta)) in alike {
+            let day = self.days.entry(a.day).or_default();
+            if let Some(intent) = a.intent {
+                incr(&mut day.intents, intent, n, entries);
+            }
+            incr(&mut day.queries, a.query, n, entries);
+            if a.zero {
+                incr(&mut day.zero, a.query, n, entries);
+            }
             for product in meta.product_ids() {
                 incr(&mut day.products, product, n, entries);
             }
-        }
-        for ((day, _, query), (n, meta)) in by_suppliers {
-            let day = self.days.entry(day).or_default();
             for supplier in meta.supplier_ids() {
                 let queries = match day.suppliers.get_mut(supplier) {
                     Some(q) => q,
                     None => day.suppliers.entry(supplier.to_owned()).or_default(),
                 };
-                incr(queries, query, n, entries);
+                incr(queries, a.query, n, entries);
             }
         }
         self.group_entries = 0;
@@ -417,5 +448,85 @@ mod tests {
         let bytes = serde_json::to_vec(&c).unwrap();
         let back: Counters = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// Answers that count alike or not: 1 is 0's content in an `Arc` of
+    /// its own; 2, 3 and 5 each differ from 0 in one thing (intent, a
+    /// supplier, finding nothing); 4 lists a product twice and a product
+    /// without a supplier.
+    fn answers() -> Vec<Arc<SearchMeta>> {
+        let meta = |intent: Option<&str>, products: &[(&str, Option<&str>)], count: u32| {
+            Arc::new(SearchMeta {
+                intent: intent.map(str::to_owned),
+                results_count: count,
+                products: products
+                    .iter()
+                    .map(|(p, s)| (p.to_string(), s.map(str::to_owned)))
+                    .collect(),
+                ..SearchMeta::default()
+            })
+        };
+        let both = [("p1", Some("s1")), ("p2", Some("s1"))];
+        vec![
+            meta(Some("a"), &both, 2),
+            meta(Some("a"), &both, 2),
+            meta(Some("b"), &both, 2),
+            meta(Some("a"), &[("p1", Some("s1")), ("p2", Some("s2"))], 2),
+            meta(
+                None,
+                &[("p1", Some("s2")), ("p1", Some("s2")), ("p3", None)],
+                3,
+            ),
+            meta(Some("a"), &both, 0),
+        ]
+    }
+
+    proptest::proptest! {
+        /// However searches are grouped and folded, the counts are those
+        /// of adding every search on its own.
+        #[test]
+        fn folded_counts_are_the_sum_of_every_search(
+            searches in proptest::collection::vec((0usize..6, 0usize..3, 0u64..2, proptest::bool::ANY), 1..80),
+            fold_at in 0usize..80,
+        ) {
+            let answers = answers();
+            let mut c = Counters::default();
+            let mut expected: HashMap<String, HashMap<String, i64>> = HashMap::new();
+            let mut bump = |key: String, member: &str| {
+                *expected.entry(key).or_default().entry(member.to_owned()).or_default() += 1;
+            };
+            for (i, &(answer, query, day, own_arc)) in searches.iter().enumerate() {
+                if i == fold_at {
+                    c.fold();
+                }
+                let query = ["milk", "bread", "eggs"][query];
+                let mut ev = event(query, &[], CacheResult::Hit);
+                ev.timestamp_ms += day * DAY_MS;
+                ev.meta = if own_arc {
+                    Arc::new(SearchMeta::clone(&answers[answer]))
+                } else {
+                    answers[answer].clone()
+                };
+                c.add(&ev);
+                let date = ["2025-11-25", "2025-11-26"][day as usize];
+                let m = &ev.meta;
+                if let Some(intent) = &m.intent {
+                    bump(format!("intent:stats:{date}"), intent);
+                }
+                bump(format!("queries:popular:{date}"), query);
+                if m.results_count == 0 {
+                    bump(format!("queries:zero:{date}"), query);
+                }
+                for p in m.product_ids() {
+                    bump(format!("products:popular:{date}"), p);
+                }
+                for s in m.supplier_ids() {
+                    bump(format!("supplier:{s}:queries:{date}"), query);
+                }
+            }
+            let mut got = written(&c);
+            got.retain(|k, _| !k.starts_with("searches:hourly:") && !k.starts_with("cache:stats:"));
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 }

@@ -26,6 +26,11 @@ pub struct LogFacts {
     pub supplier_ids_json: String,
     /// `product_suppliers`: a JSON object product id → supplier id.
     pub product_suppliers_json: String,
+    /// A hash of what the analytics counters count of a search with this
+    /// answer (intent, distinct products and suppliers, whether it found
+    /// nothing), so that searches alike are summed with one cheap lookup
+    /// ([`crate::events::counters::Counters::fold`]).
+    pub fingerprint: u64,
 }
 
 impl LogFacts {
@@ -78,12 +83,22 @@ impl LogFacts {
         }
         products.shrink_to_fit();
         suppliers.shrink_to_fit();
+        let fingerprint = {
+            use std::hash::BuildHasher as _;
+            foldhash::fast::FixedState::default().hash_one((
+                &meta.intent,
+                meta.results_count == 0,
+                &product_ids_json,
+                &supplier_ids_json,
+            ))
+        };
         LogFacts {
             products,
             suppliers,
             product_ids_json,
             supplier_ids_json,
             product_suppliers_json: pairs,
+            fingerprint,
         }
     }
 }
