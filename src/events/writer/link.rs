@@ -14,7 +14,7 @@ use crate::events::write::{self, Layout};
 use crate::redis::RedisPool;
 use crate::redis::direct::{DirectConn, DirectError, TRANSACTION_MAX};
 use crate::redis::pool::Command;
-use crate::redis::wire::RespBuf;
+use crate::redis::wire::{Commands, RespBuf};
 
 /// How one write may take in Redis before its outcome counts as unknown.
 pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,15 +83,9 @@ impl Target {
         let layout = layout.clone();
         match self {
             Target::Direct(link) => {
-                let (chunk, mut buf, taken) = tokio::task::spawn_blocking(move || {
-                    let mut buf = buf;
-                    buf.clear();
-                    let taken = take_records(&layout, &chunk, from, &mut buf);
-                    (chunk, buf, taken)
-                })
-                .await
-                .map_err(|e| tracing::error!(error = %e, "spool replay task failed"))
-                .ok()?;
+                let mut buf = buf;
+                buf.clear();
+                let (chunk, mut buf, taken) = take_blocking(layout, chunk, from, buf).await?;
                 let sent = match taken.records {
                     0 => Ok(None),
                     _ => link.send(&buf, TRANSACTION_MAX).await,
@@ -102,15 +96,9 @@ impl Target {
                 Some((chunk, buf, taken, sent))
             }
             Target::Pool(pool) => {
-                let (chunk, pipe, taken) = tokio::task::spawn_blocking(move || {
-                    let mut pipe = redis::pipe();
-                    pipe.atomic();
-                    let taken = take_records(&layout, &chunk, from, &mut pipe);
-                    (chunk, pipe, taken)
-                })
-                .await
-                .map_err(|e| tracing::error!(error = %e, "spool replay task failed"))
-                .ok()?;
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let (chunk, pipe, taken) = take_blocking(layout, chunk, from, pipe).await?;
                 let sent = match taken.records {
                     0 => Ok(None),
                     _ => send_pipe(pool, &pipe).await,
@@ -119,6 +107,23 @@ impl Target {
             }
         }
     }
+}
+
+/// [`take_records`] into `out`, on a blocking thread; `None` when the
+/// thread failed.
+async fn take_blocking<C: Commands + Send + 'static>(
+    layout: Layout,
+    chunk: Chunk,
+    from: usize,
+    mut out: C,
+) -> Option<(Chunk, C, Taken)> {
+    tokio::task::spawn_blocking(move || {
+        let taken = take_records(&layout, &chunk, from, &mut out);
+        (chunk, out, taken)
+    })
+    .await
+    .map_err(|e| tracing::error!(error = %e, "spool replay task failed"))
+    .ok()
 }
 
 /// The writer's own connection.
