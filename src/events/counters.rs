@@ -57,7 +57,7 @@ pub struct Counters {
     /// Keyed by days since the Unix epoch.
     days: HashMap<u64, Day, RandomState>,
     /// Searches not yet folded into `days`. Never serialized: [`Counters::fold`]
-    /// runs before a spool write, and [`Counters::writes`] folds a copy.
+    /// runs before a spool write, and [`Counters::for_each_write`] folds a copy.
     #[serde(skip)]
     groups: HashMap<GroupKey, Group, RandomState>,
     /// Distinct members held in `days`, to bound memory.
@@ -118,14 +118,6 @@ impl PartialEq for Alike<'_> {
 }
 
 impl Eq for Alike<'_> {}
-
-/// One counter key with its increments, as written to Redis.
-pub struct CounterWrite {
-    pub key: String,
-    /// HINCRBY (hash) or ZINCRBY (sorted set).
-    pub is_hash: bool,
-    pub increments: Vec<(String, i64)>,
-}
 
 fn incr(map: &mut Map<i64>, member: &str, by: i64, entries: &mut usize) {
     if let Some(n) = map.get_mut(member) {
@@ -227,22 +219,6 @@ impl Counters {
             }
         }
         self.group_entries = 0;
-    }
-
-    /// Every counter key with its increments, in a stable order.
-    pub fn writes(&self, prefix: &Prefix) -> Vec<CounterWrite> {
-        let mut out = Vec::new();
-        self.for_each_write(prefix, |key, is_hash, increments| {
-            out.push(CounterWrite {
-                key: key.to_owned(),
-                is_hash,
-                increments: increments
-                    .iter()
-                    .map(|(member, n)| ((*member).to_owned(), *n))
-                    .collect(),
-            });
-        });
-        out
     }
 
     /// Calls `f` with every counter key that has increments, whether it is
@@ -351,11 +327,14 @@ mod tests {
         }
     }
 
+    /// What a flush would write: increments by member, by key.
     fn written(c: &Counters) -> HashMap<String, HashMap<String, i64>> {
-        c.writes(&Prefix::default())
-            .into_iter()
-            .map(|w| (w.key, w.increments.into_iter().collect()))
-            .collect()
+        let mut out = HashMap::new();
+        c.for_each_write(&Prefix::default(), |key, _, increments| {
+            let members = increments.iter().map(|(m, n)| ((*m).to_owned(), *n));
+            out.insert(key.to_owned(), members.collect());
+        });
+        out
     }
 
     #[test]

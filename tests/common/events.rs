@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::{POLL_EVERY, Redis, Reply, Req, Resp, WAIT, eventually, free_port};
+use super::{POLL_EVERY, Redis, Reply, Req, Resp, WAIT, eventually, free_port, info_field};
 
 /// The search route of SPEC section 2 (JSON pointers left at their defaults:
 /// `/intent`, `/confidence`, `/products`, `/product_id`, `/supplier`) and the
@@ -267,15 +267,10 @@ pub fn signal(pid: u32, sig: &str) {
 
 /// The pid of the Redis at `url`, as it reports it.
 pub async fn redis_pid(url: &str) -> u32 {
-    let mut con = connect(url).await;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut con)
+    info_field(url, "server", "process_id")
         .await
-        .expect("INFO server");
-    info.lines()
-        .find_map(|l| l.trim().strip_prefix("process_id:")?.parse().ok())
-        .expect("INFO names the process id")
+        .and_then(|pid| pid.parse().ok())
+        .expect("INFO server names the process id")
 }
 
 /// A Redis stopped by SIGSTOP; continued by [`Paused::resume`] or on drop.

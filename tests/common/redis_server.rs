@@ -284,16 +284,10 @@ impl Redis {
 
     /// `EXEC` calls Redis has counted (`INFO commandstats`).
     pub async fn exec_calls(&self) -> u64 {
-        let mut con = self.conn().await;
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut con)
-            .await
-            .expect("INFO");
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
+        let stats = info_field(&self.url(), "commandstats", "cmdstat_exec").await;
+        stats
+            .as_deref()
+            .and_then(|s| s.strip_prefix("calls=")?.split(',').next()?.parse().ok())
             .unwrap_or(0)
     }
 
@@ -309,6 +303,20 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The value of `field` in `INFO <section>` of the Redis at `url`; `None`
+/// when Redis does not answer or does not list it.
+pub async fn info_field(url: &str, section: &str, field: &str) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let mut con = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| Some(l.trim().strip_prefix(field)?.strip_prefix(':')?.to_owned()))
 }
 
 pub fn user_key(user: &str, hash: &str) -> String {

@@ -60,9 +60,10 @@ pub enum SpoolError {
     },
 }
 
-/// Why a replay stopped early. The caller reacts differently: a failed
-/// delivery means Redis is gone again, a spool error means the disk is in
-/// trouble.
+/// Why a [`Spool::replay`] stopped early. The caller reacts differently: a
+/// failed delivery means Redis is gone again, a spool error means the disk
+/// is in trouble.
+#[cfg(test)]
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError<E> {
     /// `deliver` refused a record; it and everything after it stay spooled.
@@ -74,7 +75,8 @@ pub enum ReplayError<E> {
     Spool(#[from] SpoolError),
 }
 
-/// What one replay did.
+/// What one [`Spool::replay`] did.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayStats {
     /// Records delivered and confirmed.
@@ -133,6 +135,7 @@ impl Chunk {
         })
     }
 
+    #[cfg(test)]
     pub fn records(&self) -> impl Iterator<Item = ChunkRecord<'_>> {
         (0..self.len()).filter_map(|i| self.get(i))
     }
@@ -284,6 +287,12 @@ impl Spool {
     /// `deliver` returned Ok; on the first Err, replay stops, that record and
     /// all after it stay for next time, and the error is returned. Torn or
     /// corrupt records are skipped and counted, with one warning per replay.
+    ///
+    /// The writer and `leafcache replay` drive [`Spool::read_next`],
+    /// [`Spool::confirm`] and [`Spool::recycle`] themselves, several records
+    /// per round trip; this record-by-record loop over the same calls is
+    /// what the tests pin the spool's delivery guarantees with.
+    #[cfg(test)]
     pub fn replay<E>(
         &mut self,
         mut deliver: impl FnMut(&[u8]) -> Result<(), E>,

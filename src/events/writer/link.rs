@@ -78,12 +78,11 @@ impl Target {
         layout: &Layout,
         chunk: Chunk,
         from: usize,
-        buf: RespBuf,
+        mut buf: RespBuf,
     ) -> Option<(Chunk, RespBuf, Taken, Sent)> {
         let layout = layout.clone();
         match self {
             Target::Direct(link) => {
-                let mut buf = buf;
                 buf.clear();
                 let (chunk, mut buf, taken) = take_blocking(layout, chunk, from, buf).await?;
                 let sent = match taken.records {
