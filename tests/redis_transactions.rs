@@ -41,12 +41,12 @@ async fn a_write_longer_than_one_transaction_runs_every_command() {
         .await
         .expect("every transaction ran");
     assert_eq!(sum_of(&redis, n).await, 2 * n as i64);
-    assert_eq!(redis.exec_calls().await, 3, "three transactions");
+    assert_eq!(redis.calls("exec").await, 3, "three transactions");
 
     // As a batch of events: one transaction, however long.
     conn.exec(&buf, usize::MAX).await.expect("one transaction");
     assert_eq!(sum_of(&redis, n).await, 4 * n as i64);
-    assert_eq!(redis.exec_calls().await, 4, "one more transaction");
+    assert_eq!(redis.calls("exec").await, 4, "one more transaction");
 }
 
 #[tokio::test]

@@ -290,7 +290,7 @@ async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() 
     assert_eq!(backend.count(), 0, "replay does not ask the backend");
     // The spool holds a record per batch of at most 4 searches, and replay
     // sends them together: one round trip, one transaction.
-    assert_eq!(redis.exec_calls().await, 1, "records replayed together");
+    assert_eq!(redis.calls("exec").await, 1, "records replayed together");
     // SPEC section 5: replayed in order (several records: batch_max = 4).
     let history: Vec<String> = store
         .list("user:u1:searches")
@@ -306,6 +306,38 @@ async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() 
         history, newest_first,
         "the history reads newest first, as searched"
     );
+}
+
+/// SPEC section 5: a replay whose outcome is unknown (Redis holds the
+/// transaction past the writer's timeout) is sent again once Redis takes
+/// writes, and the searches still arrive once each, in order.
+#[tokio::test]
+async fn a_replay_redis_does_not_confirm_in_time_is_sent_again() {
+    let spool = tempfile::tempdir().expect("spool dir");
+    let in_order = searches_spooled_while_redis_is_down(spool.path(), 20).await;
+    let ids = unique(&in_order);
+
+    let redis = Redis::start().await;
+    let mut store = LogStore::new(&redis.url()).await;
+    // Reads (the proxy's health checks) go on; the replay's EXEC waits
+    // past the writer's 2 s timeout, and again until the pause ends.
+    store.client_pause_writes(5000).await;
+    let backend = Backend::start(answer).await;
+    let config = LogConfig::new().spool_dir(spool.path());
+    let _proxy = LogProxy::start(&config, &backend.url(), &redis.url()).await;
+    store.wait_for_records("", &ids, REPLAY_WAIT).await;
+    assert_eq!(store.search_ids("").await, ids);
+    assert!(
+        redis.calls("multi").await >= 2,
+        "the first replay was abandoned and sent again"
+    );
+    let history = store.list("user:u1:searches").await;
+    assert_eq!(
+        history.len(),
+        in_order.len(),
+        "an abandoned transaction added nothing"
+    );
+    assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
 }
 
 #[tokio::test]

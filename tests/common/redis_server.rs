@@ -282,9 +282,10 @@ impl Redis {
         .await;
     }
 
-    /// `EXEC` calls Redis has counted (`INFO commandstats`).
-    pub async fn exec_calls(&self) -> u64 {
-        let stats = info_field(&self.url(), "commandstats", "cmdstat_exec").await;
+    /// Calls of `command` (lowercase) Redis has counted (`INFO commandstats`).
+    pub async fn calls(&self, command: &str) -> u64 {
+        let field = format!("cmdstat_{command}");
+        let stats = info_field(&self.url(), "commandstats", &field).await;
         stats
             .as_deref()
             .and_then(|s| s.strip_prefix("calls=")?.split(',').next()?.parse().ok())
