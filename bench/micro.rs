@@ -18,7 +18,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use leafcache::cache::envelope::{self, Entry, SearchMeta};
 use leafcache::key::{self, BodyKey, KeyInput};
-use serde_json::Value;
+use leafcache::request_json::{self, Body};
 
 fn bench_key(c: &mut Criterion) {
     let mut g = c.benchmark_group("key");
@@ -34,6 +34,15 @@ fn bench_key(c: &mut Criterion) {
     // what the proxy hashes for a GET search.
     let accept = b"gzip, br".as_slice();
     let vary = [Some(accept)];
+    // The client's host, keyed as the backend gets it (X-Forwarded-Host).
+    let host = [("host", Cow::Borrowed(b"shop.example".as_slice()))];
+    let post_headers = [
+        ("host", Cow::Borrowed(b"shop.example".as_slice())),
+        (
+            "content-type",
+            Cow::Borrowed(b"application/json".as_slice()),
+        ),
+    ];
     g.bench_function("derive/get", |b| {
         b.iter(|| {
             let q = key::normalize_query(black_box("query number 17"));
@@ -45,6 +54,7 @@ fn bench_key(c: &mut Criterion) {
                 body: BodyKey::None,
                 params: &[],
                 vary: &vary,
+                headers: &host,
             })
         })
     });
@@ -53,8 +63,7 @@ fn bench_key(c: &mut Criterion) {
     g.bench_function("derive/get_with_params", |b| {
         b.iter(|| {
             let raw = black_box("q=query+number+17&page=2&sort=price&limit=20");
-            let parsed = form_urlencoded::parse(raw.as_bytes());
-            let params = key::sorted_params(parsed, |name| name != "q");
+            let params = key::keyed_params(Some(raw), |name| name == "q");
             let q = key::normalize_query("query number 17");
             key::derive(&KeyInput {
                 route: "search",
@@ -64,6 +73,7 @@ fn bench_key(c: &mut Criterion) {
                 body: BodyKey::None,
                 params: &params,
                 vary: &vary,
+                headers: &host,
             })
         })
     });
@@ -77,6 +87,7 @@ fn bench_key(c: &mut Criterion) {
             body: BodyKey::None,
             params: &[],
             vary: &[],
+            headers: &[],
         });
         b.iter(|| black_box(h).to_hex())
     });
@@ -89,12 +100,14 @@ fn bench_key(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("derive/post_json", |b| {
         b.iter(|| {
-            let mut doc: Value = serde_json::from_slice(black_box(&body)).expect("valid JSON");
+            let Body::Json(mut doc) = request_json::parse(black_box(&body)) else {
+                panic!("valid JSON");
+            };
             let q = doc["query"].as_str().map(key::normalize_query);
             for pointer in ["/query", "/user_id", "/session_id"] {
                 key::remove_pointer(&mut doc, pointer);
             }
-            let params: [(Cow<'_, str>, Cow<'_, str>); 0] = [];
+            let params: [&str; 0] = [];
             key::derive(&KeyInput {
                 route: "search",
                 method: "POST",
@@ -103,6 +116,7 @@ fn bench_key(c: &mut Criterion) {
                 body: BodyKey::Json(&doc),
                 params: &params,
                 vary: &vary,
+                headers: &post_headers,
             })
         })
     });
@@ -180,6 +194,7 @@ fn bench_hit(c: &mut Criterion) {
         body: BodyKey::None,
         params: &[],
         vary: &[],
+        headers: &[],
     });
     let mut g = c.benchmark_group("hit");
     g.bench_function("cache_status", |b| {

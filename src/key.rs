@@ -16,7 +16,7 @@ use unicode_normalization::UnicodeNormalization;
 
 /// Bumped whenever the meaning of a key changes, so old entries are never
 /// served for requests they no longer describe.
-pub const KEY_VERSION: &[u8] = b"leafcache-key-v1";
+pub const KEY_VERSION: &[u8] = b"leafcache-key-v2";
 
 /// A derived cache key: the SHA-256 digest of the key fields.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,12 +80,18 @@ pub struct KeyInput<'a> {
     /// The normalized search text, when the route has a query rule.
     pub query: Option<&'a str>,
     pub body: BodyKey<'a>,
-    /// Query-string parameters minus identity, ignored and query params, in the
-    /// order [`sorted_params`] gives.
-    pub params: &'a [(Cow<'a, str>, Cow<'a, str>)],
+    /// The query string's `name=value` segments as the backend gets them
+    /// (undecoded), minus the unkeyed ones, in the order [`keyed_params`]
+    /// gives.
+    pub params: &'a [&'a str],
     /// One value per configured `vary_headers` name, in config order; `None`
     /// when the request does not carry the header.
     pub vary: &'a [Option<&'a [u8]>],
+    /// Other request headers that reach the backend and may change its
+    /// answer, by lowercase name, sorted: the client's host (sent on as
+    /// `X-Forwarded-Host`), the body's `Content-Type`, and, when
+    /// `trust_forwarded` is on, every forwarding header.
+    pub headers: &'a [(&'a str, Cow<'a, [u8]>)],
 }
 
 /// The key of a bare `GET /` on route "r", for tests that need any key.
@@ -99,6 +105,7 @@ pub fn sample_hash() -> KeyHash {
         body: BodyKey::None,
         params: &[],
         vary: &[],
+        headers: &[],
     })
 }
 
@@ -120,15 +127,42 @@ pub fn normalize_query(query: &str) -> String {
     out
 }
 
-/// Orders query-string parameters by name, keeping the order of repeated
-/// names: `a=2&a=1` may mean something else to the backend than `a=1&a=2`.
-pub fn sorted_params<'a>(
-    params: impl Iterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
-    mut keep: impl FnMut(&str) -> bool,
-) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
-    let mut kept: Vec<_> = params.filter(|(name, _)| keep(name)).collect();
+/// The segments of a raw query string that stay in the key, ordered by
+/// their decoded name, keeping the order of repeated names (`a=2&a=1` may
+/// mean something else to the backend than `a=1&a=2`). Segments are kept as
+/// sent: `a=%41` and `a=A`, or `a=1&&b=2` and `a=1&b=2`, are different keys,
+/// since a backend may read them differently. `unkeyed` sees decoded names.
+pub fn keyed_params<'a>(
+    raw: Option<&'a str>,
+    mut unkeyed: impl FnMut(&str) -> bool,
+) -> Vec<&'a str> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let mut kept: Vec<(Cow<'a, str>, &'a str)> = raw
+        .split('&')
+        .map(|segment| {
+            let name = segment.split('=').next().unwrap_or("");
+            (decode_component(name), segment)
+        })
+        .filter(|(name, _)| !unkeyed(name))
+        .collect();
     kept.sort_by(|a, b| a.0.cmp(&b.0));
-    kept
+    kept.into_iter().map(|(_, segment)| segment).collect()
+}
+
+/// A query-string component decoded as `application/x-www-form-urlencoded`
+/// (`+` as space, percent escapes), as the backend and `form_urlencoded`
+/// read it.
+fn decode_component(text: &str) -> Cow<'_, str> {
+    if !text.contains(['%', '+']) {
+        return Cow::Borrowed(text);
+    }
+    let decoded: String = form_urlencoded::parse(text.as_bytes())
+        .next()
+        .map(|(name, _)| name.into_owned())
+        .unwrap_or_default();
+    Cow::Owned(decoded)
 }
 
 /// Derives the key hash.
@@ -152,9 +186,8 @@ pub fn derive(input: &KeyInput<'_>) -> KeyHash {
         }
     }
     count(&mut h, b'a', input.params.len());
-    for (name, value) in input.params {
-        field(&mut h, b'n', name.as_bytes());
-        field(&mut h, b'=', value.as_bytes());
+    for segment in input.params {
+        field(&mut h, b'n', segment.as_bytes());
     }
     count(&mut h, b'h', input.vary.len());
     for value in input.vary {
@@ -162,6 +195,11 @@ pub fn derive(input: &KeyInput<'_>) -> KeyHash {
             Some(v) => field(&mut h, b'h', v),
             None => field(&mut h, b'H', b""),
         }
+    }
+    count(&mut h, b'c', input.headers.len());
+    for (name, value) in input.headers {
+        field(&mut h, b'k', name.as_bytes());
+        field(&mut h, b'w', value);
     }
     KeyHash(h.finalize().into())
 }
@@ -247,7 +285,7 @@ mod tests {
     fn input<'a>(
         query: Option<&'a str>,
         body: BodyKey<'a>,
-        params: &'a [(Cow<'a, str>, Cow<'a, str>)],
+        params: &'a [&'a str],
         vary: &'a [Option<&'a [u8]>],
     ) -> KeyInput<'a> {
         KeyInput {
@@ -258,6 +296,7 @@ mod tests {
             body,
             params,
             vary,
+            headers: &[],
         }
     }
 
@@ -319,11 +358,30 @@ mod tests {
     }
 
     #[test]
-    fn sorted_params_orders_names_and_keeps_repeats_in_order() {
+    fn keyed_params_order_names_and_keep_repeats_in_order() {
         let raw = "b=2&a=9&a=1&user_id=u";
-        let kept = sorted_params(form_urlencoded::parse(raw.as_bytes()), |n| n != "user_id");
-        let flat: Vec<(&str, &str)> = kept.iter().map(|(a, b)| (a.as_ref(), b.as_ref())).collect();
-        assert_eq!(flat, vec![("a", "9"), ("a", "1"), ("b", "2")]);
+        let kept = keyed_params(Some(raw), |n| n == "user_id");
+        assert_eq!(kept, vec!["a=9", "a=1", "b=2"]);
+    }
+
+    #[test]
+    fn keyed_params_are_kept_as_sent_and_unkeyed_by_their_decoded_name() {
+        // An encoded identity name is still the identity param.
+        assert_eq!(
+            keyed_params(Some("user%5Fid=u&x=%41"), |n| n == "user_id"),
+            ["x=%41"]
+        );
+        // Spellings a backend may read apart stay apart.
+        assert_ne!(
+            keyed_params(Some("x=%41"), |_| false),
+            keyed_params(Some("x=A"), |_| false)
+        );
+        assert_ne!(
+            keyed_params(Some("a=1&&b=2"), |_| false),
+            keyed_params(Some("a=1&b=2"), |_| false)
+        );
+        assert_eq!(keyed_params(None, |_| false), Vec::<&str>::new());
+        assert_eq!(keyed_params(Some(""), |_| false), [""]);
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -352,27 +410,33 @@ mod tests {
         #[test]
         fn equal_inputs_give_equal_keys(q in text(), p in text(), v in text(), n in 0i64..1000) {
             let body = json!({"limit": n, "filter": p.clone()});
-            let params = [(Cow::Owned(p.clone()), Cow::Owned(v.clone()))];
+            let segment = format!("{p}={v}");
+            let params = [segment.as_str()];
             let vary = [Some(v.as_bytes())];
             prop_assert_eq!(
                 derive(&input(Some(&q), BodyKey::Json(&body), &params, &vary)),
-                derive(&input(Some(&q), BodyKey::Json(&body.clone()), &params.clone(), &vary))
+                derive(&input(Some(&q), BodyKey::Json(&body.clone()), &params, &vary))
             );
         }
 
         #[test]
         fn any_change_to_a_keyed_field_changes_the_key(
             q in text(), q2 in text(), p in text(), p2 in text(), n in 0i64..1000, n2 in 0i64..1000,
-            which in 0usize..7,
+            which in 0usize..8,
         ) {
             let body = json!({"limit": n});
-            let params = [(Cow::Owned("f".to_string()), Cow::Owned(p.clone()))];
+            let segment = format!("f={p}");
+            let params = [segment.as_str()];
             let vary = [Some(p.as_bytes())];
-            let base = input(Some(&q), BodyKey::Json(&body), &params, &vary);
+            let host = [("host", Cow::Borrowed(p.as_bytes()))];
+            let mut base = input(Some(&q), BodyKey::Json(&body), &params, &vary);
+            base.headers = &host;
 
             let body2 = json!({"limit": n2});
-            let params2 = [(Cow::Owned("f".to_string()), Cow::Owned(p2.clone()))];
+            let segment2 = format!("f={p2}");
+            let params2 = [segment2.as_str()];
             let vary2 = [Some(p2.as_bytes())];
+            let host2 = [("host", Cow::Borrowed(p2.as_bytes()))];
             let mut changed = base.clone();
             let differs = match which {
                 0 => { changed.query = Some(&q2); q != q2 }
@@ -381,6 +445,7 @@ mod tests {
                 3 => { changed.vary = &vary2; p != p2 }
                 4 => { changed.route = "other"; true }
                 5 => { changed.method = "GET"; true }
+                6 => { changed.headers = &host2; p != p2 }
                 _ => { changed.path = "/api/v1/other"; true }
             };
             prop_assert_eq!(derive(&base) != derive(&changed), differs);
@@ -389,8 +454,10 @@ mod tests {
         #[test]
         fn field_boundaries_cannot_be_shifted(a in "[a-z]{0,6}", b in "[a-z]{0,6}", c in "[a-z]{1,6}") {
             // Moving characters from one field to the next must change the key.
-            let p1 = [(Cow::Owned(a.clone()), Cow::Owned(format!("{b}{c}")))];
-            let p2 = [(Cow::Owned(format!("{a}{b}{c}")), Cow::Owned(String::new()))];
+            let (s1, s2) = (format!("{a}{b}"), c.clone());
+            let joined = format!("{a}{b}{c}");
+            let p1 = [s1.as_str(), s2.as_str()];
+            let p2 = [joined.as_str()];
             prop_assert_ne!(
                 derive(&input(None, BodyKey::None, &p1, &[])),
                 derive(&input(None, BodyKey::None, &p2, &[]))

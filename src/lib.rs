@@ -6,6 +6,8 @@
 //! served or stored, and [`cache`] for a stored answer (L1, then Redis); the
 //! backend is called in [`proxy::forward`]. The rest:
 //!
+//! - [`request_json`]: reading a request body as JSON one way only (no
+//!   duplicate members, numbers by their exact text), for the key.
 //! - [`config`]: proxy.toml schema, defaults, validation, overrides.
 //! - [`cache_control`]: Cache-Control parsing (RFC 9111).
 //! - [`http_cache`]: standard HTTP caching for `freshness = "origin"` routes
@@ -38,6 +40,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod redis;
+pub mod request_json;
 pub mod route;
 pub mod server;
 pub mod telemetry;

@@ -31,8 +31,19 @@ pub enum BypassReason {
     BodyTooLarge,
     /// The route reads JSON fields but the body is not JSON.
     BodyNotJson,
-    /// An identity field was sent twice with different values.
+    /// An identity field (or the search text in a header) reads two ways:
+    /// sent twice with different values, by sources that disagree, or with
+    /// a value that is not a string or an integer.
     AmbiguousIdentity,
+    /// A JSON body that parsers read differently (a member name twice).
+    AmbiguousBody,
+    /// `Authorization` or `Cookie` without a user id, on a route that does
+    /// not set `share_credentialed` (RFC 9111 section 3.5).
+    Credentialed,
+    /// The route matched only the normalized path (`//`, `%6F`, `./`), or
+    /// the path is one a lenient backend could read as a `scope = "off"`
+    /// route's: never cached.
+    PathNotCanonical,
 }
 
 impl BypassReason {
@@ -47,6 +58,9 @@ impl BypassReason {
             BypassReason::BodyTooLarge => "body-too-large",
             BypassReason::BodyNotJson => "body-not-json",
             BypassReason::AmbiguousIdentity => "ambiguous-identity",
+            BypassReason::AmbiguousBody => "ambiguous-body",
+            BypassReason::Credentialed => "credentialed",
+            BypassReason::PathNotCanonical => "path-not-canonical",
         }
     }
 
@@ -55,6 +69,14 @@ impl BypassReason {
     pub fn logged(self) -> bool {
         !matches!(self, BypassReason::NoQuery)
     }
+}
+
+/// Whether a request carries credentials a backend may personalize by:
+/// `Cookie`, and `Authorization` except on origin routes, where RFC 9111
+/// section 3.5 decides per answer (SPEC 3b).
+pub fn credentialed(headers: &HeaderMap, origin: bool) -> bool {
+    headers.contains_key(http::header::COOKIE)
+        || (!origin && headers.contains_key(http::header::AUTHORIZATION))
 }
 
 /// Methods whose answers may be cached at all.

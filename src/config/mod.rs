@@ -184,7 +184,7 @@ pub struct EventsConfig {
 pub struct RouteConfig {
     /// Unique among routes; part of every cache key of the route.
     pub name: String,
-    pub methods: Vec<http::Method>,
+    pub methods: Methods,
     pub path: PathMatch,
     /// Where the search text is; empty for a plain caching route.
     pub query: Vec<Source>,
@@ -195,6 +195,10 @@ pub struct RouteConfig {
     /// Origin routes only: heuristic freshness for answers without explicit freshness.
     pub heuristic: bool,
     pub log: bool,
+    /// Requests with `Authorization` or `Cookie` and no user id may use the
+    /// global scope; off by default, as RFC 9111 section 3.5 and Varnish's
+    /// default say, because a backend may personalize by them.
+    pub share_credentialed: bool,
     /// Volatile body fields or query params left out of the key (never headers).
     pub key_ignore: Vec<Source>,
     /// Request headers that enter the key, lowercased.
@@ -221,6 +225,23 @@ impl RouteConfig {
     }
 }
 
+/// The methods a route matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Methods {
+    /// Every method: the default of `scope = "off"` routes.
+    Any,
+    Only(Vec<http::Method>),
+}
+
+impl Methods {
+    pub fn contains(&self, method: &http::Method) -> bool {
+        match self {
+            Methods::Any => true,
+            Methods::Only(list) => list.contains(method),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathMatch {
     Exact(String),
@@ -232,6 +253,16 @@ impl PathMatch {
         match self {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+
+    /// As [`PathMatch::matches`], ASCII case ignored.
+    pub fn matches_ignoring_case(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path.eq_ignore_ascii_case(p),
+            PathMatch::Prefix(p) => path
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
         }
     }
 }

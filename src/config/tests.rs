@@ -57,7 +57,10 @@ fn shipped_proxy_toml_loads_and_routes_search_and_orders() {
 
     let search = &config.routes[0];
     assert_eq!(search.name, "search");
-    assert_eq!(search.methods, [Method::GET, Method::POST]);
+    assert_eq!(
+        search.methods,
+        Methods::Only(vec![Method::GET, Method::POST])
+    );
     assert_eq!(search.path, PathMatch::Exact("/api/v1/search".into()));
     assert_eq!(
         search.query,
@@ -89,7 +92,12 @@ fn shipped_proxy_toml_loads_and_routes_search_and_orders() {
     assert_eq!(orders.scope, Scope::Off);
     assert!(!orders.log);
     assert!(orders.matches(&Method::GET, "/api/v1/orders/42"));
-    assert!(!orders.matches(&Method::POST, "/api/v1/orders/42"));
+    // A scope = "off" route without `methods` matches every method, so
+    // order POSTs are marked BYPASS rather than passed through unmarked.
+    assert_eq!(orders.methods, Methods::Any);
+    assert!(orders.matches(&Method::POST, "/api/v1/order"));
+    assert!(orders.matches(&Method::DELETE, "/api/v1/orders/42"));
+    assert!(!orders.share_credentialed);
 }
 
 #[test]
@@ -166,7 +174,7 @@ fn missing_keys_in_a_table_keep_their_defaults() {
 fn route_defaults_follow_the_spec() {
     let c = parse(ROUTE).unwrap();
     let r = &c.routes[0];
-    assert_eq!(r.methods, [Method::GET, Method::HEAD]);
+    assert_eq!(r.methods, Methods::Only(vec![Method::GET, Method::HEAD]));
     assert_eq!(r.scope, Scope::User);
     assert_eq!(r.freshness, Freshness::Route);
     assert!(!r.heuristic);

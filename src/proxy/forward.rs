@@ -20,6 +20,50 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Client headers that say where a request came from or ask to rewrite it,
+/// beside `Forwarded` and every `X-Forwarded-*`. A backend (or a framework's
+/// middleware) may act on any of them, so with `trust_forwarded = false`
+/// they are removed before the proxy sets its own three, and with `true`
+/// they are passed on and keyed ([`forwarding_headers`]).
+const REWRITING: [&str; 11] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
+/// Whether `name` is a forwarding or request-rewriting header.
+pub fn is_forwarding_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "forwarded" || n.starts_with("x-forwarded") || REWRITING.contains(&n)
+}
+
+/// The forwarding headers a client sent, in the request's order.
+pub fn forwarding_headers(
+    headers: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(name, _)| is_forwarding_header(name))
+}
+
+/// The client's host, as the backend receives it in `X-Forwarded-Host`: the
+/// `Host` header, or the authority of an absolute-form (or HTTP/2) target.
+/// The key holds it, since a backend may build links or pick a tenant by it.
+pub fn client_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a [u8]> {
+    headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()))
+}
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Why the backend gave no answer.
@@ -95,6 +139,14 @@ impl Upstream {
 
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
+        if !self.trust_forwarded && forwarding_headers(headers).next().is_some() {
+            let names: Vec<HeaderName> = forwarding_headers(headers)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in names {
+                headers.remove(name);
+            }
+        }
         let client_host = headers.remove(header::HOST).or_else(|| {
             client_uri
                 .authority()

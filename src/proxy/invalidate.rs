@@ -99,6 +99,7 @@ impl Proxy {
     /// The route a GET of `path` would take, when it is an origin route.
     fn origin_route_for(&self, path: &str) -> Option<(usize, &RouteConfig)> {
         crate::route::match_route(&self.config.routes, &Method::GET, path)
-            .filter(|(_, r)| r.freshness == Freshness::Origin)
+            .filter(|m| m.route.freshness == Freshness::Origin)
+            .map(|m| (m.index, m.route))
     }
 }

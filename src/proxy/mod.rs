@@ -141,8 +141,11 @@ impl Proxy {
         started: Instant,
     ) -> (Option<usize>, Response<ProxyBody>) {
         let routes = &self.config.routes;
-        let Some((route_index, route)) =
-            crate::route::match_route(routes, req.method(), req.uri().path())
+        let Some(crate::route::RouteMatch {
+            index: route_index,
+            route,
+            literal,
+        }) = crate::route::match_route(routes, req.method(), req.uri().path())
         else {
             let (parts, body) = req.into_parts();
             let resp = self
@@ -153,6 +156,7 @@ impl Proxy {
         let ctx = ReadCtx {
             started,
             route_name: &self.route_names[route_index],
+            literal,
         };
         let resp = match request::read(&self.config, route, req, ctx).await {
             Routed::Bypass(reason, parts, body, draft) => {

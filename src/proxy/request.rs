@@ -12,12 +12,15 @@ use hyper::body::{Body, Incoming};
 use serde_json::Value;
 
 use super::body::{Collected, ProxyBody, collect_limited};
+use super::forward;
 use crate::cache_control::CacheControl;
 use crate::config::{Config, Freshness, RouteConfig, Scope};
 use crate::key::{self, BodyKey, KeyHash, KeyInput};
 use crate::policy::{self, BypassReason};
 use crate::redis::keys;
-use crate::route::{self, Identity, RequestView};
+use crate::request_json::{self, Body as JsonBody};
+use crate::route::{self, Field, Identity, Kind, RequestView, Supplied, Unkeyed};
+use http::header::CONTENT_TYPE;
 
 use super::log::SearchDraft;
 use std::sync::Arc;
@@ -56,10 +59,14 @@ impl Cacheable {
     }
 }
 
-/// The request's context: when it arrived and the route's name for the log.
+/// The request's context: when it arrived, the route's name for the log,
+/// and whether its path met the route as sent.
 pub struct ReadCtx<'a> {
     pub started: Instant,
     pub route_name: &'a Arc<str>,
+    /// False when the route matched only the normalized path
+    /// ([`route::RouteMatch::literal`]): served, never cached.
+    pub literal: bool,
 }
 
 pub async fn read(
@@ -74,6 +81,10 @@ pub async fn read(
     }
     if !policy::cacheable_method(&parts.method) {
         return Routed::Bypass(BypassReason::Method, parts, ProxyBody::stream(body), None);
+    }
+    if !ctx.literal {
+        let body = ProxyBody::stream(body);
+        return Routed::Bypass(BypassReason::PathNotCanonical, parts, body, None);
     }
 
     let limit = config.max_request_body;
@@ -122,7 +133,11 @@ fn decide(
     let mut json: Option<Value> = if bytes.is_empty() {
         None
     } else {
-        serde_json::from_slice(&bytes).ok()
+        match request_json::parse(&bytes) {
+            JsonBody::Json(doc) => Some(doc),
+            JsonBody::NotJson => None,
+            JsonBody::Ambiguous => return bypass(BypassReason::AmbiguousBody, parts, bytes),
+        }
     };
     if is_search && json.is_none() && !bytes.is_empty() {
         return bypass(BypassReason::BodyNotJson, parts, bytes);
@@ -131,24 +146,33 @@ fn decide(
     // A clone of the URI (reference-counted parts) lets the parameters borrow
     // from it while `parts` may still move into a bypass.
     let uri = parts.uri.clone();
-    let raw_query = uri.query().unwrap_or("");
+    let raw_query = uri.query();
     let params: Vec<(Cow<'_, str>, Cow<'_, str>)> =
-        form_urlencoded::parse(raw_query.as_bytes()).collect();
+        form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()).collect();
     let view = RequestView {
         headers: &parts.headers,
         json: json.as_ref(),
         params: &params,
     };
-    let identity = Identity::extract(&config.identity, &view);
-    let query = is_search.then(|| route::extract(&route.query, &view, true));
+    let mut supplied = Supplied::default();
+    let identity = Identity::extract(&config.identity, &view, &mut supplied);
+    let query = is_search.then(|| route::read_field(&route.query, &view, Kind::Text));
     let Ok(identity) = identity else {
         return bypass(BypassReason::AmbiguousIdentity, parts, bytes);
     };
     let query = match query {
         None => None,
         Some(Err(_)) => return bypass(BypassReason::AmbiguousIdentity, parts, bytes),
-        Some(Ok(None)) => return bypass(BypassReason::NoQuery, parts, bytes),
-        Some(Ok(Some(q))) => Some(q),
+        Some(Ok(Field { value: None, .. })) => {
+            return bypass(BypassReason::NoQuery, parts, bytes);
+        }
+        Some(Ok(Field {
+            value: Some(q),
+            source,
+        })) => {
+            supplied.query = source;
+            Some(q)
+        }
     };
     let query_normalized = query.as_deref().map(key::normalize_query);
     let draft = match (&query, &query_normalized) {
@@ -163,7 +187,8 @@ fn decide(
     };
     let logged_bypass =
         |reason, parts, bytes, draft| Routed::Bypass(reason, parts, ProxyBody::full(bytes), draft);
-    if let Some(q) = &query
+    // On the normalized text, as keyed: `ＣＡＲＴ` is a cart query.
+    if let Some(q) = &query_normalized
         && route.bypass_query.is_match(q)
     {
         return logged_bypass(BypassReason::BypassQuery, parts, bytes, draft);
@@ -178,9 +203,20 @@ fn decide(
     if origin && parts.method == http::Method::POST {
         return logged_bypass(BypassReason::Method, parts, bytes, draft);
     }
+    if identity.user_id.is_none()
+        && !route.share_credentialed
+        && policy::credentialed(&parts.headers, origin)
+    {
+        return logged_bypass(BypassReason::Credentialed, parts, bytes, draft);
+    }
 
+    let unkeyed = Unkeyed {
+        route,
+        identity: &config.identity,
+        supplied,
+    };
     if let Some(doc) = json.as_mut() {
-        for pointer in route::unkeyed_pointers(route, &config.identity) {
+        for pointer in unkeyed.pointers() {
             key::remove_pointer(doc, pointer);
         }
     }
@@ -189,24 +225,18 @@ fn decide(
         (None, true) => BodyKey::None,
         (None, false) => BodyKey::Raw(&bytes),
     };
-    let key_params = key::sorted_params(params.iter().cloned(), |name| {
-        !route::unkeyed_param(route, &config.identity, name)
-    });
+    let key_params = key::keyed_params(raw_query, |name| unkeyed.param(name));
     // Origin routes keep variants by the answer's own Vary instead.
-    let keyed_headers: &[http::HeaderName] = if origin { &[] } else { &route.vary_headers };
-    let vary: Vec<Option<Vec<u8>>> = keyed_headers
+    let keyed_vary: &[http::HeaderName] = if origin { &[] } else { &route.vary_headers };
+    let vary: Vec<Option<Cow<'_, [u8]>>> = keyed_vary
         .iter()
-        .map(|name| {
-            let values: Vec<&[u8]> = parts
-                .headers
-                .get_all(name)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            (!values.is_empty()).then(|| values.join(&b", "[..]))
-        })
+        .map(|name| joined(&parts.headers, name))
         .collect();
     let vary_refs: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
+    let content_type = (!bytes.is_empty())
+        .then(|| joined(&parts.headers, &CONTENT_TYPE))
+        .flatten();
+    let headers = keyed_headers(config, &parts.headers, &uri, content_type.as_deref());
     let hash = key::derive(&KeyInput {
         route: &route.name,
         // HEAD is answered from the stored GET.
@@ -220,6 +250,7 @@ fn decide(
         body: body_key,
         params: &key_params,
         vary: &vary_refs,
+        headers: &headers,
     });
 
     let prefix = &config.redis.key_prefix;
@@ -246,6 +277,49 @@ fn decide(
     })
 }
 
+/// Every value of header `name`, joined as one field value; `None` when the
+/// request does not carry it.
+fn joined<'a>(headers: &'a http::HeaderMap, name: &http::HeaderName) -> Option<Cow<'a, [u8]>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first.as_bytes()));
+    };
+    let mut out = first.as_bytes().to_vec();
+    for more in std::iter::once(second).chain(values) {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(more.as_bytes());
+    }
+    Some(Cow::Owned(out))
+}
+
+/// The request headers besides `vary_headers` that reach the backend and
+/// may change its answer (SPEC section 3, step 5), sorted by name: the
+/// client's host, which the backend gets as `X-Forwarded-Host`; the body's
+/// `Content-Type`, which says how the backend reads the body; and, when
+/// `trust_forwarded` passes them on, the forwarding headers.
+fn keyed_headers<'a>(
+    config: &Config,
+    headers: &'a http::HeaderMap,
+    uri: &'a http::Uri,
+    content_type: Option<&'a [u8]>,
+) -> Vec<(&'a str, Cow<'a, [u8]>)> {
+    let mut keyed: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(2);
+    if let Some(host) = forward::client_host(headers, uri) {
+        keyed.push(("host", Cow::Borrowed(host)));
+    }
+    if let Some(ct) = content_type {
+        keyed.push(("content-type", Cow::Borrowed(ct)));
+    }
+    if config.trust_forwarded {
+        for (name, value) in forward::forwarding_headers(headers) {
+            keyed.push((name.as_str(), Cow::Borrowed(value.as_bytes())));
+        }
+        keyed.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    keyed
+}
+
 /// The cache keys a GET of `uri` would be stored under on `route`, as the
 /// client of `headers` (whose identity scopes user entries); for
 /// invalidation. `None` when such a GET would not be cached.
@@ -266,9 +340,377 @@ pub fn keys_for_get(
     let ctx = ReadCtx {
         started: Instant::now(),
         route_name,
+        literal: true,
     };
     match decide(config, route, parts, Bytes::new(), ctx) {
         Routed::Cacheable(c) => Some(c),
         _ => None,
+    }
+}
+
+/// The key as a property (issue "Trust"): requests that differ in any byte
+/// the backend can see never share an entry, and two users never share a
+/// user-scope entry, whatever their ids' JSON types and sources.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn config(trust: bool, scope: &str) -> Config {
+        let text = format!(
+            r#"
+trust_forwarded = {trust}
+[[route]]
+name = "search"
+methods = ["GET", "POST"]
+path = "/api/v1/search"
+query = ["json:/query", "query:q"]
+scope = "{scope}"
+key_ignore = ["json:/session_id", "json:/request_id"]
+vary_headers = ["accept-encoding"]
+"#
+        );
+        Config::parse(&text, None).expect("a valid test config")
+    }
+
+    /// A request as a client builds it.
+    #[derive(Clone, Debug)]
+    struct Model {
+        method: &'static str,
+        params: Vec<(String, String)>,
+        headers: Vec<(&'static str, String)>,
+        /// Body members in the order they are written; raw JSON text values.
+        body: Vec<(String, String)>,
+    }
+
+    impl Model {
+        fn parts_and_body(&self) -> (Parts, Bytes) {
+            let mut uri = String::from("/api/v1/search");
+            if !self.params.is_empty() {
+                uri.push('?');
+                let segs: Vec<String> = self
+                    .params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                uri.push_str(&segs.join("&"));
+            }
+            let mut b = Request::builder().method(self.method).uri(uri.as_str());
+            for (name, value) in &self.headers {
+                b = b.header(*name, value.as_str());
+            }
+            let body = if self.body.is_empty() {
+                Bytes::new()
+            } else {
+                let members: Vec<String> = self
+                    .body
+                    .iter()
+                    .map(|(k, v)| format!("{k:?}: {v}"))
+                    .collect();
+                Bytes::from(format!("{{{}}}", members.join(", ")))
+            };
+            (
+                b.body(()).expect("a valid test request").into_parts().0,
+                body,
+            )
+        }
+
+        fn keys(&self, config: &Config) -> Option<Vec<String>> {
+            self.cacheable(config).map(|c| c.keys)
+        }
+
+        /// The user-scope key, when the request is cacheable under a user.
+        fn user_key(&self, config: &Config) -> Option<Option<String>> {
+            self.cacheable(config)
+                .map(|c| c.user_key_index.map(|i| c.keys[i].clone()))
+        }
+
+        fn cacheable(&self, config: &Config) -> Option<Cacheable> {
+            let (parts, body) = self.parts_and_body();
+            let name: Arc<str> = Arc::from("search");
+            let ctx = ReadCtx {
+                started: Instant::now(),
+                route_name: &name,
+                literal: true,
+            };
+            match decide(config, &config.routes[0], parts, body, ctx) {
+                Routed::Cacheable(c) => Some(c),
+                _ => None,
+            }
+        }
+
+        fn set_body(&mut self, name: &str, value: String) {
+            match self.body.iter_mut().find(|(k, _)| k == name) {
+                Some(member) => member.1 = value,
+                None => self.body.push((name.to_owned(), value)),
+            }
+        }
+
+        fn set_header(&mut self, name: &'static str, value: String) {
+            self.headers.retain(|(k, _)| *k != name);
+            self.headers.push((name, value));
+        }
+    }
+
+    fn word() -> impl Strategy<Value = String> {
+        "[a-z0-9]{1,6}"
+    }
+
+    /// JSON number texts, including those one float cannot tell apart.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..1000).prop_map(|n| n.to_string()),
+            Just("0.1".to_owned()),
+            Just("0.10000000000000000001".to_owned()),
+            Just("18446744073709551616".to_owned()),
+            Just("18446744073709551617".to_owned()),
+            Just("1e2".to_owned()),
+            Just("100".to_owned()),
+            Just("-0".to_owned()),
+        ]
+    }
+
+    fn base() -> impl Strategy<Value = Model> {
+        (
+            prop::bool::ANY,
+            word(),
+            proptest::option::of(word()),
+            proptest::collection::vec(("(page|sort|f)", word()), 0..3),
+            number(),
+            word(),
+        )
+            .prop_map(|(post, query, user, params, limit, session)| {
+                let mut headers = vec![
+                    ("host", "shop.example".to_owned()),
+                    ("content-type", "application/json".to_owned()),
+                ];
+                if let Some(u) = user {
+                    headers.push(("x-user-id", u));
+                }
+                Model {
+                    method: if post { "POST" } else { "GET" },
+                    params,
+                    headers,
+                    body: vec![
+                        ("query".into(), format!("{query:?}")),
+                        ("limit".into(), limit),
+                        ("session_id".into(), format!("{session:?}")),
+                    ],
+                }
+            })
+    }
+
+    /// A change to something the backend sees and reads.
+    #[derive(Clone, Debug)]
+    enum Change {
+        Param(String, String),
+        /// A `q` beside the body's search text.
+        Q(String),
+        /// The same parameter value, percent-encoded.
+        Encoded,
+        Host(String),
+        ContentType(String),
+        Limit(String),
+        Nested(String),
+        AcceptEncoding(String),
+        Forwarding(&'static str, String),
+        Method,
+        /// The body's `user_id` beside the header's.
+        BodyUser(String),
+        /// A member written twice.
+        Duplicate(String),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            ("(page|sort|f|x)", word()).prop_map(|(k, v)| Change::Param(k, v)),
+            word().prop_map(Change::Q),
+            Just(Change::Encoded),
+            word().prop_map(Change::Host),
+            "(text/plain|application/x-www-form-urlencoded|application/json; charset=latin1)"
+                .prop_map(Change::ContentType),
+            number().prop_map(Change::Limit),
+            word().prop_map(Change::Nested),
+            "(gzip|br|identity)".prop_map(Change::AcceptEncoding),
+            (
+                prop_oneof![
+                    Just("forwarded"),
+                    Just("x-forwarded-prefix"),
+                    Just("x-forwarded-host"),
+                    Just("x-original-url"),
+                    Just("x-http-method-override"),
+                ],
+                word()
+            )
+                .prop_map(|(n, v)| Change::Forwarding(n, v)),
+            Just(Change::Method),
+            word().prop_map(Change::BodyUser),
+            word().prop_map(Change::Duplicate),
+        ]
+    }
+
+    /// Applies `change`; false when it changes nothing the backend sees.
+    fn apply(m: &mut Model, change: &Change) -> bool {
+        let before = m.parts_and_body();
+        match change {
+            Change::Param(k, v) => m.params.push((k.clone(), v.clone())),
+            Change::Q(v) => m.params.push(("q".into(), v.clone())),
+            Change::Encoded => match m.params.first_mut() {
+                Some((_, v)) => *v = v.bytes().map(|b| format!("%{b:02X}")).collect(),
+                None => return false,
+            },
+            Change::Host(h) => m.set_header("host", h.clone()),
+            Change::ContentType(ct) => m.set_header("content-type", ct.clone()),
+            Change::Limit(n) => m.set_body("limit", n.clone()),
+            Change::Nested(v) => m.set_body("filters", format!(r#"{{"brand": {v:?}}}"#)),
+            Change::AcceptEncoding(v) => m.set_header("accept-encoding", v.clone()),
+            Change::Forwarding(n, v) => m.set_header(n, v.clone()),
+            Change::Method => m.method = if m.method == "GET" { "POST" } else { "GET" },
+            Change::BodyUser(u) => m.set_body("user_id", format!("{u:?}")),
+            Change::Duplicate(v) => m.body.push(("query".into(), format!("{v:?}"))),
+        }
+        let after = m.parts_and_body();
+        let seen = |(p, b): &(Parts, Bytes)| {
+            (
+                p.method.clone(),
+                p.uri.clone(),
+                format!("{:?}", p.headers),
+                b.clone(),
+            )
+        };
+        seen(&before) != seen(&after)
+    }
+
+    fn shared(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => a.iter().any(|k| b.contains(k)),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn requests_that_differ_in_what_the_backend_reads_never_share_an_entry(
+            m in base(), c in change(), trust in prop::bool::ANY,
+            scope in prop_oneof![Just("user"), Just("global"), Just("auto")],
+        ) {
+            let config = config(trust, scope);
+            let mut changed = m.clone();
+            prop_assume!(apply(&mut changed, &c));
+            // `scope = "global"` says the answer does not depend on who asks,
+            // and `auto` shares the backend's `public` answers across users:
+            // by design. Users apart are the next property's.
+            prop_assume!(!(scope != "user" && matches!(c, Change::BodyUser(_))));
+            // Without trust_forwarded the proxy drops these headers and sets
+            // its own, so the backend never sees the change.
+            let dropped = !trust && matches!(c, Change::Forwarding(..));
+            let (a, b) = (m.keys(&config), changed.keys(&config));
+            if dropped {
+                prop_assert_eq!(a, b);
+            } else {
+                prop_assert!(!shared(&a, &b), "{:?} shares an entry after {:?}", m, c);
+            }
+        }
+
+        #[test]
+        fn what_the_backend_may_read_alike_shares_an_entry(
+            m in base(), session in word(), request_id in number(), agent in word(),
+        ) {
+            let config = config(false, "user");
+            prop_assume!(m.keys(&config).is_some());
+            let mut same = m.clone();
+            same.body.reverse();
+            same.set_body("session_id", format!("{session:?}"));
+            same.set_body("request_id", request_id);
+            same.headers.reverse();
+            same.set_header("user-agent", agent);
+            // The search text in other case and spacing.
+            if let Some((_, q)) = same.body.iter_mut().find(|(k, _)| k == "query") {
+                let text: String = serde_json::from_str(q).expect("a JSON string");
+                *q = format!("{:?}", format!("  {}  ", text.to_uppercase()));
+            }
+            prop_assert_eq!(m.keys(&config), same.keys(&config));
+        }
+
+        #[test]
+        fn two_users_never_share_a_user_scope_entry_whatever_their_ids_types(
+            a in id(), b in id(), where_a in 0usize..3, where_b in 0usize..3,
+            query in word(), scope in prop_oneof![Just("user"), Just("auto")],
+        ) {
+            let config = config(false, scope);
+            let (ma, ida) = as_user(&a, where_a, &query);
+            let (mb, idb) = as_user(&b, where_b, &query);
+            let (ka, kb) = (ma.user_key(&config), mb.user_key(&config));
+            for (m, id, key) in [(&ma, &ida, &ka), (&mb, &idb, &kb)] {
+                // Cached only under the user the backend reads, if any.
+                if let Some(user_key) = key {
+                    prop_assert!(id.is_some() && user_key.is_some(), "{:?} was cached as {:?}", m, user_key);
+                }
+            }
+            if let (Some(Some(ka)), Some(Some(kb))) = (&ka, &kb) {
+                prop_assert_eq!(ka == kb, ida == idb, "{:?} / {:?}", ma, mb);
+            }
+        }
+    }
+
+    /// User ids of every JSON type, including those a float would merge.
+    fn id() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "[a-c]{1,2}".prop_map(Value::String),
+            (0u64..4).prop_map(Value::from),
+            Just(json!("1")),
+            Just(json!(-1)),
+            Just(serde_json::from_str::<Value>("18446744073709551616").expect("json")),
+            Just(serde_json::from_str::<Value>("18446744073709551617").expect("json")),
+            Just(json!(1.5)),
+            Just(json!(true)),
+            Just(json!(["a"])),
+            Just(json!({"id": "a"})),
+        ]
+    }
+
+    /// The user as the backend reads it, where it is one user at all: a
+    /// header or a parameter is text; a body member is a string or an
+    /// integer, or no user anyone agrees on.
+    fn id_text(id: &Value) -> Option<String> {
+        match id {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// A request carrying `id` in a header (0), the body (1) or the query
+    /// (2), and the user the backend reads from it.
+    fn as_user(id: &Value, at: usize, query: &str) -> (Model, Option<String>) {
+        let mut m = Model {
+            method: "POST",
+            params: Vec::new(),
+            headers: vec![("content-type", "application/json".to_owned())],
+            body: vec![("query".into(), format!("{query:?}"))],
+        };
+        let text = match id {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+        .replace(['[', ']', '{', '}', '"', ':'], "_");
+        let read = match at {
+            0 => {
+                m.headers.push(("x-user-id", text.clone()));
+                Some(text)
+            }
+            1 => {
+                m.body.push(("user_id".into(), id.to_string()));
+                id_text(id)
+            }
+            _ => {
+                m.params.push(("user_id".into(), text.clone()));
+                Some(text)
+            }
+        };
+        (m, read)
     }
 }

@@ -149,6 +149,9 @@ pub fn bypass_status(reason: BypassReason) -> HeaderValue {
         BypassReason::BodyTooLarge => "leafcache; fwd=bypass; detail=body-too-large",
         BypassReason::BodyNotJson => "leafcache; fwd=bypass; detail=body-not-json",
         BypassReason::AmbiguousIdentity => "leafcache; fwd=bypass; detail=ambiguous-identity",
+        BypassReason::AmbiguousBody => "leafcache; fwd=bypass; detail=ambiguous-body",
+        BypassReason::Credentialed => "leafcache; fwd=bypass; detail=credentialed",
+        BypassReason::PathNotCanonical => "leafcache; fwd=bypass; detail=path-not-canonical",
     })
 }
 

@@ -10,13 +10,16 @@ use crate::config::units::Dur;
 use crate::config::values::{
     HeaderSpec, MethodName, Pattern, Pointer, SourceSpec, UrlPath, one_line,
 };
-use crate::config::{ConfigError, Freshness, PathMatch, RouteConfig, Scope, Source};
+use crate::config::{ConfigError, Freshness, Methods, PathMatch, RouteConfig, Scope, Source};
 
-fn default_methods() -> Vec<MethodName> {
-    vec![
-        MethodName(http::Method::GET),
-        MethodName(http::Method::HEAD),
-    ]
+/// `methods` when a route leaves it out: GET and HEAD, except on a
+/// `scope = "off"` route, which matches every method so that order and cart
+/// POSTs are matched and marked BYPASS rather than passed through unmarked.
+fn default_methods(scope: Scope) -> Methods {
+    match scope {
+        Scope::Off => Methods::Any,
+        _ => Methods::Only(vec![http::Method::GET, http::Method::HEAD]),
+    }
 }
 
 fn pointer(p: &str) -> Pointer {
@@ -27,8 +30,7 @@ fn pointer(p: &str) -> Pointer {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     name: String,
-    #[serde(default = "default_methods")]
-    methods: Vec<MethodName>,
+    methods: Option<Vec<MethodName>>,
     path: Option<UrlPath>,
     path_prefix: Option<UrlPath>,
     #[serde(default)]
@@ -41,6 +43,8 @@ pub struct RawRoute {
     #[serde(default)]
     heuristic: bool,
     log: Option<bool>,
+    #[serde(default)]
+    share_credentialed: bool,
     #[serde(default)]
     key_ignore: Vec<SourceSpec>,
     #[serde(default)]
@@ -100,9 +104,13 @@ impl RawRoute {
                 ));
             }
         };
-        if self.methods.is_empty() {
-            return Err(loc.error(&at("methods"), "a route needs at least one method"));
-        }
+        let methods = match self.methods {
+            None => default_methods(self.scope),
+            Some(list) if list.is_empty() => {
+                return Err(loc.error(&at("methods"), "a route needs at least one method"));
+            }
+            Some(list) => Methods::Only(list.into_iter().map(|m| m.0).collect()),
+        };
         let query: Vec<Source> = self.query.into_iter().map(|s| s.0).collect();
         let log = match self.log {
             Some(true) if query.is_empty() => {
@@ -149,7 +157,7 @@ impl RawRoute {
         })?;
         Ok(RouteConfig {
             name: self.name,
-            methods: self.methods.into_iter().map(|m| m.0).collect(),
+            methods,
             path,
             query,
             scope: self.scope,
@@ -157,6 +165,7 @@ impl RawRoute {
             freshness: self.freshness,
             heuristic: self.heuristic,
             log,
+            share_credentialed: self.share_credentialed,
             key_ignore,
             vary_headers: self.vary_headers.into_iter().map(|h| h.0).collect(),
             bypass_query,
