@@ -110,8 +110,8 @@ pub enum NotStored {
     BypassIntent,
     /// Larger than `max_object_bytes`.
     TooLarge,
-    /// Origin routes: a partial (206) or not-modified (304) answer, which is
-    /// not a whole answer to store; says nothing about the next request.
+    /// A partial (206) or not-modified (304) answer, which is not a whole
+    /// answer to store; says nothing about the next request.
     Partial,
     /// Origin routes: nothing says how long the answer is fresh (no
     /// `max-age`, `s-maxage`, `Expires`, and no heuristic).
@@ -157,6 +157,11 @@ pub fn decide_headers(
 ) -> Result<(StoreScope, Duration), NotStored> {
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return Err(NotStored::ServerError);
+    }
+    // Whatever `cacheable_status` lists: the answer to one client's `Range`
+    // or condition is not the answer to the next request for the key.
+    if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Err(NotStored::Partial);
     }
     if !rules.cacheable_status.contains(&status.as_u16()) {
         return Err(NotStored::Status);

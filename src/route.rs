@@ -324,7 +324,12 @@ fn read_source(source: &Source, view: &RequestView<'_>, kind: Kind) -> Result<Re
                     }
                 }
             }
-            Ok(found.map_or(Read::Absent, present))
+            // A value that was not UTF-8 decodes lossily: `%FF` and `%FE`
+            // both read as U+FFFD, though the backend tells them apart.
+            match found {
+                Some(v) if v.contains(char::REPLACEMENT_CHARACTER) => Err(Ambiguous),
+                _ => Ok(found.map_or(Read::Absent, present)),
+            }
         }
     }
 }
@@ -679,6 +684,19 @@ mod tests {
             extract(&sources(), &view(&h, None, &params), Kind::Id),
             Err(Ambiguous)
         );
+    }
+
+    #[test]
+    fn a_parameter_that_is_not_utf8_is_ambiguous_not_merged() {
+        let h = HeaderMap::new();
+        for raw in ["user_id=%FF", "user_id=%FE"] {
+            let params: Vec<_> = form_urlencoded::parse(raw.as_bytes()).collect();
+            assert_eq!(
+                extract(&sources(), &view(&h, None, &params), Kind::Id),
+                Err(Ambiguous),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

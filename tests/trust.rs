@@ -555,3 +555,49 @@ async fn bypass_query_patterns_see_the_normalized_query() {
     }
     assert!(redis.cache_keys().await.is_empty());
 }
+
+#[tokio::test]
+async fn user_ids_that_are_not_utf8_are_never_merged_into_one() {
+    let redis = Redis::start().await;
+    let backend = mirror().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    // Both decode to U+FFFD; the backend tells them apart.
+    for id in ["%FF", "%FE"] {
+        let resp = proxy
+            .get(&format!("/api/v1/search?q=milk&user_id={id}"))
+            .send()
+            .await;
+        assert_bypass(&resp, "ambiguous-identity");
+    }
+    assert!(redis.cache_keys().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_partial_answer_to_one_clients_range_is_never_stored() {
+    let redis = Redis::start().await;
+    let backend = Backend::start(|req| match req.header("range") {
+        Some(_) => Reply::echo(req)
+            .status(206)
+            .header("content-range", "bytes 0-9/100"),
+        None => Reply::echo(req),
+    })
+    .await;
+    let route = Route::search()
+        .scope("global")
+        .set("query", r#"["query:q"]"#);
+    let config = ProxyConfig::new()
+        .route(route)
+        .cache("cacheable_status = [200, 206]");
+    let proxy = Proxy::start(&config, &backend, &redis).await;
+
+    let partial = proxy
+        .get("/api/v1/search?q=milk")
+        .header("range", "bytes=0-9")
+        .send()
+        .await;
+    assert_eq!(partial.status, 206);
+    assert_miss_not_stored(&partial);
+    let whole = proxy.get("/api/v1/search?q=milk").send().await;
+    assert_eq!(whole.status, 200, "{whole:?}");
+    assert_miss_stored(&whole);
+}
