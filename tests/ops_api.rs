@@ -501,3 +501,326 @@ async fn the_v1_api_needs_the_bearer_token_and_the_probes_never_do() {
         );
     }
 }
+
+/// Posts feedback and answers the response.
+async fn feedback(proxy: &Proxy, body: &Value) -> Resp {
+    admin(proxy, "POST", "/v1/feedback").json(body).send().await
+}
+
+/// Logs a manual search of `user` and waits until its history is written:
+/// the writer keeps order, so whatever was sent before is in Redis by then.
+async fn manual_marker(proxy: &Proxy, redis: &Redis, user: &str) {
+    let r = admin(proxy, "POST", "/v1/searches")
+        .json(&json!({"query": "marker", "user_id": user}))
+        .send()
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    redis.wait_for_key(&format!("user:{user}:searches")).await;
+}
+
+#[tokio::test]
+async fn feedback_for_text_that_is_not_a_search_id_is_404_never_a_redis_type_error() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    let id = logged_search(&redis, &resp).await;
+    let click = json!({"search_id": id, "event": "click", "product_id": "p1", "position": 1});
+    assert_eq!(feedback(&proxy, &click).await.status, 202);
+    let list = format!("search:{id}:feedback");
+    assert!(redis.exists(&list).await, "the feedback list exists now");
+
+    for not_an_id in [
+        // The feedback list: a Redis list, not a search record.
+        format!("{id}:feedback"),
+        format!("{id}:x"),
+        "*".to_string(),
+        format!("search:{id}"),
+        id.replace('-', ""),
+        format!("{{{id}}}"),
+        // A UUID, but not a v7 the proxy could have made.
+        "0190b7e2-0000-4000-8000-000000000000".to_string(),
+        String::new(),
+    ] {
+        let body = json!({"search_id": not_an_id, "event": "click", "product_id": "p1"});
+        let r = feedback(&proxy, &body).await;
+        assert_eq!(r.status, 404, "{not_an_id:?}: {r:?}");
+        assert_eq!(r.json()["error"], "not found");
+    }
+
+    // Only the one good click was counted anywhere.
+    assert_eq!(lrange(&redis, &list).await.len(), 1);
+    assert_eq!(
+        hget(&redis, &format!("search:{id}"), "clicks")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(redis.keys(&format!("search:{id}:*")).await, vec![list]);
+    let clicked = redis.keys("products:clicked:*").await;
+    assert_eq!(clicked.len(), 1, "{clicked:?}");
+    assert_eq!(zscore(&redis, &clicked[0], "p1").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn feedback_with_a_negative_position_or_an_empty_or_numeric_product_id_is_400_naming_it() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    let id = logged_search(&redis, &resp).await;
+    for (body, field) in [
+        (
+            json!({"search_id": id, "event": "click", "product_id": "p1", "position": -5}),
+            "position",
+        ),
+        (
+            json!({"search_id": id, "event": "click", "product_id": "p1", "position": 1e30}),
+            "position",
+        ),
+        (
+            json!({"search_id": id, "event": "click", "product_id": "p1", "position": 1.5}),
+            "position",
+        ),
+        (
+            json!({"search_id": id, "event": "click", "product_id": ""}),
+            "product_id",
+        ),
+        (
+            json!({"search_id": id, "event": "click", "product_id": "  "}),
+            "product_id",
+        ),
+        (
+            json!({"search_id": id, "event": "click", "product_id": 1}),
+            "product_id",
+        ),
+        (
+            json!({"search_id": 7, "event": "click", "product_id": "p1"}),
+            "search_id",
+        ),
+    ] {
+        let r = feedback(&proxy, &body).await;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert_eq!(r.json()["field"], field, "{body}");
+        assert!(
+            r.json()["detail"].as_str().unwrap().contains(field),
+            "{r:?}"
+        );
+    }
+    assert_eq!(hget(&redis, &format!("search:{id}"), "clicks").await, None);
+    assert!(!redis.exists(&format!("search:{id}:feedback")).await);
+    assert_eq!(redis.keys("products:clicked:*").await, Vec::<String>::new());
+    assert_eq!(
+        redis.keys("supplier:*:clicks:*").await,
+        Vec::<String>::new()
+    );
+
+    // Position 0 is a position; the id may come in either case.
+    let upper = json!({"search_id": id.to_uppercase(), "event": "click", "product_id": "p1", "position": 0});
+    assert_eq!(feedback(&proxy, &upper).await.status, 202);
+    let entries = lrange(&redis, &format!("search:{id}:feedback")).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry: Value = serde_json::from_str(&entries[0]).unwrap();
+    assert_eq!(entry["position"], 0);
+}
+
+#[tokio::test]
+async fn a_logged_search_reads_back_with_its_feedback_and_anything_else_is_404() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let resp = proxy
+        .search(Some("u1"), json!({"query": "milk"}))
+        .send()
+        .await;
+    let id = logged_search(&redis, &resp).await;
+    let click = json!({"search_id": id, "event": "click", "product_id": "p1", "position": 1});
+    assert_eq!(feedback(&proxy, &click).await.status, 202);
+
+    let r = admin(&proxy, "GET", &format!("/v1/searches/{id}"))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let record = r.json();
+    assert_eq!(record["search_id"], id.as_str());
+    assert_eq!(record["query"], "milk");
+    assert_eq!(record["user_id"], "u1");
+    assert_eq!(record["clicks"], 1);
+    assert_eq!(record["orders"], 0);
+    assert_eq!(record["product_ids"], json!(["p1"]));
+    assert_eq!(record["feedback"][0]["event"], "click");
+    assert_eq!(record["feedback"][0]["position"], 1);
+
+    // The feedback list (a Redis list), a pattern, a key, no id at all.
+    for path in [
+        format!("/v1/searches/{id}:feedback"),
+        format!("/v1/searches/{id}%3Afeedback"),
+        "/v1/searches/*".to_string(),
+        "/v1/searches/search:%2A".to_string(),
+        "/v1/searches/0190b7e2-0000-7000-8000-000000000000".to_string(),
+        "/v1/searches/".to_string(),
+    ] {
+        let r = admin(&proxy, "GET", &path).send().await;
+        assert_eq!(r.status, 404, "{path}: {r:?}");
+        assert_eq!(r.json()["error"], "not found", "{path}");
+    }
+    let post = admin(&proxy, "POST", &format!("/v1/searches/{id}"))
+        .send()
+        .await;
+    assert_eq!(post.status, 405);
+}
+
+#[tokio::test]
+async fn an_empty_user_id_in_manual_logging_means_no_user_history_or_profile() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    let mut ids = Vec::new();
+    for blank in ["", " "] {
+        let body =
+            json!({"query": "milk", "user_id": blank, "session_id": blank, "user_uuid": blank});
+        let r = admin(&proxy, "POST", "/v1/searches")
+            .json(&body)
+            .send()
+            .await;
+        assert_eq!(r.status, 202, "{blank:?}: {r:?}");
+        ids.push(r.json()["search_id"].as_str().unwrap().to_owned());
+    }
+    manual_marker(&proxy, &redis, "marker").await;
+
+    for key in [
+        "user::searches",
+        "user::profile",
+        "user: :searches",
+        "user: :profile",
+    ] {
+        assert!(!redis.exists(key).await, "{key} was written");
+    }
+    assert_eq!(
+        redis.keys("user:*").await,
+        vec!["user:marker:profile", "user:marker:searches"]
+    );
+    for id in &ids {
+        let record = format!("search:{id}");
+        assert!(redis.exists(&record).await, "the search is logged");
+        assert_eq!(hget(&redis, &record, "user_id").await, None);
+        assert_eq!(hget(&redis, &record, "session_id").await, None);
+    }
+}
+
+#[tokio::test]
+async fn manual_results_with_an_empty_id_or_a_negative_time_are_400_and_write_no_key() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    for (body, field) in [
+        (
+            json!({"query": "q", "results": [{"product_id": "p1", "supplier": ""}]}),
+            "results[0].supplier",
+        ),
+        (
+            json!({"query": "q", "results": [{"product_id": "p1", "supplier": "s1"}, {"product_id": ""}]}),
+            "results[1].product_id",
+        ),
+        (
+            json!({"query": "q", "results": [{"product_id": " ", "supplier": "s1"}]}),
+            "results[0].product_id",
+        ),
+        (
+            json!({"query": "q", "response_time_ms": -5}),
+            "response_time_ms",
+        ),
+        (
+            json!({"query": "q", "results_count": 5_000_000_000u64}),
+            "results_count",
+        ),
+    ] {
+        let r = admin(&proxy, "POST", "/v1/searches")
+            .json(&body)
+            .send()
+            .await;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert_eq!(r.json()["field"], field, "{body}");
+    }
+    manual_marker(&proxy, &redis, "marker").await;
+
+    assert_eq!(redis.keys("search:*").await.len(), 1, "only the marker");
+    assert_eq!(redis.keys("supplier:*").await, Vec::<String>::new());
+    assert_eq!(redis.keys("products:popular:*").await, Vec::<String>::new());
+    // Ids are taken literally: a numeric product id and ids with `:` or `*`
+    // are ids like any other.
+    let body = json!({"query": "q", "results": [{"product_id": 42, "supplier": "s:*"}]});
+    let r = admin(&proxy, "POST", "/v1/searches")
+        .json(&body)
+        .send()
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.json()["search_id"].as_str().unwrap().to_owned();
+    redis.wait_for_key(&format!("search:{id}")).await;
+    assert_eq!(
+        hget(&redis, &format!("search:{id}"), "product_suppliers")
+            .await
+            .as_deref(),
+        Some(r#"{"42":"s:*"}"#)
+    );
+}
+
+#[tokio::test]
+async fn user_ids_are_taken_literally_and_a_blank_one_names_no_user_in_history_or_purge() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    // User `a`, and a user whose id spells the head of `a`'s cache keys.
+    let mut entries = Vec::new();
+    for user in ["a", "a:cache:x"] {
+        let resp = proxy
+            .search(Some(user), json!({"query": "milk"}))
+            .send()
+            .await;
+        assert_miss_stored(&resp);
+        let key = user_key(user, &resp.key());
+        redis.wait_for_key(&key).await;
+        redis.wait_for_key(&format!("user:{user}:searches")).await;
+        entries.push(key);
+    }
+
+    for path in ["/v1/users/%20/history", "/v1/users/%09/history"] {
+        let r = admin(&proxy, "GET", path).send().await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert_eq!(r.json()["field"], "user_id");
+    }
+    for blank in ["", " "] {
+        let r = admin(&proxy, "POST", "/v1/cache/purge")
+            .json(&json!({"user_id": blank}))
+            .send()
+            .await;
+        assert_eq!(r.status, 400, "{blank:?}: {r:?}");
+        assert_eq!(r.json()["field"], "user_id");
+    }
+    let r = admin(&proxy, "POST", "/v1/cache/purge")
+        .json(&json!({"user_id": "*"}))
+        .send()
+        .await;
+    assert_eq!(r.json()["removed"], 0, "`*` is a user id, not a pattern");
+
+    let history = admin(&proxy, "GET", "/v1/users/a%3Acache%3Ax/history")
+        .send()
+        .await;
+    assert_eq!(history.json().as_array().map(Vec::len), Some(1));
+    let r = admin(&proxy, "POST", "/v1/cache/purge")
+        .json(&json!({"user_id": "a"}))
+        .send()
+        .await;
+    assert_eq!(r.json()["removed"], 1, "{r:?}");
+    assert!(!redis.exists(&entries[0]).await);
+    assert!(redis.exists(&entries[1]).await, "a:cache:x is another user");
+    assert!(redis.exists("user:a:cache:x:searches").await);
+    assert!(redis.exists("user:a:cache:x:profile").await);
+}

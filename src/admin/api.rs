@@ -20,7 +20,7 @@ use super::export::{ExportRange, Exporter};
 use super::feedback::{self, Feedback, FeedbackError};
 use super::fields::{self, BadField};
 use super::purge::{self, Target};
-use super::{AdminBody, AdminResponse, BoxError, dates, history, json, manual, stats};
+use super::{AdminBody, AdminResponse, BoxError, dates, history, json, manual, record, stats};
 use crate::events::write::Layout;
 use crate::proxy::Proxy;
 use crate::redis::RedisPool;
@@ -130,13 +130,17 @@ async fn serve(proxy: &Proxy, req: Request<Incoming>) -> Result<AdminResponse, A
             only(&method, &Method::POST)?;
             purge_cache(proxy, &body(req).await?).await
         }
-        _ => match history_user(&path) {
-            Some(user) => {
+        _ => {
+            if let Some(user) = history_user(&path) {
                 only(&method, &Method::GET)?;
-                read_history(proxy, &user, &query).await
+                read_history(proxy, user, &query).await
+            } else if let Some(id) = path.strip_prefix("/v1/searches/") {
+                only(&method, &Method::GET)?;
+                read_search(proxy, id).await
+            } else {
+                Err(ApiError::NotFound(format!("no endpoint {path}")))
             }
-            None => Err(ApiError::NotFound(format!("no endpoint {path}"))),
-        },
+        }
     }
 }
 
@@ -294,20 +298,33 @@ fn log_search(proxy: &Proxy, body: &[u8]) -> Result<AdminResponse, ApiError> {
 
 async fn read_history(
     proxy: &Proxy,
-    user: &str,
+    user: String,
     query: &HashMap<String, Vec<String>>,
 ) -> Result<AdminResponse, ApiError> {
+    let user = fields::user_id("user_id", user)?;
     let limit = number_param(
         query,
         "limit",
         history::DEFAULT_LIMIT,
         proxy.config.events.history_limit.max(1),
     )?;
-    let entries = history::read(redis(proxy)?, prefix(proxy), user, limit).await?;
+    let entries = history::read(redis(proxy)?, prefix(proxy), &user, limit).await?;
     Ok(json(
         StatusCode::OK,
         serde_json::Value::Array(entries).to_string(),
     ))
+}
+
+/// `GET /v1/searches/<id>`: the record with its feedback, 404 for text that
+/// is not a logged search's id.
+async fn read_search(proxy: &Proxy, raw: &str) -> Result<AdminResponse, ApiError> {
+    let found = match percent_decode(raw) {
+        Some(id) => record::read(redis(proxy)?, prefix(proxy), &id).await?,
+        None => None,
+    };
+    found
+        .map(|body| json(StatusCode::OK, body))
+        .ok_or_else(|| ApiError::NotFound(format!("no search {raw}")))
 }
 
 async fn read_stats(

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::fields::{self, BadField};
+use super::record::{self, SearchId};
 use crate::events::write::Layout;
 use crate::redis::RedisPool;
 use crate::redis::keys;
@@ -64,10 +65,13 @@ impl Action {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Feedback {
+    /// As sent: text that is not a search id is an unknown search (404),
+    /// not a bad field, so it is judged by [`SearchId::parse`] when recorded.
     pub search_id: String,
     pub action: Action,
     pub product_id: String,
-    pub position: Option<i64>,
+    /// The result's position as the application counts it; never negative.
+    pub position: Option<u32>,
 }
 
 impl Feedback {
@@ -83,8 +87,8 @@ impl Feedback {
         Ok(Feedback {
             search_id,
             action,
-            product_id: fields::req_id(obj, "product_id")?,
-            position: fields::opt_i64(obj, "position")?,
+            product_id: fields::req_text_id(obj, "product_id")?,
+            position: fields::opt_count(obj, "position")?,
         })
     }
 }
@@ -102,7 +106,7 @@ pub enum FeedbackError {
 struct Entry<'a> {
     event: &'a str,
     product_id: &'a str,
-    position: Option<i64>,
+    position: Option<u32>,
     timestamp: &'a str,
 }
 
@@ -115,17 +119,18 @@ pub async fn record(
 ) -> Result<(), FeedbackError> {
     let p = &layout.prefix;
     let ttl = layout.retention_secs;
-    let search = keys::search(p, &fb.search_id);
-    let deadline = Instant::now() + DEADLINE;
-
-    let mut check = redis::pipe();
-    check.cmd("EXISTS").arg(&search);
-    check.cmd("HGET").arg(&search).arg("product_suppliers");
-    let (exists, suppliers): (i64, Option<String>) =
-        redis.query(Command::Pipe(&check), deadline).await?;
-    if exists == 0 {
-        return Err(FeedbackError::UnknownSearch(fb.search_id.clone()));
+    let unknown = || FeedbackError::UnknownSearch(fb.search_id.clone());
+    let id = SearchId::parse(&fb.search_id).ok_or_else(unknown)?;
+    if !record::is_logged(redis, p, id).await? {
+        return Err(unknown());
     }
+    let search = id.record_key(p);
+    let deadline = Instant::now() + DEADLINE;
+    let suppliers_of = redis::cmd("HGET")
+        .arg(&search)
+        .arg("product_suppliers")
+        .to_owned();
+    let suppliers: Option<String> = redis.query(Command::Cmd(&suppliers_of), deadline).await?;
     let supplier = suppliers
         .and_then(|s| serde_json::from_str::<HashMap<String, String>>(&s).ok())
         .and_then(|mut m| m.remove(&fb.product_id));
@@ -148,7 +153,7 @@ pub async fn record(
         .arg(1)
         .ignore();
     tx.cmd("EXPIRE").arg(&search).arg(ttl).ignore();
-    let list = keys::search_feedback(p, &fb.search_id);
+    let list = id.feedback_key(p);
     tx.cmd("RPUSH").arg(&list).arg(entry).ignore();
     tx.cmd("EXPIRE").arg(&list).arg(ttl).ignore();
     let products = keys::products_feedback(p, fb.action.products_word(), date);
@@ -192,6 +197,18 @@ mod tests {
             (
                 json!({"search_id": "s", "event": "click", "product_id": "p", "position": "1"}),
                 "position",
+            ),
+            (
+                json!({"search_id": "s", "event": "click", "product_id": "p", "position": -5}),
+                "position",
+            ),
+            (
+                json!({"search_id": "s", "event": "click", "product_id": ""}),
+                "product_id",
+            ),
+            (
+                json!({"search_id": "s", "event": "click", "product_id": 7}),
+                "product_id",
             ),
         ] {
             assert_eq!(parse(body.clone()).unwrap_err().field, field, "{body}");

@@ -60,12 +60,31 @@ pub fn req_str(obj: &Map<String, Value>, name: &str) -> Result<String, BadField>
     opt_str(obj, name)?.ok_or_else(|| BadField::missing(name))
 }
 
-/// An id that applications send as a string or an integer (product ids),
-/// kept as text as the proxy reads them from answers.
+/// Whether text names nothing: empty or only whitespace. The proxy reads
+/// such an identity as absent, and an id like that would name a key such
+/// as `user::searches` or `supplier::queries:<date>`.
+pub fn is_blank(text: &str) -> bool {
+    text.trim().is_empty()
+}
+
+/// The one rule for ids (products, suppliers, users where one is required):
+/// present text that is not blank. Ids are used literally, as key parts or
+/// members, never as patterns, so `:` and `*` are fine.
+fn non_blank(name: &str, text: String) -> Result<String, BadField> {
+    if is_blank(&text) {
+        Err(BadField::new(name, "must not be empty"))
+    } else {
+        Ok(text)
+    }
+}
+
+/// An id that applications send as a string or an integer (product and
+/// supplier ids of manual results), kept as text as the proxy reads them
+/// from answers; never empty.
 pub fn opt_id(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, BadField> {
     match present(obj, name) {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => non_blank(name, s.clone()).map(Some),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
         Some(_) => Err(BadField::mistyped(name, "a string or an integer")),
     }
@@ -73,6 +92,17 @@ pub fn opt_id(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, Ba
 
 pub fn req_id(obj: &Map<String, Value>, name: &str) -> Result<String, BadField> {
     opt_id(obj, name)?.ok_or_else(|| BadField::missing(name))
+}
+
+/// An id that must be a non-empty string (the product id of feedback,
+/// SPEC section 7).
+pub fn req_text_id(obj: &Map<String, Value>, name: &str) -> Result<String, BadField> {
+    non_blank(name, req_str(obj, name)?)
+}
+
+/// A user id where one is required (history, purge): not blank.
+pub fn user_id(name: &str, text: String) -> Result<String, BadField> {
+    non_blank(name, text)
 }
 
 pub fn opt_f64(obj: &Map<String, Value>, name: &str) -> Result<Option<f64>, BadField> {
@@ -107,6 +137,14 @@ pub fn opt_count(obj: &Map<String, Value>, name: &str) -> Result<Option<u32>, Ba
     }
 }
 
+/// A number that cannot be negative (a duration).
+pub fn opt_non_negative_f64(obj: &Map<String, Value>, name: &str) -> Result<Option<f64>, BadField> {
+    match opt_f64(obj, name)? {
+        Some(n) if n < 0.0 => Err(BadField::mistyped(name, "a non-negative number")),
+        n => Ok(n),
+    }
+}
+
 pub fn opt_bool(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, BadField> {
     match present(obj, name) {
         None => Ok(None),
@@ -135,5 +173,28 @@ mod tests {
         assert_eq!(opt_count(&o, "absent").unwrap(), None);
         assert!(object(b"[1]").is_err());
         assert!(object(b"{").is_err());
+    }
+
+    #[test]
+    fn an_id_is_never_blank_and_a_text_id_never_a_number() {
+        let o = obj(json!({"empty": "", "blank": " ", "n": 7, "key": "a:cache:*"}));
+        for name in ["empty", "blank"] {
+            assert_eq!(req_id(&o, name).unwrap_err().problem, "must not be empty");
+            assert_eq!(req_text_id(&o, name).unwrap_err().field, name);
+        }
+        assert_eq!(req_id(&o, "n").unwrap(), "7");
+        assert_eq!(
+            req_text_id(&o, "n").unwrap_err().problem,
+            "must be a string"
+        );
+        assert_eq!(
+            req_text_id(&o, "key").unwrap(),
+            "a:cache:*",
+            "taken literally"
+        );
+        assert!(user_id("user_id", "\t".into()).is_err());
+        let o = obj(json!({"ms": -1.5, "ok": 0}));
+        assert_eq!(opt_non_negative_f64(&o, "ms").unwrap_err().field, "ms");
+        assert_eq!(opt_non_negative_f64(&o, "ok").unwrap(), Some(0.0));
     }
 }

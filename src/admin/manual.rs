@@ -24,7 +24,10 @@ pub fn from_json(
     identity: &IdentityConfig,
 ) -> Result<SearchEvent, BadField> {
     let query = fields::req_str(obj, "query")?;
-    let user_id = fields::opt_str(obj, "user_id")?.map(|raw| {
+    // An empty (or blank) user id means no user, as the proxy reads one: no
+    // `user::searches`, no profile. Checked before hashing, which would turn
+    // "" into an id like any other.
+    let user_id = optional_text(obj, "user_id")?.map(|raw| {
         // The same id a proxied search of this user is logged under, so
         // both land in one history.
         if identity.hash_user_id {
@@ -33,11 +36,11 @@ pub fn from_json(
             raw
         }
     });
-    let user_uuid = fields::opt_str(obj, "user_uuid")?;
-    let session_id = fields::opt_str(obj, "session_id")?;
-    let intent = fields::opt_str(obj, "intent")?;
+    let user_uuid = optional_text(obj, "user_uuid")?;
+    let session_id = optional_text(obj, "session_id")?;
+    let intent = optional_text(obj, "intent")?;
     let confidence = fields::opt_f64(obj, "confidence")?;
-    let response_time_ms = fields::opt_f64(obj, "response_time_ms")?.unwrap_or(0.0);
+    let response_time_ms = fields::opt_non_negative_f64(obj, "response_time_ms")?.unwrap_or(0.0);
     let products = match obj.get("results").filter(|v| !v.is_null()) {
         None => Vec::new(),
         Some(Value::Array(items)) => items
@@ -72,6 +75,12 @@ pub fn from_json(
         status: 0,
         route: Arc::from(ROUTE),
     })
+}
+
+/// An optional text field where blank means absent, as the proxy reads
+/// identity fields.
+fn optional_text(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, BadField> {
+    Ok(fields::opt_str(obj, name)?.filter(|s| !fields::is_blank(s)))
 }
 
 fn result(i: usize, item: &Value) -> Result<(String, Option<String>), BadField> {
@@ -124,6 +133,21 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_user_id_is_no_user_even_when_ids_are_hashed() {
+        let hashed = IdentityConfig {
+            hash_user_id: true,
+            ..identity()
+        };
+        for raw in ["", " "] {
+            let body = json!({"query": "q", "user_id": raw, "session_id": raw, "intent": raw});
+            let ev = from_json(body.as_object().unwrap(), &hashed).unwrap();
+            assert_eq!(ev.user_id, None, "{raw:?}");
+            assert_eq!(ev.session_id, None);
+            assert_eq!(ev.meta.intent, None);
+        }
+    }
+
+    #[test]
     fn each_bad_field_is_named() {
         for (body, field) in [
             (json!({}), "query"),
@@ -143,6 +167,18 @@ mod tests {
             (
                 json!({"query": "q", "results": [{"product_id": "p", "supplier": []}]}),
                 "results[0].supplier",
+            ),
+            (
+                json!({"query": "q", "results": [{"product_id": ""}]}),
+                "results[0].product_id",
+            ),
+            (
+                json!({"query": "q", "results": [{"product_id": "p", "supplier": ""}]}),
+                "results[0].supplier",
+            ),
+            (
+                json!({"query": "q", "response_time_ms": -3}),
+                "response_time_ms",
             ),
         ] {
             assert_eq!(parse(body.clone()).unwrap_err().field, field, "{body}");

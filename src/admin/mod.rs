@@ -4,6 +4,7 @@
 //!
 //! - [`api`]: the `/v1` endpoints (bearer token, JSON errors).
 //! - [`feedback`], [`manual`]: what the application tells us about searches.
+//! - [`record`]: what a search id is, and a logged search's record.
 //! - [`history`], [`stats`], [`export`], [`purge`]: reading and purging what
 //!   was collected; shared with the batch commands of [`crate::cli`].
 //! - [`fields`], [`dates`]: request fields and UTC dates.
@@ -32,6 +33,7 @@ pub mod fields;
 pub mod history;
 pub mod manual;
 pub mod purge;
+pub mod record;
 pub mod stats;
 
 /// Errors a streamed body can end with.

@@ -11,7 +11,7 @@ use bb8_redis::redis;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::fields::BadField;
+use super::fields::{self, BadField};
 use crate::cache::l1::L1;
 use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::{Command, RedisFailure};
@@ -65,9 +65,9 @@ impl Target {
             }
             None => None,
         };
-        if user_id.as_deref() == Some("") {
-            return Err(BadField::new("user_id", "must not be empty"));
-        }
+        // Taken literally (`a:cache:x` and `*` are ids like any other); a
+        // blank one names no user.
+        let user_id = user_id.map(|u| fields::user_id("user_id", u)).transpose()?;
         match (user_id, hash, all_global) {
             (Some(u), None, false) => Ok(Target::User(u)),
             (Some(u), Some(h), false) => Ok(Target::UserEntry(u, h)),
@@ -347,6 +347,10 @@ mod tests {
             Ok(Target::Global(H.into()))
         );
         assert!(Target::new(None, None, false).is_err());
+        for blank in ["", " "] {
+            let e = Target::new(Some(blank.into()), None, false).unwrap_err();
+            assert_eq!(e.field, "user_id");
+        }
         assert!(Target::new(Some("u".into()), None, true).is_err());
         assert_eq!(
             Target::new(None, Some("abc".into()), false)
