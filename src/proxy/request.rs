@@ -294,7 +294,7 @@ fn joined<'a>(headers: &'a http::HeaderMap, name: &http::HeaderName) -> Option<C
 }
 
 /// The request headers besides `vary_headers` that reach the backend and
-/// may change its answer (SPEC section 3, step 5), sorted by name: the
+/// may change its answer (SPEC section 3, step 5), in a fixed order: the
 /// client's host, which the backend gets as `X-Forwarded-Host`; the body's
 /// `Content-Type`, which says how the backend reads the body; and, when
 /// `trust_forwarded` passes them on, the forwarding headers.
@@ -315,6 +315,8 @@ fn keyed_headers<'a>(
         for (name, value) in forward::forwarding_headers(headers) {
             keyed.push((name.as_str(), Cow::Borrowed(value.as_bytes())));
         }
+        // Header order is not the client's to choose the key by; repeats of
+        // one name keep their order (a stable sort).
         keyed.sort_by(|a, b| a.0.cmp(b.0));
     }
     keyed
