@@ -91,8 +91,11 @@ pub struct UpstreamConfig {
     /// `http://host:port` only: requests keep their own path.
     pub url: http::uri::Uri,
     pub connect_timeout: Duration,
-    /// The whole upstream response.
+    /// Until the backend's status and headers arrive.
     pub timeout: Duration,
+    /// The longest pause between two chunks of the backend's body: a slow
+    /// but steady body is never cut, a stalled one is.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone)]

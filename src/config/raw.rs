@@ -85,6 +85,7 @@ struct RawUpstream {
     url: UpstreamUrl,
     connect_timeout: Dur,
     timeout: Dur,
+    idle_timeout: Dur,
 }
 
 impl Default for RawUpstream {
@@ -93,6 +94,7 @@ impl Default for RawUpstream {
             url: UpstreamUrl(http::Uri::from_static("http://127.0.0.1:8000")),
             connect_timeout: secs(1),
             timeout: secs(10),
+            idle_timeout: secs(30),
         }
     }
 }
@@ -241,6 +243,12 @@ impl RawConfig {
                 loc,
                 &[K("upstream"), K("timeout")],
                 self.upstream.timeout,
+                tiny,
+            )?,
+            idle_timeout: positive(
+                loc,
+                &[K("upstream"), K("idle_timeout")],
+                self.upstream.idle_timeout,
                 tiny,
             )?,
         };

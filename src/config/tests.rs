@@ -132,6 +132,7 @@ fn empty_file_is_valid_with_spec_defaults_and_no_routes() {
     assert_eq!(c.upstream.url, "http://127.0.0.1:8000");
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(1));
     assert_eq!(c.upstream.timeout, Duration::from_secs(10));
+    assert_eq!(c.upstream.idle_timeout, Duration::from_secs(30));
     assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
     assert_eq!(c.redis.pool_size, 16);
     assert_eq!(c.redis.timeout, Duration::from_millis(50));
@@ -389,6 +390,13 @@ fn zero_timeouts_and_retention_are_rejected() {
         2,
         19,
         "upstream.connect_timeout",
+        "more than 0",
+    );
+    assert_error(
+        "[upstream]\nidle_timeout = \"0s\"\n",
+        2,
+        16,
+        "upstream.idle_timeout",
         "more than 0",
     );
     assert_error(

@@ -25,9 +25,8 @@ pub enum ProxyBody {
 pub struct Stream {
     prefix: Option<Bytes>,
     rest: Incoming,
-    /// The whole-response deadline of `[upstream] timeout`, when this body
-    /// comes from the backend.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// `[upstream] idle_timeout`, when this body comes from the backend.
+    idle: Option<Idle>,
     /// A copy kept for the search log, on logged answers that are not stored.
     tee: Option<Box<Tee>>,
 }
@@ -68,9 +67,40 @@ impl Drop for Tee {
     }
 }
 
+/// The longest the backend may pause between two chunks of its body. Only
+/// time spent waiting on the backend counts: a client that reads slowly does
+/// not make the backend look stalled.
+struct Idle {
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// Whether `timer` runs: set when a poll finds no data, cleared when a
+    /// chunk arrives.
+    armed: bool,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Idle {
+        Idle {
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+
+    /// The backend had nothing for us: start the clock unless it runs.
+    /// Ready when the pause has lasted `limit`.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            self.armed = true;
+            self.timer.as_mut().reset(Instant::now() + self.limit);
+        }
+        self.timer.as_mut().poll(cx)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("the backend did not finish its answer within the upstream timeout")]
-pub struct BodyTimeout;
+#[error("the backend paused its answer longer than the upstream idle timeout")]
+pub struct BodyStalled;
 
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -78,21 +108,16 @@ impl ProxyBody {
     }
 
     pub fn stream(body: Incoming) -> ProxyBody {
-        ProxyBody::Stream(Stream {
-            prefix: None,
-            rest: body,
-            deadline: None,
-            tee: None,
-        })
+        ProxyBody::resume(Bytes::new(), body, None)
     }
 
-    /// A body that yields `prefix` and then the rest of `body`, failing if the
-    /// rest has not arrived by `deadline`.
-    pub fn resume(prefix: Bytes, body: Incoming, deadline: Option<Instant>) -> ProxyBody {
+    /// A body that yields `prefix` and then the rest of `body`, failing if
+    /// the rest pauses longer than `idle` between two chunks.
+    pub fn resume(prefix: Bytes, body: Incoming, idle: Option<Duration>) -> ProxyBody {
         ProxyBody::Stream(Stream {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest: body,
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            idle: idle.map(Idle::new),
             tee: None,
         })
     }
@@ -125,8 +150,9 @@ impl ProxyBody {
         }
     }
 
-    pub fn with_deadline(body: Incoming, deadline: Instant) -> ProxyBody {
-        ProxyBody::resume(Bytes::new(), body, Some(deadline))
+    /// A backend body, cut when it pauses longer than `idle`.
+    pub fn from_backend(body: Incoming, idle: Duration) -> ProxyBody {
+        ProxyBody::resume(Bytes::new(), body, Some(idle))
     }
 }
 
@@ -147,6 +173,9 @@ impl Body for ProxyBody {
                 }
                 match Pin::new(&mut s.rest).poll_frame(cx) {
                     Poll::Ready(frame) => {
+                        if let Some(idle) = &mut s.idle {
+                            idle.armed = false;
+                        }
                         if let Some(tee) = &mut s.tee {
                             match &frame {
                                 Some(Ok(f)) => {
@@ -161,9 +190,11 @@ impl Body for ProxyBody {
                         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                     }
                     Poll::Pending => {
-                        if let Some(deadline) = &mut s.deadline {
-                            ready!(deadline.as_mut().poll(cx));
-                            return Poll::Ready(Some(Err(BodyTimeout.into())));
+                        if let Some(idle) = &mut s.idle {
+                            ready!(idle.poll_stalled(cx));
+                            // Nothing more is read from it: the backend
+                            // connection goes with `rest` when the body drops.
+                            return Poll::Ready(Some(Err(BodyStalled.into())));
                         }
                         Poll::Pending
                     }
@@ -206,45 +237,17 @@ pub enum Collected {
     Overflow(Bytes, Incoming),
 }
 
-/// Reads a body into memory up to `limit` bytes, within `timeout`.
+/// Reads a body into memory up to `limit` bytes, within `timeout` in all
+/// (a client's request body).
 ///
 /// Beyond the limit it stops and hands back what it read plus the unread
 /// rest, so the body can still be streamed on unchanged.
 pub async fn collect_limited(
-    mut body: Incoming,
+    body: Incoming,
     limit: usize,
     timeout: Option<Duration>,
 ) -> Result<Collected, CollectError> {
-    let read = async {
-        let mut buf = BytesMut::new();
-        // Several frames are the common case only for large bodies; the first
-        // frame alone is kept without a copy.
-        let mut first: Option<Bytes> = None;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(CollectError::Body)?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers are not kept
-            };
-            let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
-            if held + data.len() > limit {
-                if let Some(f) = first.take() {
-                    buf.extend_from_slice(&f);
-                }
-                buf.extend_from_slice(&data);
-                return Ok(Collected::Overflow(buf.freeze(), body));
-            }
-            match (&mut first, buf.is_empty()) {
-                (None, true) => first = Some(data),
-                (Some(f), true) => {
-                    buf.extend_from_slice(f);
-                    buf.extend_from_slice(&data);
-                    first = None;
-                }
-                (_, false) => buf.extend_from_slice(&data),
-            }
-        }
-        Ok(Collected::Complete(first.unwrap_or_else(|| buf.freeze())))
-    };
+    let read = collect(body, limit, None);
     match timeout {
         Some(t) => tokio::time::timeout(t, read)
             .await
@@ -253,10 +256,64 @@ pub async fn collect_limited(
     }
 }
 
+/// [`collect_limited`] for a backend body: however long it takes in all, as
+/// long as it never pauses more than `idle` between two chunks.
+pub async fn collect_backend(
+    body: Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<Collected, CollectError> {
+    collect(body, limit, Some(idle)).await
+}
+
+async fn collect(
+    mut body: Incoming,
+    limit: usize,
+    idle: Option<Duration>,
+) -> Result<Collected, CollectError> {
+    let mut buf = BytesMut::new();
+    // Several frames are the common case only for large bodies; the first
+    // frame alone is kept without a copy.
+    let mut first: Option<Bytes> = None;
+    loop {
+        let frame = match idle {
+            Some(idle) => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| CollectError::Timeout)?,
+            None => body.frame().await,
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(CollectError::Body)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not kept
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if held + data.len() > limit {
+            if let Some(f) = first.take() {
+                buf.extend_from_slice(&f);
+            }
+            buf.extend_from_slice(&data);
+            return Ok(Collected::Overflow(buf.freeze(), body));
+        }
+        match (&mut first, buf.is_empty()) {
+            (None, true) => first = Some(data),
+            (Some(f), true) => {
+                buf.extend_from_slice(f);
+                buf.extend_from_slice(&data);
+                first = None;
+            }
+            (_, false) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(Collected::Complete(first.unwrap_or_else(|| buf.freeze())))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     #[error("body read failed: {0}")]
     Body(hyper::Error),
+    /// The whole body was late (a client's), or it paused too long (a
+    /// backend's).
     #[error("body did not arrive in time")]
     Timeout,
 }

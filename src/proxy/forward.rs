@@ -1,16 +1,16 @@
 //! Talking to the backend: the pooled client, the request rewrite (hop-by-hop
-//! headers out, `Host`, `X-Forwarded-*` and `Via` in) and the mapping of
-//! backend failures to 502/504.
+//! headers out, `Host`, `X-Forwarded-*` and `Via` in), the check of the
+//! answer's framing and the mapping of backend failures to 502/504.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
@@ -75,7 +75,17 @@ pub enum UpstreamError {
     /// No answer within `[upstream] timeout`: 504.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The body paused longer than `[upstream] idle_timeout`: 504.
+    #[error("the answer paused for more than {0:?}")]
+    Stalled(Duration),
 }
+
+/// Marks, in its extensions, a backend answer whose framing was invalid
+/// (`Content-Length` with `Transfer-Encoding`, or a 204/304 announcing a
+/// body). [`Upstream::send`] has already fixed its headers and dropped the
+/// connection it came on; such an answer is never stored.
+#[derive(Clone, Copy, Debug)]
+pub struct InvalidFraming;
 
 pub struct Upstream {
     client: Client<HttpConnector, ProxyBody>,
@@ -83,6 +93,7 @@ pub struct Upstream {
     authority: Authority,
     host: HeaderValue,
     pub timeout: Duration,
+    pub idle_timeout: Duration,
     trust_forwarded: bool,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
@@ -110,6 +121,7 @@ impl Upstream {
             authority,
             host,
             timeout: cfg.timeout,
+            idle_timeout: cfg.idle_timeout,
             trust_forwarded,
             metrics: None,
         }
@@ -193,16 +205,37 @@ impl Upstream {
     }
 
     /// Sends a prepared request; bounded by `deadline` for the status and
-    /// headers (the body's share of the timeout is enforced by the caller).
+    /// headers (the body is bounded by `idle_timeout`, enforced by whoever
+    /// reads it).
+    ///
+    /// An answer with invalid framing (SPEC section 7) comes back with its
+    /// framing headers fixed to what was actually read, marked
+    /// [`InvalidFraming`], and the connection it came on is never used again:
+    /// whatever followed on it cannot be trusted to start the next answer.
     pub async fn send(
         &self,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let started = tokio::time::Instant::now();
+        let connection = capture_connection(&mut req);
         let result = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(mut resp)) => {
+                if invalid_framing(resp.status(), resp.headers()) {
+                    if let Some(conn) = connection.connection_metadata().as_ref() {
+                        conn.poison();
+                    }
+                    tracing::debug!(status = %resp.status(), "backend answer with invalid framing");
+                    let headers = resp.headers_mut();
+                    // hyper read the body by `Transfer-Encoding`, or not at
+                    // all on 204/304: a `Content-Length` can only disagree.
+                    headers.remove(header::CONTENT_LENGTH);
+                    headers.remove(header::TRANSFER_ENCODING);
+                    resp.extensions_mut().insert(InvalidFraming);
+                }
+                Ok(resp)
+            }
             Ok(Err(e)) => Err(UpstreamError::Unavailable(describe(&e))),
         };
         if let Some(m) = &self.metrics {
@@ -210,6 +243,23 @@ impl Upstream {
         }
         result
     }
+}
+
+/// Framing RFC 9112 section 6 forbids: `Content-Length` together with
+/// `Transfer-Encoding`, or a 204/304 that announces a body.
+fn invalid_framing(status: StatusCode, headers: &HeaderMap) -> bool {
+    let encoded = headers.contains_key(header::TRANSFER_ENCODING);
+    let sized = headers.contains_key(header::CONTENT_LENGTH);
+    if encoded && sized {
+        return true;
+    }
+    let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    bodiless
+        && (encoded
+            || headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0)))
 }
 
 /// The most specific cause of a client error, for the 502 body.
@@ -274,6 +324,7 @@ mod tests {
             url: Uri::from_static("http://127.0.0.1:9000"),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
         };
         Upstream::new(&cfg, trust)
     }
@@ -312,6 +363,26 @@ mod tests {
         assert_eq!(p.headers["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(p.headers["x-forwarded-proto"], "https");
         assert_eq!(p.headers["x-forwarded-host"], "edge.example");
+    }
+
+    #[test]
+    fn framing_that_cannot_be_trusted_is_recognised() {
+        let framed = |status: u16, headers: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in headers {
+                map.append(*k, HeaderValue::from_static(v));
+            }
+            invalid_framing(StatusCode::from_u16(status).unwrap(), &map)
+        };
+        let both = [("content-length", "3"), ("transfer-encoding", "chunked")];
+        assert!(framed(200, &both));
+        assert!(framed(204, &[("content-length", "5")]));
+        assert!(framed(304, &[("transfer-encoding", "chunked")]));
+        assert!(framed(204, &[("content-length", "x")]));
+        assert!(!framed(200, &[("content-length", "3")]));
+        assert!(!framed(200, &[("transfer-encoding", "chunked")]));
+        assert!(!framed(204, &[("content-length", "0")]));
+        assert!(!framed(304, &[]));
     }
 
     #[tokio::test]

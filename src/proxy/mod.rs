@@ -37,8 +37,8 @@ use crate::events::writer::EventSink;
 use crate::http_cache::conditional;
 use crate::metrics::{self, Metrics, Sources};
 use crate::policy::{self, NotStored, StoreRules, StoreScope};
-use body::{Collected, ProxyBody, collect_limited};
-use forward::{Upstream, UpstreamError, strip_hop_by_hop};
+use body::{Collected, ProxyBody, collect_backend};
+use forward::{InvalidFraming, Upstream, UpstreamError, strip_hop_by_hop};
 use log::{PendingLog, SearchDraft, X_SEARCH_ID};
 use request::{Cacheable, ReadCtx, Routed};
 use respond::{CACHE_STATUS, MissDetail, Verdict, X_CACHE};
@@ -300,6 +300,8 @@ impl Proxy {
         };
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
+        let misframed = rparts.extensions.get::<InvalidFraming>().is_some();
+        let idle = self.upstream.idle_timeout;
 
         let rules = StoreRules {
             scope: route.scope,
@@ -311,6 +313,16 @@ impl Proxy {
         if rparts.status == StatusCode::NOT_MODIFIED
             && let Some(old) = validating
         {
+            if misframed {
+                // Not a confirmation to build on: what followed it on the
+                // connection is unknown.
+                finish(Outcome::GoDirect);
+                if let Some(resp) = self.serve_stale(flow, stale.as_deref(), &hash, None) {
+                    return resp;
+                }
+                let e = UpstreamError::Unavailable("a 304 with invalid framing".into());
+                return self.backend_failed(flow, &e);
+            }
             let headers = conditional::merge_304(&old.headers, &rparts.headers);
             let decision = policy::decide_headers(&rules, old.status, &headers);
             let entry = Arc::new(Entry {
@@ -345,17 +357,24 @@ impl Proxy {
         }
 
         let max_object = self.config.cache.max_object_bytes;
-        let decision =
-            policy::decide_headers(&rules, rparts.status, &rparts.headers).and_then(|ok| {
-                match content_length(&rparts.headers) {
+        let decision = if misframed {
+            // Never stored (SPEC section 7), and no hit-for-pass: the next
+            // answer may well be framed right.
+            Err(None)
+        } else {
+            policy::decide_headers(&rules, rparts.status, &rparts.headers)
+                .and_then(|ok| match content_length(&rparts.headers) {
                     Some(len) if len > max_object as u64 => Err(NotStored::TooLarge),
                     _ => Ok(ok),
-                }
-            });
+                })
+                .map_err(Some)
+        };
         let (scope, fresh_for) = match decision {
             Ok(d) => d,
             Err(reason) => {
-                self.not_stored(&keys[0], reason);
+                if let Some(reason) = reason {
+                    self.not_stored(&keys[0], reason);
+                }
                 finish(Outcome::GoDirect);
                 if rparts.status.is_server_error()
                     && let Some(resp) =
@@ -363,17 +382,16 @@ impl Proxy {
                 {
                     return resp;
                 }
-                let body = ProxyBody::with_deadline(rbody, deadline);
+                let body = ProxyBody::from_backend(rbody, idle);
                 return self.stream_miss(flow, rparts, body, respond::miss_status(&hash, detail));
             }
         };
 
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let body = match collect_limited(rbody, max_object, Some(remaining)).await {
+        let body = match collect_backend(rbody, max_object, idle).await {
             Ok(Collected::Complete(b)) => b,
             Ok(Collected::Overflow(prefix, rest)) => {
                 finish(Outcome::GoDirect);
-                let body = ProxyBody::resume(prefix, rest, Some(deadline));
+                let body = ProxyBody::resume(prefix, rest, Some(idle));
                 return self.stream_miss(flow, rparts, body, respond::miss_status(&hash, detail));
             }
             Err(e) => {
@@ -382,7 +400,7 @@ impl Proxy {
                     return resp;
                 }
                 let err = match e {
-                    body::CollectError::Timeout => UpstreamError::Timeout(self.upstream.timeout),
+                    body::CollectError::Timeout => UpstreamError::Stalled(idle),
                     body::CollectError::Body(_) => UpstreamError::Unavailable(e.to_string()),
                 };
                 return self.backend_failed(flow, &err);
@@ -538,18 +556,23 @@ impl Proxy {
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                Response::from_parts(rparts, ProxyBody::with_deadline(rbody, deadline))
+                let body = ProxyBody::from_backend(rbody, self.upstream.idle_timeout);
+                Response::from_parts(rparts, body)
             }
             Err(e) => respond::upstream_error(&e),
         }
     }
 }
 
+/// A backend answer read whole. Its `Content-Length` goes: hyper writes the
+/// length of the body actually sent, which the backend's header cannot
+/// contradict.
 fn full_response(
-    parts: http::response::Parts,
+    mut parts: http::response::Parts,
     body: Bytes,
     status: http::HeaderValue,
 ) -> Response<ProxyBody> {
+    parts.headers.remove(CONTENT_LENGTH);
     let mut resp = Response::from_parts(parts, ProxyBody::full(body));
     mark(&mut resp, Verdict::Miss, status);
     resp

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use http::header::{AGE, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{AGE, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
 use super::body::ProxyBody;
@@ -163,6 +163,10 @@ fn header_value(s: String) -> HeaderValue {
 }
 
 /// Replays a stored entry with `Age`, `X-Cache` and `Cache-Status`.
+///
+/// The stored `Content-Length` is left out: hyper writes the length of the
+/// body actually sent, so an entry stored with a length that disagrees with
+/// its body (from before framing was checked) cannot desync the client.
 pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(entry.body.clone()));
     *resp.status_mut() = entry.status;
@@ -171,7 +175,9 @@ pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Respo
     // have to grow (and rehash) to take them.
     let mut headers = HeaderMap::with_capacity(entry.headers.len() + 4);
     for (name, value) in &entry.headers {
-        headers.append(name.clone(), value.clone());
+        if name != CONTENT_LENGTH {
+            headers.append(name.clone(), value.clone());
+        }
     }
     headers.insert(AGE, HeaderValue::from(entry.age(now_ms()).as_secs()));
     headers.insert(&X_CACHE, verdict.header());
@@ -184,7 +190,9 @@ pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Respo
 pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
     let (status, code) = match e {
         UpstreamError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-        UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
+            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+        }
     };
     json_error(status, code, &e.to_string())
 }
@@ -261,6 +269,27 @@ mod tests {
             assert_eq!(resp.headers().len(), stored + 4);
             assert_eq!(resp.headers().capacity(), room, "{stored} stored headers");
         }
+    }
+
+    #[test]
+    fn a_replay_carries_no_stored_length_that_disagrees_with_its_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let entry = Entry {
+            status: StatusCode::OK,
+            headers,
+            body: bytes::Bytes::from_static(b"{\"n\":1}"),
+            stored_at_ms: now_ms(),
+            fresh_for: std::time::Duration::from_secs(60),
+            meta: Default::default(),
+            initial_age: std::time::Duration::ZERO,
+            variant: None,
+        };
+        let resp = from_entry(&entry, Verdict::Hit, HeaderValue::from_static("s"));
+        assert!(!resp.headers().contains_key(CONTENT_LENGTH));
+        // hyper frames the body by its exact size instead.
+        let hint = hyper::body::Body::size_hint(resp.body());
+        assert_eq!(hint.exact(), Some(entry.body.len() as u64));
     }
 
     #[test]

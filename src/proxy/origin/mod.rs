@@ -36,8 +36,8 @@ use http::header::{AUTHORIZATION, DATE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::body::{self, Collected, ProxyBody, collect_limited};
-use super::forward::{UpstreamError, strip_hop_by_hop};
+use super::body::{self, Collected, ProxyBody, collect_backend};
+use super::forward::{InvalidFraming, UpstreamError, strip_hop_by_hop};
 use super::request::Cacheable;
 use super::respond::{self, MissDetail, Verdict};
 use super::{Flow, Proxy, content_length, mark};
@@ -304,11 +304,19 @@ impl Proxy {
         };
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
+        let misframed = rparts.extensions.get::<InvalidFraming>().is_some();
+        let idle = self.upstream.idle_timeout;
 
         if rparts.status == StatusCode::NOT_MODIFIED
             && let Some(s) = validating
         {
             finish(Outcome::GoDirect);
+            if misframed {
+                // Not a confirmation to build on: what followed it on the
+                // connection is unknown.
+                let e = UpstreamError::Unavailable("a 304 with invalid framing".into());
+                return self.origin_failed(flow, &asked, stale.as_ref(), &e);
+            }
             return self.revalidated(flow, &asked, s, &rparts.headers, exchange);
         }
         if rparts.status.is_server_error()
@@ -330,43 +338,51 @@ impl Proxy {
             heuristic: route.heuristic,
         };
         let max_object = self.config.cache.max_object_bytes;
-        let decision = store::decide(
-            rules,
-            rparts.status,
-            &asked.headers,
-            &rparts.headers,
-            exchange,
-        )
-        .and_then(|ok| match content_length(&rparts.headers) {
-            Some(len) if len > max_object as u64 => Err(NotStored::TooLarge),
-            _ => Ok(ok),
-        });
+        let decision = if misframed {
+            // Never stored (SPEC section 7), and no hit-for-pass: the next
+            // answer may well be framed right.
+            Err(None)
+        } else {
+            store::decide(
+                rules,
+                rparts.status,
+                &asked.headers,
+                &rparts.headers,
+                exchange,
+            )
+            .and_then(|ok| match content_length(&rparts.headers) {
+                Some(len) if len > max_object as u64 => Err(NotStored::TooLarge),
+                _ => Ok(ok),
+            })
+            .map_err(Some)
+        };
         let storable = match decision {
             Ok(s) => s,
             Err(reason) => {
-                self.not_stored(&asked.keys[0], reason);
+                if let Some(reason) = reason {
+                    self.not_stored(&asked.keys[0], reason);
+                }
                 finish(Outcome::GoDirect);
                 strip_targeted(&mut rparts.headers);
-                let body = ProxyBody::with_deadline(rbody, deadline);
+                let body = ProxyBody::from_backend(rbody, idle);
                 let status = respond::miss_status(&asked.hash, detail);
                 return self.stream_miss(flow, rparts, body, status);
             }
         };
 
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let body = match collect_limited(rbody, max_object, Some(remaining)).await {
+        let body = match collect_backend(rbody, max_object, idle).await {
             Ok(Collected::Complete(b)) => b,
             Ok(Collected::Overflow(prefix, rest)) => {
                 finish(Outcome::GoDirect);
                 strip_targeted(&mut rparts.headers);
-                let body = ProxyBody::resume(prefix, rest, Some(deadline));
+                let body = ProxyBody::resume(prefix, rest, Some(idle));
                 let status = respond::miss_status(&asked.hash, detail);
                 return self.stream_miss(flow, rparts, body, status);
             }
             Err(e) => {
                 finish(Outcome::GoDirect);
                 let err = match e {
-                    body::CollectError::Timeout => UpstreamError::Timeout(self.upstream.timeout),
+                    body::CollectError::Timeout => UpstreamError::Stalled(idle),
                     body::CollectError::Body(_) => UpstreamError::Unavailable(e.to_string()),
                 };
                 return self.origin_failed(flow, &asked, stale.as_ref(), &err);
@@ -380,6 +396,8 @@ impl Proxy {
         };
         let full = |mut rparts: http::response::Parts, detail| {
             strip_targeted(&mut rparts.headers);
+            // hyper writes the length of the body actually sent.
+            rparts.headers.remove(http::header::CONTENT_LENGTH);
             let mut resp = Response::from_parts(rparts, ProxyBody::full(body.clone()));
             mark(
                 &mut resp,
