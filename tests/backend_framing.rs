@@ -532,3 +532,39 @@ async fn a_body_that_pauses_past_idle_timeout_on_a_caching_route_is_not_stored()
         "the stalled connection was not reused"
     );
 }
+
+#[tokio::test]
+async fn a_304_naming_its_200s_length_still_revalidates_on_a_fresh_connection() {
+    // RFC 9110 section 8.6: a 304 may carry the Content-Length of the 200.
+    let backend = RawBackend::start(|n| match n {
+        1 => Answer::raw(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+             cache-control: max-age=1\r\netag: \"v1\"\r\ncontent-length: 7\r\n\r\n{\"n\":1}",
+        ),
+        2 => Answer::raw(
+            "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\n\
+             cache-control: max-age=60\r\ncontent-length: 7\r\n\r\n",
+        ),
+        n => Answer::json(n),
+    })
+    .await;
+    let (_redis, proxy) = start(&plain(), &backend).await;
+
+    let first = proxy.get("/plain").send().await;
+    assert_miss_stored(&first);
+    // The entry's own freshness is one second: wait it out.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let revalidated = proxy.get("/plain").send().await;
+    assert_eq!(
+        revalidated.x_cache(),
+        Some("REVALIDATED"),
+        "{revalidated:?}"
+    );
+    assert_eq!(body_of(&revalidated), r#"{"n":1}"#);
+    assert_hit(&proxy.get("/plain").send().await);
+
+    // The backend's next request does not share the 304's connection.
+    let other = proxy.get("/plain?other").send().await;
+    assert_eq!(body_of(&other), r#"{"n":3}"#);
+    assert_eq!(backend.came_on(), vec![1, 1, 2]);
+}

@@ -222,6 +222,14 @@ impl Upstream {
         let result = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Ok(mut resp)) => {
+                if suspect_connection(resp.status(), resp.headers())
+                    && let Some(conn) = connection.connection_metadata().as_ref()
+                {
+                    // A 304 may name its 200's length; but if its server
+                    // sent those bytes too, they would start the next
+                    // answer on this connection. A reconnect is cheap.
+                    conn.poison();
+                }
                 if invalid_framing(resp.status(), resp.headers()) {
                     if let Some(conn) = connection.connection_metadata().as_ref() {
                         conn.poison();
@@ -246,20 +254,35 @@ impl Upstream {
 }
 
 /// Framing RFC 9112 section 6 forbids: `Content-Length` together with
-/// `Transfer-Encoding`, or a 204/304 that announces a body.
+/// `Transfer-Encoding`, or a 204/304 that announces a body. A 304 may carry
+/// the `Content-Length` its 200 would have had (RFC 9110 section 8.6), so
+/// only `Transfer-Encoding` announces one there.
 fn invalid_framing(status: StatusCode, headers: &HeaderMap) -> bool {
     let encoded = headers.contains_key(header::TRANSFER_ENCODING);
     let sized = headers.contains_key(header::CONTENT_LENGTH);
     if encoded && sized {
         return true;
     }
-    let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-    bodiless
-        && (encoded
-            || headers
-                .get_all(header::CONTENT_LENGTH)
-                .iter()
-                .any(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0)))
+    match status {
+        StatusCode::NOT_MODIFIED => encoded,
+        StatusCode::NO_CONTENT => {
+            encoded
+                || headers
+                    .get_all(header::CONTENT_LENGTH)
+                    .iter()
+                    .any(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0))
+        }
+        _ => false,
+    }
+}
+
+/// A valid answer after which the connection may still hold bytes of it: a
+/// 304 with a `Content-Length` above 0.
+fn suspect_connection(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::NOT_MODIFIED
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// The most specific cause of a client error, for the 502 body.
@@ -383,6 +406,8 @@ mod tests {
         assert!(!framed(200, &[("transfer-encoding", "chunked")]));
         assert!(!framed(204, &[("content-length", "0")]));
         assert!(!framed(304, &[]));
+        // RFC 9110 section 8.6: the length the 200 would have had.
+        assert!(!framed(304, &[("content-length", "5")]));
     }
 
     #[tokio::test]
