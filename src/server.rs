@@ -1,6 +1,7 @@
 //! Accepting connections: HTTP/1.1 and h2c on one port, each connection
 //! served by the [`Proxy`], at most `max_connections` at once, with a graceful
-//! drain on shutdown.
+//! drain on shutdown. A connection idle for `header_read_timeout` is closed
+//! ([`idle`]), so silent clients cannot hold the permits.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,6 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::proxy::Proxy;
+
+pub mod idle;
+
+use idle::IdleIo;
 
 /// How long requests in flight may take to finish after shutdown starts.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -55,10 +60,15 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let (stream, requests) = IdleIo::new(stream, proxy.config.header_read_timeout);
                 let proxy = proxy.clone();
                 let service = service_fn(move |req| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                    let in_flight = requests.start();
+                    async move {
+                        let response = proxy.handle(req, peer).await;
+                        Ok::<_, Infallible>(in_flight.until_sent(response))
+                    }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());

@@ -19,11 +19,12 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::proxy::Proxy;
+use crate::server::idle::IdleIo;
 
 mod api;
 pub mod dates;
@@ -67,17 +68,27 @@ pub fn spawn(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Res
     Ok(())
 }
 
+/// Connections are closed after `header_read_timeout` of silence, as on the
+/// data port: silent clients would otherwise hold file descriptors the
+/// proxy shares with its data path.
 async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let timeout = proxy.config.header_read_timeout;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        let (stream, requests) = IdleIo::new(stream, timeout);
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(route(&proxy, req).await) }
+            let in_flight = requests.start();
+            async move { Ok::<_, Infallible>(in_flight.until_sent(route(&proxy, req).await)) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
