@@ -243,7 +243,7 @@ impl Collector for Snapshot {
                 ),
                 (
                     "events_dropped",
-                    "Search events lost: queue or spool full",
+                    "Search events lost: queue and spool both full",
                     &st.dropped,
                 ),
             ] {
@@ -260,6 +260,12 @@ impl Collector for Snapshot {
                 "spool_bytes",
                 "Bytes in the disk spool still to replay",
                 st.spool_bytes.load(Ordering::Relaxed) as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "events_waiting",
+                "Search events the spool could not take (full, or the disk failing), held in memory against queue_capacity",
+                st.held.load(Ordering::Relaxed) as i64,
             )?;
         }
         Ok(())

@@ -240,37 +240,192 @@ async fn searches_spooled_while_redis_is_down(spool: &std::path::Path, n: usize)
     ids
 }
 
+/// SPEC sections 5 and 7: a full spool does not drop events while the
+/// queue has room; they wait, and reach Redis once it answers again.
+#[tokio::test]
+async fn with_redis_down_and_the_spool_full_events_wait_and_arrive_when_redis_returns() {
+    let mut redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let config = LogConfig::new()
+        .events("batch_max = 4")
+        .events(r#"spool_max_bytes = "4KiB""#);
+    let proxy = LogProxy::start(&config, &backend.url(), &redis.url()).await;
+    redis.kill();
+    let ids = send_searches(&proxy, 40).await;
+    eventually("every event spooled or waiting", || async {
+        let spooled = metric(proxy.admin, "events_spooled").await;
+        let waiting = metric(proxy.admin, "events_waiting").await;
+        (spooled + waiting == 40 && waiting > 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(proxy.admin, "events_dropped").await,
+        0,
+        "the queue had room"
+    );
+    assert!(metric(proxy.admin, "spool_bytes").await <= 4096);
+    assert_eq!(
+        proxy.log().matches("the spool takes no more").count(),
+        1,
+        "warned once"
+    );
+
+    redis.restart().await;
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &ids, REPLAY_WAIT).await;
+    assert_eq!(store.search_ids("").await, ids, "every search, once");
+    assert_eq!(metric(proxy.admin, "events_dropped").await, 0);
+    assert_eq!(metric(proxy.admin, "events_waiting").await, 0);
+}
+
 /// SPEC section 5: only when the queue and the spool are both full is an
 /// event dropped; each drop is counted, and warned about once per episode.
 #[tokio::test]
-async fn with_redis_down_and_the_spool_full_events_are_dropped_counted_and_warned_once() {
+async fn with_redis_down_and_queue_and_spool_full_events_are_dropped_counted_and_warned_once() {
     let backend = Backend::start(answer).await;
     let nowhere = format!("redis://127.0.0.1:{}", free_port());
-    let spool = tempfile::tempdir().expect("spool dir");
     let config = LogConfig::new()
-        .spool_dir(spool.path())
         .events("batch_max = 4")
+        .events("queue_capacity = 8")
         .events(r#"spool_max_bytes = "4KiB""#);
     let proxy = LogProxy::start(&config, &backend.url(), &nowhere).await;
     let n = 40;
+    send_searches(&proxy, n).await;
+    let (spooled, waiting, dropped) =
+        eventually("every event spooled, waiting or dropped", || async {
+            let spooled = metric(proxy.admin, "events_spooled").await;
+            let waiting = metric(proxy.admin, "events_waiting").await;
+            let dropped = metric(proxy.admin, "events_dropped").await;
+            (spooled + waiting + dropped == n as u64).then_some((spooled, waiting, dropped))
+        })
+        .await;
+    assert!(spooled > 0, "the spool took what fitted");
+    assert!(
+        waiting <= 8,
+        "what waits in memory is bounded by the queue: {waiting}"
+    );
+    assert!(dropped > 0, "the rest was dropped and counted");
+    let warnings = proxy.log().matches("dropping search events").count();
+    assert_eq!(warnings, 1, "one warning for the episode: {}", proxy.log());
+}
+
+/// A tmpfs of `size` mounted on a fresh folder, unmounted on drop; `None`
+/// (with the reason printed) where mounting is not allowed.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("a mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// SPEC section 7: a full disk is a full spool. The reported case: on a full
+/// disk most events were dropped while the queue had room.
+#[tokio::test]
+async fn a_full_disk_drops_nothing_while_the_queue_has_room_and_every_search_arrives() {
+    let Some(disk) = SmallDisk::mount("64k") else {
+        return;
+    };
+    let spool = disk.dir.path().join("spool");
+    let mut redis = Redis::start().await;
+    let backend = Backend::start(answer).await;
+    let config = LogConfig::new().spool_dir(&spool).events("batch_max = 8");
+    let proxy = LogProxy::start(&config, &backend.url(), &redis.url()).await;
+    redis.kill();
+    let n = 400;
+    let ids = send_searches(&proxy, n).await;
+    eventually("every event spooled or waiting", || async {
+        let spooled = metric(proxy.admin, "events_spooled").await;
+        let waiting = metric(proxy.admin, "events_waiting").await;
+        (spooled + waiting == n as u64).then_some(())
+    })
+    .await;
+    assert!(
+        metric(proxy.admin, "events_waiting").await > 0,
+        "the disk filled up: {}",
+        proxy.log()
+    );
+    assert_eq!(
+        metric(proxy.admin, "events_dropped").await,
+        0,
+        "the queue had room"
+    );
+
+    redis.restart().await;
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &ids, REPLAY_WAIT).await;
+    assert_eq!(store.search_ids("").await, ids, "every search, once");
+    assert_eq!(metric(proxy.admin, "events_dropped").await, 0);
+}
+
+/// SIGTERM while neither Redis nor the disk takes events: the proxy still
+/// exits 0 within its grace, and what it could not keep is counted and said.
+#[tokio::test]
+async fn sigterm_with_redis_down_and_the_disk_full_exits_0_and_says_what_was_lost() {
+    let Some(disk) = SmallDisk::mount("64k") else {
+        return;
+    };
+    let backend = Backend::start(answer).await;
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let config = LogConfig::new()
+        .spool_dir(&disk.dir.path().join("spool"))
+        .events("batch_max = 8");
+    let mut proxy = LogProxy::start(&config, &backend.url(), &nowhere).await;
+    send_searches(&proxy, 400).await;
+    eventually("the disk filled up", || async {
+        (metric(proxy.admin, "events_waiting").await > 0).then_some(())
+    })
+    .await;
+    proxy.terminate();
+    let status = proxy.wait_exit(EXIT_WAIT).await;
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        proxy.log().contains("neither the spool nor redis took"),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// `n` searches by one user, one after another; their ids.
+async fn send_searches(proxy: &LogProxy, n: usize) -> BTreeSet<String> {
+    let mut ids = Vec::new();
     for i in 0..n {
         let resp = proxy
             .search(Some("u1"), json!({"query": format!("item {i}")}))
             .send()
             .await;
         assert_eq!(resp.status, 200, "answers never wait for the log: {resp:?}");
+        ids.push(logged_id(&resp));
     }
-    let (spooled, dropped) = eventually("every event spooled or dropped", || async {
-        let spooled = metric(proxy.admin, "events_spooled").await;
-        let dropped = metric(proxy.admin, "events_dropped").await;
-        (spooled + dropped == n).then_some((spooled, dropped))
-    })
-    .await;
-    assert!(spooled > 0, "the spool took what fitted");
-    assert!(dropped > 0, "the rest was dropped and counted");
-    assert!(metric(proxy.admin, "spool_bytes").await <= 4096);
-    let warnings = proxy.log().matches("dropping search events").count();
-    assert_eq!(warnings, 1, "one warning for the episode: {}", proxy.log());
+    unique(&ids)
 }
 
 #[tokio::test]

@@ -75,6 +75,69 @@ impl Io {
                 None => {}
             }
         }
+        self.last_chance().await;
+    }
+
+    /// At shutdown, records that neither the disk nor Redis took wait in
+    /// memory: one more try each, then they are counted as dropped.
+    async fn last_chance(&mut self) {
+        // Behind records on disk, Redis would get them out of order: they
+        // are lost with the process either way.
+        let mut redis_failed = self.target.is_none() || !self.spool.disk_empty();
+        while let Some(record) = self.spool.take_waiting_at_exit().await {
+            let events = record.events();
+            let sent = match &mut self.target {
+                // One failure is enough: shutdown must end within its grace.
+                Some(target) if !redis_failed => {
+                    target.waiting(&self.layout, &record, &mut self.buf).await
+                }
+                _ => Err("redis unreachable".into()),
+            };
+            match sent {
+                Ok(_) => {
+                    self.stats.written.fetch_add(events, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    redis_failed = true;
+                    self.stats.dropped.fetch_add(events, Ordering::Relaxed);
+                    tracing::error!(
+                        error = %e,
+                        events,
+                        "shutting down with search events neither the spool nor redis took: dropped"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends the oldest record waiting in memory straight to Redis, once
+    /// nothing older is on disk; `false` when there is none.
+    async fn replay_waiting(&mut self) -> bool {
+        let Some(target) = &mut self.target else {
+            return false;
+        };
+        let Some(record) = self.spool.take_waiting().await else {
+            return false;
+        };
+        match target.waiting(&self.layout, &record, &mut self.buf).await {
+            Ok(refused) => {
+                if let Some(e) = refused {
+                    refused_commands(&self.stats, "a waiting record", &e);
+                }
+                let events = record.events();
+                self.stats.replayed.fetch_add(events, Ordering::Relaxed);
+                self.stats.written.fetch_add(events, Ordering::Relaxed);
+                if !self.spool.pending() {
+                    tracing::info!("spool replayed into redis");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "replay paused: redis failed");
+                self.spool.put_back(record).await;
+                self.replay_at = Instant::now() + REPLAY_RETRY;
+            }
+        }
+        true
     }
 
     fn may_replay(&self) -> bool {
@@ -136,6 +199,9 @@ impl Io {
 
     /// Replays the oldest spooled records, up to a round trip's worth.
     async fn replay_some(&mut self) {
+        if self.chunk.is_none() && self.spool.disk_empty() && self.replay_waiting().await {
+            return;
+        }
         let (chunk, from) = match self.chunk.take() {
             Some(c) => c,
             None => match self.spool.read_next(self.spent.take()).await {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::spooling::{REPLAY_BYTES, Taken, take_records};
+use super::spooling::{REPLAY_BYTES, SpoolRecord, Taken, take_records};
 use crate::config::RedisConfig;
 use crate::events::SearchEvent;
 use crate::events::counters::Counters;
@@ -63,6 +63,29 @@ impl Target {
                 link.send(buf, TRANSACTION_MAX).await
             }
             Target::Pool(pool) => send_pipe(pool, &write::counters(layout, counters)).await,
+        }
+    }
+
+    /// Writes a record that waited in memory because the spool could not
+    /// take it, cut into transactions as a replay is.
+    pub(super) async fn waiting(
+        &mut self,
+        layout: &Layout,
+        record: &SpoolRecord,
+        buf: &mut RespBuf,
+    ) -> Sent {
+        match (record, self) {
+            (SpoolRecord::Counters(counters), target) => {
+                target.counters(layout, counters, buf).await
+            }
+            (SpoolRecord::Records(events), Target::Direct(link)) => {
+                buf.clear();
+                write::records_into(layout, events, buf);
+                link.send(buf, TRANSACTION_MAX).await
+            }
+            (SpoolRecord::Records(events), Target::Pool(pool)) => {
+                send_pipe(pool, &write::records(layout, events)).await
+            }
         }
     }
 

@@ -14,8 +14,10 @@
 //! instead while Redis cannot be written, while the spool holds older
 //! records (so that replay keeps the order in which searches happened), and
 //! while the Redis task is behind with the queue more than half full: a
-//! stalled or overloaded Redis costs disk space, not searches. Only when
-//! the queue and the spool are both full is an event dropped.
+//! stalled or overloaded Redis costs disk space, not searches. A record the
+//! spool refuses (full, or its disk full or failing) waits in memory against
+//! the queue's capacity ([`spooling`]). Only when the queue and the spool
+//! are both full is an event dropped.
 //!
 //! A batch whose outcome is unknown (a timeout mid-transaction) is spooled
 //! and sent again: delivery is at least once. Batches that were with the
@@ -67,6 +69,9 @@ pub struct EventStats {
     pub replayed: AtomicU64,
     pub dropped: AtomicU64,
     pub spool_bytes: AtomicU64,
+    /// Events the spool could not take (full, or the disk failing), waiting
+    /// in memory; they count against the queue's capacity.
+    pub held: AtomicU64,
     /// Batch or counter writes Redis did not confirm.
     pub write_failures: AtomicU64,
 }
@@ -85,23 +90,24 @@ pub struct EventSink {
 impl EventSink {
     /// Queues an event; never waits.
     pub fn send(&self, ev: SearchEvent) {
-        match self.tx.try_send(ev) {
-            Ok(()) => {
-                self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
-                if self.overflowing.load(Ordering::Relaxed)
-                    && self.overflowing.swap(false, Ordering::Relaxed)
-                {
-                    tracing::info!("event queue is accepting events again");
-                }
+        // Events the spool could not take wait in memory, in the queue's
+        // stead: together they are bounded by its capacity.
+        let held = self.stats.held.load(Ordering::Relaxed) as usize;
+        let room = held == 0 || held + self.queue_depth() < self.capacity;
+        if room && self.tx.try_send(ev).is_ok() {
+            self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+            if self.overflowing.load(Ordering::Relaxed)
+                && self.overflowing.swap(false, Ordering::Relaxed)
+            {
+                tracing::info!("event queue is accepting events again");
             }
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                if !self.overflowing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        capacity = self.capacity,
-                        "event queue is full: dropping search events until the writer catches up"
-                    );
-                }
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if !self.overflowing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "event queue is full: dropping search events until the writer catches up"
+                );
             }
         }
     }

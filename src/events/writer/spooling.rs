@@ -2,7 +2,16 @@
 //! what it spills, the Redis task appends what Redis did not take and
 //! replays the rest. Every spool call runs on a blocking thread, and the
 //! lock is never held across a Redis round trip.
+//!
+//! A record the disk does not take (the spool is at `spool_max_bytes`, or
+//! the disk is full or failing) is not dropped: it waits in memory, after
+//! everything on disk, and every later append tries the disk again, oldest
+//! first; once the disk is empty the Redis task replays waiting records
+//! straight to Redis. The events waiting count against the queue's
+//! capacity ([`EventStats::held`]), so an event is dropped only when the
+//! queue is full too (SPEC sections 5 and 7).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -198,6 +207,62 @@ pub(super) fn take_records(
 struct Held {
     spool: Spool,
     scratch: RespBuf,
+    /// Records the disk did not take, oldest first: newer than all on disk.
+    waiting: VecDeque<SpoolRecord>,
+}
+
+/// What an append did with the records waiting in memory.
+struct Appended {
+    /// Events written to disk.
+    spooled: u64,
+    /// Events of records that cannot be encoded at all (never retried).
+    unencodable: u64,
+    /// Events still waiting.
+    waiting: u64,
+    /// Why the disk stopped taking them.
+    error: Option<String>,
+}
+
+impl Held {
+    /// Writes waiting records to disk, oldest first, until one fails.
+    fn write_waiting(&mut self, commands: Option<&Layout>) -> Appended {
+        let mut out = Appended {
+            spooled: 0,
+            unencodable: 0,
+            waiting: 0,
+            error: None,
+        };
+        while let Some(record) = self.waiting.front() {
+            let payload = match record.to_payload(commands, &mut self.scratch) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    tracing::error!(error = %e, "a spool record cannot be encoded; dropped");
+                    out.unencodable += record.events();
+                    self.waiting.pop_front();
+                    continue;
+                }
+            };
+            match self.spool.append_parts(&payload.parts()) {
+                Ok(()) => {
+                    out.spooled += record.events();
+                    self.waiting.pop_front();
+                }
+                Err(e) => {
+                    out.error = Some(match e {
+                        SpoolError::Full { .. } => format!("redis unreachable or behind, and {e}"),
+                        SpoolError::Io { .. } => format!("cannot write the spool: {e}"),
+                    });
+                    break;
+                }
+            }
+        }
+        out.waiting = self.waiting_events();
+        out
+    }
+
+    fn waiting_events(&self) -> u64 {
+        self.waiting.iter().map(SpoolRecord::events).sum()
+    }
 }
 
 #[derive(Clone)]
@@ -227,6 +292,7 @@ impl SharedSpool {
                 Arc::new(Mutex::new(Held {
                     spool,
                     scratch: RespBuf::default(),
+                    waiting: VecDeque::new(),
                 }))
             }),
             stats,
@@ -239,6 +305,13 @@ impl SharedSpool {
     /// up behind them, so replay keeps the order searches happened in.
     pub(super) fn pending(&self) -> bool {
         self.stats.spool_bytes.load(Ordering::Relaxed) > 0
+            || self.stats.held.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether the disk holds nothing to replay, so that records waiting in
+    /// memory are the oldest.
+    pub(super) fn disk_empty(&self) -> bool {
+        self.stats.spool_bytes.load(Ordering::Relaxed) == 0
     }
 
     /// Runs `f` on the spool on a blocking thread; `None` without a spool
@@ -268,41 +341,80 @@ impl SharedSpool {
         }
     }
 
-    /// Appends a record (encoding it on the blocking thread); counts its
-    /// events as spooled, or as dropped when the spool cannot take it.
+    /// Appends a record (encoding it on the blocking thread) after any that
+    /// wait in memory, writing as many of them to disk as it takes, oldest
+    /// first; counts the events written as spooled. What the disk does not
+    /// take waits ([`SharedSpool`]'s module doc).
     pub(super) async fn append(&self, record: SpoolRecord) {
         let events = record.events();
         let commands = self.commands.clone();
         let appended = self
             .with(move |held| {
-                let payload = record.to_payload(commands.as_deref(), &mut held.scratch)?;
-                held.spool
-                    .append_parts(&payload.parts())
-                    .map_err(|e| match e {
-                        SpoolError::Full { .. } => {
-                            format!("redis unreachable or behind, and {e}")
-                        }
-                        SpoolError::Io { .. } => format!("cannot write the spool: {e}"),
-                    })
+                held.waiting.push_back(record);
+                held.write_waiting(commands.as_deref())
             })
             .await;
-        match appended {
-            Some(Ok(())) => {
-                self.stats.spooled.fetch_add(events, Ordering::Relaxed);
+        let Some(outcome) = appended else {
+            self.stats.dropped.fetch_add(events, Ordering::Relaxed);
+            return;
+        };
+        self.stats
+            .spooled
+            .fetch_add(outcome.spooled, Ordering::Relaxed);
+        self.stats
+            .dropped
+            .fetch_add(outcome.unencodable, Ordering::Relaxed);
+        self.stats.held.store(outcome.waiting, Ordering::Relaxed);
+        match outcome.error {
+            None => {
                 if self.full.swap(false, Ordering::Relaxed) {
                     tracing::info!("spool is accepting events again");
                 }
             }
-            Some(Err(e)) => {
-                self.stats.dropped.fetch_add(events, Ordering::Relaxed);
+            Some(e) => {
                 if !self.full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %e, "dropping search events");
+                    tracing::warn!(
+                        error = %e,
+                        waiting = outcome.waiting,
+                        "the spool takes no more: search events wait in memory (counted against queue_capacity) until it or redis does"
+                    );
                 }
             }
-            None => {
-                self.stats.dropped.fetch_add(events, Ordering::Relaxed);
-            }
         }
+    }
+
+    /// The oldest record waiting in memory, once nothing older is on disk.
+    pub(super) async fn take_waiting(&self) -> Option<SpoolRecord> {
+        if !self.disk_empty() {
+            return None;
+        }
+        self.take_waiting_at_exit().await
+    }
+
+    /// The oldest record waiting in memory, whatever is on disk: at exit.
+    pub(super) async fn take_waiting_at_exit(&self) -> Option<SpoolRecord> {
+        if self.stats.held.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let stats = self.stats.clone();
+        self.with(move |held| {
+            let record = held.waiting.pop_front();
+            stats.held.store(held.waiting_events(), Ordering::Relaxed);
+            record
+        })
+        .await
+        .flatten()
+    }
+
+    /// Puts back a record [`SharedSpool::take_waiting`] gave, first in line.
+    pub(super) async fn put_back(&self, record: SpoolRecord) {
+        let stats = self.stats.clone();
+        let _ = self
+            .with(move |held| {
+                held.waiting.push_front(record);
+                stats.held.store(held.waiting_events(), Ordering::Relaxed);
+            })
+            .await;
     }
 
     /// The next records to replay, if any; `spent` is the chunk replayed
