@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use http::{HeaderMap, Method};
+use percent_encoding::percent_decode_str;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -94,8 +95,8 @@ pub fn lenient_path(path: &str) -> Cow<'_, str> {
     if !path.contains(['%', '\\', ';']) {
         return normalize_path(path);
     }
-    let once = percent_decode_all(path);
-    let twice = percent_decode_all(&once);
+    let once = percent_decode_str(path).decode_utf8_lossy();
+    let twice = percent_decode_str(&once).decode_utf8_lossy();
     let slashed = twice.replace('\\', "/");
     let unparam: Vec<&str> = slashed
         .split('/')
@@ -144,27 +145,6 @@ fn decode_unreserved(path: &str) -> String {
         i = next;
     }
     out
-}
-
-fn percent_decode_all(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex_value),
-                bytes.get(i + 2).copied().and_then(hex_value),
-            )
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// RFC 3986 section 5.2.4 over `/`-separated segments, with empty segments
