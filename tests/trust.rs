@@ -362,6 +362,15 @@ async fn a_body_read_two_ways_or_sent_as_another_type_is_not_shared() {
     assert_miss_stored(&as_text);
     let victim = proxy.search(None, json!({"query": "eggs"})).send().await;
     assert_own_answer(&victim, "text/plain");
+    // So are they under another encoding.
+    let encoded = proxy
+        .search(None, json!({"query": "bread"}))
+        .header("content-encoding", "x-evil")
+        .send()
+        .await;
+    assert_miss_stored(&encoded);
+    let plain_bread = proxy.search(None, json!({"query": "bread"})).send().await;
+    assert_own_answer(&plain_bread, "x-evil");
 
     // Numbers are keyed by their exact text.
     let body = |min: &str| format!(r#"{{"query": "eggs", "min_price": {min}}}"#);

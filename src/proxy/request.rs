@@ -20,7 +20,7 @@ use crate::policy::{self, BypassReason};
 use crate::redis::keys;
 use crate::request_json::{self, Body as JsonBody};
 use crate::route::{self, Field, Identity, Kind, RequestView, Supplied, Unkeyed};
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::log::SearchDraft;
 use std::sync::Arc;
@@ -233,10 +233,16 @@ fn decide(
         .map(|name| joined(&parts.headers, name))
         .collect();
     let vary_refs: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
-    let content_type = (!bytes.is_empty())
-        .then(|| joined(&parts.headers, &CONTENT_TYPE))
-        .flatten();
-    let headers = keyed_headers(config, &parts.headers, &uri, content_type.as_deref());
+    // How the backend reads a body: its type and its encoding.
+    let body_headers = if bytes.is_empty() {
+        [None, None]
+    } else {
+        [
+            joined(&parts.headers, &CONTENT_TYPE),
+            joined(&parts.headers, &CONTENT_ENCODING),
+        ]
+    };
+    let headers = keyed_headers(config, &parts.headers, &uri, &body_headers);
     let hash = key::derive(&KeyInput {
         route: &route.name,
         // HEAD is answered from the stored GET.
@@ -296,20 +302,26 @@ fn joined<'a>(headers: &'a http::HeaderMap, name: &http::HeaderName) -> Option<C
 /// The request headers besides `vary_headers` that reach the backend and
 /// may change its answer (SPEC section 3, step 5), in a fixed order: the
 /// client's host, which the backend gets as `X-Forwarded-Host`; the body's
-/// `Content-Type`, which says how the backend reads the body; and, when
-/// `trust_forwarded` passes them on, the forwarding headers.
+/// `Content-Type` and `Content-Encoding`, which say how the backend reads
+/// the body; and, when `trust_forwarded` passes them on, the forwarding
+/// headers.
 fn keyed_headers<'a>(
     config: &Config,
     headers: &'a http::HeaderMap,
     uri: &'a http::Uri,
-    content_type: Option<&'a [u8]>,
+    body_headers: &'a [Option<Cow<'a, [u8]>>; 2],
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
-    let mut keyed: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(2);
+    let mut keyed: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(3);
     if let Some(host) = forward::client_host(headers, uri) {
         keyed.push(("host", Cow::Borrowed(host)));
     }
-    if let Some(ct) = content_type {
-        keyed.push(("content-type", Cow::Borrowed(ct)));
+    for (name, value) in ["content-type", "content-encoding"]
+        .into_iter()
+        .zip(body_headers)
+    {
+        if let Some(v) = value {
+            keyed.push((name, Cow::Borrowed(v.as_ref())));
+        }
     }
     if config.trust_forwarded {
         for (name, value) in forward::forwarding_headers(headers) {
@@ -513,6 +525,7 @@ vary_headers = ["accept-encoding"]
         Encoded,
         Host(String),
         ContentType(String),
+        ContentEncoding(String),
         Limit(String),
         Nested(String),
         AcceptEncoding(String),
@@ -532,6 +545,7 @@ vary_headers = ["accept-encoding"]
             word().prop_map(Change::Host),
             "(text/plain|application/x-www-form-urlencoded|application/json; charset=latin1)"
                 .prop_map(Change::ContentType),
+            "(gzip|identity|x-evil)".prop_map(Change::ContentEncoding),
             number().prop_map(Change::Limit),
             word().prop_map(Change::Nested),
             "(gzip|br|identity)".prop_map(Change::AcceptEncoding),
@@ -564,6 +578,7 @@ vary_headers = ["accept-encoding"]
             },
             Change::Host(h) => m.set_header("host", h.clone()),
             Change::ContentType(ct) => m.set_header("content-type", ct.clone()),
+            Change::ContentEncoding(ce) => m.set_header("content-encoding", ce.clone()),
             Change::Limit(n) => m.set_body("limit", n.clone()),
             Change::Nested(v) => m.set_body("filters", format!(r#"{{"brand": {v:?}}}"#)),
             Change::AcceptEncoding(v) => m.set_header("accept-encoding", v.clone()),
