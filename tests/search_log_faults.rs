@@ -300,9 +300,11 @@ async fn with_redis_down_and_queue_and_spool_full_events_are_dropped_counted_and
         })
         .await;
     assert!(spooled > 0, "the spool took what fitted");
+    // Bounded by the queue's capacity, plus what the writer had taken from
+    // the queue (at most as much again) while the sink still counted room.
     assert!(
-        waiting <= 8,
-        "what waits in memory is bounded by the queue: {waiting}"
+        waiting <= 2 * 8,
+        "what waits in memory is bounded by twice the queue: {waiting}"
     );
     assert!(dropped > 0, "the rest was dropped and counted");
     let warnings = proxy.log().matches("dropping search events").count();
