@@ -130,29 +130,9 @@ async fn serve_raw(state: Arc<RawState>, mut stream: TcpStream, connection: usiz
     let mut late = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        // One request head, then its body by content-length.
-        let body_start = loop {
-            if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&seen[..body_start]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while seen.len() < body_start + length {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
+        if !read_raw_request(&mut stream, &mut seen).await {
+            return;
         }
-        seen.drain(..body_start + length);
 
         let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
         state.came_on.lock().expect("not poisoned").push(connection);

@@ -402,7 +402,7 @@ async fn a_large_request_body_on_an_unmatched_path_reaches_the_backend_intact() 
 
 /// A backend that reads each request whole, writes `answer` verbatim and hangs up.
 async fn raw_backend(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -413,33 +413,10 @@ async fn raw_backend(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<
                 continue;
             };
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                // Read the head, then as much body as Content-Length says, so
-                // the hang-up is a clean close rather than a reset.
-                let body_start = loop {
-                    let Ok(n) = stream.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&seen[..body_start]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while seen.len() < body_start + length {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                // Read the whole request, so the hang-up is a clean close
+                // rather than a reset.
+                if !read_raw_request(&mut stream, &mut Vec::new()).await {
+                    return;
                 }
                 let _ = stream.write_all(answer).await;
                 let _ = stream.shutdown().await;

@@ -27,14 +27,7 @@ async fn search_backend() -> Backend {
 
 #[tokio::test]
 async fn feedback_counts_on_the_search_and_on_the_days_product_and_supplier_keys() {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
-    let resp = proxy
-        .search(Some("u1"), json!({"query": "milk"}))
-        .send()
-        .await;
-    let id = logged_search(&redis, &resp).await;
+    let (redis, _backend, proxy, id) = one_logged_search().await;
 
     let click = json!({"search_id": id, "event": "click", "product_id": "p1", "position": 1});
     let r = admin(&proxy, "POST", "/v1/feedback")
@@ -520,14 +513,7 @@ async fn manual_marker(proxy: &Proxy, redis: &Redis, user: &str) {
 
 #[tokio::test]
 async fn feedback_for_text_that_is_not_a_search_id_is_404_never_a_redis_type_error() {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
-    let resp = proxy
-        .search(Some("u1"), json!({"query": "milk"}))
-        .send()
-        .await;
-    let id = logged_search(&redis, &resp).await;
+    let (redis, _backend, proxy, id) = one_logged_search().await;
     let click = json!({"search_id": id, "event": "click", "product_id": "p1", "position": 1});
     assert_eq!(feedback(&proxy, &click).await.status, 202);
     let list = format!("search:{id}:feedback");
@@ -567,14 +553,7 @@ async fn feedback_for_text_that_is_not_a_search_id_is_404_never_a_redis_type_err
 
 #[tokio::test]
 async fn feedback_with_a_negative_position_or_an_empty_or_numeric_product_id_is_400_naming_it() {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
-    let resp = proxy
-        .search(Some("u1"), json!({"query": "milk"}))
-        .send()
-        .await;
-    let id = logged_search(&redis, &resp).await;
+    let (redis, _backend, proxy, id) = one_logged_search().await;
     for (body, field) in [
         (
             json!({"search_id": id, "event": "click", "product_id": "p1", "position": -5}),
@@ -632,14 +611,7 @@ async fn feedback_with_a_negative_position_or_an_empty_or_numeric_product_id_is_
 
 #[tokio::test]
 async fn a_logged_search_reads_back_with_its_feedback_and_anything_else_is_404() {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
-    let resp = proxy
-        .search(Some("u1"), json!({"query": "milk"}))
-        .send()
-        .await;
-    let id = logged_search(&redis, &resp).await;
+    let (_redis, _backend, proxy, id) = one_logged_search().await;
     let click = json!({"search_id": id, "event": "click", "product_id": "p1", "position": 1});
     assert_eq!(feedback(&proxy, &click).await.status, 202);
 

@@ -76,6 +76,39 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {low}..{high}");
 }
 
+/// Reads one HTTP/1.1 request (its head, then as much body as its
+/// `content-length` says) from a raw connection into `seen`, which may
+/// already hold the start of it, and removes it from `seen`, so that what
+/// follows (a pipelined request) stays. `false` when the connection ended
+/// first.
+pub async fn read_raw_request(stream: &mut tokio::net::TcpStream, seen: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let body_start = loop {
+        if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&seen[..body_start]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while seen.len() < body_start + length {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    seen.drain(..body_start + length);
+    true
+}
+
 /// Polls `probe` until it yields `Some`, at most [`WAIT`]; panics naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where

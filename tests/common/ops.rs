@@ -145,6 +145,20 @@ pub async fn logged_search(redis: &Redis, resp: &super::Resp) -> String {
     id
 }
 
+/// An echo backend behind the search route, and one search by user `u1`
+/// for "milk", logged: the servers (keep the backend alive) and its id.
+pub async fn one_logged_search() -> (Redis, super::Backend, Proxy, String) {
+    let redis = Redis::start().await;
+    let backend = super::Backend::echo().await;
+    let proxy = Proxy::start(&super::ProxyConfig::search(), &backend, &redis).await;
+    let resp = proxy
+        .search(Some("u1"), serde_json::json!({"query": "milk"}))
+        .send()
+        .await;
+    let id = logged_search(&redis, &resp).await;
+    (redis, backend, proxy, id)
+}
+
 pub async fn hget(redis: &Redis, key: &str, field: &str) -> Option<String> {
     let mut con = redis.conn().await;
     redis::cmd("HGET")
