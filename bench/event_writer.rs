@@ -11,14 +11,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bb8_redis::redis;
-use leafcache::cache::envelope::SearchMeta;
+use leafcache::answer::SearchMeta;
 use leafcache::config::RedisConfig;
 use leafcache::events::spool::Spool;
 use leafcache::events::write::{self, Layout};
 use leafcache::events::writer::{self, WriterConfig};
-use leafcache::events::{CacheResult, SearchEvent, new_search_id, now_ms};
+use leafcache::events::{CacheResult, SearchEvent, new_search_id};
 use leafcache::redis::RedisPool;
 use leafcache::redis::pool::Command as RedisCommand;
+use leafcache::time::now_ms;
 
 struct Redis(Child, u16);
 impl Drop for Redis {

@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use leafcache::cache::envelope::{self, Entry, SearchMeta};
+use leafcache::answer::SearchMeta;
+use leafcache::cache::envelope::{self, Entry};
 use leafcache::key::{self, BodyKey, KeyInput};
 use leafcache::request_json::{self, Body};
 
@@ -149,7 +150,7 @@ fn sample_entry() -> Entry {
         status: StatusCode::OK,
         headers,
         body: Bytes::from(body),
-        stored_at_ms: envelope::now_ms(),
+        stored_at_ms: leafcache::time::now_ms(),
         fresh_for: Duration::from_secs(3600),
         meta: Arc::new(SearchMeta {
             intent: Some("product_search".into()),

@@ -44,3 +44,6 @@ pub mod request_json;
 pub mod route;
 pub mod server;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
+pub mod time;

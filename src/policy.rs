@@ -240,7 +240,7 @@ pub fn decide_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http_cache::headers;
+    use crate::testing::headers;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

@@ -276,7 +276,7 @@ async fn record_feedback(proxy: &Proxy, body: Bytes) -> Result<AdminResponse, Ap
         retention_secs: proxy.config.events.retention.as_secs().max(1),
         history_limit: proxy.config.events.history_limit,
     };
-    match feedback::record(redis(proxy)?, &layout, &fb, crate::events::now_ms()).await {
+    match feedback::record(redis(proxy)?, &layout, &fb, crate::time::now_ms()).await {
         Ok(()) => Ok(accepted(
             json!({"search_id": fb.search_id, "event": fb.action.as_str()}),
         )),

@@ -28,7 +28,7 @@ pub fn parse(text: &str) -> Option<u64> {
 
 /// Today's day number, UTC.
 pub fn today() -> u64 {
-    crate::events::now_ms() / DAY_MS
+    crate::time::now_ms() / DAY_MS
 }
 
 /// `YYYY-MM-DD` of a day number.

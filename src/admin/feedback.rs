@@ -135,7 +135,7 @@ pub async fn record(
         .and_then(|s| serde_json::from_str::<HashMap<String, String>>(&s).ok())
         .and_then(|mut m| m.remove(&fb.product_id));
 
-    let timestamp = crate::events::rfc3339_ms(now_ms);
+    let timestamp = crate::time::rfc3339_ms(now_ms);
     let date = &timestamp[..10];
     let entry = serde_json::to_string(&Entry {
         event: fb.action.as_str(),

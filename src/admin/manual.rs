@@ -9,9 +9,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::fields::{self, BadField};
-use crate::cache::envelope::SearchMeta;
+use crate::answer::SearchMeta;
 use crate::config::IdentityConfig;
-use crate::events::{CacheResult, SearchEvent, new_search_id, now_ms};
+use crate::events::{CacheResult, SearchEvent, new_search_id};
+use crate::time::now_ms;
 
 /// The route name of manually logged searches.
 pub const ROUTE: &str = "manual";

@@ -6,7 +6,7 @@
 //! - [`feedback`], [`manual`]: what the application tells us about searches.
 //! - [`record`]: what a search id is, and a logged search's record.
 //! - [`history`], [`stats`], [`export`], [`purge`]: reading and purging what
-//!   was collected; shared with the batch commands of [`crate::cli`].
+//!   was collected; shared with the batch commands (`leafcache export`, `history`, `stats`).
 //! - [`fields`], [`dates`]: request fields and UTC dates.
 
 use std::convert::Infallible;

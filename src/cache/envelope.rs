@@ -23,31 +23,18 @@
 //! logged without parsing the body again.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::answer::{SearchMeta, alloc_size};
 
 const MAGIC: &[u8; 2] = b"LC";
 /// The version "route" entries are written in.
 pub const VERSION: u8 = 1;
 /// The version origin-route entries are written in.
 pub const VERSION_HTTP: u8 = 2;
-
-/// What a search answer said, read once when it was fetched.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SearchMeta {
-    pub intent: Option<String>,
-    pub confidence: Option<f64>,
-    /// Number of results as returned.
-    pub results_count: u32,
-    /// Product ids in result order, each with its supplier when known.
-    pub products: Vec<(String, Option<String>)>,
-    /// What the search log derives from these facts, once per answer rather
-    /// than once per logged hit (see [`crate::events::facts`]).
-    #[serde(skip)]
-    pub facts: crate::events::facts::LazyFacts,
-}
 
 /// A cached answer.
 #[derive(Clone, Debug)]
@@ -108,47 +95,6 @@ impl Entry {
             .sum();
         alloc_size(self.body.len()) + headers + self.meta.heap_bytes() + 192
     }
-}
-
-/// What an allocation of `n` bytes takes: small ones are rounded up to a
-/// 16-byte size class (mimalloc's are finer, glibc's are 16 plus a header).
-pub fn alloc_size(n: usize) -> usize {
-    if n == 0 { 0 } else { (n + 15) & !15 }
-}
-
-impl SearchMeta {
-    /// The heap the meta holds, its log facts included once derived.
-    pub fn heap_bytes(&self) -> usize {
-        let strings: usize = self
-            .products
-            .iter()
-            .map(|(p, s)| {
-                alloc_size(p.capacity()) + s.as_ref().map_or(0, |s| alloc_size(s.capacity()))
-            })
-            .sum();
-        let list =
-            alloc_size(self.products.capacity() * std::mem::size_of::<(String, Option<String>)>());
-        let intent = self.intent.as_ref().map_or(0, |i| alloc_size(i.capacity()));
-        let facts = self.facts.get().map_or(0, |f| f.heap_bytes());
-        std::mem::size_of::<SearchMeta>() + 16 + list + strings + intent + facts
-    }
-
-    /// What deriving the log facts will add to [`SearchMeta::heap_bytes`]
-    /// (0 once they are derived): the L1 tier of a proxy that logs counts it
-    /// up front, since every answer it serves gets them.
-    pub fn facts_to_come(&self) -> usize {
-        match self.facts.get() {
-            Some(_) => 0,
-            None => crate::events::facts::LogFacts::predicted_heap_bytes(self),
-        }
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

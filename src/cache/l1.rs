@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use quick_cache::sync::Cache;
 
-use super::envelope::{Entry, now_ms};
+use super::envelope::Entry;
+use crate::time::now_ms;
 
 /// Each shard holds at least this much (when `l1_max_bytes` allows), so one
 /// large answer still fits in a shard.
@@ -172,7 +173,7 @@ impl L1 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::envelope::SearchMeta;
+    use crate::answer::SearchMeta;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
 

@@ -25,8 +25,9 @@ use crate::redis::RedisPool;
 use crate::redis::mux::Mux;
 use crate::redis::pool::{Command, RedisFailure};
 use crate::redis::wire::Commands;
+use crate::time::now_ms;
 use coalesce::Coalescer;
-use envelope::{Entry, now_ms};
+use envelope::Entry;
 use l1::L1;
 
 /// Where a hit came from.

@@ -22,8 +22,8 @@ use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
 use super::SearchEvent;
-use super::facts::LogFacts;
-use crate::cache::envelope::SearchMeta;
+use crate::answer::SearchMeta;
+use crate::answer::facts::LogFacts;
 use crate::redis::keys::{self, Prefix};
 
 type Map<V> = HashMap<String, V, RandomState>;
@@ -291,13 +291,13 @@ const HOURS: [&str; 24] = [
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01, UTC).
 pub fn date_of(day_number: u64) -> String {
-    super::rfc3339_ms(day_number * DAY_MS)[..10].to_string()
+    crate::time::rfc3339_ms(day_number * DAY_MS)[..10].to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::envelope::SearchMeta;
+    use crate::answer::SearchMeta;
     use crate::events::CacheResult;
     use std::sync::Arc;
 

@@ -15,7 +15,7 @@ use bb8_redis::redis::{self, Pipeline};
 
 use super::SearchEvent;
 use super::counters::Counters;
-use super::facts::write_json_str;
+use crate::answer::facts::write_json_str;
 use crate::redis::keys::{self, Prefix};
 use crate::redis::wire::Commands;
 
@@ -54,8 +54,8 @@ fn prepare<'a>(events: &'a [SearchEvent], text: &'a mut String) -> Vec<Prepared<
         let mut id = uuid::Uuid::encode_buffer();
         text.push_str(ev.search_id.hyphenated().encode_lower(&mut id));
         let id_end = text.len();
-        let mut ts = [0; crate::events::RFC3339_MS_LEN];
-        match crate::events::rfc3339_ms_into(ev.timestamp_ms, &mut ts) {
+        let mut ts = [0; crate::time::RFC3339_MS_LEN];
+        match crate::time::rfc3339_ms_into(ev.timestamp_ms, &mut ts) {
             Some(t) => text.push_str(t),
             None => text.push_str(&ev.timestamp()),
         }
@@ -363,7 +363,7 @@ pub fn counters_into(layout: &Layout, counters: &Counters, out: &mut impl Comman
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::envelope::SearchMeta;
+    use crate::answer::SearchMeta;
     use crate::events::CacheResult;
     use crate::redis::wire::RespBuf;
     use std::sync::Arc;

@@ -197,7 +197,7 @@ pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http_cache::headers;
+    use crate::testing::headers;
     use http::HeaderValue;
     use proptest::prelude::*;
 

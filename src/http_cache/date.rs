@@ -12,6 +12,8 @@
 //! fit one of the three forms is invalid, and the caller decides what invalid
 //! means (for `Expires`, "already expired").
 
+use crate::time::civil_from_days;
+
 /// Seconds since the Unix epoch (negative before 1970).
 pub type UnixSecs = i64;
 
@@ -192,29 +194,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The inverse of [`days_from_civil`]: (year, month, day).
-pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
 fn current_year() -> i64 {
-    let now = crate::cache::envelope::now_ms() as i64 / 1000;
+    let now = crate::time::now_ms() as i64 / 1000;
     civil_from_days(now.div_euclid(86_400)).0
 }
 

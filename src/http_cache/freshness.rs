@@ -242,7 +242,7 @@ pub fn error_grace(resp: &CacheControl, configured: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http_cache::headers;
+    use crate::testing::headers;
     use http::HeaderValue;
     use proptest::prelude::*;
 

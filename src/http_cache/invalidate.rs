@@ -109,7 +109,7 @@ fn remove_dot_segments(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http_cache::headers;
+    use crate::testing::headers;
     use http::HeaderValue;
     use proptest::prelude::*;
 

@@ -1,6 +1,6 @@
 //! Standard HTTP caching (RFC 9111) for routes with `freshness = "origin"`
 //! (SPEC section 3b): the decisions, as pure functions, that the request flow
-//! in [`crate::proxy`] asks at a few named points.
+//! in the proxy asks at a few named points.
 //!
 //! - [`date`]: HTTP-date parsing (all three formats) and formatting.
 //! - [`freshness`]: freshness lifetime, age (RFC 9111 section 4.2.3), and
@@ -21,16 +21,3 @@ pub mod invalidate;
 pub mod range;
 pub mod store;
 pub mod vary;
-
-/// A header map from name/value pairs, for unit tests.
-#[cfg(test)]
-pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
-    let mut h = http::HeaderMap::new();
-    for (k, v) in pairs {
-        h.append(
-            *k,
-            http::HeaderValue::from_str(v).expect("a valid test header value"),
-        );
-    }
-    h
-}

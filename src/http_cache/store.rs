@@ -104,7 +104,7 @@ pub fn authorized_may_share(cc: &CacheControl) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http_cache::headers;
+    use crate::testing::headers;
 
     const T0: u64 = 1_700_000_000_000;
     const EX: Exchange = Exchange {

@@ -118,7 +118,7 @@ fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http_cache::headers;
+    use crate::testing::headers;
     use http::HeaderValue;
     use proptest::prelude::*;
 

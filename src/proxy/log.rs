@@ -7,11 +7,12 @@ use std::sync::Arc;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::cache::envelope::SearchMeta;
+use crate::answer::SearchMeta;
 use crate::config::Config;
 use crate::events::writer::EventSink;
-use crate::events::{CacheResult, SearchEvent, new_search_id, now_ms};
+use crate::events::{CacheResult, SearchEvent, new_search_id};
 use crate::route::Identity;
+use crate::time::now_ms;
 
 pub static X_SEARCH_ID: http::HeaderName = http::HeaderName::from_static("x-search-id");
 

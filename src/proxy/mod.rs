@@ -28,8 +28,9 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::answer;
+use crate::answer::SearchMeta;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
-use crate::cache::envelope::{Entry, SearchMeta, now_ms};
+use crate::cache::envelope::Entry;
 use crate::cache::{Cache, Found};
 use crate::config::{Config, Freshness, RouteConfig};
 use crate::events::CacheResult;
@@ -37,6 +38,7 @@ use crate::events::writer::EventSink;
 use crate::http_cache::conditional;
 use crate::metrics::{self, Metrics, Sources};
 use crate::policy::{self, NotStored, StoreRules, StoreScope};
+use crate::time::now_ms;
 use body::{Collected, ProxyBody, collect_backend};
 use forward::{InvalidFraming, Upstream, UpstreamError, strip_hop_by_hop};
 use log::{PendingLog, SearchDraft, X_SEARCH_ID};

@@ -8,9 +8,10 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::forward::UpstreamError;
-use crate::cache::envelope::{Entry, now_ms};
+use crate::cache::envelope::Entry;
 use crate::key::KeyHash;
 use crate::policy::BypassReason;
+use crate::time::now_ms;
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");

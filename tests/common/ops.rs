@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leafcache::cache::envelope::SearchMeta;
+use leafcache::answer::SearchMeta;
 use leafcache::events::write::record_fields;
 use leafcache::events::{CacheResult, SearchEvent, new_search_id};
 use leafcache::redis::keys;

@@ -457,7 +457,7 @@ impl SharedSpool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::envelope::SearchMeta;
+    use crate::answer::SearchMeta;
     use crate::events::{CacheResult, new_search_id};
     use crate::redis::keys::Prefix;
 

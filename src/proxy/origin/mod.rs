@@ -42,8 +42,9 @@ use super::request::Cacheable;
 use super::respond::{self, MissDetail, Verdict};
 use super::{Flow, Proxy, content_length, mark};
 use crate::answer;
+use crate::answer::SearchMeta;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
-use crate::cache::envelope::{Entry, SearchMeta, Variant, now_ms};
+use crate::cache::envelope::{Entry, Variant};
 use crate::cache_control::{CacheControl, SURROGATE_CAPABILITY, SURROGATE_CAPABILITY_VALUE};
 use crate::config::Scope;
 use crate::events::CacheResult;
@@ -53,6 +54,7 @@ use crate::http_cache::store::{self, OriginRules};
 use crate::http_cache::{date, vary};
 use crate::key::KeyHash;
 use crate::policy::{self, NotStored, StoreScope};
+use crate::time::now_ms;
 use reply::{answer_stored, strip_targeted};
 
 /// How long past its freshness Redis keeps an entry that has a validator,

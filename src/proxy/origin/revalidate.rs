@@ -10,8 +10,9 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::reply::answer_stored;
 use super::{Asked, Stored, Usable};
+use crate::answer::SearchMeta;
 use crate::cache::coalesce::Join;
-use crate::cache::envelope::{Entry, SearchMeta, now_ms};
+use crate::cache::envelope::Entry;
 use crate::cache_control::CacheControl;
 use crate::events::CacheResult;
 use crate::http_cache::conditional;
@@ -21,6 +22,7 @@ use crate::proxy::forward::UpstreamError;
 use crate::proxy::request::Cacheable;
 use crate::proxy::respond::{self, MissDetail, Verdict};
 use crate::proxy::{Flow, Proxy, mark};
+use crate::time::now_ms;
 
 impl Proxy {
     /// A `304` confirmed the stored entry: update its headers and freshness

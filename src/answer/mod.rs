@@ -2,9 +2,10 @@
 //! through the route's JSON pointers when the answer is fetched, and kept in
 //! the cache envelope so hits never parse the body again.
 
+pub mod facts;
+
 use serde_json::Value;
 
-use crate::cache::envelope::SearchMeta;
 use crate::config::RouteConfig;
 use crate::route::json_pointer;
 
@@ -49,5 +50,54 @@ fn scalar_text(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// What a search answer said, read once when it was fetched.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SearchMeta {
+    pub intent: Option<String>,
+    pub confidence: Option<f64>,
+    /// Number of results as returned.
+    pub results_count: u32,
+    /// Product ids in result order, each with its supplier when known.
+    pub products: Vec<(String, Option<String>)>,
+    /// What the search log derives from these facts, once per answer rather
+    /// than once per logged hit (see [`facts`]).
+    #[serde(skip)]
+    pub facts: facts::LazyFacts,
+}
+
+/// What an allocation of `n` bytes takes: small ones are rounded up to a
+/// 16-byte size class (mimalloc's are finer, glibc's are 16 plus a header).
+pub fn alloc_size(n: usize) -> usize {
+    if n == 0 { 0 } else { (n + 15) & !15 }
+}
+
+impl SearchMeta {
+    /// The heap the meta holds, its log facts included once derived.
+    pub fn heap_bytes(&self) -> usize {
+        let strings: usize = self
+            .products
+            .iter()
+            .map(|(p, s)| {
+                alloc_size(p.capacity()) + s.as_ref().map_or(0, |s| alloc_size(s.capacity()))
+            })
+            .sum();
+        let list =
+            alloc_size(self.products.capacity() * std::mem::size_of::<(String, Option<String>)>());
+        let intent = self.intent.as_ref().map_or(0, |i| alloc_size(i.capacity()));
+        let facts = self.facts.get().map_or(0, |f| f.heap_bytes());
+        std::mem::size_of::<SearchMeta>() + 16 + list + strings + intent + facts
+    }
+
+    /// What deriving the log facts will add to [`SearchMeta::heap_bytes`]
+    /// (0 once they are derived): the L1 tier of a proxy that logs counts it
+    /// up front, since every answer it serves gets them.
+    pub fn facts_to_come(&self) -> usize {
+        match self.facts.get() {
+            Some(_) => 0,
+            None => facts::LogFacts::predicted_heap_bytes(self),
+        }
     }
 }

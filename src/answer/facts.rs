@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use crate::cache::envelope::SearchMeta;
+use super::SearchMeta;
 
 /// The derived facts of one answer.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,7 +29,7 @@ pub struct LogFacts {
     /// A hash of what the analytics counters count of a search with this
     /// answer (intent, distinct products and suppliers, whether it found
     /// nothing), so that searches alike are summed with one cheap lookup
-    /// ([`crate::events::counters::Counters::fold`]).
+    /// (`Counters::fold` of the search log).
     pub fingerprint: u64,
 }
 
@@ -108,7 +108,7 @@ impl LogFacts {
     /// (for the L1 byte budget): three JSON texts naming every id once or
     /// twice, and two index lists. Kept next to `derive`, which it predicts.
     pub fn predicted_heap_bytes(meta: &SearchMeta) -> usize {
-        use crate::cache::envelope::alloc_size;
+        use super::alloc_size;
         let n = meta.products.len();
         let ids: usize = meta
             .products
@@ -120,7 +120,7 @@ impl LogFacts {
 
     /// The heap these facts hold (for the L1 byte budget).
     pub fn heap_bytes(&self) -> usize {
-        use crate::cache::envelope::alloc_size;
+        use super::alloc_size;
         alloc_size(self.products.capacity() * 8)
             + alloc_size(self.suppliers.capacity() * 8)
             + alloc_size(self.product_ids_json.capacity())
