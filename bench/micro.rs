@@ -183,7 +183,8 @@ fn bench_envelope(c: &mut Criterion) {
 /// What an L1 hit builds: the stored headers plus `Age`, `X-Cache` and
 /// `Cache-Status`, from the copy L1 keeps.
 fn bench_hit(c: &mut Criterion) {
-    use leafcache::proxy::respond::{self, Verdict};
+    use leafcache::proxy::respond;
+    use leafcache::served::Served;
     let l1 = leafcache::cache::l1::L1::new(1 << 20, Duration::from_secs(60)).expect("an L1");
     l1.insert("k".into(), Arc::new(sample_entry()));
     let entry = l1.get("k").expect("the L1 copy");
@@ -205,7 +206,7 @@ fn bench_hit(c: &mut Criterion) {
         b.iter(|| {
             respond::from_entry(
                 black_box(&entry),
-                Verdict::Hit,
+                Served::Hit,
                 respond::hit_status(&hash, 3512),
             )
         })

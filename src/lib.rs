@@ -42,6 +42,7 @@ pub mod proxy;
 pub mod redis;
 pub mod request_json;
 pub mod route;
+pub mod served;
 pub mod server;
 pub mod telemetry;
 #[cfg(test)]

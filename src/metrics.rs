@@ -22,6 +22,7 @@ use crate::cache::l1::L1;
 use crate::cache::{CacheStats, coalesce::Coalescer};
 use crate::events::writer::EventSink;
 use crate::redis::Health;
+use crate::served::Served;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -29,25 +30,15 @@ struct RequestLabels {
     cache: String,
 }
 
-/// The cache result label of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Hit,
-    Miss,
-    Bypass,
-    Stale,
-    Revalidated,
-    /// Unmatched requests, and answers the proxy wrote itself.
-    None,
-}
-
-const OUTCOMES: [(Outcome, &str); 6] = [
-    (Outcome::Hit, "hit"),
-    (Outcome::Miss, "miss"),
-    (Outcome::Bypass, "bypass"),
-    (Outcome::Stale, "stale"),
-    (Outcome::Revalidated, "revalidated"),
-    (Outcome::None, "none"),
+/// The `cache` label's columns: every [`Served`] outcome but `Failed`,
+/// which counts as `none` (the answer did not come through the cache).
+const OUTCOMES: [Served; 6] = [
+    Served::Hit,
+    Served::Miss,
+    Served::Bypass,
+    Served::Stale,
+    Served::Revalidated,
+    Served::None,
 ];
 
 /// Latency buckets in seconds, from 50 us to 10 s.
@@ -91,11 +82,11 @@ impl Metrics {
             .chain(std::iter::once("unmatched".to_string()));
         let requests = names
             .map(|route| {
-                OUTCOMES.map(|(_, cache)| {
+                OUTCOMES.map(|outcome| {
                     family
                         .get_or_create(&RequestLabels {
                             route: route.clone(),
-                            cache: cache.to_string(),
+                            cache: outcome.label().to_string(),
                         })
                         .clone()
                 })
@@ -123,14 +114,11 @@ impl Metrics {
     }
 
     /// Counts one answered request. `route` is `None` for unmatched ones.
-    pub fn request(&self, route: Option<usize>, outcome: Outcome, elapsed: Duration) {
+    pub fn request(&self, route: Option<usize>, served: Served, elapsed: Duration) {
         let row = route
             .filter(|i| *i < self.requests.len() - 1)
             .unwrap_or(self.requests.len() - 1);
-        let col = OUTCOMES
-            .iter()
-            .position(|(o, _)| *o == outcome)
-            .unwrap_or(5);
+        let col = OUTCOMES.iter().position(|o| *o == served).unwrap_or(5);
         self.requests[row][col].inc();
         self.proxy_latency.observe(elapsed.as_secs_f64());
     }

@@ -179,11 +179,7 @@ pub fn decide_headers(
     if !vary_is_keyed(headers, rules.vary_headers) {
         return Err(NotStored::Vary);
     }
-    let scope = match (rules.scope, rules.has_user) {
-        (Scope::User, true) => StoreScope::User,
-        (Scope::Auto, true) if !cc.public => StoreScope::User,
-        _ => StoreScope::Global,
-    };
+    let scope = store_scope(rules.scope, rules.has_user, cc.public);
     if scope == StoreScope::Global && cc.private {
         return Err(NotStored::Private);
     }
@@ -192,6 +188,29 @@ pub fn decide_headers(
         return Err(NotStored::NoReuse);
     }
     Ok((scope, freshness))
+}
+
+/// Where an answer goes: the user's own scope on a user-scoped route, and
+/// on an `auto` route unless the answer says `public`; else the shared one.
+pub fn store_scope(scope: Scope, has_user: bool, public: bool) -> StoreScope {
+    match (scope, has_user) {
+        (Scope::User, true) => StoreScope::User,
+        (Scope::Auto, true) if !public => StoreScope::User,
+        _ => StoreScope::Global,
+    }
+}
+
+/// An answer that announces more than `max_object_bytes` is not read for
+/// the store: it streams on.
+pub fn declared_size(headers: &HeaderMap, max_object_bytes: usize) -> Result<(), NotStored> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max_object_bytes as u64 => Err(NotStored::TooLarge),
+        _ => Ok(()),
+    }
 }
 
 /// The route's ttl, shortened by the backend's `s-maxage` (shared scope) or

@@ -1,10 +1,13 @@
-//! Turning a logged request into a [`SearchEvent`]: what is known when the
-//! request is read (the [`SearchDraft`]) and what is known once the answer
-//! is out (status, cache result, the answer's search facts).
+//! Where the search is logged (SPEC step 13): a logged request becomes a
+//! [`SearchEvent`] from what is known when the request is read (the
+//! [`SearchDraft`]) and what is known once the answer is out (status, how it
+//! was served, the answer's search facts). An answer in hand is logged at
+//! once ([`Proxy::log_now`]); a streaming one when its body ends
+//! ([`Proxy::log_streaming`]).
 
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderValue, Response};
 use tokio::time::Instant;
 
 use crate::answer::SearchMeta;
@@ -12,7 +15,11 @@ use crate::config::Config;
 use crate::events::writer::EventSink;
 use crate::events::{CacheResult, SearchEvent, new_search_id};
 use crate::route::Identity;
+use crate::served::Served;
 use crate::time::now_ms;
+
+use super::body::ProxyBody;
+use super::{Flow, Proxy, Reply, mark};
 
 pub static X_SEARCH_ID: http::HeaderName = http::HeaderName::from_static("x-search-id");
 
@@ -94,5 +101,62 @@ impl PendingLog {
         };
         self.draft
             .finish(&self.sink, self.cache, self.status, Arc::new(meta));
+    }
+}
+
+impl Proxy {
+    /// Logs a search whose answer is complete, and tags the response with
+    /// its search id.
+    pub(super) fn log_now(
+        &self,
+        flow: &mut Flow<'_>,
+        mut resp: Response<ProxyBody>,
+        served: Served,
+        meta: Arc<SearchMeta>,
+    ) -> Reply {
+        if let (Some(draft), Some(sink)) = (flow.draft.take(), &self.events) {
+            resp.headers_mut().insert(&X_SEARCH_ID, draft.header());
+            let status = resp.status().as_u16();
+            draft.finish(sink, served.logged_as(), status, meta);
+        }
+        (resp, served)
+    }
+
+    /// A miss that is not stored, its body streaming on to the client.
+    pub(super) fn stream_miss(
+        &self,
+        flow: &mut Flow<'_>,
+        parts: http::response::Parts,
+        body: ProxyBody,
+        status: HeaderValue,
+    ) -> Reply {
+        let mut resp = Response::from_parts(parts, body);
+        mark(&mut resp, Served::Miss, status);
+        self.log_streaming(flow, resp, Served::Miss)
+    }
+
+    /// Logs a search whose answer is still streaming: the body keeps a copy
+    /// and completes the log entry when it ends.
+    pub(super) fn log_streaming(
+        &self,
+        flow: &mut Flow<'_>,
+        resp: Response<ProxyBody>,
+        served: Served,
+    ) -> Reply {
+        let (Some(draft), Some(sink)) = (flow.draft.take(), &self.events) else {
+            return (resp, served);
+        };
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.insert(&X_SEARCH_ID, draft.header());
+        let log = PendingLog {
+            draft,
+            sink: sink.clone(),
+            cache: served.logged_as(),
+            status: parts.status.as_u16(),
+            config: self.config.clone(),
+            route_index: flow.route_index,
+        };
+        let body = body.logged(log, self.config.cache.max_object_bytes);
+        (Response::from_parts(parts, body), served)
     }
 }

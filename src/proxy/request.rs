@@ -5,14 +5,19 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use http::Request;
 use http::header::CONTENT_LENGTH;
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use serde_json::Value;
 
 use super::body::{Collected, ProxyBody, collect_limited};
+use super::error::ProxyError;
 use super::forward;
+use super::miss::{Miss, OriginAsk, Rules, Usable};
+use super::respond::MissDetail;
+use crate::cache::coalesce::FlightGuard;
+use crate::cache::envelope::Variant;
 use crate::cache_control::CacheControl;
 use crate::config::{Config, Freshness, RouteConfig, Scope};
 use crate::key::{self, BodyKey, KeyHash, KeyInput};
@@ -31,7 +36,7 @@ pub enum Routed {
     /// Forward without the cache (and log it, when there is a draft).
     Bypass(BypassReason, Parts, ProxyBody, Option<SearchDraft>),
     /// The client's request could not be read.
-    ClientError(Response<ProxyBody>),
+    ClientError(ProxyError),
     Cacheable(Cacheable),
 }
 
@@ -56,6 +61,36 @@ pub struct Cacheable {
 impl Cacheable {
     pub fn primary_key(&self) -> &str {
         &self.keys[0]
+    }
+
+    /// The request parts and body for the backend, and what the miss
+    /// pipeline keeps of the rest. `primaries` is `Some` on origin routes:
+    /// the variants the URI entries hold.
+    pub(super) fn into_miss(
+        self,
+        primaries: Option<Vec<Option<Arc<Variant>>>>,
+        stale: Option<Usable>,
+        guard: Option<FlightGuard>,
+        detail: MissDetail,
+    ) -> (Parts, Bytes, Miss) {
+        let rules = match primaries {
+            None => Rules::Route,
+            Some(primaries) => Rules::Origin(OriginAsk {
+                method: self.parts.method.clone(),
+                headers: self.parts.headers.clone(),
+                primaries,
+            }),
+        };
+        let miss = Miss {
+            hash: self.hash,
+            keys: self.keys,
+            user_key_index: self.user_key_index,
+            stale,
+            detail,
+            guard,
+            rules,
+        };
+        (self.parts, self.body, miss)
     }
 }
 
@@ -106,15 +141,7 @@ pub async fn read(
                 let body = ProxyBody::resume(prefix, rest, None);
                 return Routed::Bypass(BypassReason::BodyTooLarge, parts, body, None);
             }
-            Err(e) => {
-                let status = match e {
-                    super::body::CollectError::Timeout => StatusCode::REQUEST_TIMEOUT,
-                    super::body::CollectError::Body(_) => StatusCode::BAD_REQUEST,
-                };
-                let mut resp = super::client_error(&e.to_string());
-                *resp.status_mut() = status;
-                return Routed::ClientError(resp);
-            }
+            Err(e) => return Routed::ClientError(ProxyError::ClientBody(e)),
         }
     };
     decide(config, route, parts, bytes, ctx)

@@ -3,41 +3,18 @@
 
 use std::fmt::Write as _;
 
-use http::header::{AGE, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{AGE, CONTENT_LENGTH, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
 use super::body::ProxyBody;
-use super::forward::UpstreamError;
 use crate::cache::envelope::Entry;
 use crate::key::KeyHash;
 use crate::policy::BypassReason;
+use crate::served::Served;
 use crate::time::now_ms;
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-/// The `X-Cache` verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Hit,
-    Miss,
-    Bypass,
-    Stale,
-    /// A stale entry the backend confirmed with `304 Not Modified`.
-    Revalidated,
-}
-
-impl Verdict {
-    pub fn header(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            Verdict::Hit => "HIT",
-            Verdict::Miss => "MISS",
-            Verdict::Bypass => "BYPASS",
-            Verdict::Stale => "STALE",
-            Verdict::Revalidated => "REVALIDATED",
-        })
-    }
-}
 
 /// How a forwarded request relates to the cache, for `Cache-Status`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -168,7 +145,7 @@ fn header_value(s: String) -> HeaderValue {
 /// The stored `Content-Length` is left out: hyper writes the length of the
 /// body actually sent, so an entry stored with a length that disagrees with
 /// its body (from before framing was checked) cannot desync the client.
-pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Response<ProxyBody> {
+pub fn from_entry(entry: &Entry, served: Served, status: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(entry.body.clone()));
     *resp.status_mut() = entry.status;
     // Sized for the stored headers, the three added here and the
@@ -181,29 +158,11 @@ pub fn from_entry(entry: &Entry, verdict: Verdict, status: HeaderValue) -> Respo
         }
     }
     headers.insert(AGE, HeaderValue::from(entry.age(now_ms()).as_secs()));
-    headers.insert(&X_CACHE, verdict.header());
+    if let Some(v) = served.header() {
+        headers.insert(&X_CACHE, v);
+    }
     headers.insert(&CACHE_STATUS, status);
     *resp.headers_mut() = headers;
-    resp
-}
-
-/// The JSON error of SPEC section 3, step 11.
-pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
-    let (status, code) = match e {
-        UpstreamError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-        UpstreamError::Timeout(_) | UpstreamError::Stalled(_) => {
-            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-        }
-    };
-    json_error(status, code, &e.to_string())
-}
-
-pub fn json_error(status: StatusCode, code: &str, detail: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "error": code, "detail": detail });
-    let mut resp = Response::new(ProxyBody::full(body.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -261,7 +220,7 @@ mod tests {
                 initial_age: std::time::Duration::ZERO,
                 variant: None,
             };
-            let mut resp = from_entry(&entry, Verdict::Hit, HeaderValue::from_static("s"));
+            let mut resp = from_entry(&entry, Served::Hit, HeaderValue::from_static("s"));
             let room = resp.headers().capacity();
             resp.headers_mut().insert(
                 &crate::proxy::log::X_SEARCH_ID,
@@ -286,17 +245,10 @@ mod tests {
             initial_age: std::time::Duration::ZERO,
             variant: None,
         };
-        let resp = from_entry(&entry, Verdict::Hit, HeaderValue::from_static("s"));
+        let resp = from_entry(&entry, Served::Hit, HeaderValue::from_static("s"));
         assert!(!resp.headers().contains_key(CONTENT_LENGTH));
         // hyper frames the body by its exact size instead.
         let hint = hyper::body::Body::size_hint(resp.body());
         assert_eq!(hint.exact(), Some(entry.body.len() as u64));
-    }
-
-    #[test]
-    fn upstream_errors_are_json() {
-        let r = upstream_error(&UpstreamError::Timeout(std::time::Duration::from_secs(1)));
-        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
     }
 }

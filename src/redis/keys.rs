@@ -123,6 +123,13 @@ pub fn global_cache(prefix: &str, hash: &KeyHash) -> String {
     k
 }
 
+/// `<cache key>:v:<generation>:<selection id>`: one `Vary` variant of an
+/// origin-route entry (SPEC 3b). A new generation starts whenever the URI
+/// key is gone, so variants of an invalidated URI are never reached again.
+pub fn variant_cache(key: &str, generation: u64, selection_id: &str) -> String {
+    format!("{key}:v:{generation:016x}:{selection_id}")
+}
+
 /// `user:<user_id>:cache:`: what every cache key of a user starts with
 /// (a purge takes the keys of this head followed by exactly one hash).
 pub fn user_cache_head(prefix: &Prefix, user_id: &str) -> String {

@@ -10,18 +10,19 @@ use crate::cache_control::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 use crate::http_cache::conditional::{self, Condition};
 use crate::http_cache::range::{self, RangeAnswer};
 use crate::proxy::body::ProxyBody;
-use crate::proxy::respond::{self, Verdict};
+use crate::proxy::respond;
+use crate::served::Served;
 
 /// A stored answer as the client gets it: `Age`, the verdict, CDN-Cache-Control
 /// left out, and `304` when the client's own preconditions say its copy is current.
-pub(super) fn answer_stored(
+pub(crate) fn answer_stored(
     method: &Method,
     request: &HeaderMap,
     entry: &Entry,
-    verdict: Verdict,
+    served: Served,
     status: HeaderValue,
 ) -> Response<ProxyBody> {
-    let mut resp = respond::from_entry(entry, verdict, status);
+    let mut resp = respond::from_entry(entry, served, status);
     strip_targeted(resp.headers_mut());
     if conditional::evaluate(method, request, &entry.headers) == Condition::NotModified {
         return respond::into_not_modified(resp);
@@ -61,7 +62,7 @@ fn set_header(headers: &mut HeaderMap, name: http::HeaderName, value: String) {
 
 /// The fields meant for leafcache alone are not passed on (RFC 9213
 /// section 2.1, Edge Architecture section 2.2).
-pub(super) fn strip_targeted(headers: &mut HeaderMap) {
+pub(crate) fn strip_targeted(headers: &mut HeaderMap) {
     headers.remove(&CDN_CACHE_CONTROL);
     headers.remove(&SURROGATE_CONTROL);
 }

@@ -1,40 +1,38 @@
-//! The stale side of an origin route: a `304` that refreshes an entry, a
-//! failing backend that an entry may stand in for, and the background
-//! refresh of `stale-while-revalidate`.
+//! The stale side of an origin route: a `304` that refreshes an entry, and
+//! the background refresh of `stale-while-revalidate`. (What may stand in
+//! for a failing backend is decided in the miss pipeline's `stand_in`.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Response, StatusCode};
+use http::HeaderMap;
 
+use super::Stored;
 use super::reply::answer_stored;
-use super::{Asked, Stored, Usable};
-use crate::answer::SearchMeta;
 use crate::cache::coalesce::Join;
 use crate::cache::envelope::Entry;
 use crate::cache_control::CacheControl;
-use crate::events::CacheResult;
 use crate::http_cache::conditional;
 use crate::http_cache::freshness::{self, Exchange};
-use crate::proxy::body::ProxyBody;
-use crate::proxy::forward::UpstreamError;
+use crate::proxy::miss::{Miss, Usable};
 use crate::proxy::request::Cacheable;
-use crate::proxy::respond::{self, MissDetail, Verdict};
-use crate::proxy::{Flow, Proxy, mark};
+use crate::proxy::respond::{self, MissDetail};
+use crate::proxy::{Flow, Proxy, Reply};
+use crate::served::Served;
 use crate::time::now_ms;
 
 impl Proxy {
     /// A `304` confirmed the stored entry: update its headers and freshness
     /// (RFC 9111 section 4.3.4), store it again, serve it.
-    pub(super) fn revalidated(
+    pub(in crate::proxy) fn revalidated(
         &self,
         flow: &mut Flow<'_>,
-        asked: &Asked,
+        miss: &Miss,
         stale: &Usable,
         not_modified: &HeaderMap,
         exchange: Exchange,
-    ) -> Response<ProxyBody> {
+    ) -> Reply {
         let old = &stale.entry;
         let headers = conditional::merge_304(&old.headers, not_modified);
         let cc = CacheControl::for_shared_cache(&headers);
@@ -60,70 +58,21 @@ impl Proxy {
         let may_store = !cc.no_store || cc.must_understand;
         if may_store {
             // The URI key then holds this variant: it is the latest one.
-            self.store_variant(&asked.keys[stale.key_index], &entry);
+            self.store_variant(&miss.keys[stale.key_index], &entry);
         }
         let ttl = entry.remaining(now_ms()).as_secs();
-        let status = respond::revalidated_status(&asked.hash, ttl, may_store);
-        let resp = answer_stored(
-            &asked.method,
-            &asked.headers,
-            &entry,
-            Verdict::Revalidated,
-            status,
-        );
-        self.log_now(flow, resp, CacheResult::Hit, entry.meta.clone())
-    }
-
-    /// The backend gave no answer: serve the stored entry when the answer
-    /// allows serving it stale that long, answer 504 when it must be
-    /// revalidated, else the 502/504 of SPEC step 11.
-    pub(super) fn origin_failed(
-        &self,
-        flow: &mut Flow<'_>,
-        asked: &Asked,
-        stale: Option<&Usable>,
-        error: &UpstreamError,
-    ) -> Response<ProxyBody> {
-        if let Some(resp) = self.serve_on_error(flow, asked, stale, None) {
-            return resp;
-        }
-        if stale.is_none() {
-            return self.backend_failed(flow, error);
-        }
-        let mut resp = respond::json_error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "revalidation_failed",
-            "the stored answer must be revalidated and the backend cannot be reached",
-        );
-        mark(
-            &mut resp,
-            Verdict::Miss,
-            respond::origin_error_status(&asked.hash, "must-revalidate"),
-        );
-        let meta = Arc::new(SearchMeta::default());
-        self.log_now(flow, resp, CacheResult::Miss, meta)
-    }
-
-    /// stale-if-error on an origin route: the entry stands in for a failing
-    /// backend within [`freshness::error_grace`].
-    pub(super) fn serve_on_error(
-        &self,
-        flow: &mut Flow<'_>,
-        asked: &Asked,
-        stale: Option<&Usable>,
-        backend_status: Option<StatusCode>,
-    ) -> Option<Response<ProxyBody>> {
-        let entry = &stale?.entry;
-        let cc = CacheControl::for_shared_cache(&entry.headers);
-        let age = entry.age(now_ms());
-        let stale_for = age.saturating_sub(entry.fresh_for);
-        let grace = freshness::error_grace(&cc, self.config.cache.stale_if_error);
-        if cc.forbids_stale() || stale_for > grace {
-            return None;
-        }
-        let status = respond::stale_status(&asked.hash, stale_for.as_secs(), backend_status);
-        let resp = answer_stored(&asked.method, &asked.headers, entry, Verdict::Stale, status);
-        Some(self.log_now(flow, resp, CacheResult::Stale, entry.meta.clone()))
+        let status = respond::revalidated_status(&miss.hash, ttl, may_store);
+        let resp = match miss.origin() {
+            Some(ask) => answer_stored(
+                &ask.method,
+                &ask.headers,
+                &entry,
+                Served::Revalidated,
+                status,
+            ),
+            None => respond::from_entry(&entry, Served::Revalidated, status),
+        };
+        self.log_now(flow, resp, Served::Revalidated, entry.meta.clone())
     }
 
     /// stale-while-revalidate: the client has its stale answer; one request
@@ -164,10 +113,11 @@ impl Proxy {
                 route_index,
                 draft: None,
             };
+            let Stored { usable, primaries } = stored;
             let detail = MissDetail::default();
-            let resp = proxy
-                .origin_fetch(&mut flow, background, client, stored, Some(guard), detail)
-                .await;
+            let (parts, body, miss) =
+                background.into_miss(Some(primaries), usable, Some(guard), detail);
+            let resp = proxy.fetch(&mut flow, parts, body, client, miss).await;
             // A streamed (not stored) answer has no reader: drop it.
             drop(resp);
         });

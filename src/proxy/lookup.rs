@@ -1,0 +1,114 @@
+//! Asking the cache (SPEC section 3, steps 6 to 10): L1 then Redis within
+//! one deadline, hit-for-pass, and the coalescing of concurrent misses.
+//! What the cache cannot answer goes down the [`super::miss`] pipeline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::miss::Usable;
+use super::request::Cacheable;
+use super::respond::{self, MissDetail};
+use super::{Flow, Proxy, Reply};
+use crate::cache::Found;
+use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
+use crate::cache::envelope::Entry;
+use crate::config::Freshness;
+use crate::served::Served;
+use crate::time::now_ms;
+
+/// How many times a waiter contends again after its leader went away before
+/// it stops waiting and asks the backend itself.
+const MAX_COALESCE_ROUNDS: u32 = 3;
+
+/// What joining the key's backend request came to.
+pub(super) enum Flight {
+    /// No request in flight: this one asks the backend and tells the others.
+    Lead(FlightGuard),
+    /// The leader stored its answer.
+    Stored(Arc<Entry>),
+    /// The leader went away: contend again.
+    Retry,
+    /// The answer may not be shared, or the leader took too long: ask alone.
+    Alone,
+}
+
+impl Proxy {
+    /// Serves a cacheable request: from the cache when it holds a fresh
+    /// answer, else through the miss pipeline.
+    pub(super) async fn serve_cacheable(
+        &self,
+        flow: &mut Flow<'_>,
+        c: Cacheable,
+        client: SocketAddr,
+    ) -> Reply {
+        if flow.route.freshness == Freshness::Origin {
+            return self.serve_origin(flow, c, client).await;
+        }
+        let keys: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+        let mut rounds = 0;
+        let mut detail = MissDetail {
+            refresh: c.refresh,
+            ..MissDetail::default()
+        };
+        // One budget for every Redis lookup of this request (SPEC step 14),
+        // however many coalescing rounds it takes.
+        let deadline = Instant::now() + self.config.redis.timeout;
+        let mut stale = None;
+        let guard = loop {
+            if c.refresh {
+                break None;
+            }
+            let lookup = self.cache.lookup(&keys, deadline).await;
+            if let Some(found) = lookup.fresh {
+                return self.hit(flow, &c, found);
+            }
+            stale = lookup.stale.or(stale);
+            if self.cache.is_pass(c.primary_key()) {
+                detail.pass = true;
+                break None;
+            }
+            match self.join_flight(c.primary_key()).await {
+                Flight::Lead(guard) => break Some(guard),
+                Flight::Stored(entry) => {
+                    detail.collapsed = true;
+                    let status = respond::miss_status(&c.hash, detail);
+                    let resp = respond::from_entry(&entry, Served::Miss, status);
+                    return self.log_now(flow, resp, Served::Miss, entry.meta.clone());
+                }
+                Flight::Retry if rounds + 1 < MAX_COALESCE_ROUNDS => rounds += 1,
+                Flight::Retry | Flight::Alone => break None,
+            }
+        };
+        let stale = stale.map(|f: Found| Usable {
+            entry: f.entry,
+            key_index: f.key_index,
+        });
+        let (parts, body, miss) = c.into_miss(None, stale, guard, detail);
+        self.fetch(flow, parts, body, client, miss).await
+    }
+
+    fn hit(&self, flow: &mut Flow<'_>, c: &Cacheable, found: Found) -> Reply {
+        let ttl = found.entry.remaining(now_ms()).as_secs();
+        let status = respond::hit_status(&c.hash, ttl);
+        let resp = respond::from_entry(&found.entry, Served::Hit, status);
+        self.log_now(flow, resp, Served::Hit, found.entry.meta.clone())
+    }
+
+    /// Joins the backend request in flight for `key`, or leads one.
+    pub(super) async fn join_flight(&self, key: &str) -> Flight {
+        match self.cache.coalescer.join(key) {
+            Join::Leader(guard) => Flight::Lead(guard),
+            Join::Waiter(rx) => {
+                let limit = self.upstream.timeout + Duration::from_secs(1);
+                match coalesce::wait(rx, limit).await {
+                    Outcome::Stored(entry) => Flight::Stored(entry),
+                    Outcome::Retry => Flight::Retry,
+                    Outcome::GoDirect | Outcome::Pending => Flight::Alone,
+                }
+            }
+        }
+    }
+}
