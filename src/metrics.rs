@@ -151,6 +151,55 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+/// The search log's counters and gauges.
+fn events(enc: &mut DescriptorEncoder, ev: &EventSink) -> std::fmt::Result {
+    let st = &ev.stats;
+    for (name, help, v) in [
+        ("events_enqueued", "Search events queued", &st.enqueued),
+        (
+            "events_written",
+            "Search events written to Redis",
+            &st.written,
+        ),
+        (
+            "events_spooled",
+            "Search events written to the disk spool",
+            &st.spooled,
+        ),
+        (
+            "events_replayed",
+            "Spooled search events replayed into Redis",
+            &st.replayed,
+        ),
+        (
+            "events_dropped",
+            "Search events lost: queue and spool both full",
+            &st.dropped,
+        ),
+    ] {
+        counter(enc, name, help, v.load(Ordering::Relaxed))?;
+    }
+    gauge(
+        enc,
+        "events_queue_depth",
+        "Search events waiting in the queue",
+        ev.queue_depth() as i64,
+    )?;
+    gauge(
+        enc,
+        "spool_bytes",
+        "Bytes in the disk spool still to replay",
+        st.spool_bytes.load(Ordering::Relaxed) as i64,
+    )?;
+    gauge(
+        enc,
+        "events_waiting",
+        "Search events the spool could not take (full, or the disk failing), held in memory against queue_capacity",
+        st.held.load(Ordering::Relaxed) as i64,
+    )?;
+    Ok(())
+}
+
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     let g = ConstGauge::new(v);
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
@@ -211,50 +260,7 @@ impl Collector for Snapshot {
             cs.redis_writes_dropped.load(Ordering::Relaxed),
         )?;
         if let Some(ev) = &s.events {
-            let st = &ev.stats;
-            for (name, help, v) in [
-                ("events_enqueued", "Search events queued", &st.enqueued),
-                (
-                    "events_written",
-                    "Search events written to Redis",
-                    &st.written,
-                ),
-                (
-                    "events_spooled",
-                    "Search events written to the disk spool",
-                    &st.spooled,
-                ),
-                (
-                    "events_replayed",
-                    "Spooled search events replayed into Redis",
-                    &st.replayed,
-                ),
-                (
-                    "events_dropped",
-                    "Search events lost: queue and spool both full",
-                    &st.dropped,
-                ),
-            ] {
-                counter(&mut enc, name, help, v.load(Ordering::Relaxed))?;
-            }
-            gauge(
-                &mut enc,
-                "events_queue_depth",
-                "Search events waiting in the queue",
-                ev.queue_depth() as i64,
-            )?;
-            gauge(
-                &mut enc,
-                "spool_bytes",
-                "Bytes in the disk spool still to replay",
-                st.spool_bytes.load(Ordering::Relaxed) as i64,
-            )?;
-            gauge(
-                &mut enc,
-                "events_waiting",
-                "Search events the spool could not take (full, or the disk failing), held in memory against queue_capacity",
-                st.held.load(Ordering::Relaxed) as i64,
-            )?;
+            events(&mut enc, ev)?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use http::header::{SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 
 use crate::cache_control::CacheControl;
-use crate::config::Scope;
+use crate::config::{Freshness, RouteConfig, Scope};
 
 /// Why a request goes to the backend without the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,75 @@ impl BypassReason {
     pub fn logged(self) -> bool {
         !matches!(self, BypassReason::NoQuery)
     }
+}
+
+/// What is known of a routed request before its body is read.
+pub struct Arrival<'a> {
+    pub method: &'a Method,
+    /// Whether the path met the route as sent ([`crate::route::RouteMatch`]).
+    pub literal: bool,
+    /// The `Content-Length` the client announced.
+    pub declared_len: Option<u64>,
+    pub max_request_body: usize,
+}
+
+/// The bypass rules that need no body (SPEC section 3, step 4), in order:
+/// a `scope = "off"` route, a method the cache does not answer, a path met
+/// only after normalization, and an announced body past
+/// `max_request_body`.
+pub fn bypass_on_arrival(route: &RouteConfig, req: &Arrival<'_>) -> Option<BypassReason> {
+    if route.scope == Scope::Off {
+        return Some(BypassReason::ScopeOff);
+    }
+    if !cacheable_method(req.method) {
+        return Some(BypassReason::Method);
+    }
+    if !req.literal {
+        return Some(BypassReason::PathNotCanonical);
+    }
+    if req
+        .declared_len
+        .is_some_and(|len| len > req.max_request_body as u64)
+    {
+        return Some(BypassReason::BodyTooLarge);
+    }
+    None
+}
+
+/// What is known of a routed request once its search text and identity
+/// are read.
+pub struct SearchRequest<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub cache_control: &'a CacheControl,
+    /// The search text as keyed, on search routes.
+    pub query_normalized: Option<&'a str>,
+    pub has_user: bool,
+}
+
+/// The bypass rules of a read request (SPEC section 3, step 4), in order:
+/// a `bypass_query` match on the normalized text (`ＣＡＲＴ` is a cart
+/// query), the client's `no-store`, a POST on an origin route (RFC 9110:
+/// it invalidates instead), and credentials without a user id on a route
+/// that does not share them.
+pub fn bypass_search(route: &RouteConfig, req: &SearchRequest<'_>) -> Option<BypassReason> {
+    if req
+        .query_normalized
+        .is_some_and(|q| route.bypass_query.is_match(q))
+    {
+        return Some(BypassReason::BypassQuery);
+    }
+    if req.cache_control.no_store {
+        return Some(BypassReason::ClientNoStore);
+    }
+    let origin = route.freshness == Freshness::Origin;
+    if origin && req.method == Method::POST {
+        return Some(BypassReason::Method);
+    }
+    if !req.has_user && !route.share_credentialed && credentialed(req.headers, origin) {
+        return Some(BypassReason::Credentialed);
+    }
+    None
 }
 
 /// Whether a request carries credentials a backend may personalize by:

@@ -21,7 +21,7 @@ use crate::cache::envelope::Variant;
 use crate::cache_control::CacheControl;
 use crate::config::{Config, Freshness, RouteConfig, Scope};
 use crate::key::{self, BodyKey, KeyHash, KeyInput};
-use crate::policy::{self, BypassReason};
+use crate::policy::{self, Arrival, BypassReason};
 use crate::redis::keys;
 use crate::request_json::{self, Body as JsonBody};
 use crate::route::{self, Field, Identity, Kind, RequestView, Supplied, Unkeyed};
@@ -111,26 +111,20 @@ pub async fn read(
     ctx: ReadCtx<'_>,
 ) -> Routed {
     let (parts, body) = req.into_parts();
-    if route.scope == Scope::Off {
-        return Routed::Bypass(BypassReason::ScopeOff, parts, ProxyBody::stream(body), None);
-    }
-    if !policy::cacheable_method(&parts.method) {
-        return Routed::Bypass(BypassReason::Method, parts, ProxyBody::stream(body), None);
-    }
-    if !ctx.literal {
-        let body = ProxyBody::stream(body);
-        return Routed::Bypass(BypassReason::PathNotCanonical, parts, body, None);
-    }
-
     let limit = config.max_request_body;
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        let body = ProxyBody::stream(body);
-        return Routed::Bypass(BypassReason::BodyTooLarge, parts, body, None);
+    let arrival = Arrival {
+        method: &parts.method,
+        literal: ctx.literal,
+        declared_len: declared,
+        max_request_body: limit,
+    };
+    if let Some(reason) = policy::bypass_on_arrival(route, &arrival) {
+        return Routed::Bypass(reason, parts, ProxyBody::stream(body), None);
     }
     let bytes = if body.is_end_stream() {
         Bytes::new()
@@ -147,6 +141,14 @@ pub async fn read(
     decide(config, route, parts, bytes, ctx)
 }
 
+/// What the body, the search text and the identity of a request read as.
+struct Fields {
+    json: Option<Value>,
+    identity: Identity,
+    query: Option<String>,
+    supplied: Supplied,
+}
+
 fn decide(
     config: &Config,
     route: &RouteConfig,
@@ -154,87 +156,42 @@ fn decide(
     bytes: Bytes,
     ctx: ReadCtx<'_>,
 ) -> Routed {
-    let bypass = |reason, parts, bytes| Routed::Bypass(reason, parts, ProxyBody::full(bytes), None);
-    let is_search = !route.query.is_empty();
-
-    let mut json: Option<Value> = if bytes.is_empty() {
-        None
-    } else {
-        match request_json::parse(&bytes) {
-            JsonBody::Json(doc) => Some(doc),
-            JsonBody::NotJson => None,
-            JsonBody::Ambiguous => return bypass(BypassReason::AmbiguousBody, parts, bytes),
-        }
-    };
-    if is_search && json.is_none() && !bytes.is_empty() {
-        return bypass(BypassReason::BodyNotJson, parts, bytes);
-    }
-
     // A clone of the URI (reference-counted parts) lets the parameters borrow
     // from it while `parts` may still move into a bypass.
     let uri = parts.uri.clone();
-    let raw_query = uri.query();
     let params: Vec<(Cow<'_, str>, Cow<'_, str>)> =
-        form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()).collect();
-    let view = RequestView {
-        headers: &parts.headers,
-        json: json.as_ref(),
-        params: &params,
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).collect();
+    let fields = match read_fields(config, route, &parts.headers, &bytes, &params) {
+        Ok(f) => f,
+        Err(reason) => return Routed::Bypass(reason, parts, ProxyBody::full(bytes), None),
     };
-    let mut supplied = Supplied::default();
-    let identity = Identity::extract(&config.identity, &view, &mut supplied);
-    let query = is_search.then(|| route::read_field(&route.query, &view, Kind::Text));
-    let Ok(identity) = identity else {
-        return bypass(BypassReason::AmbiguousIdentity, parts, bytes);
-    };
-    let query = match query {
-        None => None,
-        Some(Err(_)) => return bypass(BypassReason::AmbiguousIdentity, parts, bytes),
-        Some(Ok(Field { value: None, .. })) => {
-            return bypass(BypassReason::NoQuery, parts, bytes);
-        }
-        Some(Ok(Field {
-            value: Some(q),
-            source,
-        })) => {
-            supplied.query = source;
-            Some(q)
-        }
-    };
+    let Fields {
+        mut json,
+        identity,
+        query,
+        supplied,
+    } = fields;
     let query_normalized = query.as_deref().map(key::normalize_query);
-    let draft = match (&query, &query_normalized) {
+    let draft = match (query, &query_normalized) {
         (Some(q), Some(n)) if route.log => Some(SearchDraft::new(
             ctx.started,
             identity.clone(),
-            q.clone(),
+            q,
             n.clone(),
             ctx.route_name.clone(),
         )),
         _ => None,
     };
-    let logged_bypass =
-        |reason, parts, bytes, draft| Routed::Bypass(reason, parts, ProxyBody::full(bytes), draft);
-    // On the normalized text, as keyed: `ＣＡＲＴ` is a cart query.
-    if let Some(q) = &query_normalized
-        && route.bypass_query.is_match(q)
-    {
-        return logged_bypass(BypassReason::BypassQuery, parts, bytes, draft);
-    }
     let cc = CacheControl::from_request(&parts.headers);
-    if cc.no_store {
-        return logged_bypass(BypassReason::ClientNoStore, parts, bytes, draft);
-    }
-    let origin = route.freshness == Freshness::Origin;
-    // Origin routes follow RFC 9110: POST is not answered from the cache
-    // (it invalidates instead, in the proxy).
-    if origin && parts.method == http::Method::POST {
-        return logged_bypass(BypassReason::Method, parts, bytes, draft);
-    }
-    if identity.user_id.is_none()
-        && !route.share_credentialed
-        && policy::credentialed(&parts.headers, origin)
-    {
-        return logged_bypass(BypassReason::Credentialed, parts, bytes, draft);
+    let search = policy::SearchRequest {
+        method: &parts.method,
+        headers: &parts.headers,
+        cache_control: &cc,
+        query_normalized: query_normalized.as_deref(),
+        has_user: identity.user_id.is_some(),
+    };
+    if let Some(reason) = policy::bypass_search(route, &search) {
+        return Routed::Bypass(reason, parts, ProxyBody::full(bytes), draft);
     }
 
     let unkeyed = Unkeyed {
@@ -252,52 +209,17 @@ fn decide(
         (None, true) => BodyKey::None,
         (None, false) => BodyKey::Raw(&bytes),
     };
-    let key_params = key::keyed_params(raw_query, |name| unkeyed.param(name));
-    // Origin routes keep variants by the answer's own Vary instead.
-    let keyed_vary: &[http::HeaderName] = if origin { &[] } else { &route.vary_headers };
-    let vary: Vec<Option<Cow<'_, [u8]>>> = keyed_vary
-        .iter()
-        .map(|name| joined(&parts.headers, name))
-        .collect();
-    let vary_refs: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
-    // How the backend reads a body: its type and its encoding.
-    let body_headers = if bytes.is_empty() {
-        [None, None]
-    } else {
-        [
-            joined(&parts.headers, &CONTENT_TYPE),
-            joined(&parts.headers, &CONTENT_ENCODING),
-        ]
-    };
-    let headers = keyed_headers(config, &parts.headers, &uri, &body_headers);
-    let hash = key::derive(&KeyInput {
-        route: &route.name,
-        // HEAD is answered from the stored GET.
-        method: if parts.method == http::Method::HEAD {
-            "GET"
-        } else {
-            parts.method.as_str()
-        },
-        path: uri.path(),
-        query: query_normalized.as_deref(),
-        body: body_key,
-        params: &key_params,
-        vary: &vary_refs,
-        headers: &headers,
-    });
-
-    let prefix = &config.redis.key_prefix;
-    let (keys, user_key_index) = match (route.scope, &identity.user_id) {
-        (Scope::User, Some(u)) => (vec![keys::user_cache(prefix, u, &hash)], Some(0)),
-        (Scope::Auto, Some(u)) => (
-            vec![
-                keys::user_cache(prefix, u, &hash),
-                keys::global_cache(prefix, &hash),
-            ],
-            Some(0),
-        ),
-        _ => (vec![keys::global_cache(prefix, &hash)], None),
-    };
+    let key_params = key::keyed_params(uri.query(), |name| unkeyed.param(name));
+    let hash = derive_key(
+        config,
+        route,
+        &parts,
+        &uri,
+        body_key,
+        &key_params,
+        &query_normalized,
+    );
+    let (keys, user_key_index) = cache_keys(config, route, identity.user_id.as_deref(), &hash);
     Routed::Cacheable(Cacheable {
         parts,
         body: bytes,
@@ -308,6 +230,127 @@ fn decide(
         draft,
         user_id: identity.user_id,
     })
+}
+
+/// Reads the body as JSON, then the identity and the search text, each
+/// from the one source that supplies it. A body or a field that reads two
+/// ways, or a search route without search text, gives its bypass reason.
+fn read_fields(
+    config: &Config,
+    route: &RouteConfig,
+    headers: &http::HeaderMap,
+    bytes: &Bytes,
+    params: &[(Cow<'_, str>, Cow<'_, str>)],
+) -> Result<Fields, BypassReason> {
+    let is_search = !route.query.is_empty();
+    let json: Option<Value> = if bytes.is_empty() {
+        None
+    } else {
+        match request_json::parse(bytes) {
+            JsonBody::Json(doc) => Some(doc),
+            JsonBody::NotJson => None,
+            JsonBody::Ambiguous => return Err(BypassReason::AmbiguousBody),
+        }
+    };
+    if is_search && json.is_none() && !bytes.is_empty() {
+        return Err(BypassReason::BodyNotJson);
+    }
+    let view = RequestView {
+        headers,
+        json: json.as_ref(),
+        params,
+    };
+    let mut supplied = Supplied::default();
+    let identity = Identity::extract(&config.identity, &view, &mut supplied);
+    let query = is_search.then(|| route::read_field(&route.query, &view, Kind::Text));
+    let identity = identity.map_err(|_| BypassReason::AmbiguousIdentity)?;
+    let query = match query {
+        None => None,
+        Some(Err(_)) => return Err(BypassReason::AmbiguousIdentity),
+        Some(Ok(Field { value: None, .. })) => return Err(BypassReason::NoQuery),
+        Some(Ok(Field {
+            value: Some(q),
+            source,
+        })) => {
+            supplied.query = source;
+            Some(q)
+        }
+    };
+    Ok(Fields {
+        json,
+        identity,
+        query,
+        supplied,
+    })
+}
+
+/// The cache key (SPEC section 3, step 5): the route, method, path,
+/// normalized search text, body without the unkeyed fields, the keyed
+/// parameters, the route's `vary_headers` and the headers that change how
+/// the backend reads the request.
+fn derive_key(
+    config: &Config,
+    route: &RouteConfig,
+    parts: &Parts,
+    uri: &http::Uri,
+    body_key: BodyKey<'_>,
+    key_params: &[&str],
+    query_normalized: &Option<String>,
+) -> KeyHash {
+    // Origin routes keep variants by the answer's own Vary instead.
+    let origin = route.freshness == Freshness::Origin;
+    let keyed_vary: &[http::HeaderName] = if origin { &[] } else { &route.vary_headers };
+    let vary: Vec<Option<Cow<'_, [u8]>>> = keyed_vary
+        .iter()
+        .map(|name| joined(&parts.headers, name))
+        .collect();
+    let vary_refs: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
+    // How the backend reads a body: its type and its encoding.
+    let body_headers = if matches!(body_key, BodyKey::None) {
+        [None, None]
+    } else {
+        [
+            joined(&parts.headers, &CONTENT_TYPE),
+            joined(&parts.headers, &CONTENT_ENCODING),
+        ]
+    };
+    let headers = keyed_headers(config, &parts.headers, uri, &body_headers);
+    key::derive(&KeyInput {
+        route: &route.name,
+        // HEAD is answered from the stored GET.
+        method: if parts.method == http::Method::HEAD {
+            "GET"
+        } else {
+            parts.method.as_str()
+        },
+        path: uri.path(),
+        query: query_normalized.as_deref(),
+        body: body_key,
+        params: key_params,
+        vary: &vary_refs,
+        headers: &headers,
+    })
+}
+
+/// The Redis/L1 keys to look up, in order, and which is the user's own.
+fn cache_keys(
+    config: &Config,
+    route: &RouteConfig,
+    user_id: Option<&str>,
+    hash: &KeyHash,
+) -> (Vec<String>, Option<usize>) {
+    let prefix = &config.redis.key_prefix;
+    match (route.scope, user_id) {
+        (Scope::User, Some(u)) => (vec![keys::user_cache(prefix, u, hash)], Some(0)),
+        (Scope::Auto, Some(u)) => (
+            vec![
+                keys::user_cache(prefix, u, hash),
+                keys::global_cache(prefix, hash),
+            ],
+            Some(0),
+        ),
+        _ => (vec![keys::global_cache(prefix, hash)], None),
+    }
 }
 
 /// Every value of header `name`, joined as one field value; `None` when the
