@@ -477,4 +477,120 @@ mod tests {
         assert!(NotStored::SetCookie.sets_pass());
         assert!(NotStored::BypassIntent.sets_pass());
     }
+
+    fn route(extra: &str) -> RouteConfig {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[route]]\nname = \"r\"\npath = \"/s\"\n{extra}\n"
+        );
+        let config = crate::config::Config::parse(&text, None).expect("a valid test config");
+        config.routes[0].clone()
+    }
+
+    fn arrival(method: &Method, literal: bool, declared_len: Option<u64>) -> Arrival<'_> {
+        Arrival {
+            method,
+            literal,
+            declared_len,
+            max_request_body: 100,
+        }
+    }
+
+    #[test]
+    fn arrival_rules_run_in_order_and_need_no_body() {
+        let user = route("scope = \"user\"\nmethods = [\"GET\", \"POST\"]");
+        let off = route("scope = \"off\"");
+        let get = Method::GET;
+        let delete = Method::DELETE;
+        assert_eq!(
+            bypass_on_arrival(&user, &arrival(&get, true, Some(100))),
+            None
+        );
+        assert_eq!(
+            bypass_on_arrival(&off, &arrival(&get, true, None)),
+            Some(BypassReason::ScopeOff)
+        );
+        assert_eq!(
+            bypass_on_arrival(&user, &arrival(&delete, false, None)),
+            Some(BypassReason::Method)
+        );
+        assert_eq!(
+            bypass_on_arrival(&user, &arrival(&get, false, Some(1000))),
+            Some(BypassReason::PathNotCanonical)
+        );
+        assert_eq!(
+            bypass_on_arrival(&user, &arrival(&get, true, Some(101))),
+            Some(BypassReason::BodyTooLarge)
+        );
+    }
+
+    #[test]
+    fn search_rules_run_in_order() {
+        let plain = route("query = [\"query:q\"]\nbypass_query = [\"^cart\"]");
+        let origin = route("freshness = \"origin\"\nmethods = [\"GET\", \"POST\"]");
+        let sharing = route("share_credentialed = true");
+        let no_store = CacheControl::from_request(&headers(&[("cache-control", "no-store")]));
+        let none = CacheControl::default();
+        let cookie = headers(&[("cookie", "s=1")]);
+        let req = |method, headers, cache_control, query_normalized, has_user| SearchRequest {
+            method,
+            headers,
+            cache_control,
+            query_normalized,
+            has_user,
+        };
+        let empty = HeaderMap::new();
+        let get = &Method::GET;
+        let check = |r: &RouteConfig, s: SearchRequest<'_>| bypass_search(r, &s);
+        assert_eq!(
+            check(&plain, req(get, &empty, &none, Some("milk"), false)),
+            None
+        );
+        assert_eq!(
+            check(&plain, req(get, &cookie, &no_store, Some("cart 1"), false)),
+            Some(BypassReason::BypassQuery)
+        );
+        assert_eq!(
+            check(&plain, req(get, &cookie, &no_store, Some("milk"), false)),
+            Some(BypassReason::ClientNoStore)
+        );
+        assert_eq!(
+            check(&origin, req(&Method::POST, &cookie, &none, None, false)),
+            Some(BypassReason::Method)
+        );
+        assert_eq!(
+            check(&plain, req(get, &cookie, &none, Some("milk"), false)),
+            Some(BypassReason::Credentialed)
+        );
+        assert_eq!(
+            check(&plain, req(get, &cookie, &none, Some("milk"), true)),
+            None
+        );
+        assert_eq!(check(&sharing, req(get, &cookie, &none, None, false)), None);
+    }
+
+    #[test]
+    fn scope_follows_the_route_and_public() {
+        assert_eq!(store_scope(Scope::User, true, true), StoreScope::User);
+        assert_eq!(store_scope(Scope::Auto, true, false), StoreScope::User);
+        assert_eq!(store_scope(Scope::Auto, true, true), StoreScope::Global);
+        assert_eq!(store_scope(Scope::User, false, false), StoreScope::Global);
+        assert_eq!(store_scope(Scope::Global, true, false), StoreScope::Global);
+    }
+
+    #[test]
+    fn an_announced_length_past_the_limit_is_too_large() {
+        assert_eq!(declared_size(&HeaderMap::new(), 10), Ok(()));
+        assert_eq!(
+            declared_size(&headers(&[("content-length", "10")]), 10),
+            Ok(())
+        );
+        assert_eq!(
+            declared_size(&headers(&[("content-length", " 11 ")]), 10),
+            Err(NotStored::TooLarge)
+        );
+        assert_eq!(
+            declared_size(&headers(&[("content-length", "x")]), 10),
+            Ok(())
+        );
+    }
 }
