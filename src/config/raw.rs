@@ -41,6 +41,11 @@ fn addr(s: &str) -> Addr {
     Addr(s.parse().expect("built-in addresses are valid"))
 }
 
+use Seg::Key as K;
+
+/// The least a duration that must be positive may be.
+const TINY: Duration = Duration::from_nanos(1);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
@@ -223,64 +228,15 @@ impl RawConfig {
         loc: &Locator,
         config_file: Option<&Path>,
     ) -> Result<Config, ConfigError> {
-        use Seg::Key as K;
-        let tiny = Duration::from_nanos(1);
         let header_read_timeout = positive(
             loc,
             &[K("header_read_timeout")],
             self.header_read_timeout,
-            tiny,
+            TINY,
         )?;
-        let upstream = UpstreamConfig {
-            url: self.upstream.url.0,
-            connect_timeout: positive(
-                loc,
-                &[K("upstream"), K("connect_timeout")],
-                self.upstream.connect_timeout,
-                tiny,
-            )?,
-            timeout: positive(
-                loc,
-                &[K("upstream"), K("timeout")],
-                self.upstream.timeout,
-                tiny,
-            )?,
-            idle_timeout: positive(
-                loc,
-                &[K("upstream"), K("idle_timeout")],
-                self.upstream.idle_timeout,
-                tiny,
-            )?,
-        };
-        let (tls_ca_file, tls_ca_pem) = match self.redis.tls_ca_file {
-            Some(file) => {
-                let file = resolve_path(file, config_file);
-                let pem = read_ca_file(&file)
-                    .map_err(|m| loc.error(&[K("redis"), K("tls_ca_file")], m))?;
-                (Some(file), Some(pem))
-            }
-            None => (None, None),
-        };
-        if self.redis.cluster && self.redis.key_prefix.contains(['{', '}']) {
-            // A tag in the prefix would override the per-user tags and put
-            // every key of the deployment in one slot.
-            return Err(loc.error(
-                &[K("redis"), K("key_prefix")],
-                "must not contain '{' or '}' when cluster = true (Redis Cluster reads them as a hash tag)",
-            ));
-        }
-        let redis = RedisConfig {
-            url: self.redis.url.0,
-            pool_size: self.redis.pool_size.0,
-            timeout: positive(loc, &[K("redis"), K("timeout")], self.redis.timeout, tiny)?,
-            key_prefix: Prefix::new(self.redis.key_prefix, self.redis.cluster),
-            cluster: self.redis.cluster,
-            tls_ca_file,
-            tls_ca_pem,
-        };
         let c = self.cache;
         let cache = CacheConfig {
-            ttl: positive(loc, &[K("cache"), K("ttl")], c.ttl, tiny)?,
+            ttl: positive(loc, &[K("cache"), K("ttl")], c.ttl, TINY)?,
             l1_max_bytes: c.l1_max_bytes.0,
             l1_ttl: c.l1_ttl.0,
             max_object_bytes: c.max_object_bytes.as_usize(),
@@ -295,40 +251,6 @@ impl RawConfig {
             session_id: unwrap(self.identity.session_id),
             hash_user_id: self.identity.hash_user_id,
         };
-        let e = self.events;
-        let events = EventsConfig {
-            queue_capacity: e.queue_capacity.0,
-            batch_max: e.batch_max.0,
-            flush_interval: positive(
-                loc,
-                &[K("events"), K("flush_interval")],
-                e.flush_interval,
-                tiny,
-            )?,
-            history_limit: e.history_limit.0,
-            retention: positive(
-                loc,
-                &[K("events"), K("retention")],
-                e.retention,
-                Duration::from_secs(1),
-            )?,
-            spool_dir: resolve_path(e.spool_dir, config_file),
-            spool_max_bytes: e.spool_max_bytes.0,
-        };
-        let mut routes: Vec<RouteConfig> = Vec::with_capacity(self.route.len());
-        for (i, raw) in self.route.into_iter().enumerate() {
-            let route = raw.into_route(loc, i)?;
-            if let Some(first) = routes.iter().position(|r| r.name == route.name) {
-                return Err(loc.error(
-                    &[K("route"), Seg::Index(i), K("name")],
-                    format!(
-                        "duplicate route name {:?} (also route[{first}]); names must be unique",
-                        route.name
-                    ),
-                ));
-            }
-            routes.push(route);
-        }
         Ok(Config {
             source: config_file.map(Path::to_path_buf),
             listen: self.listen.0,
@@ -338,12 +260,12 @@ impl RawConfig {
             max_connections: self.max_connections.0,
             trust_forwarded: self.trust_forwarded,
             admin_token: self.admin_token.map(|t| t.0),
-            upstream,
-            redis,
+            upstream: self.upstream.into_upstream(loc)?,
+            redis: self.redis.into_redis(loc, config_file)?,
             cache,
             identity,
-            events,
-            routes,
+            events: self.events.into_events(loc, config_file)?,
+            routes: into_routes(self.route, loc)?,
         })
     }
 }
@@ -356,6 +278,110 @@ fn resolve_path(path: PathBuf, config_file: Option<&Path>) -> PathBuf {
         _ => path,
     };
     std::path::absolute(&joined).unwrap_or(joined)
+}
+
+impl RawUpstream {
+    fn into_upstream(self, loc: &Locator) -> Result<UpstreamConfig, ConfigError> {
+        Ok(UpstreamConfig {
+            url: self.url.0,
+            connect_timeout: positive(
+                loc,
+                &[K("upstream"), K("connect_timeout")],
+                self.connect_timeout,
+                TINY,
+            )?,
+            timeout: positive(loc, &[K("upstream"), K("timeout")], self.timeout, TINY)?,
+            idle_timeout: positive(
+                loc,
+                &[K("upstream"), K("idle_timeout")],
+                self.idle_timeout,
+                TINY,
+            )?,
+        })
+    }
+}
+
+impl RawRedis {
+    fn into_redis(
+        self,
+        loc: &Locator,
+        config_file: Option<&Path>,
+    ) -> Result<RedisConfig, ConfigError> {
+        let (tls_ca_file, tls_ca_pem) = match self.tls_ca_file {
+            Some(file) => {
+                let file = resolve_path(file, config_file);
+                let pem = read_ca_file(&file)
+                    .map_err(|m| loc.error(&[K("redis"), K("tls_ca_file")], m))?;
+                (Some(file), Some(pem))
+            }
+            None => (None, None),
+        };
+        if self.cluster && self.key_prefix.contains(['{', '}']) {
+            // A tag in the prefix would override the per-user tags and put
+            // every key of the deployment in one slot.
+            return Err(loc.error(
+                &[K("redis"), K("key_prefix")],
+                "must not contain '{' or '}' when cluster = true (Redis Cluster reads them as a hash tag)",
+            ));
+        }
+        Ok(RedisConfig {
+            url: self.url.0,
+            pool_size: self.pool_size.0,
+            timeout: positive(loc, &[K("redis"), K("timeout")], self.timeout, TINY)?,
+            key_prefix: Prefix::new(self.key_prefix, self.cluster),
+            cluster: self.cluster,
+            tls_ca_file,
+            tls_ca_pem,
+        })
+    }
+}
+
+impl RawEvents {
+    fn into_events(
+        self,
+        loc: &Locator,
+        config_file: Option<&Path>,
+    ) -> Result<EventsConfig, ConfigError> {
+        let e = self;
+        Ok(EventsConfig {
+            queue_capacity: e.queue_capacity.0,
+            batch_max: e.batch_max.0,
+            flush_interval: positive(
+                loc,
+                &[K("events"), K("flush_interval")],
+                e.flush_interval,
+                TINY,
+            )?,
+            history_limit: e.history_limit.0,
+            retention: positive(
+                loc,
+                &[K("events"), K("retention")],
+                e.retention,
+                Duration::from_secs(1),
+            )?,
+            spool_dir: resolve_path(e.spool_dir, config_file),
+            spool_max_bytes: e.spool_max_bytes.0,
+        })
+    }
+}
+
+/// The routes, each validated, with unique names.
+fn into_routes(raw: Vec<route::RawRoute>, loc: &Locator) -> Result<Vec<RouteConfig>, ConfigError> {
+    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+    for (i, raw) in raw.into_iter().enumerate() {
+        let route = raw.into_route(loc, i)?;
+        if let Some(first) = routes.iter().position(|r| r.name == route.name) {
+            return Err(loc.error(
+                &[K("route"), Seg::Index(i), K("name")],
+                format!(
+                    "duplicate route name {:?} (also route[{first}]); names must be unique",
+                    route.name
+                ),
+            ));
+        }
+        routes.push(route);
+    }
+    Ok(routes)
 }
 
 /// Reads a CA bundle and checks that it holds at least one PEM certificate,
