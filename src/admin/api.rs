@@ -23,6 +23,7 @@ use super::purge::{self, Target};
 use super::{AdminBody, AdminResponse, BoxError, dates, history, json, manual, record, stats};
 use crate::events::write::Layout;
 use crate::proxy::Proxy;
+use crate::proxy::explain::ExplainRequest;
 use crate::redis::RedisPool;
 use crate::redis::keys::Prefix;
 use crate::redis::pool::RedisFailure;
@@ -129,6 +130,10 @@ async fn serve(proxy: &Proxy, req: Request<Incoming>) -> Result<AdminResponse, A
         "/v1/cache/purge" => {
             only(&method, &Method::POST)?;
             purge_cache(proxy, &body(req).await?).await
+        }
+        "/v1/explain" => {
+            only(&method, &Method::POST)?;
+            explain(proxy, &body(req).await?)
         }
         _ => {
             if let Some(user) = history_user(&path) {
@@ -283,6 +288,46 @@ async fn record_feedback(proxy: &Proxy, body: Bytes) -> Result<AdminResponse, Ap
         Err(FeedbackError::UnknownSearch(id)) => Err(ApiError::NotFound(format!("no search {id}"))),
         Err(FeedbackError::Redis(e)) => Err(e.into()),
     }
+}
+
+/// `POST /v1/explain`: `{method, path, headers, body}`, answered with the
+/// object `leafcache explain --json` prints. `headers` maps a name to a
+/// value or a list of values; `body` is a string, or JSON sent as its text.
+fn explain(proxy: &Proxy, body: &[u8]) -> Result<AdminResponse, ApiError> {
+    let obj = fields::object(body)?;
+    let mut headers = Vec::new();
+    match obj.get("headers") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(map)) => {
+            for (name, value) in map {
+                let values = match value {
+                    serde_json::Value::Array(list) => list.iter().collect(),
+                    one => vec![one],
+                };
+                for v in values {
+                    let v = v.as_str().ok_or_else(|| {
+                        BadField::new(format!("headers.{name}"), "must be a string")
+                    })?;
+                    headers.push((name.clone(), v.to_owned()));
+                }
+            }
+        }
+        Some(_) => return Err(BadField::new("headers", "must be an object").into()),
+    }
+    let body = match obj.get("body") {
+        None | Some(serde_json::Value::Null) => Bytes::new(),
+        Some(serde_json::Value::String(s)) => Bytes::from(s.clone()),
+        Some(other) => Bytes::from(other.to_string()),
+    };
+    let req = ExplainRequest {
+        method: fields::opt_str(&obj, "method")?.unwrap_or_else(|| "GET".into()),
+        target: fields::req_str(&obj, "path")?,
+        headers,
+        body,
+    };
+    let out = crate::proxy::explain::explain(&proxy.config, &req)
+        .map_err(|e| BadField::new("request", e))?;
+    Ok(json(StatusCode::OK, out.to_string()))
 }
 
 fn log_search(proxy: &Proxy, body: &[u8]) -> Result<AdminResponse, ApiError> {

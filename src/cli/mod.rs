@@ -1,5 +1,5 @@
 //! The batch commands of SPEC section 1: `export`, `history`, `stats`,
-//! `purge` and `replay`. They read the config as `serve` does (`--config`,
+//! `purge`, `replay` and `explain`. They read the config as `serve` does (`--config`,
 //! else ./proxy.toml; `REDIS_URL` overrides), print tables on a terminal and
 //! JSON with `--json`, and fail with one line and exit 1 (runtime) or 2
 //! (usage, config).
@@ -7,7 +7,9 @@
 //! - [`export`]: JSONL export, to a file, stdout or one file per day.
 //! - [`report`]: `history` and `stats` as tables or JSON.
 //! - [`maintain`]: `purge` and `replay`.
+//! - [`explain`]: what the proxy would do with a request (no Redis).
 
+mod explain;
 mod export;
 mod maintain;
 mod report;
@@ -21,6 +23,7 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::events::write::Layout;
 use crate::redis::RedisPool;
 
+pub use explain::ExplainArgs;
 pub use export::ExportArgs;
 pub use maintain::{PurgeArgs, ReplayArgs};
 pub use report::{HistoryArgs, StatsArgs};
@@ -38,6 +41,8 @@ pub enum OpsCommand {
     Purge(PurgeArgs),
     /// Push the spooled search events into Redis now.
     Replay(ReplayArgs),
+    /// Show what the proxy would do with a request: route, fields, key inputs, hash, bypass.
+    Explain(ExplainArgs),
 }
 
 /// A failure of a batch command, with its exit code.
@@ -70,6 +75,7 @@ pub fn run(cmd: OpsCommand, config: Result<Config, ConfigError>) -> ExitCode {
             OpsCommand::Stats(a) => report::stats(&config, a),
             OpsCommand::Purge(a) => maintain::purge(&config, a),
             OpsCommand::Replay(a) => maintain::replay(&config, a),
+            OpsCommand::Explain(a) => explain::run(&config, a),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

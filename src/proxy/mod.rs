@@ -16,10 +16,13 @@
 //! Around them: [`forward`] (the backend client and header hygiene),
 //! [`body`] (whole, streamed or resumed bodies), [`respond`] (stored
 //! answers and the cache headers), [`error`] (the one error type and its
-//! statuses), [`invalidate`] (what unsafe requests drop on origin routes).
+//! statuses), [`invalidate`] (what unsafe requests drop on origin routes),
+//! [`explain`] (what the flow would do with a request, for `leafcache
+//! explain`).
 
 pub mod body;
 pub mod error;
+pub mod explain;
 pub mod forward;
 mod invalidate;
 pub mod log;

@@ -149,12 +149,36 @@ struct Fields {
     supplied: Supplied,
 }
 
+/// What [`decide`] found on its way, for `explain`; the request flow
+/// passes `()`, which sees nothing and costs nothing.
+pub(crate) trait Observe {
+    /// The search text, as sent and as keyed, and the identity.
+    fn fields(&mut self, _query: Option<&str>, _normalized: Option<&str>, _identity: &Identity) {}
+    /// Every input of the cache key, just before it is hashed.
+    fn key(&mut self, _input: &KeyInput<'_>) {}
+}
+
+impl Observe for () {}
+
 fn decide(
     config: &Config,
     route: &RouteConfig,
     parts: Parts,
     bytes: Bytes,
     ctx: ReadCtx<'_>,
+) -> Routed {
+    decide_observed(config, route, parts, bytes, ctx, &mut ())
+}
+
+/// Steps 3 to 5 of SPEC section 3 for a request whose body is in hand: its
+/// fields, the bypass rules, its key.
+pub(crate) fn decide_observed(
+    config: &Config,
+    route: &RouteConfig,
+    parts: Parts,
+    bytes: Bytes,
+    ctx: ReadCtx<'_>,
+    seen: &mut impl Observe,
 ) -> Routed {
     // A clone of the URI (reference-counted parts) lets the parameters borrow
     // from it while `parts` may still move into a bypass.
@@ -172,6 +196,7 @@ fn decide(
         supplied,
     } = fields;
     let query_normalized = query.as_deref().map(key::normalize_query);
+    seen.fields(query.as_deref(), query_normalized.as_deref(), &identity);
     let draft = match (query, &query_normalized) {
         (Some(q), Some(n)) if route.log => Some(SearchDraft::new(
             ctx.started,
@@ -210,15 +235,14 @@ fn decide(
         (None, false) => BodyKey::Raw(&bytes),
     };
     let key_params = key::keyed_params(uri.query(), |name| unkeyed.param(name));
-    let hash = derive_key(
-        config,
-        route,
-        &parts,
-        &uri,
-        body_key,
-        &key_params,
-        &query_normalized,
-    );
+    let input = KeyFacts {
+        parts: &parts,
+        uri: &uri,
+        body: body_key,
+        params: &key_params,
+        query_normalized: query_normalized.as_deref(),
+    };
+    let hash = derive_key(config, route, input, seen);
     let (keys, user_key_index) = cache_keys(config, route, identity.user_id.as_deref(), &hash);
     Routed::Cacheable(Cacheable {
         parts,
@@ -291,12 +315,16 @@ fn read_fields(
 fn derive_key(
     config: &Config,
     route: &RouteConfig,
-    parts: &Parts,
-    uri: &http::Uri,
-    body_key: BodyKey<'_>,
-    key_params: &[&str],
-    query_normalized: &Option<String>,
+    facts: KeyFacts<'_>,
+    seen: &mut impl Observe,
 ) -> KeyHash {
+    let KeyFacts {
+        parts,
+        uri,
+        body: body_key,
+        params: key_params,
+        query_normalized,
+    } = facts;
     // Origin routes keep variants by the answer's own Vary instead.
     let origin = route.freshness == Freshness::Origin;
     let keyed_vary: &[http::HeaderName] = if origin { &[] } else { &route.vary_headers };
@@ -315,7 +343,7 @@ fn derive_key(
         ]
     };
     let headers = keyed_headers(config, &parts.headers, uri, &body_headers);
-    key::derive(&KeyInput {
+    let input = KeyInput {
         route: &route.name,
         // HEAD is answered from the stored GET.
         method: if parts.method == http::Method::HEAD {
@@ -324,12 +352,23 @@ fn derive_key(
             parts.method.as_str()
         },
         path: uri.path(),
-        query: query_normalized.as_deref(),
+        query: query_normalized,
         body: body_key,
         params: key_params,
         vary: &vary_refs,
         headers: &headers,
-    })
+    };
+    seen.key(&input);
+    key::derive(&input)
+}
+
+/// The request facts the key is made of, besides the route's.
+struct KeyFacts<'a> {
+    parts: &'a Parts,
+    uri: &'a http::Uri,
+    body: BodyKey<'a>,
+    params: &'a [&'a str],
+    query_normalized: Option<&'a str>,
 }
 
 /// The Redis/L1 keys to look up, in order, and which is the user's own.
