@@ -20,6 +20,13 @@
 #   LEAFCACHE_BIN      leafcache binary; default: cargo build --release, then
 #                      ${CARGO_TARGET_DIR:-target}/release/leafcache
 #   HCT_LEAFCACHE_HEURISTIC=1   add heuristic = true to leafcache's route
+#   HCT_PKG            a checkout of github.com/http-tests/cache-tests (its current
+#                      revision, with `npm install --omit=dev` run in it) to use
+#                      instead of the npm package; results then go to
+#                      bench/http-cache-tests/results-head/ unless HCT_RESULTS is set
+#
+# A summary covers every <proxy>.json in the results folder, so running one proxy
+# keeps the others' last results side by side.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,9 +34,13 @@ ROOT="$(cd "$HERE/.." && pwd)"
 CONF="$HERE/http-cache-tests"
 SCRATCH="${HCT_SCRATCH:-${TMPDIR:-/tmp}/leafcache-http-cache-tests}"
 VERSION="${HCT_VERSION:-0.4.5}"
-RESULTS="${HCT_RESULTS:-$CONF/results}"
+if [[ -n "${HCT_PKG:-}" ]]; then
+  RESULTS="${HCT_RESULTS:-$CONF/results-head}"
+else
+  RESULTS="${HCT_RESULTS:-$CONF/results}"
+fi
 TIMEOUT="${HCT_TIMEOUT:-900}"
-PKG="$SCRATCH/npm/node_modules/http-cache-tests"
+PKG="${HCT_PKG:-$SCRATCH/npm/node_modules/http-cache-tests}"
 
 TEST_ID=""
 PROXIES=()
@@ -116,7 +127,10 @@ for p in "${PROXIES[@]}"; do
   esac
 done
 
-if [[ ! -f "$PKG/package.json" ]] ||
+if [[ -n "${HCT_PKG:-}" ]]; then
+  [[ -f "$PKG/package.json" ]] || die "HCT_PKG=$PKG is not a checkout of the suite"
+  VERSION="$(git -C "$PKG" log -1 --format='git %h %cs' 2>/dev/null || echo checkout)"
+elif [[ ! -f "$PKG/package.json" ]] ||
    [[ "$(node -p "require('$PKG/package.json').version")" != "$VERSION" ]]; then
   say "installing http-cache-tests@$VERSION into $SCRATCH/npm"
   mkdir -p "$SCRATCH/npm"
@@ -124,6 +138,11 @@ if [[ ! -f "$PKG/package.json" ]] ||
   timeout 300 npm install --prefix "$SCRATCH/npm" --no-audit --no-fund --loglevel=error \
     "http-cache-tests@$VERSION" >&2 || die "npm install http-cache-tests@$VERSION failed"
 fi
+
+# The npm package has server/ and cli.mjs at its top; the repository keeps
+# them under test-engine/.
+ENGINE=.
+[[ -f "$PKG/cli.mjs" ]] || ENGINE=test-engine
 
 LEAFCACHE="${LEAFCACHE_BIN:-}"
 if [[ " ${PROXIES[*]} " == *" leafcache "* && -z "$LEAFCACHE" ]]; then
@@ -143,7 +162,7 @@ ORIGIN_PORT="$(free_port)"
 say "test server on 127.0.0.1:$ORIGIN_PORT"
 (cd "$PKG" && exec env npm_package_config_protocol=http npm_config_port="$ORIGIN_PORT" \
   npm_config_pidfile="$RUN/server.pid" \
-  node --no-warnings --import "$CONF/bind-loopback.mjs" server/server.mjs) \
+  node --no-warnings --import "$CONF/bind-loopback.mjs" "$ENGINE/server/server.mjs") \
   > "$RUN/server.log" 2>&1 &
 PIDS+=($!)
 wait_port "$ORIGIN_PORT" "$!" "test server" "$RUN/server.log"
@@ -233,7 +252,7 @@ run_client() { # run_client PROXY: the whole suite, or TEST_ID, against 127.0.0.
   if [[ -n "$TEST_ID" ]]; then
     say "$proxy: test $TEST_ID against $base"
     (cd "$PKG" && exec timeout 120 env npm_config_base="$base" npm_config_id="$TEST_ID" \
-      node --no-warnings cli.mjs) &
+      node --no-warnings "$ENGINE/cli.mjs") &
     client=$!
     PIDS+=("$client")
     wait "$client" || say "$proxy: client exited $?"
@@ -243,7 +262,7 @@ run_client() { # run_client PROXY: the whole suite, or TEST_ID, against 127.0.0.
   say "$proxy: full suite against $base (at most ${TIMEOUT}s)"
   local start=$SECONDS
   (cd "$PKG" && exec timeout "$TIMEOUT" env npm_config_base="$base" npm_package_config_id="" \
-    node --no-warnings cli.mjs) > "$RUN/$proxy.json" 2> "$RUN/$proxy-client.log" &
+    node --no-warnings "$ENGINE/cli.mjs") > "$RUN/$proxy.json" 2> "$RUN/$proxy-client.log" &
   client=$!
   PIDS+=("$client")
   wait "$client" || rc=$?
@@ -268,14 +287,26 @@ done
 
 if [[ -n "$TEST_ID" ]]; then rm -rf "$RUN"; exit 0; fi
 
-printf '%s\n' "${VERSIONS[@]}" > "$RESULTS/versions.txt"
+# versions.txt keeps the lines of proxies not run this time.
+{
+  printf '%s\n' "${VERSIONS[@]}"
+  for proxy in nginx varnish leafcache; do
+    [[ " ${DONE[*]} " == *" $proxy "* ]] && continue
+    grep "^$proxy: " "$RESULTS/versions.txt" 2>/dev/null || true
+  done
+} > "$RESULTS/versions.new"
+mv "$RESULTS/versions.new" "$RESULTS/versions.txt"
+FAILURES="$RESULTS/../leafcache-failures.txt"
+[[ -z "${HCT_PKG:-}" ]] || FAILURES="$RESULTS/leafcache-failures.txt"
 args=(--pkg "$PKG" --summary "$RESULTS/summary.json")
-[[ " ${DONE[*]} " == *" leafcache "* ]] && args+=(--failures "leafcache=$CONF/leafcache-failures.txt")
-for proxy in "${DONE[@]}"; do args+=("$proxy=$RESULTS/$proxy.json"); done
+[[ -f "$RESULTS/leafcache.json" ]] && args+=(--failures "leafcache=$FAILURES")
+for proxy in nginx varnish leafcache; do
+  [[ -f "$RESULTS/$proxy.json" ]] && args+=("$proxy=$RESULTS/$proxy.json")
+done
 echo
 node "$CONF/summarize.mjs" "${args[@]}"
 echo
 printf '%s\n' "${VERSIONS[@]}"
 echo "raw results: $RESULTS/"
-[[ " ${DONE[*]} " == *" leafcache "* ]] && echo "leafcache failures: $CONF/leafcache-failures.txt"
+[[ -f "$RESULTS/leafcache.json" ]] && echo "leafcache failures: $FAILURES"
 rm -rf "$RUN"

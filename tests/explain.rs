@@ -140,5 +140,9 @@ async fn explain_names_a_bypass_and_its_cache_status() {
     }
     let bad = run(leafcache(&proxy.config_path(), &["explain", "search?q=1"])).await;
     assert_eq!(bad.code, 2, "a target without / is a usage error");
-    assert!(bad.stderr.contains("\"search?q=1\" is not"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("\"search?q=1\" is not"),
+        "{}",
+        bad.stderr
+    );
 }

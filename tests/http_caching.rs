@@ -136,10 +136,25 @@ async fn an_upstream_age_counts_toward_the_entrys_age() {
 }
 
 #[tokio::test]
-async fn an_invalid_age_makes_the_answer_stale() {
-    let s = setup_static(&[("cache-control", "max-age=3600"), ("age", "0, 0")]).await;
+async fn a_list_age_counts_by_its_first_member_and_an_invalid_age_is_ignored() {
+    // RFC 9111 section 5.1: `Age: 0, 0` is 0, `Age: abc` is ignored.
+    const CASES: [&[(&str, &str)]; 3] = [
+        &[("cache-control", "max-age=3600"), ("age", "0, 0")],
+        &[("cache-control", "max-age=3600"), ("age", "abc")],
+        &[("cache-control", "max-age=3600"), ("age", "-1")],
+    ];
+    for headers in CASES {
+        let age = headers[1].1;
+        let s = setup_static(headers).await;
+        let get = s.proxy.get("/p/a");
+        assert_miss_stored(&get.send().await);
+        assert_hit(&get.send().await);
+        assert_eq!(s.backend.count(), 1, "Age {age:?}");
+    }
+    // The first member decides: older than its lifetime on arrival.
+    let s = setup_static(&[("cache-control", "max-age=3600"), ("age", "7200, 0")]).await;
     let get = s.proxy.get("/p/a");
-    get.send().await;
+    assert_x_cache(&get.send().await, "MISS");
     assert_x_cache(&get.send().await, "MISS");
     assert_eq!(s.backend.count(), 2);
 }

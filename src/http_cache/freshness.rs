@@ -11,11 +11,6 @@ use http::{HeaderMap, StatusCode};
 use super::date::{self, DateField};
 use crate::cache_control::CacheControl;
 
-/// The age given to an answer whose `Age` field is invalid (a list, a
-/// fraction, a negative or non-numeric value): so old that it is stale, as
-/// RFC 9111 section 4.2.1 treats invalid freshness information.
-pub const INVALID_AGE: Duration = Duration::from_secs(1 << 31);
-
 /// Heuristic freshness is capped at one day (SPEC 3b).
 pub const HEURISTIC_CAP: Duration = Duration::from_secs(86_400);
 
@@ -35,22 +30,27 @@ pub enum AgeField {
     Invalid,
 }
 
-/// `Age` is a singleton of delta-seconds: exactly one field line holding
-/// only digits. Anything else is invalid.
+/// `Age` per RFC 9111 section 5.1: a list-based value counts by its first
+/// member (`Age: 1, 2` is 1), and a first member that is not delta-seconds
+/// is invalid, which a cache ignores. A parameter on it is dropped.
 pub fn age_field(headers: &HeaderMap) -> AgeField {
-    let mut values = headers.get_all(AGE).iter();
-    let Some(first) = values.next() else {
+    let Some(first) = headers.get(AGE) else {
         return AgeField::Absent;
     };
-    if values.next().is_some() {
-        return AgeField::Invalid;
-    }
-    let text = first.as_bytes().trim_ascii();
-    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+    let bytes = first.as_bytes();
+    // The first list member, without parameters: `7200;foo=bar` is 7200
+    // (taking it as older errs toward revalidating, never toward reuse).
+    let member = bytes
+        .split(|b| *b == b',')
+        .next()
+        .and_then(|m| m.split(|b| *b == b';').next())
+        .unwrap_or(bytes)
+        .trim_ascii();
+    if member.is_empty() || !member.iter().all(u8::is_ascii_digit) {
         return AgeField::Invalid;
     }
     // Overflowing values are capped (RFC 9111 section 1.2.2).
-    let secs = std::str::from_utf8(text)
+    let secs = std::str::from_utf8(member)
         .ok()
         .and_then(|t| t.parse::<u64>().ok())
         .unwrap_or(1 << 31)
@@ -77,9 +77,9 @@ pub fn date_value_ms(headers: &HeaderMap, response_time_ms: u64) -> i64 {
 /// ```
 pub fn corrected_initial_age(headers: &HeaderMap, ex: Exchange) -> Duration {
     let age_value_ms = match age_field(headers) {
-        AgeField::Absent => 0,
+        // An invalid Age is ignored (RFC 9111 section 5.1).
+        AgeField::Absent | AgeField::Invalid => 0,
         AgeField::Valid(secs) => secs * 1000,
-        AgeField::Invalid => return INVALID_AGE,
     };
     let date = date_value_ms(headers, ex.response_time_ms);
     let apparent_age = (ex.response_time_ms as i64).saturating_sub(date).max(0) as u64;
@@ -265,20 +265,30 @@ mod tests {
     const S: fn(u64) -> Duration = Duration::from_secs;
 
     #[test]
-    fn age_is_one_line_of_digits() {
+    fn age_counts_by_its_first_member_and_an_invalid_one_is_ignored() {
         assert_eq!(age_field(&headers(&[("age", "30")])), AgeField::Valid(30));
         assert_eq!(age_field(&HeaderMap::new()), AgeField::Absent);
-        for bad in [
-            "abc", "-7200", "7200.0", "old, 0", "0, old", "0, 0", "0;a=b", "1;1",
+        for (value, first) in [
+            ("1, 2", 1),
+            ("0, old", 0),
+            (" 7 ,8", 7),
+            ("7200;foo=bar", 7200),
         ] {
+            assert_eq!(
+                age_field(&headers(&[("age", value)])),
+                AgeField::Valid(first),
+                "{value}"
+            );
+        }
+        let two = headers(&[("age", "5"), ("age", "9")]);
+        assert_eq!(age_field(&two), AgeField::Valid(5));
+        for bad in ["abc", "-7200", "7200.0", "old, 0", ";1", ""] {
             assert_eq!(
                 age_field(&headers(&[("age", bad)])),
                 AgeField::Invalid,
                 "{bad}"
             );
         }
-        let two = headers(&[("age", "0"), ("age", "0")]);
-        assert_eq!(age_field(&two), AgeField::Invalid);
     }
 
     #[test]
@@ -300,8 +310,9 @@ mod tests {
             Duration::from_millis(500),
             "the response delay alone"
         );
+        // An invalid Age is ignored: the response delay alone.
         let h = headers(&[("age", "nope")]);
-        assert_eq!(corrected_initial_age(&h, ex), INVALID_AGE);
+        assert_eq!(corrected_initial_age(&h, ex), Duration::from_millis(500));
     }
 
     #[test]

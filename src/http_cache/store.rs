@@ -261,8 +261,11 @@ mod tests {
             ])
             .is_ok()
         );
+        // An invalid Age is ignored (RFC 9111 section 5.1); a list counts
+        // by its first member.
+        assert!(ok(&[("cache-control", "max-age=60"), ("age", "bogus")]).is_ok());
         assert_eq!(
-            ok(&[("cache-control", "max-age=60"), ("age", "bogus")]),
+            ok(&[("cache-control", "max-age=60"), ("age", "120, 0")]),
             Err(NotStored::NoReuse)
         );
     }
