@@ -229,8 +229,8 @@ impl Collector for Snapshot {
         )?;
         let cs = &s.cache_stats;
         let redis_errors = [
-            ("lookup", cs.redis_lookup_errors.load(Ordering::Relaxed)),
-            ("store", cs.redis_store_errors.load(Ordering::Relaxed)),
+            ("lookup", cs.tier.lookup_errors.load(Ordering::Relaxed)),
+            ("store", cs.tier.store_errors.load(Ordering::Relaxed)),
             (
                 "events",
                 s.events
@@ -257,7 +257,7 @@ impl Collector for Snapshot {
             &mut enc,
             "cache_writes_dropped",
             "Cache stores that skipped Redis because its write backlog was full",
-            cs.redis_writes_dropped.load(Ordering::Relaxed),
+            cs.tier.writes_dropped.load(Ordering::Relaxed),
         )?;
         if let Some(ev) = &s.events {
             events(&mut enc, ev)?;

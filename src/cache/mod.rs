@@ -16,15 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bb8_redis::redis;
-use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::redis::RedisPool;
-use crate::redis::mux::Mux;
-use crate::redis::pool::{Command, RedisFailure};
-use crate::redis::wire::Commands;
+use crate::redis::{CacheTier, RedisPool, TierStats};
 use crate::time::now_ms;
 use coalesce::Coalescer;
 use envelope::Entry;
@@ -52,45 +46,17 @@ pub struct Lookup {
     pub stale: Option<Found>,
 }
 
-/// Cluster mode: cache writes waiting for Redis; past this many, new stores
-/// skip Redis (L1 still has them) rather than queueing without bound. (On a
-/// single node they go straight to the store connection, which bounds its
-/// own backlog.)
-const WRITE_QUEUE: usize = 4096;
-const WRITE_BATCH: usize = 128;
-
-enum Write {
-    Set {
-        key: String,
-        value: Bytes,
-        ex_secs: u64,
-    },
-    /// Invalidation: UNLINK the keys, announce on the invalidation channel,
-    /// then acknowledge. It shares the queue with stores so that it runs
-    /// after any store queued before it.
-    Unlink {
-        keys: Vec<String>,
-        notices: Vec<(String, String)>,
-        done: tokio::sync::oneshot::Sender<()>,
-    },
-}
-
 /// Counters the metrics endpoint reads.
 #[derive(Default)]
 pub struct CacheStats {
-    pub redis_writes_dropped: AtomicU64,
     pub redis_decode_errors: AtomicU64,
-    pub redis_lookup_errors: AtomicU64,
-    /// Shared with the connection that counts failed stores nobody waits for.
-    pub redis_store_errors: Arc<AtomicU64>,
+    /// Lookups, stores and dropped writes of the Redis tier.
+    pub tier: Arc<TierStats>,
 }
 
 pub struct Cache {
     l1: Option<L1>,
-    redis: Option<RedisPool>,
-    /// Cluster mode: the queue [`write_loop`] drains through the pool. (On a
-    /// single node stores go to the pool's store connection.)
-    queue: Option<mpsc::Sender<Write>>,
+    redis: Option<CacheTier>,
     /// Added to freshness for the Redis `EX`, so stale copies stay for
     /// stale-if-error.
     stale_window: Duration,
@@ -103,27 +69,24 @@ pub struct Cache {
 
 impl Cache {
     /// Builds the tiers; must run inside the Tokio runtime when `redis` is
-    /// set (it spawns the writer).
+    /// set (the Redis tier starts its writer).
     pub fn new(
         l1: Option<L1>,
         redis: Option<RedisPool>,
         stale_window: Duration,
         hit_for_pass: Duration,
     ) -> Cache {
-        let stats = Arc::new(CacheStats::default());
-        let queue = redis.clone().and_then(|pool| {
-            if let Some(conn) = pool.store_connection() {
-                conn.connect_early();
-                return None;
-            }
-            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-            tokio::spawn(write_loop(pool, rx, stats.clone()));
-            Some(tx)
+        let redis = redis.map(CacheTier::new);
+        let stats = Arc::new(CacheStats {
+            redis_decode_errors: AtomicU64::new(0),
+            tier: redis
+                .as_ref()
+                .map(|t| t.stats().clone())
+                .unwrap_or_default(),
         });
         Cache {
             l1,
             redis,
-            queue,
             stale_window,
             pass: PassMarks::new(hit_for_pass),
             coalescer: Arc::new(Coalescer::default()),
@@ -136,7 +99,7 @@ impl Cache {
     }
 
     pub fn redis(&self) -> Option<&RedisPool> {
-        self.redis.as_ref()
+        self.redis.as_ref().map(CacheTier::pool)
     }
 
     /// Looks the keys up in order, L1 first for all of them, then Redis in one
@@ -159,9 +122,8 @@ impl Cache {
         let Some(redis) = &self.redis else {
             return Lookup::default();
         };
-        let values = match redis.values(keys, deadline).await {
-            Ok(v) => v,
-            Err(e) => return self.lookup_failed(&e),
+        let Some(values) = redis.get_many(keys, deadline).await else {
+            return Lookup::default();
         };
         let now = now_ms();
         let mut found = Lookup::default();
@@ -199,55 +161,16 @@ impl Cache {
         found
     }
 
-    fn lookup_failed(&self, e: &RedisFailure) -> Lookup {
-        // With the breaker open nothing was asked: not an error of this call.
-        if !matches!(e, RedisFailure::Down) {
-            self.stats
-                .redis_lookup_errors
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Lookup::default()
-    }
-
     /// Stores an answer in both tiers. Returns at once; Redis is written in
     /// the background.
     pub fn store(&self, key: String, entry: Arc<Entry>) {
         self.pass.invalidate(&key);
         let ex = entry.fresh_for + self.stale_window;
-        self.write_redis(&key, &envelope::encode(&entry), ex.as_secs().max(1));
+        if let Some(redis) = &self.redis {
+            redis.set_ex(&key, &envelope::encode(&entry), ex.as_secs().max(1));
+        }
         if let Some(l1) = &self.l1 {
             l1.insert(key, entry);
-        }
-    }
-
-    /// `SET key value EX ex_secs` in the background; counted as dropped when
-    /// the backlog is full, as a store error when Redis is marked down.
-    fn write_redis(&self, key: &str, value: &Bytes, ex_secs: u64) {
-        let sent = if let Some(queue) = &self.queue {
-            queue
-                .try_send(Write::Set {
-                    key: key.to_owned(),
-                    value: value.clone(),
-                    ex_secs,
-                })
-                .is_ok()
-        } else if let Some(conn) = self.store_connection() {
-            let mut secs = itoa::Buffer::new();
-            let args: [&[u8]; 5] = [
-                b"SET",
-                key.as_bytes(),
-                value,
-                b"EX",
-                secs.format(ex_secs).as_bytes(),
-            ];
-            conn.send_discarding(&args, &self.stats.redis_store_errors)
-        } else {
-            return;
-        };
-        if !sent {
-            self.stats
-                .redis_writes_dropped
-                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -258,13 +181,7 @@ impl Cache {
             return Some(entry);
         }
         let redis = self.redis.as_ref()?;
-        let raw = match redis.values(&[key], deadline).await {
-            Ok(mut values) => values.pop().flatten()?,
-            Err(e) => {
-                self.lookup_failed(&e);
-                return None;
-            }
-        };
+        let raw = redis.get_many(&[key], deadline).await?.pop().flatten()?;
         match envelope::decode(raw) {
             Ok(entry) => {
                 let entry = Arc::new(entry);
@@ -293,7 +210,9 @@ impl Cache {
         let value = envelope::encode(&entry);
         for key in keys {
             self.pass.invalidate(key);
-            self.write_redis(key, &value, ex_secs);
+            if let Some(redis) = &self.redis {
+                redis.set_ex(key, &value, ex_secs);
+            }
             if let Some(l1) = &self.l1 {
                 l1.insert(key.clone(), entry.clone());
             }
@@ -312,66 +231,8 @@ impl Cache {
         for key in &keys {
             self.forget_local(key);
         }
-        let Some(queue) = &self.queue else {
-            if let Some(conn) = self.store_connection() {
-                self.unlink_shared(conn, &keys, &notices, wait).await;
-            }
-            return;
-        };
-        let (done, acked) = tokio::sync::oneshot::channel();
-        let write = Write::Unlink {
-            keys,
-            notices,
-            done,
-        };
-        if tokio::time::timeout(wait, queue.send(write)).await.is_err() {
-            self.stats
-                .redis_writes_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let _ = tokio::time::timeout(wait, acked).await;
-    }
-
-    /// A single node's store connection while Redis is up; while it is
-    /// marked down, `None`, and the skipped write counts as a store error.
-    /// `None` too without Redis, or on a cluster.
-    fn store_connection(&self) -> Option<&Mux> {
-        let redis = self.redis.as_ref()?;
-        let conn = redis.store_connection()?;
-        if redis.health().is_up() {
-            return Some(conn);
-        }
-        self.stats
-            .redis_store_errors
-            .fetch_add(1, Ordering::Relaxed);
-        None
-    }
-
-    /// Invalidation on a single node: the UNLINKs and PUBLISHes go out
-    /// after every store already sent, and are waited for.
-    async fn unlink_shared(
-        &self,
-        conn: &Mux,
-        keys: &[String],
-        notices: &[(String, String)],
-        wait: Duration,
-    ) {
-        let build = |out: &mut crate::redis::wire::RespBuf| {
-            // One key per command, as in cluster mode.
-            for key in keys {
-                out.command(&[b"UNLINK", key.as_bytes()]);
-            }
-            for (channel, message) in notices {
-                out.command(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()]);
-            }
-            keys.len() + notices.len()
-        };
-        if let Err(e) = conn.call_many(build, Instant::now() + wait).await {
-            self.stats
-                .redis_store_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %e, "cache invalidation in redis failed");
+        if let Some(redis) = &self.redis {
+            redis.invalidate(keys, notices, wait).await;
         }
     }
 
@@ -460,55 +321,6 @@ impl PassMarks {
     fn invalidate(&self, key: &str) {
         if self.live_now().is_some() {
             self.marks.remove(key);
-        }
-    }
-}
-
-/// Drains cache writes into Redis, pipelining what has queued up.
-async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>, stats: Arc<CacheStats>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut acks = Vec::new();
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for w in batch.drain(..) {
-            match w {
-                Write::Set {
-                    key,
-                    value,
-                    ex_secs,
-                } => {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(value.as_ref())
-                        .arg("EX")
-                        .arg(ex_secs)
-                        .ignore();
-                }
-                Write::Unlink {
-                    keys,
-                    notices,
-                    done,
-                } => {
-                    // One key per command: in cluster mode the keys of
-                    // one URI live in different slots.
-                    for key in keys {
-                        pipe.cmd("UNLINK").arg(key).ignore();
-                    }
-                    for (channel, message) in notices {
-                        pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
-                    }
-                    acks.push(done);
-                }
-            }
-        }
-        // A failed write loses a cache copy, never data: nothing to retry.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        if let Err(e) = pool.query::<()>(Command::Pipe(&pipe), deadline).await {
-            stats.redis_store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %e, "cache write to redis skipped");
-        }
-        for done in acks.drain(..) {
-            let _ = done.send(());
         }
     }
 }

@@ -9,7 +9,9 @@ mod health;
 pub mod keys;
 pub mod mux;
 pub mod pool;
+pub mod tier;
 pub mod wire;
 
 pub use health::Health;
 pub use pool::{Node, RedisPool};
+pub use tier::{CacheTier, TierStats};
