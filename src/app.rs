@@ -88,37 +88,70 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
     Ok(Running { proxy, writer })
 }
 
+/// The two listeners a proxy serves on, bound by the caller.
+pub struct Listeners {
+    pub data: TcpListener,
+    /// A std listener: the admin API runs on a runtime of its own.
+    pub admin: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds `listen` and `admin_listen` of the config.
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let admin = std::net::TcpListener::bind(config.admin_listen).map_err(|source| {
+            StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            }
+        })?;
+        let data = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Listeners { data, admin })
+    }
+}
+
 /// Binds both listeners, serves until `shutdown` resolves, then drains.
 pub async fn serve(
     config: Arc<Config>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let listeners = Listeners::bind(&config).await?;
+    run(config, listeners, shutdown).await
+}
+
+/// Runs the proxy on listeners bound beforehand (port 0 in tests) until
+/// `shutdown` resolves, then drains: requests in flight finish, the admin
+/// listener closes, the search log is written to Redis or the spool. The
+/// library's entry point, as mini-redis's `server::run(listener, shutdown)`:
+/// tests run the real server in process with it.
+pub async fn run(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
     let Running { proxy, writer } = build(config.clone())?;
-    let admin =
-        std::net::TcpListener::bind(config.admin_listen).map_err(|source| StartError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    crate::admin::spawn(admin, proxy.clone()).map_err(|source| StartError::Bind {
-        addr: config.admin_listen,
+    let Listeners { data, admin } = listeners;
+    let admin_addr = admin.local_addr().map_or(config.admin_listen, |a| a);
+    let admin = crate::admin::spawn(admin, proxy.clone()).map_err(|source| StartError::Bind {
+        addr: admin_addr,
         source,
     })?;
     tracing::info!(
-        listen = %listener.local_addr().map_or(config.listen, |a| a),
-        admin = %config.admin_listen,
+        listen = %data.local_addr().map_or(config.listen, |a| a),
+        admin = %admin_addr,
         upstream = %config.upstream.url,
         routes = config.routes.len(),
         "leafcache serving"
     );
-    crate::server::run(listener, proxy, shutdown).await;
+    crate::server::run(data, proxy, shutdown).await;
     // Requests are done: write what they logged, to Redis or the spool.
+    // The admin listener answers until then.
     writer.shutdown().await;
+    admin.stop();
     tracing::info!("stopped");
     Ok(())
 }

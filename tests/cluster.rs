@@ -599,7 +599,7 @@ async fn a_proxy_started_before_its_cluster_serves_then_uses_it() {
 async fn an_acl_user_and_password_reach_every_node() {
     let cluster = RedisCluster::start_with_acl_user("admin-secret", "leaf", "leaf-secret").await;
     let backend = Backend::start(catalogue).await;
-    let proxy = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    let proxy = Proxy::start_process_with(&log_config(), &backend.url(), &cluster.url()).await;
     eventually(
         "the proxy's invalidation listener, logged in as leaf",
         || async { (invalidation_subscribers(&cluster).await >= 1).then_some(()) },
@@ -636,7 +636,7 @@ async fn tls_with_a_private_ca_reaches_every_node() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &tls.ca_pem).expect("write the CA");
     let config = log_config().redis(&format!("tls_ca_file = {:?}", ca.display().to_string()));
-    let proxy = Proxy::start_with(&config, &backend.url(), &cluster.url()).await;
+    let proxy = Proxy::start_process_with(&config, &backend.url(), &cluster.url()).await;
     let mut ids = BTreeSet::new();
     for i in 0..SEARCHES_FOR_EVERY_MASTER {
         let resp = proxy

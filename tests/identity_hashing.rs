@@ -17,7 +17,7 @@ async fn a_hashed_authorization_identity_scopes_entries_and_never_reaches_redis(
     let config = ProxyConfig::search()
         .identity(r#"user_id = ["header:authorization"]"#)
         .identity("hash_user_id = true");
-    let proxy = Proxy::start(&config, &backend, &redis).await;
+    let proxy = Proxy::start_process(&config, &backend, &redis).await;
     let search = |auth: &str| {
         proxy
             .search(None, json!({"query": "milk"}))

@@ -42,7 +42,7 @@ async fn cache_and_log_go_through(proxy: &Proxy, redis: &Redis) {
 async fn with_the_right_password_a_repeated_search_is_a_hit_from_redis_and_is_logged() {
     let redis = Redis::start_with_password(PASSWORD).await;
     let backend = Backend::echo().await;
-    let proxy = Proxy::start(&ProxyConfig::search().without_l1(), &backend, &redis).await;
+    let proxy = Proxy::start_process(&ProxyConfig::search().without_l1(), &backend, &redis).await;
 
     cache_and_log_go_through(&proxy, &redis).await;
 
@@ -56,7 +56,8 @@ async fn with_a_wrong_password_the_proxy_serves_from_the_backend_and_keeps_it_se
     let redis = Redis::start_with_password(PASSWORD).await;
     let backend = Backend::echo().await;
     let url = format!("redis://:{WRONG}@127.0.0.1:{}", redis.port);
-    let proxy = Proxy::start_with(&ProxyConfig::search().without_l1(), &backend.url(), &url).await;
+    let proxy =
+        Proxy::start_process_with(&ProxyConfig::search().without_l1(), &backend.url(), &url).await;
 
     let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
     for n in 1..=3 {
@@ -106,7 +107,8 @@ async fn an_acl_user_with_its_password_caches_and_logs() {
         .expect("ACL SETUSER");
     let backend = Backend::echo().await;
     let url = format!("redis://leaf:leaf-pw-5d1e@127.0.0.1:{}", redis.port);
-    let proxy = Proxy::start_with(&ProxyConfig::search().without_l1(), &backend.url(), &url).await;
+    let proxy =
+        Proxy::start_process_with(&ProxyConfig::search().without_l1(), &backend.url(), &url).await;
 
     cache_and_log_go_through(&proxy, &redis).await;
 

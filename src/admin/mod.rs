@@ -43,14 +43,36 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type AdminBody = BoxBody<Bytes, BoxError>;
 type AdminResponse = Response<AdminBody>;
 
+/// The running admin server; [`AdminServer::stop`] (or dropping it) closes
+/// its listener and ends its thread.
+pub struct AdminServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl AdminServer {
+    pub fn stop(mut self) {
+        self.stop.take();
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Serves the admin API on its own single-threaded runtime, on a thread of
-/// its own. The listener must be a std listener bound beforehand.
-pub fn spawn(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Result<()> {
+/// its own, so that probes answer even when the data path is saturated.
+/// The listener must be a std listener bound beforehand.
+pub fn spawn(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Result<AdminServer> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("leafcache-admin")
         .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("leafcache-admin".into())
         .spawn(move || {
@@ -62,10 +84,13 @@ pub fn spawn(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Res
                         return;
                     }
                 };
-                serve(listener, proxy).await;
+                tokio::select! {
+                    () = serve(listener, proxy) => {}
+                    _ = stopped => {}
+                }
             })
         })?;
-    Ok(())
+    Ok(AdminServer { stop: Some(stop) })
 }
 
 /// Connections are closed after `header_read_timeout` of silence, as on the

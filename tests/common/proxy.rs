@@ -1,10 +1,19 @@
-//! The real `leafcache serve` process and the proxy.toml a test writes for it.
+//! The proxy a test talks to, and the proxy.toml a test writes for it.
+//!
+//! [`Proxy::start`] runs the real server in the test's own process, through
+//! the library's entry point (`leafcache::app::run` on listeners bound to
+//! port 0): no process to spawn, no port to probe. [`Proxy::start_process`]
+//! runs the `leafcache serve` binary instead, for tests that read what the
+//! process logs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use serde_json::Value;
 
@@ -153,22 +162,77 @@ impl ProxyConfig {
     }
 }
 
-/// The real `leafcache serve`, killed on drop. When the test panics, the proxy's
-/// log and config are printed so the failure can be read without a rerun.
+/// A running proxy: in process, or the real `leafcache serve` killed on drop.
+/// When the test panics, the proxy's config (and a process's log) are
+/// printed so the failure can be read without a rerun.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    child: Child,
+    runner: Runner,
     dir: tempfile::TempDir,
 }
 
+enum Runner {
+    Process(Child),
+    /// Resolving the sender's receiver starts the server's drain.
+    InProcess(Option<oneshot::Sender<()>>),
+}
+
 impl Proxy {
+    /// The proxy in this process, in front of `backend`, with `redis`.
     pub async fn start(config: &ProxyConfig, backend: &Backend, redis: &Redis) -> Proxy {
         Proxy::start_with(config, &backend.url(), &redis.url()).await
     }
 
-    /// Starts the proxy against any upstream URL (e.g. a closed port).
+    /// The proxy in this process against any upstream URL (e.g. a closed
+    /// port).
     pub async fn start_with(config: &ProxyConfig, upstream: &str, redis: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("create the proxy's temp dir");
+        let data = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the data listener");
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the admin listener");
+        let addr = data.local_addr().expect("a bound address");
+        let admin_addr = admin.local_addr().expect("a bound address");
+        let config_path = dir.path().join("proxy.toml");
+        let toml = config.render(addr, admin_addr, upstream, redis, &dir.path().join("spool"));
+        std::fs::write(&config_path, toml).expect("write proxy.toml");
+        let loaded = leafcache::config::Config::load(&config_path)
+            .and_then(|c| c.validate_listeners().map(|()| c))
+            .unwrap_or_else(|e| panic!("the test's proxy.toml is invalid: {e}"));
+        data.set_nonblocking(true).expect("a non-blocking listener");
+        let listeners = leafcache::app::Listeners {
+            data: tokio::net::TcpListener::from_std(data).expect("a tokio listener"),
+            admin,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let server = tokio::spawn(leafcache::app::run(Arc::new(loaded), listeners, shutdown));
+        let mut proxy = Proxy {
+            addr,
+            admin: admin_addr,
+            runner: Runner::InProcess(Some(stop)),
+            dir,
+        };
+        if proxy.wait_healthy().await.is_err() {
+            if server.is_finished() {
+                panic!(
+                    "leafcache stopped before it was healthy: {:?}",
+                    server.await
+                );
+            }
+            panic!("leafcache not healthy after {WAIT:?}");
+        }
+        proxy
+    }
+
+    /// The `leafcache serve` binary, for tests that read its log.
+    pub async fn start_process(config: &ProxyConfig, backend: &Backend, redis: &Redis) -> Proxy {
+        Proxy::start_process_with(config, &backend.url(), &redis.url()).await
+    }
+
+    /// The binary against any upstream URL.
+    pub async fn start_process_with(config: &ProxyConfig, upstream: &str, redis: &str) -> Proxy {
         // A port found free can still be taken before the proxy binds it (by
         // another program): then start again on new ports, a few times.
         for _ in 0..3 {
@@ -214,7 +278,7 @@ impl Proxy {
         Proxy {
             addr,
             admin,
-            child,
+            runner: Runner::Process(child),
             dir,
         }
     }
@@ -224,7 +288,9 @@ impl Proxy {
     async fn wait_healthy(&mut self) -> Result<(), Option<std::process::ExitStatus>> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Runner::Process(child) = &mut self.runner
+                && let Ok(Some(status)) = child.try_wait()
+            {
                 return Err(Some(status));
             }
             let probe = Req::new(self.admin, "GET", "/healthz");
@@ -241,7 +307,8 @@ impl Proxy {
         }
     }
 
-    /// Everything the process wrote to stdout and stderr so far.
+    /// Everything the process wrote to stdout and stderr so far (a proxy
+    /// in process writes none: start it with [`Proxy::start_process`]).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
@@ -284,8 +351,17 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.runner {
+            Runner::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Runner::InProcess(stop) => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+        }
         if std::thread::panicking() {
             eprintln!("{}", self.diagnostics());
         }
