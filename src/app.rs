@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::cache::Cache;
 use crate::cache::l1::L1;
@@ -147,7 +148,9 @@ pub async fn run(
         routes = config.routes.len(),
         "leafcache serving"
     );
-    crate::server::run(data, proxy, shutdown).await;
+    crate::server::run(data, proxy, shutdown)
+        .instrument(tracing::info_span!("proxy"))
+        .await;
     // Requests are done: write what they logged, to Redis or the spool.
     // The admin listener answers until then.
     writer.shutdown().await;

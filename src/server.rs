@@ -72,13 +72,13 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
                     // Held until the connection closes.
                     let _permit = permit;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
-                });
+                }));
             }
             () = &mut shutdown => break,
         }

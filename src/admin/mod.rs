@@ -76,6 +76,7 @@ pub fn spawn(listener: std::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Res
     std::thread::Builder::new()
         .name("leafcache-admin".into())
         .spawn(move || {
+            let _span = tracing::info_span!("admin").entered();
             runtime.block_on(async move {
                 let listener = match TcpListener::from_std(listener) {
                     Ok(l) => l,
@@ -118,7 +119,7 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        tokio::spawn(conn);
+        tokio::spawn(tracing::Instrument::in_current_span(conn));
     }
 }
 

@@ -8,10 +8,11 @@
 use std::time::Duration;
 
 use bb8_redis::redis;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::fields::{self, BadField};
+use crate::cache::invalidation;
+pub use crate::cache::invalidation::PurgeRequest;
 use crate::cache::l1::L1;
 use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::{Command, RedisFailure};
@@ -35,18 +36,6 @@ pub enum Target {
     Global(String),
     /// Every global entry.
     AllGlobal,
-}
-
-/// The wire form: the body of `POST /v1/cache/purge` and the invalidation
-/// message.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PurgeRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub all_global: bool,
 }
 
 impl Target {
@@ -173,11 +162,8 @@ pub async fn purge(
         (None, Some(pattern)) => scan_unlink(redis, prefix, target, &pattern).await?,
         (None, None) => 0,
     };
-    let message = serde_json::to_string(&target.request()).unwrap_or_default();
-    let publish = redis::cmd("PUBLISH")
-        .arg(keys::invalidate_channel(prefix))
-        .arg(message)
-        .to_owned();
+    let (channel, message) = invalidation::notice(prefix, &target.request());
+    let publish = redis::cmd("PUBLISH").arg(channel).arg(message).to_owned();
     redis
         .query::<i64>(Command::Cmd(&publish), Instant::now() + DEADLINE)
         .await?;
@@ -258,19 +244,23 @@ pub fn spawn_invalidation_listener(
     prefix: Prefix,
     l1: L1,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let channel = keys::invalidate_channel(&prefix);
-        let mut backoff = BACKOFF_MIN;
-        let mut lost = false;
-        loop {
-            match listen(&redis, &channel, &prefix, &l1, &mut lost, &mut backoff).await {
-                Ok(()) => tracing::debug!("invalidation channel closed; resubscribing"),
-                Err(e) => tracing::debug!(error = %e, "invalidation channel unavailable"),
+    let span = tracing::info_span!("invalidation");
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let channel = keys::invalidate_channel(&prefix);
+            let mut backoff = BACKOFF_MIN;
+            let mut lost = false;
+            loop {
+                match listen(&redis, &channel, &prefix, &l1, &mut lost, &mut backoff).await {
+                    Ok(()) => tracing::debug!("invalidation channel closed; resubscribing"),
+                    Err(e) => tracing::debug!(error = %e, "invalidation channel unavailable"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-    })
+        },
+        span,
+    ))
 }
 
 async fn listen(

@@ -3,13 +3,15 @@
 //! - [`envelope`]: the stored binary form of an answer.
 //! - [`l1`]: the byte-bounded in-process tier.
 //! - [`coalesce`]: one backend request per key at a time.
+//! - [`invalidation`]: the notices that tell every proxy to drop L1 copies.
 //!
 //! Lookups are bounded by one deadline per request (`redis.timeout` in total,
-//! however many scopes are asked); stores never make the client wait: the
-//! Redis write goes to a background writer through a bounded queue.
+//! however many scopes are asked); stores never make the client wait. Redis
+//! is reached through [`crate::redis::CacheTier`], which hides the topology.
 
 pub mod coalesce;
 pub mod envelope;
+pub mod invalidation;
 pub mod l1;
 
 use std::sync::Arc;

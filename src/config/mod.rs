@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use locate::{Locator, line_col};
 
-use crate::redis::keys::Prefix;
+pub use crate::redis::RedisConfig;
 
 pub use units::{parse_duration, parse_size};
 
@@ -96,39 +96,6 @@ pub struct UpstreamConfig {
     /// The longest pause between two chunks of the backend's body: a slow
     /// but steady body is never cut, a stalled one is.
     pub idle_timeout: Duration,
-}
-
-#[derive(Clone)]
-pub struct RedisConfig {
-    /// redis://, rediss:// (TLS), unix:// or redis+unix://; may carry a password.
-    pub url: String,
-    pub pool_size: u32,
-    /// Per cache lookup; a slower answer counts as a miss.
-    pub timeout: Duration,
-    /// Prepended to every key, so several deployments can share one Redis;
-    /// it also says whether keys carry cluster hash tags (`cluster`).
-    pub key_prefix: Prefix,
-    /// Redis Cluster (Memorystore cluster mode): `url` names one node (or
-    /// the discovery endpoint) and the others are found from it.
-    pub cluster: bool,
-    /// `tls_ca_file`, resolved against the config file's folder.
-    pub tls_ca_file: Option<PathBuf>,
-    /// Its PEM text, read at startup: the only roots trusted for `rediss://`
-    /// when set (the platform's roots otherwise).
-    pub tls_ca_pem: Option<Vec<u8>>,
-}
-
-impl fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &values::redact_url(&self.url))
-            .field("pool_size", &self.pool_size)
-            .field("timeout", &self.timeout)
-            .field("key_prefix", &self.key_prefix.as_str())
-            .field("cluster", &self.cluster)
-            .field("tls_ca_file", &self.tls_ca_file)
-            .finish()
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -15,10 +15,9 @@ use http::{HeaderMap, Method, Response, Uri};
 use super::Proxy;
 use super::body::ProxyBody;
 use super::request;
-use crate::admin::purge::PurgeRequest;
+use crate::cache::invalidation::{self, PurgeRequest};
 use crate::config::{Freshness, RouteConfig};
 use crate::http_cache::invalidate;
-use crate::redis::keys;
 
 /// How long an unsafe request's answer waits for Redis to drop the entries.
 const INVALIDATION_WAIT: Duration = Duration::from_millis(500);
@@ -61,7 +60,6 @@ impl Proxy {
             }
         }
         let prefix = &self.config.redis.key_prefix;
-        let channel = keys::invalidate_channel(prefix);
         let mut doomed = Vec::new();
         let mut notices = Vec::new();
         for uri in targets {
@@ -77,14 +75,12 @@ impl Proxy {
                 let user_id = (Some(i) == c.user_key_index)
                     .then(|| c.user_id.clone())
                     .flatten();
-                let notice = PurgeRequest {
+                let request = PurgeRequest {
                     user_id,
                     hash: Some(c.hash.to_hex()),
                     all_global: false,
                 };
-                if let Ok(message) = serde_json::to_string(&notice) {
-                    notices.push((channel.clone(), message));
-                }
+                notices.push(invalidation::notice(prefix, &request));
                 doomed.push(key.clone());
             }
         }

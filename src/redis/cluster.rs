@@ -42,7 +42,7 @@ use bb8_redis::redis::{
 };
 use futures_util::future::try_join_all;
 
-use crate::config::RedisConfig;
+use super::RedisConfig;
 
 /// The cluster connection: cheap to clone, shared by every caller.
 #[derive(Clone)]

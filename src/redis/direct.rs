@@ -16,8 +16,8 @@ use std::time::Duration;
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::RedisConfig;
 use super::wire::{self, Commands, Reply, RespBuf};
-use crate::config::RedisConfig;
 
 pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}

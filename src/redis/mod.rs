@@ -8,10 +8,12 @@ pub mod direct;
 mod health;
 pub mod keys;
 pub mod mux;
+mod options;
 pub mod pool;
 pub mod tier;
 pub mod wire;
 
 pub use health::Health;
+pub use options::RedisConfig;
 pub use pool::{Node, RedisPool};
 pub use tier::{CacheTier, TierStats};

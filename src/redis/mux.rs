@@ -32,9 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use super::RedisConfig;
 use super::direct::DirectConn;
 use super::wire::{self, Commands, ProtocolError, Reply, RespBuf};
-use crate::config::RedisConfig;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -17,10 +17,10 @@ use bb8_redis::redis::aio::MultiplexedConnection;
 use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
+use super::RedisConfig;
 use super::cluster::{Cluster, Master};
 use super::health::{BACKOFF_MAX, BACKOFF_MIN, Health, LastError};
 use super::mux::{Mux, MuxError};
-use crate::config::RedisConfig;
 
 /// A pooled connection that remembers whether it failed at the transport
 /// level, so bb8 drops it instead of handing it out again. (bb8-redis's own
@@ -364,24 +364,28 @@ impl RedisPool {
     /// recovery is noticed without any request paying for the probe.
     pub fn spawn_monitor(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut backoff = BACKOFF_MIN;
-            loop {
-                let deadline = Instant::now() + Duration::from_secs(1);
-                let ok = this.probe(deadline).await.is_ok();
-                if ok {
-                    backoff = BACKOFF_MIN;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                } else {
-                    // A failed ping alone marks Redis down.
-                    if this.health.is_up() {
-                        this.health.failure(&RedisFailure::Timeout, true);
+        let span = tracing::info_span!("redis.monitor");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut backoff = BACKOFF_MIN;
+                loop {
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    let ok = this.probe(deadline).await.is_ok();
+                    if ok {
+                        backoff = BACKOFF_MIN;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    } else {
+                        // A failed ping alone marks Redis down.
+                        if this.health.is_up() {
+                            this.health.failure(&RedisFailure::Timeout, true);
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-            }
-        })
+            },
+            span,
+        ))
     }
 }
 

@@ -75,7 +75,9 @@ impl CacheTier {
             }
             None => {
                 let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-                tokio::spawn(write_loop(pool.clone(), rx, stats.clone()));
+                let span = tracing::info_span!("cache.writer");
+                let writes = write_loop(pool.clone(), rx, stats.clone());
+                tokio::spawn(tracing::Instrument::instrument(writes, span));
                 Some(tx)
             }
         };

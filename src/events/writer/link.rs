@@ -139,7 +139,9 @@ async fn take_blocking<C: Commands + Send + 'static>(
     from: usize,
     mut out: C,
 ) -> Option<(Chunk, C, Taken)> {
+    let span = tracing::info_span!("spool");
     tokio::task::spawn_blocking(move || {
+        let _span = span.entered();
         let taken = take_records(&layout, &chunk, from, &mut out);
         (chunk, out, taken)
     })

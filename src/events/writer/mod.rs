@@ -32,6 +32,7 @@ mod spooling;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -197,13 +198,17 @@ pub fn spawn(
         spares: spares_rx,
     };
     let (stop, stopped) = oneshot::channel();
-    let io = tokio::spawn(io.run());
-    let handle = tokio::spawn(async move {
-        queue.run(stopped).await;
-        // The queue task dropped its end of the work channel: the Redis
-        // task finishes what it holds and ends.
-        let _ = io.await;
-    });
+    // Each subsystem logs inside its own span (as linkerd2-proxy's do).
+    let io = tokio::spawn(io.run().instrument(tracing::info_span!("writer")));
+    let handle = tokio::spawn(
+        async move {
+            queue.run(stopped).await;
+            // The queue task dropped its end of the work channel: the Redis
+            // task finishes what it holds and ends.
+            let _ = io.await;
+        }
+        .instrument(tracing::info_span!("writer")),
+    );
     (sink, Writer { handle, stop })
 }
 

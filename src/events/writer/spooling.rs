@@ -324,7 +324,10 @@ impl SharedSpool {
     ) -> Option<T> {
         let held = self.spool.clone()?;
         let stats = self.stats.clone();
+        // Spool work logs as the spool's, inside the writer's span.
+        let span = tracing::info_span!("spool");
         let result = tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
             // std Mutex: only ever locked on blocking threads.
             let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
             let out = f(&mut held);

@@ -104,7 +104,7 @@ impl Proxy {
             user_id: c.user_id.clone(),
         };
         let stored = stored.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let Some(route) = proxy.config.routes.get(route_index) else {
                 return;
             };
@@ -120,6 +120,6 @@ impl Proxy {
             let resp = proxy.fetch(&mut flow, parts, body, client, miss).await;
             // A streamed (not stored) answer has no reader: drop it.
             drop(resp);
-        });
+        }));
     }
 }
