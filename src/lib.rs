@@ -1,29 +1,42 @@
 //! leafcache: a caching, logging sidecar for search APIs.
 //!
-//! A request enters in [`server`] (accept loop), is handled by [`proxy`]
-//! (the request flow of SPEC section 3), which asks [`route`] which rule it
-//! falls under, [`key`] for its cache key, [`policy`] whether it may be
-//! served or stored, and [`cache`] for a stored answer (L1, then Redis); the
-//! backend is called in [`proxy::forward`]. The rest:
+//! A request's way through the crate (SPEC section 3):
+//!
+//! 1. it enters in [`server`] (the accept loop; [`app::run`] starts it on
+//!    bound listeners) and is answered by [`proxy::Proxy::handle`];
+//! 2. [`route`] says which rule it falls under, [`proxy`]'s `request` step
+//!    reads its search text and identity, [`policy`] decides bypasses, and
+//!    [`key`] makes its cache key (pure functions, property-tested);
+//! 3. [`cache`] is asked (L1, then Redis through [`redis::CacheTier`]), and
+//!    concurrent misses coalesce;
+//! 4. a miss goes down `proxy`'s one miss pipeline: the backend is called in
+//!    [`proxy::forward`], the answer judged by [`policy`] (or by
+//!    [`http_cache`] on origin routes), read by [`answer`], and stored;
+//! 5. the search is logged in [`proxy::log`] and written by [`events`];
+//!    how it was [`served`] drives `X-Cache`, the metrics and the log.
+//!
+//! The rest:
 //!
 //! - [`request_json`]: reading a request body as JSON one way only (no
 //!   duplicate members, numbers by their exact text), for the key.
 //! - [`config`]: proxy.toml schema, defaults, validation, overrides.
 //! - [`cache_control`]: Cache-Control parsing (RFC 9111).
-//! - [`http_cache`]: standard HTTP caching for `freshness = "origin"` routes
-//!   (freshness and age, Vary, conditional requests, invalidation).
-//! - [`answer`]: the search facts of a backend answer (intent, products).
-//! - [`events`]: the search log: events, the batching writer, the spool.
 //! - [`redis`]: the pool (one node or a cluster), its health, every Redis
-//!   key name, the event writer's own connection speaking raw RESP, and the
-//!   pipelined connections cache lookups and stores share.
+//!   key name, the cache tier's handle, the event writer's own connection
+//!   speaking raw RESP.
 //! - [`admin`]: health and readiness probes, metrics, and the `/v1` API
-//!   (feedback, manual logging, history, stats, export, purge).
+//!   (feedback, manual logging, history, stats, export, purge, explain).
 //! - [`metrics`]: Prometheus counters and histograms.
-//! - [`cli`]: the batch commands (export, history, stats, purge, replay).
+//! - [`cli`]: the batch commands (export, history, stats, purge, replay,
+//!   explain).
 //! - [`app`]: building the parts from a config and running them.
+//! - [`time`]: the clock in milliseconds and its RFC 3339 form.
 //! - [`demo`]: a small search backend for the quick start and benchmarks.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging setup; each subsystem logs in its own span
+//!   (`proxy`, `writer`, `spool`, `admin`, `invalidation`, `redis.monitor`,
+//!   `cache.writer`).
+//!
+//! Top-level modules depend on one another without cycles.
 
 pub mod admin;
 pub mod answer;

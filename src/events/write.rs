@@ -246,90 +246,109 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
     }
 
     for (date, members) in &daily {
-        let key = keys::searches_daily(p, date);
-        // All scores formatted into one string, then sliced.
-        let mut scores = String::with_capacity(14 * members.len());
-        let mut ends = Vec::with_capacity(members.len());
-        for pr in members {
-            scores.push_str(itoa::Buffer::new().format(pr.ev.timestamp_ms));
-            ends.push(scores.len());
-        }
-        let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 2 * members.len());
-        args.push(b"ZADD");
-        args.push(key.as_bytes());
-        let mut start = 0;
-        for (end, pr) in ends.iter().zip(members) {
-            args.push(&scores.as_bytes()[start..*end]);
-            args.push(pr.id.as_bytes());
-            start = *end;
-        }
-        out.command(&args);
-        out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
+        daily_index(out, &keys::searches_daily(p, date), members, ttl);
     }
-
     let keep = layout.history_limit.max(1) - 1;
     let mut keep_buf = itoa::Buffer::new();
     let keep = keep_buf.format(keep).as_bytes();
     for (user, searches) in &users {
-        let history = keys::user_searches(p, user);
-        // LPUSH of several values leaves the last one at the head: push
-        // oldest first so the list reads newest first.
-        let entries: Vec<String> = searches.iter().map(|pr| history_json(pr)).collect();
-        let mut lpush: Vec<&[u8]> = Vec::with_capacity(2 + entries.len());
-        lpush.push(b"LPUSH");
-        lpush.push(history.as_bytes());
-        lpush.extend(entries.iter().map(|e| e.as_bytes()));
-        out.command(&lpush);
-        out.command(&[b"LTRIM", history.as_bytes(), b"0", keep]);
-        out.command(&[b"EXPIRE", history.as_bytes(), ttl]);
+        user_history(out, p, user, searches, ttl, keep);
+        user_profile(out, &keys::user_profile(p, user), searches);
+    }
+}
 
-        // The profile is shared with the application: only our fields are
-        // written, and it never expires.
-        let profile = keys::user_profile(p, user);
-        let (first, last) = (searches[0], searches[searches.len() - 1]);
-        out.command(&[
-            b"HSETNX",
-            profile.as_bytes(),
-            b"first_seen",
-            first.timestamp.as_bytes(),
-        ]);
-        let latest =
-            |f: fn(&SearchEvent) -> Option<&str>| searches.iter().rev().find_map(|pr| f(pr.ev));
-        let mut hset: Vec<&[u8]> = vec![
-            b"HSET",
-            profile.as_bytes(),
-            b"last_seen",
-            last.timestamp.as_bytes(),
-        ];
-        if let Some(uuid) = latest(|e| e.user_uuid.as_deref()) {
-            hset.extend([&b"user_uuid"[..], uuid.as_bytes()]);
+/// `searches:daily:<date>`: one ZADD of the day's searches, scored by time.
+fn daily_index(out: &mut impl Commands, key: &str, members: &[&Prepared<'_>], ttl: &[u8]) {
+    // All scores formatted into one string, then sliced.
+    let mut scores = String::with_capacity(14 * members.len());
+    let mut ends = Vec::with_capacity(members.len());
+    for pr in members {
+        scores.push_str(itoa::Buffer::new().format(pr.ev.timestamp_ms));
+        ends.push(scores.len());
+    }
+    let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 2 * members.len());
+    args.push(b"ZADD");
+    args.push(key.as_bytes());
+    let mut start = 0;
+    for (end, pr) in ends.iter().zip(members) {
+        args.push(&scores.as_bytes()[start..*end]);
+        args.push(pr.id.as_bytes());
+        start = *end;
+    }
+    out.command(&args);
+    out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
+}
+
+/// `user:<id>:searches`: the user's newest searches, capped at `keep` + 1.
+fn user_history(
+    out: &mut impl Commands,
+    p: &Prefix,
+    user: &str,
+    searches: &[&Prepared<'_>],
+    ttl: &[u8],
+    keep: &[u8],
+) {
+    let history = keys::user_searches(p, user);
+    // LPUSH of several values leaves the last one at the head: push
+    // oldest first so the list reads newest first.
+    let entries: Vec<String> = searches.iter().map(|pr| history_json(pr)).collect();
+    let mut lpush: Vec<&[u8]> = Vec::with_capacity(2 + entries.len());
+    lpush.push(b"LPUSH");
+    lpush.push(history.as_bytes());
+    lpush.extend(entries.iter().map(|e| e.as_bytes()));
+    out.command(&lpush);
+    out.command(&[b"LTRIM", history.as_bytes(), b"0", keep]);
+    out.command(&[b"EXPIRE", history.as_bytes(), ttl]);
+}
+
+/// `user:<id>:profile`: first and last seen, the latest uuid and session,
+/// the search count and the intents.
+fn user_profile(out: &mut impl Commands, profile: &str, searches: &[&Prepared<'_>]) {
+    // The profile is shared with the application: only our fields are
+    // written, and it never expires.
+    let (first, last) = (searches[0], searches[searches.len() - 1]);
+    out.command(&[
+        b"HSETNX",
+        profile.as_bytes(),
+        b"first_seen",
+        first.timestamp.as_bytes(),
+    ]);
+    let latest =
+        |f: fn(&SearchEvent) -> Option<&str>| searches.iter().rev().find_map(|pr| f(pr.ev));
+    let mut hset: Vec<&[u8]> = vec![
+        b"HSET",
+        profile.as_bytes(),
+        b"last_seen",
+        last.timestamp.as_bytes(),
+    ];
+    if let Some(uuid) = latest(|e| e.user_uuid.as_deref()) {
+        hset.extend([&b"user_uuid"[..], uuid.as_bytes()]);
+    }
+    if let Some(session) = latest(|e| e.session_id.as_deref()) {
+        hset.extend([&b"last_session_id"[..], session.as_bytes()]);
+    }
+    out.command(&hset);
+    let mut count = itoa::Buffer::new();
+    out.command(&[
+        b"HINCRBY",
+        profile.as_bytes(),
+        b"search_count",
+        count.format(searches.len()).as_bytes(),
+    ]);
+    let mut intents: BTreeMap<&str, u64> = BTreeMap::new();
+    for pr in searches {
+        if let Some(i) = pr.ev.meta.intent.as_deref() {
+            *intents.entry(i).or_default() += 1;
         }
-        if let Some(session) = latest(|e| e.session_id.as_deref()) {
-            hset.extend([&b"last_session_id"[..], session.as_bytes()]);
-        }
-        out.command(&hset);
-        let mut count = itoa::Buffer::new();
+    }
+    for (intent, n) in intents {
+        let field = format!("intent:{intent}");
         out.command(&[
             b"HINCRBY",
             profile.as_bytes(),
-            b"search_count",
-            count.format(searches.len()).as_bytes(),
+            field.as_bytes(),
+            count.format(n).as_bytes(),
         ]);
-        let mut intents: BTreeMap<&str, u64> = BTreeMap::new();
-        for pr in searches {
-            if let Some(i) = pr.ev.meta.intent.as_deref() {
-                *intents.entry(i).or_default() += 1;
-            }
-        }
-        for (intent, n) in intents {
-            let field = format!("intent:{intent}");
-            out.command(&[
-                b"HINCRBY",
-                profile.as_bytes(),
-                field.as_bytes(),
-                count.format(n).as_bytes(),
-            ]);
-        }
     }
 }
 
