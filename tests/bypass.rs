@@ -5,13 +5,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config, &backend, &redis).await;
-    (redis, backend, proxy)
-}
-
 /// Sends `req` twice: both bypass with `detail`, both reach the backend, nothing is stored.
 async fn assert_always_bypassed(redis: &Redis, backend: &Backend, req: Req, detail: &str) -> Resp {
     let first = req.send().await;

@@ -7,13 +7,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config, &backend, &redis).await;
-    (redis, backend, proxy)
-}
-
 /// `a` is stored and then hit; `b` must miss, reach the backend and get its own entry.
 async fn assert_separate_entries(backend: &Backend, a: Req, b: Req) {
     let first = a.send().await;

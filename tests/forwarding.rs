@@ -9,13 +9,6 @@ use common::*;
 use http_body_util::BodyExt;
 use serde_json::json;
 
-async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config, &backend, &redis).await;
-    (redis, backend, proxy)
-}
-
 /// Request hop-by-hop headers, one of them named only by `Connection`.
 fn with_hop_by_hop_headers(req: Req) -> Req {
     req.header("connection", "x-hop-secret")

@@ -13,13 +13,6 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config, &backend, &redis).await;
-    (redis, backend, proxy)
-}
-
 /// After a hostile case: an ordinary search still gets 200 and `/healthz` answers.
 async fn assert_still_healthy(proxy: &Proxy) {
     let normal = proxy

@@ -52,24 +52,11 @@ fn config() -> ProxyConfig {
         .upstream(r#"timeout = "400ms""#)
 }
 
-struct Setup {
-    _redis: Redis,
-    backend: Backend,
-    proxy: Proxy,
+async fn setup(config: ProxyConfig, script: &Script) -> Harness {
+    Harness::with_backend(&config, script.backend().await).await
 }
 
-async fn setup(config: ProxyConfig, script: &Script) -> Setup {
-    let redis = Redis::start().await;
-    let backend = script.backend().await;
-    let proxy = Proxy::start(&config, &backend, &redis).await;
-    Setup {
-        _redis: redis,
-        backend,
-        proxy,
-    }
-}
-
-async fn setup_static(headers: &'static [(&'static str, &'static str)]) -> Setup {
+async fn setup_static(headers: &'static [(&'static str, &'static str)]) -> Harness {
     setup(config(), &Script::new(move |req| echo(req, headers))).await
 }
 

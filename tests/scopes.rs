@@ -6,13 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
-    let redis = Redis::start().await;
-    let backend = Backend::echo().await;
-    let proxy = Proxy::start(&config, &backend, &redis).await;
-    (redis, backend, proxy)
-}
-
 #[tokio::test]
 async fn user_b_never_sees_user_a_results() {
     let (redis, backend, proxy) = setup(ProxyConfig::search()).await;

@@ -34,14 +34,14 @@ fn catalogue(req: &Recorded) -> Reply {
 
 /// The harness's proxy with the search route and the unlogged `orders` route.
 async fn setup() -> (Redis, Backend, Proxy) {
-    let redis = Redis::start().await;
-    let backend = Backend::start(catalogue).await;
     let orders = Route::new("orders")
         .set("methods", r#"["GET", "POST"]"#)
         .set("path_prefix", r#""/api/v1/order""#)
         .scope("off");
-    let proxy = Proxy::start(&ProxyConfig::search().route(orders), &backend, &redis).await;
-    (redis, backend, proxy)
+    let config = ProxyConfig::search().route(orders);
+    Harness::with_backend(&config, Backend::start(catalogue).await)
+        .await
+        .parts()
 }
 
 /// A proxy whose `[events]` or key prefix the test sets.

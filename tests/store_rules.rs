@@ -10,10 +10,9 @@ async fn setup_with(
     config: ProxyConfig,
     reply: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
 ) -> (Redis, Backend, Proxy) {
-    let redis = Redis::start().await;
-    let backend = Backend::start(reply).await;
-    let proxy = Proxy::start(&config, &backend, &redis).await;
-    (redis, backend, proxy)
+    Harness::with_backend(&config, Backend::start(reply).await)
+        .await
+        .parts()
 }
 
 fn milk(proxy: &Proxy) -> Req {

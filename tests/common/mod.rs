@@ -1,5 +1,6 @@
 //! Harness for the end-to-end tests: a real `redis-server`, a real HTTP backend
-//! inside the test process, and the real `leafcache` binary between them.
+//! inside the test process, and the real leafcache server between them (in
+//! the test's process, or the binary where a test needs the process).
 //!
 //! Nothing here is mocked. Each test starts its own three servers on free
 //! loopback ports, so tests run in parallel and never touch a Redis that happens
@@ -9,8 +10,9 @@
 //! - `redis_cluster`: [`RedisCluster`], a private three-master Redis Cluster.
 //! - `backend`: [`Backend`], which records, counts and answers requests as the
 //!   test's handler says ([`Reply`]), and tracks its peak concurrency.
-//! - `proxy`: [`Proxy`], the `leafcache serve` process, and the proxy.toml it
-//!   reads ([`ProxyConfig`], [`Route`]).
+//! - [`Harness`] / [`setup`]: the three started together, as most tests do.
+//! - `proxy`: [`Proxy`], the server in process (or the `leafcache serve`
+//!   process), and the proxy.toml it reads ([`ProxyConfig`], [`Route`]).
 //! - `client`: [`Req`], [`Resp`] and the [`CacheStatus`] parser.
 //! - `assertions`: the X-Cache / Cache-Status forms of the contract.
 //!
@@ -44,6 +46,39 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
+
+/// A private Redis, a backend and the proxy in front of them.
+pub struct Harness {
+    pub redis: Redis,
+    pub backend: Backend,
+    pub proxy: Proxy,
+}
+
+impl Harness {
+    /// With a backend that echoes what it is sent.
+    pub async fn start(config: &ProxyConfig) -> Harness {
+        Harness::with_backend(config, Backend::echo().await).await
+    }
+
+    pub async fn with_backend(config: &ProxyConfig, backend: Backend) -> Harness {
+        let redis = Redis::start().await;
+        let proxy = Proxy::start(config, &backend, &redis).await;
+        Harness {
+            redis,
+            backend,
+            proxy,
+        }
+    }
+
+    pub fn parts(self) -> (Redis, Backend, Proxy) {
+        (self.redis, self.backend, self.proxy)
+    }
+}
+
+/// [`Harness::start`], as the parts.
+pub async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
+    Harness::start(&config).await.parts()
+}
 
 /// The bound of every wait in the suite: readiness, polls, one HTTP exchange.
 pub const WAIT: Duration = Duration::from_secs(10);
