@@ -237,7 +237,7 @@ fn main() {
                 queue_capacity: QUEUE,
                 batch_max: 512,
                 flush_interval: Duration::from_millis(20),
-                direct: Some(cfg.clone()),
+                redis: Some(cfg.clone()),
             },
             Some(pool),
             Some(spool),

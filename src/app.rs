@@ -61,10 +61,7 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
             queue_capacity: ev.queue_capacity,
             batch_max: ev.batch_max,
             flush_interval: ev.flush_interval,
-            // A cluster routes commands by slot, which only the pool's
-            // cluster client knows; a single node gets the writer's own
-            // connection.
-            direct: (!config.redis.cluster).then(|| config.redis.clone()),
+            redis: Some(config.redis.clone()),
         },
         Some(redis.clone()),
         Some(spool),

@@ -16,8 +16,8 @@ use bb8_redis::redis::{self, Pipeline};
 use super::SearchEvent;
 use super::counters::Counters;
 use crate::answer::facts::write_json_str;
+use crate::redis::Commands;
 use crate::redis::keys::{self, Prefix};
-use crate::redis::wire::Commands;
 
 /// What the writer needs to know to name and expire keys.
 #[derive(Clone, Debug)]
@@ -384,7 +384,7 @@ mod tests {
     use super::*;
     use crate::answer::SearchMeta;
     use crate::events::CacheResult;
-    use crate::redis::wire::RespBuf;
+    use crate::redis::RespBuf;
     use std::sync::Arc;
 
     fn event(user: Option<&str>, query: &str) -> SearchEvent {

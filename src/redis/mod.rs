@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod direct;
 mod health;
 pub mod keys;
+pub mod log_target;
 pub mod mux;
 mod options;
 pub mod pool;
@@ -14,6 +15,8 @@ pub mod tier;
 pub mod wire;
 
 pub use health::Health;
+pub use log_target::LogTarget;
 pub use options::RedisConfig;
 pub use pool::{Node, RedisPool};
 pub use tier::{CacheTier, TierStats};
+pub use wire::{Commands, RespBuf};

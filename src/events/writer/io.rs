@@ -20,7 +20,7 @@ use super::{EventStats, Work};
 use crate::events::spool::Chunk;
 use crate::events::write::Layout;
 use crate::redis::RedisPool;
-use crate::redis::wire::RespBuf;
+use crate::redis::RespBuf;
 
 /// How long replay rests after Redis failed it, and how often an idle task
 /// looks for something to replay.

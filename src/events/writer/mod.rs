@@ -42,10 +42,10 @@ use super::SearchEvent;
 use super::counters::Counters;
 use super::spool::Spool;
 use super::write::{self, Layout};
-use crate::config::RedisConfig;
+use crate::redis::RedisConfig;
 use crate::redis::RedisPool;
-use crate::redis::wire::RespBuf;
-use link::{Link, Target};
+use crate::redis::{LogTarget, RespBuf};
+use link::Target;
 use spooling::{SharedSpool, SpoolRecord};
 
 /// How often summed counters are written.
@@ -139,9 +139,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     pub batch_max: usize,
     pub flush_interval: Duration,
-    /// Where the writer opens its own connection for batches (see
-    /// [`crate::redis::direct`]); `None` sends them through the pool.
-    pub direct: Option<RedisConfig>,
+    /// The Redis the search log is written to; `redis` decides how (see
+    /// [`crate::redis::LogTarget`]). `None` sends batches through the pool.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Starts the writer. `spool` is `None` only where losing events while Redis
@@ -154,7 +154,9 @@ pub fn spawn(
     let capacity = cfg.queue_capacity.max(1);
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(EventStats::default());
-    let commands = cfg.direct.is_some().then(|| cfg.layout.clone());
+    let target = LogTarget::new(cfg.redis.as_ref(), redis.clone()).map(Target);
+    let encode = target.as_ref().is_some_and(|t| t.0.speaks_raw());
+    let commands = encode.then(|| cfg.layout.clone());
     let spool = SharedSpool::new(spool, stats.clone(), commands);
     let sink = EventSink {
         tx,
@@ -165,11 +167,6 @@ pub fn spawn(
     // One batch waits while one is written: the next is encoded meanwhile.
     let (work_tx, work_rx) = mpsc::channel(1);
     let (spares_tx, spares_rx) = mpsc::channel(2);
-    let target = match (&cfg.direct, &redis) {
-        (Some(config), _) => Some(Target::Direct(Link::new(config.clone()))),
-        (None, Some(pool)) => Some(Target::Pool(pool.clone())),
-        (None, None) => None,
-    };
     let io = io::Io {
         work: work_rx,
         spares: spares_tx,
@@ -190,7 +187,7 @@ pub fn spawn(
         layout: cfg.layout,
         batch_max: cfg.batch_max.max(1),
         flush_interval: cfg.flush_interval,
-        encode: cfg.direct.is_some(),
+        encode,
         redis,
         spool,
         counters: Counters::default(),
@@ -414,7 +411,7 @@ pub fn replay_records(
     layout: &Layout,
     runtime: &tokio::runtime::Handle,
 ) -> Replayed {
-    let mut target = Target::Pool(redis.clone());
+    let mut target = Target(LogTarget::pool(redis.clone()));
     let mut done = Replayed::default();
     let mut buf = RespBuf::default();
     loop {

@@ -24,7 +24,7 @@ use crate::events::SearchEvent;
 use crate::events::counters::Counters;
 use crate::events::spool::{Chunk, Position, Spool, SpoolError};
 use crate::events::write::{self, Layout};
-use crate::redis::wire::{Commands, RespBuf};
+use crate::redis::{Commands, RespBuf};
 
 /// What goes into one spool record.
 #[derive(Serialize, Deserialize)]

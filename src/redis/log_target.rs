@@ -1,0 +1,145 @@
+//! The search log's way into Redis: on a single node, the writer's own
+//! connection speaking raw RESP ([`super::direct`]; batches are encoded
+//! straight into a buffer, the measured fast path of bench/RESULTS.md); on a
+//! cluster, which routes commands by slot that only the pool's cluster client
+//! knows, `redis` pipelines through the pool. Which one is decided here, from
+//! the config, not by the caller.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::RedisConfig;
+use super::RedisPool;
+use super::direct::{DirectConn, DirectError};
+use super::pool::Command;
+use super::wire::RespBuf;
+
+pub use super::direct::TRANSACTION_MAX;
+
+/// How one write may take in Redis before its outcome counts as unknown.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the writer's own connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What sending a batch came to: `Ok` when Redis ran it, with the error
+/// reply that sending it again would not cure, if any (a key of the wrong
+/// type); `Err` when it must be sent again (spooled).
+pub type Sent = Result<Option<String>, String>;
+
+/// Where the search log is written.
+pub struct LogTarget {
+    way: Way,
+}
+
+enum Way {
+    /// Its own connection: commands encoded straight into a buffer.
+    Direct(Link),
+    /// Through the pool, as `redis` pipelines.
+    Pool(RedisPool),
+}
+
+impl LogTarget {
+    /// The target for `config`: its own connection to a single node, the
+    /// pool for a cluster (or when there is no config); `None` when there is
+    /// neither.
+    pub fn new(config: Option<&RedisConfig>, pool: Option<RedisPool>) -> Option<LogTarget> {
+        let way = match (config, pool) {
+            (Some(config), _) if !config.cluster => Way::Direct(Link::new(config.clone())),
+            (_, Some(pool)) => Way::Pool(pool),
+            (_, None) => return None,
+        };
+        Some(LogTarget { way })
+    }
+
+    /// Through the pool, whatever the topology (`leafcache replay`).
+    pub fn pool(pool: RedisPool) -> LogTarget {
+        LogTarget {
+            way: Way::Pool(pool),
+        }
+    }
+
+    /// Whether batches go as raw RESP ([`LogTarget::send_raw`]), so callers
+    /// encode them ahead into a [`RespBuf`]; otherwise as a pipeline
+    /// ([`LogTarget::send_pipe`]).
+    pub fn speaks_raw(&self) -> bool {
+        matches!(self.way, Way::Direct(_))
+    }
+
+    /// Sends encoded commands as transactions of at most `per_transaction`
+    /// commands, connecting first when needed. Only for a target that
+    /// [`speaks_raw`](LogTarget::speaks_raw).
+    pub async fn send_raw(&mut self, buf: &RespBuf, per_transaction: usize) -> Sent {
+        match &mut self.way {
+            Way::Direct(link) => link.send(buf, per_transaction).await,
+            Way::Pool(_) => Err("raw commands sent to the pool".into()),
+        }
+    }
+
+    /// Sends a pipeline through the pool, within [`WRITE_TIMEOUT`]. Only for
+    /// a target that does not speak raw RESP.
+    pub async fn send_pipe(&mut self, pipe: &redis::Pipeline) -> Sent {
+        // `&mut`: the direct connection is not `Sync`, and the writer's
+        // future must stay `Send`.
+        match &mut self.way {
+            Way::Pool(pool) => send_pipe(pool, pipe).await,
+            Way::Direct(_) => Err("a pipeline sent to the direct connection".into()),
+        }
+    }
+}
+
+/// The writer's own connection.
+struct Link {
+    config: RedisConfig,
+    /// `None` until connected, and again after any failure.
+    conn: Option<DirectConn>,
+}
+
+impl Link {
+    fn new(config: RedisConfig) -> Link {
+        Link { config, conn: None }
+    }
+
+    /// Sends encoded commands as one transaction, connecting first when
+    /// needed. Any failure drops the connection.
+    async fn send(&mut self, buf: &RespBuf, per_transaction: usize) -> Sent {
+        match self.try_send(buf, per_transaction).await {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_transient() => Err(e.to_string()),
+            // Sending it again would fail the same way: the commands that
+            // could run did.
+            Err(e) => Ok(Some(e.to_string())),
+        }
+    }
+
+    async fn try_send(&mut self, buf: &RespBuf, per_transaction: usize) -> Result<(), DirectError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(DirectConn::connect(&self.config, CONNECT_TIMEOUT).await?),
+        };
+        let result = tokio::time::timeout(WRITE_TIMEOUT, conn.exec(buf, per_transaction))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DirectError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write not confirmed in time",
+                )))
+            });
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
+/// Sends a pipeline through the pool, within WRITE_TIMEOUT.
+async fn send_pipe(redis: &RedisPool, pipe: &redis::Pipeline) -> Sent {
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    redis
+        .query::<()>(Command::Pipe(pipe), deadline)
+        .await
+        .map(|()| None)
+        .map_err(|e| e.to_string())
+}
