@@ -24,9 +24,9 @@ use super::{AdminBody, AdminResponse, BoxError, dates, history, json, manual, re
 use crate::events::write::Layout;
 use crate::proxy::Proxy;
 use crate::proxy::explain::ExplainRequest;
+use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys::Prefix;
-use crate::redis::pool::RedisFailure;
 
 /// Request bodies of the API (a manual search with its results list is the
 /// largest) are read up to this size.

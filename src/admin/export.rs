@@ -15,9 +15,10 @@ use serde_json::{Number, Value};
 use tokio::time::Instant;
 
 use super::dates;
+use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys::{self, Prefix};
-use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::pool::Command;
 
 /// Records per round trip.
 pub const PAGE: usize = 500;

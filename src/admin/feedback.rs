@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use super::fields::{self, BadField};
 use super::record::{self, SearchId};
 use crate::events::write::Layout;
+use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys;
-use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::pool::Command;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

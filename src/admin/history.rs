@@ -7,9 +7,10 @@ use bb8_redis::redis;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys::{self, Prefix};
-use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::pool::Command;
 
 pub const DEFAULT_LIMIT: usize = 50;
 

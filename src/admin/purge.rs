@@ -14,8 +14,9 @@ use super::fields::{self, BadField};
 use crate::cache::invalidation;
 pub use crate::cache::invalidation::PurgeRequest;
 use crate::cache::l1::L1;
+use crate::redis::RedisFailure;
 use crate::redis::keys::{self, Prefix};
-use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::pool::Command;
 use crate::redis::{Node, RedisPool};
 
 /// Keys removed per `UNLINK`.

@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::export;
+use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys::{self, Prefix};
-use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::pool::Command;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

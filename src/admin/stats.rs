@@ -8,9 +8,10 @@ use bb8_redis::redis;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys::{self, Prefix};
-use crate::redis::pool::{Command, RedisFailure};
+use crate::redis::pool::Command;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bb8_redis::bb8;
 use bb8_redis::redis::RedisError;
 
-use super::pool::RedisFailure;
+use super::RedisFailure;
 
 /// Keeps the last connection error bb8 saw, so the "redis is unreachable"
 /// warning can say why (bb8's own `get` only reports a timeout).

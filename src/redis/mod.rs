@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod direct;
+mod error;
 mod health;
 pub mod keys;
 pub mod log_target;
@@ -14,6 +15,7 @@ pub mod pool;
 pub mod tier;
 pub mod wire;
 
+pub use error::RedisFailure;
 pub use health::Health;
 pub use log_target::LogTarget;
 pub use options::RedisConfig;

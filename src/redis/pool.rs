@@ -18,6 +18,7 @@ use bb8_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
 use super::RedisConfig;
+use super::RedisFailure;
 use super::cluster::{Cluster, Master};
 use super::health::{BACKOFF_MAX, BACKOFF_MIN, Health, LastError};
 use super::mux::{Mux, MuxError};
@@ -57,22 +58,6 @@ impl ManageConnection for Manager {
     fn has_broken(&self, conn: &mut Conn) -> bool {
         conn.broken
     }
-}
-
-/// Why a Redis call gave no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisFailure {
-    /// The breaker is open: Redis failed recently and is not asked.
-    #[error("redis is marked down")]
-    Down,
-    #[error("redis did not answer in time")]
-    Timeout,
-    #[error("redis: {0}")]
-    Redis(#[from] RedisError),
-    #[error("redis pool: {0}")]
-    Pool(String),
-    #[error(transparent)]
-    Lookup(#[from] MuxError),
 }
 
 /// The pool plus its health. Cheap to clone.

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::RedisFailure;
 use super::RedisPool;
 use super::mux::Mux;
-use super::pool::{Command, RedisFailure};
+use super::pool::Command;
 use super::wire::{Commands, RespBuf};
 
 /// Cluster mode: cache writes waiting for Redis; past this many, new stores
