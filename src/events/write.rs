@@ -11,13 +11,12 @@
 
 use std::collections::BTreeMap;
 
-use bb8_redis::redis::{self, Pipeline};
-
 use super::SearchEvent;
 use super::counters::Counters;
 use crate::answer::facts::write_json_str;
 use crate::redis::Commands;
 use crate::redis::keys::{self, Prefix};
+use crate::redis::log_target::{Pipeline, pipeline};
 
 /// What the writer needs to know to name and expire keys.
 #[derive(Clone, Debug)]
@@ -201,7 +200,7 @@ fn history_json(p: &Prepared<'_>) -> String {
 
 /// One transaction writing the records of a batch of searches.
 pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
-    let mut pipe = redis::pipe();
+    let mut pipe = pipeline();
     pipe.atomic();
     records_into(layout, events, &mut pipe);
     pipe
@@ -209,7 +208,7 @@ pub fn records(layout: &Layout, events: &[SearchEvent]) -> Pipeline {
 
 /// One transaction adding the summed counters.
 pub fn counters(layout: &Layout, counters: &Counters) -> Pipeline {
-    let mut pipe = redis::pipe();
+    let mut pipe = pipeline();
     pipe.atomic();
     counters_into(layout, counters, &mut pipe);
     pipe
@@ -424,7 +423,7 @@ mod tests {
         ];
         let mut raw = RespBuf::default();
         records_into(&layout, &events, &mut raw);
-        let mut pipe = redis::pipe();
+        let mut pipe = pipeline();
         records_into(&layout, &events, &mut pipe);
         assert_eq!(raw.as_bytes(), &pipe.get_packed_pipeline()[..]);
 
@@ -432,7 +431,7 @@ mod tests {
         events.iter().for_each(|e| c.add(e));
         let mut raw = RespBuf::default();
         counters_into(&layout, &c, &mut raw);
-        let mut pipe = redis::pipe();
+        let mut pipe = pipeline();
         counters_into(&layout, &c, &mut pipe);
         assert_eq!(raw.as_bytes(), &pipe.get_packed_pipeline()[..]);
     }

@@ -16,6 +16,8 @@ use super::pool::Command;
 use super::wire::RespBuf;
 
 pub use super::direct::TRANSACTION_MAX;
+/// The commands for a target that does not speak raw RESP.
+pub use redis::Pipeline;
 
 /// How one write may take in Redis before its outcome counts as unknown.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +28,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// reply that sending it again would not cure, if any (a key of the wrong
 /// type); `Err` when it must be sent again (spooled).
 pub type Sent = Result<Option<String>, String>;
+
+/// An empty pipeline, to fill with [`super::Commands`] for
+/// [`LogTarget::send_pipe`] (made atomic there by the caller, as a batch is
+/// one transaction).
+pub fn pipeline() -> Pipeline {
+    redis::pipe()
+}
 
 /// Where the search log is written.
 pub struct LogTarget {

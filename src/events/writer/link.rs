@@ -7,7 +7,7 @@ use crate::events::SearchEvent;
 use crate::events::counters::Counters;
 use crate::events::spool::Chunk;
 use crate::events::write::{self, Layout};
-use crate::redis::log_target::{LogTarget, Sent, TRANSACTION_MAX};
+use crate::redis::log_target::{LogTarget, Sent, TRANSACTION_MAX, pipeline};
 use crate::redis::{Commands, RespBuf};
 
 /// The writer's way into Redis; `redis` chose it.
@@ -94,7 +94,7 @@ impl Target {
             }
             Some((chunk, buf, taken, sent))
         } else {
-            let mut pipe = redis::pipe();
+            let mut pipe = pipeline();
             pipe.atomic();
             let (chunk, pipe, taken) = take_blocking(layout, chunk, from, pipe).await?;
             let sent = match taken.records {

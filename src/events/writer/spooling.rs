@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(raw.as_bytes(), expected.as_bytes());
         assert_eq!(raw.commands(), expected.commands());
         // Through the pool (a cluster, `leafcache replay`): the same commands.
-        let mut pipe = redis::pipe();
+        let mut pipe = crate::redis::log_target::pipeline();
         from_commands.encode(&layout(), &mut pipe).expect("encodes");
         assert_eq!(&pipe.get_packed_pipeline()[..], expected.as_bytes());
     }
