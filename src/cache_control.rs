@@ -88,18 +88,16 @@ impl CacheControl {
     }
 
     /// The directives a shared cache follows: `CDN-Cache-Control` when the
-    /// answer carries it (RFC 9213 section 2.2: it then replaces
+    /// answer carries a valid one (RFC 9213 section 2.2: it then replaces
     /// `Cache-Control`), else `Cache-Control`.
     ///
     /// Next in line, `Surrogate-Control` replaces `Cache-Control` when it
     /// holds directives for leafcache (untargeted ones, or those targeted at
     /// [`SURROGATE_TOKEN`]).
     pub fn for_shared_cache(headers: &HeaderMap) -> CacheControl {
-        if headers.contains_key(&CDN_CACHE_CONTROL) {
-            let mut cc = CacheControl::default();
-            for value in headers.get_all(&CDN_CACHE_CONTROL) {
-                cc.apply(&String::from_utf8_lossy(value.as_bytes()), Side::Response);
-            }
+        if headers.contains_key(&CDN_CACHE_CONTROL)
+            && let Some(cc) = targeted(headers)
+        {
             return cc;
         }
         if headers.contains_key(&SURROGATE_CONTROL) {
@@ -178,6 +176,77 @@ impl CacheControl {
             }
         }
     }
+}
+
+/// `CDN-Cache-Control` as RFC 9213 section 2.1 reads it: a Structured Field
+/// Dictionary (RFC 8941; its field lines joined by commas) whose known
+/// directives have their types: an Integer of at least 0 for `max-age`,
+/// `s-maxage`, `stale-while-revalidate` and `stale-if-error`, a Boolean for
+/// the others (a String of field names for `no-cache` and `private`).
+/// `None` when the field is not such a dictionary: it is then ignored
+/// entirely, and the answer read as if it had none. Unknown members are
+/// extensions and are skipped.
+fn targeted(headers: &HeaderMap) -> Option<CacheControl> {
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(&CDN_CACHE_CONTROL) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse_dictionary().ok()?;
+    let mut cc = CacheControl::default();
+    for (key, entry) in &dict {
+        let name = key.as_str();
+        let known = matches!(
+            name,
+            "max-age"
+                | "s-maxage"
+                | "stale-while-revalidate"
+                | "stale-if-error"
+                | "no-store"
+                | "no-cache"
+                | "private"
+                | "public"
+                | "must-revalidate"
+                | "proxy-revalidate"
+                | "must-understand"
+        );
+        let item = match entry {
+            sfv::ListEntry::Item(item) => &item.bare_item,
+            sfv::ListEntry::InnerList(_) if known => return None,
+            sfv::ListEntry::InnerList(_) => continue,
+        };
+        let delta = || -> Option<u64> {
+            let n = i64::from(item.as_integer()?);
+            u64::try_from(n).ok().map(|n| n.min(DELTA_MAX))
+        };
+        let flag = || item.as_boolean();
+        match name {
+            "max-age" => cc.max_age = Some(delta()?),
+            "s-maxage" => cc.s_maxage = Some(delta()?),
+            "stale-while-revalidate" => cc.stale_while_revalidate = Some(delta()?),
+            "stale-if-error" => cc.stale_if_error = Some(delta()?),
+            "no-cache" => match item.as_string() {
+                Some(fields) => cc.no_cache_fields.extend(
+                    fields
+                        .as_str()
+                        .split(',')
+                        .map(|f| f.trim().to_ascii_lowercase())
+                        .filter(|f| !f.is_empty()),
+                ),
+                None => cc.no_cache = flag()?,
+            },
+            "private" => cc.private = item.as_string().is_some() || flag()?,
+            "no-store" => cc.no_store = flag()?,
+            "public" => cc.public = flag()?,
+            "must-revalidate" => cc.must_revalidate = flag()?,
+            "proxy-revalidate" => cc.proxy_revalidate = flag()?,
+            "must-understand" => cc.must_understand = flag()?,
+            _ => {}
+        }
+    }
+    Some(cc)
 }
 
 fn parse_all(headers: &HeaderMap, side: Side) -> CacheControl {
@@ -400,6 +469,41 @@ mod tests {
         let cc = CacheControl::for_shared_cache(&h);
         assert!(!cc.no_store);
         assert_eq!(cc.max_age, Some(60));
+    }
+
+    #[test]
+    fn cdn_cache_control_is_a_structured_field_dictionary_or_ignored() {
+        let shared = |cdn: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(&CDN_CACHE_CONTROL, HeaderValue::from_static(cdn));
+            CacheControl::for_shared_cache(&h)
+        };
+        // Valid: it replaces Cache-Control; extensions are skipped.
+        let cc = shared("foobar, max-age=3600, must-revalidate");
+        assert!(!cc.no_store);
+        assert_eq!(cc.max_age, Some(3600));
+        assert!(cc.must_revalidate);
+        let cc = shared("no-cache=\"set-cookie, x-a\", private");
+        assert_eq!(cc.no_cache_fields, ["set-cookie", "x-a"]);
+        assert!(cc.private && !cc.no_cache);
+        assert!(!shared("public=?0").public, "a false Boolean is absent");
+        // Not a dictionary, or a known member of the wrong type: the field is
+        // ignored, and Cache-Control's no-store rules.
+        for invalid in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age=-1",
+            "max-age=1.5",
+            "max-age =100",
+            "MaX-aGe=100",
+            "no-store=3",
+            "max-age=(1 2)",
+        ] {
+            let cc = shared(invalid);
+            assert!(cc.no_store, "{invalid}: ignored");
+            assert_eq!(cc.max_age, None, "{invalid}");
+        }
     }
 
     #[test]

@@ -335,6 +335,29 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
 }
 
 #[tokio::test]
+async fn an_invalid_cdn_cache_control_is_ignored_entirely() {
+    // RFC 9213 section 2.1: not a Structured Field dictionary, or a member
+    // of the wrong type, and the field is ignored; Cache-Control rules.
+    const CASES: [&[(&str, &str)]; 2] = [
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=10000, &&&&&"),
+        ],
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=\"10000\""),
+        ],
+    ];
+    for headers in CASES {
+        let s = setup_static(headers).await;
+        let get = s.proxy.get("/p/a");
+        assert_x_cache(&get.send().await, "MISS");
+        assert_x_cache(&get.send().await, "MISS");
+        assert_eq!(s.backend.count(), 2, "{headers:?}");
+    }
+}
+
+#[tokio::test]
 async fn cdn_cache_control_takes_precedence_and_is_not_passed_on() {
     let s = setup_static(&[
         ("cache-control", "no-store"),
