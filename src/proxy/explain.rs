@@ -15,7 +15,7 @@ use super::request::{self, Observe, ReadCtx, Routed};
 use super::respond;
 use crate::config::{Config, Freshness, RouteConfig, Scope};
 use crate::key::{BodyKey, KEY_VERSION, KeyInput};
-use crate::policy::{self, Arrival, BypassReason};
+use crate::policy::{self, BypassReason};
 use crate::route::{self, Identity};
 
 /// A request to explain, as a client would send it.
@@ -77,17 +77,7 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> Result<Value, String> {
         Freshness::Route => "route",
         Freshness::Origin => "origin",
     });
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let arrival = Arrival {
-        method: &parts.method,
-        literal: m.literal,
-        declared_len: declared,
-        max_request_body: config.max_request_body,
-    };
+    let arrival = request::arrival(config, &parts, m.literal);
     let early = policy::bypass_on_arrival(route, &arrival).or_else(|| {
         (req.body.len() > config.max_request_body).then_some(BypassReason::BodyTooLarge)
     });

@@ -112,17 +112,7 @@ pub async fn read(
 ) -> Routed {
     let (parts, body) = req.into_parts();
     let limit = config.max_request_body;
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let arrival = Arrival {
-        method: &parts.method,
-        literal: ctx.literal,
-        declared_len: declared,
-        max_request_body: limit,
-    };
+    let arrival = arrival(config, &parts, ctx.literal);
     if let Some(reason) = policy::bypass_on_arrival(route, &arrival) {
         return Routed::Bypass(reason, parts, ProxyBody::stream(body), None);
     }
@@ -139,6 +129,22 @@ pub async fn read(
         }
     };
     decide(config, route, parts, bytes, ctx)
+}
+
+/// What the arrival bypass rules look at: the method, whether the path met
+/// the route as sent, and the announced body length.
+pub(crate) fn arrival<'a>(config: &Config, parts: &'a Parts, literal: bool) -> Arrival<'a> {
+    let declared_len = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    Arrival {
+        method: &parts.method,
+        literal,
+        declared_len,
+        max_request_body: config.max_request_body,
+    }
 }
 
 /// What the body, the search text and the identity of a request read as.
