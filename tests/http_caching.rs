@@ -267,6 +267,32 @@ async fn no_cache_is_stored_but_revalidated_before_every_use() {
 }
 
 #[tokio::test]
+async fn a_stale_must_revalidate_entry_with_a_validator_is_revalidated_conditionally() {
+    let script = Script::new(|req| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            return Reply::echo(req).status(304).body("");
+        }
+        echo(
+            req,
+            &[
+                ("cache-control", "max-age=1, must-revalidate"),
+                ("etag", "\"v1\""),
+            ],
+        )
+    });
+    let s = setup(config(), &script).await;
+    let get = s.proxy.get("/p/a");
+    let first = get.send().await;
+    assert_miss_stored(&first);
+    // Once stale, it is not served as is: the backend is asked, with the
+    // stored validator, and its 304 serves the stored body.
+    let revalidated = until_not_hit(&get).await;
+    assert_x_cache(&revalidated, "REVALIDATED");
+    assert_eq!(revalidated.body, first.body, "the stored body");
+    assert_eq!(s.backend.last().header("if-none-match"), Some("\"v1\""));
+}
+
+#[tokio::test]
 async fn must_revalidate_never_serves_stale_and_answers_504_when_the_backend_is_down() {
     for cc in [
         "max-age=1, must-revalidate",
