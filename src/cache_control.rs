@@ -187,14 +187,22 @@ impl CacheControl {
 /// entirely, and the answer read as if it had none. Unknown members are
 /// extensions and are skipped.
 fn targeted(headers: &HeaderMap) -> Option<CacheControl> {
-    let mut joined: Vec<u8> = Vec::new();
-    for value in headers.get_all(&CDN_CACHE_CONTROL) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b", ");
+    let mut values = headers.get_all(&CDN_CACHE_CONTROL).iter();
+    let first = values.next()?.as_bytes();
+    // One field line (the common case) is parsed as it is; several are
+    // joined by commas first, as RFC 8941 section 4.2 says.
+    let joined: std::borrow::Cow<'_, [u8]> = match values.next() {
+        None => first.into(),
+        Some(second) => {
+            let mut all = first.to_vec();
+            for more in std::iter::once(second).chain(values) {
+                all.extend_from_slice(b", ");
+                all.extend_from_slice(more.as_bytes());
+            }
+            all.into()
         }
-        joined.extend_from_slice(value.as_bytes());
-    }
-    let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse_dictionary().ok()?;
+    };
+    let dict: sfv::Dictionary = sfv::Parser::new(joined.as_ref()).parse_dictionary().ok()?;
     let mut cc = CacheControl::default();
     for (key, entry) in &dict {
         let name = key.as_str();
@@ -488,6 +496,22 @@ mod tests {
         assert_eq!(cc.no_cache_fields, ["set-cookie", "x-a"]);
         assert!(cc.private && !cc.no_cache);
         assert!(!shared("public=?0").public, "a false Boolean is absent");
+        // Field lines are one dictionary, joined by commas.
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.append(&CDN_CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        h.append(
+            &CDN_CACHE_CONTROL,
+            HeaderValue::from_static("must-revalidate"),
+        );
+        let cc = CacheControl::for_shared_cache(&h);
+        assert_eq!(cc.max_age, Some(60));
+        assert!(cc.must_revalidate && !cc.no_store);
+        h.append(&CDN_CACHE_CONTROL, HeaderValue::from_static("s-maxage=x"));
+        assert!(
+            CacheControl::for_shared_cache(&h).no_store,
+            "one bad line spoils the field"
+        );
         // Not a dictionary, or a known member of the wrong type: the field is
         // ignored, and Cache-Control's no-store rules.
         for invalid in [

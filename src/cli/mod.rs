@@ -134,5 +134,5 @@ fn date_arg(text: &str) -> Result<u64, String> {
 
 /// Where Redis is, for error messages (without a password).
 fn redis_name(config: &Config) -> String {
-    crate::redis::pool::redacted(&config.redis.url)
+    crate::redis::redact_url(&config.redis.url)
 }

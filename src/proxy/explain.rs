@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::request::{self, Observe, ReadCtx, Routed};
 use super::respond;
-use crate::config::{Config, Freshness, RouteConfig, Scope};
+use crate::config::{Config, Freshness, Scope};
 use crate::key::{BodyKey, KEY_VERSION, KeyInput};
 use crate::policy::{self, BypassReason};
 use crate::route::{self, Identity};
@@ -29,13 +29,14 @@ pub struct ExplainRequest {
 }
 
 /// What `explain` saw on its way through the request steps.
-#[derive(Default)]
-struct Seen {
+struct Seen<'a> {
+    /// The route's `vary_headers`, which name the key's `vary` values.
+    vary_names: &'a [HeaderName],
     fields: Option<Value>,
     key: Option<Value>,
 }
 
-impl Observe for Seen {
+impl Observe for Seen<'_> {
     fn fields(&mut self, query: Option<&str>, normalized: Option<&str>, identity: &Identity) {
         self.fields = Some(json!({
             "query": query,
@@ -49,7 +50,7 @@ impl Observe for Seen {
     }
 
     fn key(&mut self, input: &KeyInput<'_>) {
-        self.key = Some(key_inputs(input));
+        self.key = Some(key_inputs(input, self.vary_names));
     }
 }
 
@@ -85,7 +86,11 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> Result<Value, String> {
         bypass(&mut out, reason, false);
         return Ok(out);
     }
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        vary_names: &route.vary_headers,
+        fields: None,
+        key: None,
+    };
     let name: Arc<str> = Arc::from(route.name.as_str());
     let ctx = ReadCtx {
         started: Instant::now(),
@@ -114,7 +119,6 @@ pub fn explain(config: &Config, req: &ExplainRequest) -> Result<Value, String> {
             out["logged"] = json!(route.log && has_query);
         }
     }
-    annotate_vary(&mut out, route);
     Ok(out)
 }
 
@@ -158,7 +162,7 @@ fn build(req: &ExplainRequest) -> Result<http::request::Parts, String> {
 }
 
 /// Every input of the key (SPEC section 3, step 5), as it is hashed.
-fn key_inputs(input: &KeyInput<'_>) -> Value {
+fn key_inputs(input: &KeyInput<'_>, vary_names: &[HeaderName]) -> Value {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let body = match &input.body {
         BodyKey::None => Value::Null,
@@ -174,31 +178,19 @@ fn key_inputs(input: &KeyInput<'_>) -> Value {
         "query": input.query,
         "body": body,
         "params": input.params,
-        "vary": input.vary.iter().map(|v| v.map(text)).collect::<Vec<_>>(),
+        // One value per `vary_headers` name, in config order (none on an
+        // origin route, whose variants follow the answer's own Vary).
+        "vary": vary_names
+            .iter()
+            .zip(input.vary)
+            .map(|(name, value)| json!({ "name": name.as_str(), "value": value.map(text) }))
+            .collect::<Vec<_>>(),
         "headers": input
             .headers
             .iter()
             .map(|(name, value)| json!({ "name": name, "value": text(value) }))
             .collect::<Vec<_>>(),
     })
-}
-
-/// Names the `vary` values by the route's `vary_headers` (config order).
-fn annotate_vary(out: &mut Value, route: &RouteConfig) {
-    let Some(values) = out
-        .get_mut("key")
-        .and_then(|k| k.get_mut("vary"))
-        .and_then(Value::as_array_mut)
-    else {
-        return;
-    };
-    let named: Vec<Value> = route
-        .vary_headers
-        .iter()
-        .zip(values.iter())
-        .map(|(name, value)| json!({ "name": name.as_str(), "value": value }))
-        .collect();
-    *values = named;
 }
 
 /// The keys looked up, in order, with their scope.

@@ -38,6 +38,7 @@ use crate::answer::SearchMeta;
 use crate::cache::coalesce::{FlightGuard, Outcome};
 use crate::cache::envelope::{Entry, Variant};
 use crate::cache_control::{CacheControl, SURROGATE_CAPABILITY, SURROGATE_CAPABILITY_VALUE};
+use crate::config::RouteConfig;
 use crate::http_cache::freshness::Exchange;
 use crate::http_cache::store::{self, OriginRules};
 use crate::http_cache::{conditional, date, vary};
@@ -164,7 +165,7 @@ impl Proxy {
     ) -> Reply {
         let validating = self.validating(&miss, &parts.headers);
         let answer = match self
-            .ask_backend(&miss, parts, body, client, validating)
+            .ask_backend(&miss, parts, body, client, validating.as_ref())
             .await
         {
             Ok(a) => a,
@@ -173,7 +174,9 @@ impl Proxy {
                 return self.failed(flow, &miss, e);
             }
         };
-        if answer.parts.status == StatusCode::NOT_MODIFIED && validating {
+        if answer.parts.status == StatusCode::NOT_MODIFIED
+            && let Some(stale) = validating
+        {
             if answer.misframed {
                 // Not a confirmation to build on: what followed it on the
                 // connection is unknown.
@@ -181,7 +184,7 @@ impl Proxy {
                 let e = UpstreamError::Unavailable("a 304 with invalid framing".into());
                 return self.failed(flow, &miss, e);
             }
-            return self.refreshed(flow, miss, &answer.parts.headers, answer.exchange);
+            return self.refreshed(flow, miss, stale, &answer.parts.headers, answer.exchange);
         }
         let status = answer.parts.status;
         if status.is_server_error()
@@ -273,11 +276,14 @@ impl Proxy {
     /// Whether the request goes out conditional on the stored copy: it has
     /// validators, and on a route-freshness route the client asks no
     /// condition of its own (an origin route answers those itself).
-    fn validating(&self, miss: &Miss, request: &HeaderMap) -> bool {
-        miss.stale.as_ref().is_some_and(|s| {
-            conditional::has_validators(&s.entry.headers)
-                && (miss.origin().is_some() || !conditional::has_preconditions(request))
-        })
+    fn validating(&self, miss: &Miss, request: &HeaderMap) -> Option<Usable> {
+        miss.stale
+            .as_ref()
+            .filter(|s| {
+                conditional::has_validators(&s.entry.headers)
+                    && (miss.origin().is_some() || !conditional::has_preconditions(request))
+            })
+            .cloned()
     }
 
     /// Phase 1: the request as the cache wants the answer, sent.
@@ -287,15 +293,15 @@ impl Proxy {
         mut parts: http::request::Parts,
         body: Bytes,
         client: SocketAddr,
-        validating: bool,
+        validating: Option<&Usable>,
     ) -> Result<Answer, UpstreamError> {
         // HEAD shares the GET's entry: fetch the whole answer to store it
         // (as nginx and Varnish do); the client still gets no body.
         if parts.method == Method::HEAD {
             parts.method = Method::GET;
         }
-        match (&miss.stale, validating) {
-            (Some(s), true) => conditional::set_validators(&mut parts.headers, &s.entry.headers),
+        match validating {
+            Some(s) => conditional::set_validators(&mut parts.headers, &s.entry.headers),
             // An origin route answers the client's preconditions itself,
             // from the whole answer.
             _ if miss.origin().is_some() => conditional::strip_preconditions(&mut parts.headers),
@@ -335,13 +341,7 @@ impl Proxy {
         let has_user = miss.user_key_index.is_some();
         let judged = match miss.origin() {
             None => {
-                let rules = StoreRules {
-                    scope: route.scope,
-                    has_user,
-                    ttl: route.ttl.unwrap_or(self.config.cache.ttl),
-                    cacheable_status: &self.config.cache.cacheable_status,
-                    vary_headers: &route.vary_headers,
-                };
+                let rules = self.route_rules(route, miss);
                 let (scope, fresh_for) = policy::decide_headers(&rules, status, headers)?;
                 Judged {
                     scope,
@@ -512,31 +512,21 @@ impl Proxy {
         &self,
         flow: &mut Flow<'_>,
         mut miss: Miss,
+        stale: Usable,
         not_modified: &HeaderMap,
         exchange: Exchange,
     ) -> Reply {
-        let Some(stale) = miss.stale.clone() else {
-            // Only a validation asks for a 304, and only with a stored copy.
-            miss.finish(Outcome::GoDirect);
-            return self.failed(
-                flow,
-                &miss,
-                UpstreamError::Unavailable("an unasked 304".into()),
-            );
-        };
+        // On an origin route the waiters are told before the entry is
+        // stored again (revalidations are not shared).
         if miss.origin().is_some() {
             miss.finish(Outcome::GoDirect);
-            return self.revalidated(flow, &miss, &stale, not_modified, exchange);
+        }
+        if let Some(ask) = miss.origin() {
+            return self.revalidated(flow, &miss, ask, &stale, not_modified, exchange);
         }
         let old = &stale.entry;
         let headers = conditional::merge_304(&old.headers, not_modified);
-        let rules = StoreRules {
-            scope: flow.route.scope,
-            has_user: miss.user_key_index.is_some(),
-            ttl: flow.route.ttl.unwrap_or(self.config.cache.ttl),
-            cacheable_status: &self.config.cache.cacheable_status,
-            vary_headers: &flow.route.vary_headers,
-        };
+        let rules = self.route_rules(flow.route, &miss);
         let decision = policy::decide_headers(&rules, old.status, &headers);
         let entry = Arc::new(Entry {
             status: old.status,
@@ -564,6 +554,17 @@ impl Proxy {
         let status = respond::revalidated_status(&miss.hash, ttl, stored);
         let resp = respond::from_entry(&entry, Served::Revalidated, status);
         self.log_now(flow, resp, Served::Revalidated, entry.meta.clone())
+    }
+
+    /// What a route-freshness route stores by (SPEC section 3, step 9).
+    fn route_rules<'a>(&'a self, route: &'a RouteConfig, miss: &Miss) -> StoreRules<'a> {
+        StoreRules {
+            scope: route.scope,
+            has_user: miss.user_key_index.is_some(),
+            ttl: route.ttl.unwrap_or(self.config.cache.ttl),
+            cacheable_status: &self.config.cache.cacheable_status,
+            vary_headers: &route.vary_headers,
+        }
     }
 
     pub(super) fn not_stored(&self, primary_key: &str, reason: NotStored) {

@@ -112,8 +112,8 @@ pub async fn read(
 ) -> Routed {
     let (parts, body) = req.into_parts();
     let limit = config.max_request_body;
-    let arrival = arrival(config, &parts, ctx.literal);
-    if let Some(reason) = policy::bypass_on_arrival(route, &arrival) {
+    let seen = arrival(config, &parts, ctx.literal);
+    if let Some(reason) = policy::bypass_on_arrival(route, &seen) {
         return Routed::Bypass(reason, parts, ProxyBody::stream(body), None);
     }
     let bytes = if body.is_end_stream() {

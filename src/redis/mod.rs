@@ -18,7 +18,7 @@ pub mod wire;
 pub use error::RedisFailure;
 pub use health::Health;
 pub use log_target::LogTarget;
-pub use options::RedisConfig;
+pub use options::{RedisConfig, redact_url};
 pub use pool::{Node, RedisPool};
 pub use tier::{CacheTier, TierStats};
 pub use wire::{Commands, RespBuf};

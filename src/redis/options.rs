@@ -41,7 +41,7 @@ impl fmt::Debug for RedisConfig {
 }
 
 /// Redacts the password of a Redis URL for logs and `Debug`.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

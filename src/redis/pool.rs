@@ -100,7 +100,7 @@ impl RedisPool {
         let io_timeout = cfg.timeout.max(Duration::from_millis(250));
         let connect_timeout = Duration::from_secs(1).max(io_timeout);
         let last_error = LastError::default();
-        let health = Arc::new(Health::new(redacted(&cfg.url), last_error.clone()));
+        let health = Arc::new(Health::new(super::redact_url(&cfg.url), last_error.clone()));
         if cfg.cluster {
             return Ok(RedisPool {
                 backend: Backend::Cluster(Cluster::new(cfg, connect_timeout)?),
@@ -414,16 +414,6 @@ fn is_transport(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
 }
 
-/// The URL without its password, for logs.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,13 +421,19 @@ mod tests {
     #[test]
     fn passwords_never_reach_the_logs() {
         assert_eq!(
-            redacted("redis://:secret@host:6379/0"),
+            crate::redis::redact_url("redis://:secret@host:6379/0"),
             "redis://***@host:6379/0"
         );
-        assert_eq!(redacted("rediss://user:pw@h"), "rediss://***@h");
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(
-            redacted("rediss://leaf:a/b@c@h:6378/0"),
+            crate::redis::redact_url("rediss://user:pw@h"),
+            "rediss://***@h"
+        );
+        assert_eq!(
+            crate::redis::redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            crate::redis::redact_url("rediss://leaf:a/b@c@h:6378/0"),
             "rediss://***@h:6378/0"
         );
     }

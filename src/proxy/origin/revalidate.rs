@@ -15,7 +15,7 @@ use crate::cache::envelope::Entry;
 use crate::cache_control::CacheControl;
 use crate::http_cache::conditional;
 use crate::http_cache::freshness::{self, Exchange};
-use crate::proxy::miss::{Miss, Usable};
+use crate::proxy::miss::{Miss, OriginAsk, Usable};
 use crate::proxy::request::Cacheable;
 use crate::proxy::respond::{self, MissDetail};
 use crate::proxy::{Flow, Proxy, Reply};
@@ -29,6 +29,7 @@ impl Proxy {
         &self,
         flow: &mut Flow<'_>,
         miss: &Miss,
+        ask: &OriginAsk,
         stale: &Usable,
         not_modified: &HeaderMap,
         exchange: Exchange,
@@ -62,16 +63,13 @@ impl Proxy {
         }
         let ttl = entry.remaining(now_ms()).as_secs();
         let status = respond::revalidated_status(&miss.hash, ttl, may_store);
-        let resp = match miss.origin() {
-            Some(ask) => answer_stored(
-                &ask.method,
-                &ask.headers,
-                &entry,
-                Served::Revalidated,
-                status,
-            ),
-            None => respond::from_entry(&entry, Served::Revalidated, status),
-        };
+        let resp = answer_stored(
+            &ask.method,
+            &ask.headers,
+            &entry,
+            Served::Revalidated,
+            status,
+        );
         self.log_now(flow, resp, Served::Revalidated, entry.meta.clone())
     }
 
