@@ -146,3 +146,53 @@ async fn explain_names_a_bypass_and_its_cache_status() {
         bad.stderr
     );
 }
+
+#[tokio::test]
+async fn the_admin_api_explains_repeated_headers_and_names_a_bad_field() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let proxy = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
+    // A header given as a list is sent once per value: two user ids that
+    // disagree read two ways, and the request bypasses.
+    let resp = admin(&proxy, "POST", "/v1/explain")
+        .json(&json!({
+            "path": "/api/v1/search?q=milk",
+            "headers": {"host": "shop.example", "x-user-id": ["u1", "u2"]},
+        }))
+        .send()
+        .await;
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.json()["method"], json!(null),);
+    assert_eq!(resp.json()["request"]["method"], "GET", "GET by default");
+    assert_eq!(resp.json()["bypass"]["reason"], "ambiguous-identity");
+    let sent = proxy
+        .get("/api/v1/search?q=milk")
+        .header("host", "shop.example")
+        .header("x-user-id", "u1")
+        .header("x-user-id", "u2")
+        .send()
+        .await;
+    assert_eq!(
+        sent.header("cache-status"),
+        resp.json()["bypass"]["cache_status"].as_str()
+    );
+    for (body, field) in [
+        (json!({"headers": {}}), "path"),
+        (json!({"path": "/s", "headers": {"x": 1}}), "headers.x"),
+        (json!({"path": "/s", "headers": ["x"]}), "headers"),
+        (json!({"path": "s"}), "request"),
+    ] {
+        let resp = admin(&proxy, "POST", "/v1/explain")
+            .json(&body)
+            .send()
+            .await;
+        assert_eq!(resp.status, 400, "{body}");
+        let text = String::from_utf8_lossy(&resp.body);
+        assert!(text.contains(field), "{body}: {text}");
+    }
+    assert_eq!(
+        backend.count(),
+        1,
+        "only the real request reached the backend"
+    );
+}

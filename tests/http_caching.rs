@@ -241,20 +241,20 @@ async fn no_store_and_private_are_not_stored_in_the_shared_scope() {
     }
 }
 
-#[tokio::test]
-async fn no_cache_is_stored_but_revalidated_before_every_use() {
-    let script = Script::new(|req| {
+/// An origin whose answer carries `cache_control` and `ETag: "v1"`, and
+/// which answers `304` to `If-None-Match: "v1"`.
+fn etag_script(cache_control: &'static str) -> Script {
+    Script::new(move |req| {
         if req.header("if-none-match") == Some("\"v1\"") {
             return Reply::echo(req).status(304).body("");
         }
-        echo(
-            req,
-            &[
-                ("cache-control", "no-cache, max-age=3600"),
-                ("etag", "\"v1\""),
-            ],
-        )
-    });
+        echo(req, &[("cache-control", cache_control), ("etag", "\"v1\"")])
+    })
+}
+
+#[tokio::test]
+async fn no_cache_is_stored_but_revalidated_before_every_use() {
+    let script = etag_script("no-cache, max-age=3600");
     let s = setup(config(), &script).await;
     let get = s.proxy.get("/p/a");
     let first = get.send().await;
@@ -268,18 +268,7 @@ async fn no_cache_is_stored_but_revalidated_before_every_use() {
 
 #[tokio::test]
 async fn a_stale_must_revalidate_entry_with_a_validator_is_revalidated_conditionally() {
-    let script = Script::new(|req| {
-        if req.header("if-none-match") == Some("\"v1\"") {
-            return Reply::echo(req).status(304).body("");
-        }
-        echo(
-            req,
-            &[
-                ("cache-control", "max-age=1, must-revalidate"),
-                ("etag", "\"v1\""),
-            ],
-        )
-    });
+    let script = etag_script("max-age=1, must-revalidate");
     let s = setup(config(), &script).await;
     let get = s.proxy.get("/p/a");
     let first = get.send().await;
