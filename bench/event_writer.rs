@@ -179,7 +179,251 @@ fn layout() -> Layout {
     Layout {
         prefix: leafcache::redis::keys::Prefix::default(),
         retention_secs: 90 * 86400,
+        record_retention_secs: 14 * 86400,
         history_limit: 1000,
+    }
+}
+
+/// CPU time redis-server has used (user + system), in microseconds, from
+/// `/proc/<pid>/stat` (clock ticks of 10 ms: measure over seconds).
+fn redis_cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks * 1e6 / 100.0
+}
+
+fn conn(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("client")
+        .get_connection()
+        .expect("connect")
+}
+
+/// Slow log: every command over 1 ms from now on.
+fn slowlog_start(port: u16) {
+    let mut c = conn(port);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(1000)
+        .query(&mut c)
+        .expect("config");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-max-len")
+        .arg(100_000)
+        .query(&mut c)
+        .expect("config");
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query(&mut c)
+        .expect("reset");
+}
+
+/// (commands over 1 ms, over 3 ms, the longest in µs) since [`slowlog_start`].
+fn slowlog(port: u16) -> (usize, usize, u64) {
+    let mut c = conn(port);
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query(&mut c)
+        .expect("slowlog");
+    let micros: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            redis::Value::Array(items) => match items.get(2) {
+                Some(redis::Value::Int(us)) => Some(*us as u64),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    (
+        micros.len(),
+        micros.iter().filter(|&&us| us > 3000).count(),
+        micros.iter().copied().max().unwrap_or(0),
+    )
+}
+
+/// `MEMORY USAGE` of a sample of records, and of the day's index per
+/// member: the bytes one search's record costs Redis.
+fn record_bytes(port: u16, evs: &[SearchEvent]) -> (f64, f64) {
+    let mut c = conn(port);
+    let sample: Vec<&SearchEvent> = evs.iter().step_by((evs.len() / 1000).max(1)).collect();
+    let mut total = 0u64;
+    for ev in &sample {
+        let used: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(format!("search:{}", ev.search_id))
+            .arg("SAMPLES")
+            .arg(0)
+            .query(&mut c)
+            .expect("memory usage");
+        total += used.unwrap_or(0);
+    }
+    let day = format!("searches:daily:{}", &evs[0].timestamp()[..10]);
+    let index: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&day)
+        .arg("SAMPLES")
+        .arg(0)
+        .query(&mut c)
+        .expect("memory usage");
+    let members: u64 = redis::cmd("ZCARD").arg(&day).query(&mut c).expect("zcard");
+    (
+        total as f64 / sample.len() as f64,
+        index.unwrap_or(0) as f64 / members.max(1) as f64,
+    )
+}
+
+/// How a record is stored, for the comparison of encodings.
+#[derive(Clone, Copy)]
+enum Encoding {
+    /// Before issue 18: a hash of 17 fields under their SPEC names, then
+    /// `EXPIRE`.
+    OldHash,
+    /// The compact record's fields as a hash whose values stay within 64
+    /// bytes (longer ones split over several fields), so that Redis keeps
+    /// it as a listpack; then `EXPIRE`.
+    ListpackHash,
+    /// What leafcache writes: one string of compact JSON, `SET .. EX`.
+    CompactString,
+}
+
+impl Encoding {
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::OldHash => "hash, SPEC field names (old)",
+            Encoding::ListpackHash => "listpack-sized hash",
+            Encoding::CompactString => "string of compact JSON (new)",
+        }
+    }
+
+    /// The commands that store `ev`'s record.
+    fn commands(self, ev: &SearchEvent, out: &mut leafcache::redis::wire::RespBuf) {
+        use leafcache::redis::wire::Commands;
+        let key = format!("search:{}", ev.search_id);
+        let ttl = b"1209600";
+        let stored = write::record_json(ev);
+        let fields: Vec<(String, String)> = match self {
+            Encoding::CompactString => {
+                out.command(&[b"SET", key.as_bytes(), stored.as_bytes(), b"EX", ttl]);
+                return;
+            }
+            Encoding::OldHash => {
+                let record = leafcache::events::record::Record::from_compact(
+                    &ev.search_id.to_string(),
+                    stored.as_bytes(),
+                )
+                .expect("record");
+                let mut line = Vec::new();
+                record.write_line(&[], &mut line);
+                let line: serde_json::Value = serde_json::from_slice(&line).expect("line");
+                text_fields(&line)
+                    .into_iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "clicks" | "orders" | "purchases"))
+                    .collect()
+            }
+            Encoding::ListpackHash => {
+                let compact: serde_json::Value =
+                    serde_json::from_str(&stored).expect("compact JSON");
+                let mut split = Vec::new();
+                for (k, v) in text_fields(&compact) {
+                    let mut rest = v.as_str();
+                    let mut part = 0;
+                    while !rest.is_empty() {
+                        let mut cut = rest.len().min(64);
+                        while !rest.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        let name = if part == 0 {
+                            k.clone()
+                        } else {
+                            format!("{k}#{part}")
+                        };
+                        split.push((name, rest[..cut].to_string()));
+                        rest = &rest[cut..];
+                        part += 1;
+                    }
+                }
+                split
+            }
+        };
+        let mut args: Vec<&[u8]> = vec![b"HSET", key.as_bytes()];
+        for (k, v) in &fields {
+            args.push(k.as_bytes());
+            args.push(v.as_bytes());
+        }
+        out.command(&args);
+        out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
+    }
+}
+
+/// A JSON object's members as text: strings as they are, the rest as JSON,
+/// nulls left out.
+fn text_fields(v: &serde_json::Value) -> Vec<(String, String)> {
+    v.as_object()
+        .expect("an object")
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
+/// One encoding's cost: Redis CPU µs per record (with its daily-index
+/// entry, ZADDs of 64 members), commands per record, and the bytes of the
+/// record and of its index entry.
+struct EncodingCost {
+    cpu_us: f64,
+    commands: f64,
+    record_bytes: f64,
+    index_bytes: f64,
+    encoding: &'static str,
+}
+
+fn encoding_cost(redis: &Redis, encoding: Encoding, evs: &[SearchEvent]) -> EncodingCost {
+    use leafcache::redis::wire::{Commands, RespBuf};
+    reset_stats(redis.1);
+    let mut chunks = Vec::new();
+    for chunk in evs.chunks(64) {
+        let mut buf = RespBuf::default();
+        for ev in chunk {
+            encoding.commands(ev, &mut buf);
+        }
+        let day = format!("searches:daily:{}", &chunk[0].timestamp()[..10]);
+        let scores: Vec<String> = chunk.iter().map(|e| e.timestamp_ms.to_string()).collect();
+        let ids: Vec<String> = chunk.iter().map(|e| e.search_id.to_string()).collect();
+        let mut zadd: Vec<&[u8]> = vec![b"ZADD", day.as_bytes()];
+        for (s, id) in scores.iter().zip(&ids) {
+            zadd.push(s.as_bytes());
+            zadd.push(id.as_bytes());
+        }
+        buf.command(&zadd);
+        chunks.push(buf);
+    }
+    let cpu = redis_cpu_us(redis.0.id());
+    send_pipelined(redis.1, &chunks);
+    let cpu_us = (redis_cpu_us(redis.0.id()) - cpu) / evs.len() as f64;
+    let commands = total_commands(redis.1) as f64 / evs.len() as f64;
+    let (record_bytes, index_bytes) = record_bytes(redis.1, evs);
+    EncodingCost {
+        cpu_us,
+        commands,
+        record_bytes,
+        index_bytes,
+        encoding: encoding.name(),
     }
 }
 
@@ -223,11 +467,24 @@ fn main() {
         return;
     }
 
+    // The record encodings, each alone: its record and daily-index entry.
+    let enc_n = n.min(100_000);
+    let costs: Vec<EncodingCost> = [
+        Encoding::OldHash,
+        Encoding::ListpackHash,
+        Encoding::CompactString,
+    ]
+    .into_iter()
+    .map(|e| encoding_cost(&redis, e, &events(enc_n)))
+    .collect();
+
     // leafcache's writer: batches, counters summed in process.
     reset_stats(redis.1);
+    slowlog_start(redis.1);
     let evs = events(n);
     let memory_before = used_memory(redis.1);
-    let (rate, per_event, memory_per_event) = rt.block_on(async {
+    let cpu_before = redis_cpu_us(redis.0.id());
+    let (rate, per_event, memory_per_event, written) = rt.block_on(async {
         let pool = RedisPool::new(&cfg).expect("pool");
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path(), 1 << 30).expect("spool");
@@ -243,6 +500,7 @@ fn main() {
             Some(spool),
         );
         let start = Instant::now();
+        let written: Vec<SearchEvent> = evs.iter().step_by(97).cloned().collect();
         for ev in evs {
             // A proxy whose load the writer sustains: the queue never
             // nears the half-full mark where batches would spill to disk.
@@ -270,19 +528,17 @@ fn main() {
             n as f64 / secs,
             total_commands(redis.1) as f64 / n as f64,
             used_memory(redis.1).saturating_sub(memory_before) as f64 / n as f64,
+            written,
         )
     });
-
-    // Redis's own ceiling for this layout: only the two commands every
-    // search needs whatever the writer does (HSET of its record, EXPIRE),
-    // pre-encoded, pipelined without a transaction, replies skimmed.
-    reset_stats(redis.1);
-    let ceiling = redis_ceiling(redis.1, &events(n));
+    let cpu_per_event = (redis_cpu_us(redis.0.id()) - cpu_before) / n as f64;
+    let (slow, very_slow, longest) = slowlog(redis.1);
+    let (writer_record_bytes, writer_index_bytes) = record_bytes(redis.1, &written);
 
     if std::env::var("SKIP_BASELINE").is_ok() {
         println!(
             "leafcache writer: {rate:.0} events/s, {per_event:.2} commands/event, \
-             {memory_per_event:.0} bytes of Redis memory/event"
+             {cpu_per_event:.2} us of Redis CPU/event, {memory_per_event:.0} bytes of Redis memory/event"
         );
         return;
     }
@@ -290,6 +546,7 @@ fn main() {
     reset_stats(redis.1);
     let base_n = n.min(50_000);
     let evs = events(base_n);
+    let base_cpu_before = redis_cpu_us(redis.0.id());
     let (base_rate, base_per_event) = rt.block_on(async {
         let pool = RedisPool::new(&cfg).expect("pool");
         let layout = layout();
@@ -320,69 +577,80 @@ fn main() {
             total_commands(redis.1) as f64 / base_n as f64,
         )
     });
+    let base_cpu = (redis_cpu_us(redis.0.id()) - base_cpu_before) / base_n as f64;
 
     println!(
         "event writer into a local redis-server ({n} events, 200 queries x 50 users, 10 products each)"
     );
-    println!("{:<34} {:>12} {:>16}", "", "events/s", "commands/event");
     println!(
-        "{:<34} {:>12.0} {:>16.2}",
-        "leafcache writer (batched)", rate, per_event
+        "{:<34} {:>10} {:>10} {:>12} {:>12}",
+        "", "events/s", "cmds/event", "redis us/ev", "bytes/event"
     );
     println!(
-        "{:<34} {:>12.0} {:>16.2}",
-        "baseline: one MULTI per event", base_rate, base_per_event
+        "{:<34} {:>10.0} {:>10.2} {:>12.2} {:>12.0}",
+        "leafcache writer (batched)", rate, per_event, cpu_per_event, memory_per_event
     );
     println!(
-        "{:<34} {:>12.0} {:>16.2}",
-        "redis ceiling: HSET+EXPIRE only", ceiling, 2.0
+        "{:<34} {:>10.0} {:>10.2} {:>12.2}",
+        "baseline: one MULTI per event", base_rate, base_per_event, base_cpu
     );
     println!(
-        "{:<34} {:>12.0}",
+        "{:<34} {:>10.0}",
         "building commands only (no redis)", build_rate
     );
     println!(
-        "ratio: {:.1}x the events/s, {:.2}x the commands; {:.0}% of the redis ceiling",
+        "ratio: {:.1}x the events/s, {:.2}x the commands, {:.2}x the Redis CPU of one MULTI per event",
         rate / base_rate,
         per_event / base_per_event,
-        100.0 * rate / ceiling
+        cpu_per_event / base_cpu
     );
-    println!("redis memory per event written (all keys): {memory_per_event:.0} bytes");
+    println!(
+        "writer's records: {writer_record_bytes:.0} bytes each + {writer_index_bytes:.0} bytes of daily index = {:.0} bytes per search (MEMORY USAGE)",
+        writer_record_bytes + writer_index_bytes
+    );
+    println!(
+        "redis SLOWLOG during the writer run: {slow} commands over 1 ms, {very_slow} over 3 ms, longest {longest} us"
+    );
+    println!();
+    println!(
+        "record encodings ({enc_n} records each, with their daily-index entries, ZADDs of 64):"
+    );
+    println!(
+        "{:<34} {:>12} {:>10} {:>12} {:>12} {:>12}",
+        "", "redis us/rec", "cmds/rec", "record B", "index B", "total B"
+    );
+    for c in &costs {
+        println!(
+            "{:<34} {:>12.2} {:>10.2} {:>12.0} {:>12.0} {:>12.0}",
+            c.encoding,
+            c.cpu_us,
+            c.commands,
+            c.record_bytes,
+            c.index_bytes,
+            c.record_bytes + c.index_bytes
+        );
+    }
 }
 
-/// Events/s Redis sustains for just the `HSET` and `EXPIRE` of each search
-/// record, written in pipelines of 512 events over one blocking socket: an
-/// upper bound for any writer of this key layout on this machine.
-fn redis_ceiling(port: u16, evs: &[SearchEvent]) -> f64 {
-    use leafcache::redis::wire::{Commands, RespBuf, read_reply};
+/// Sends `chunks` over one blocking socket, each as one MULTI/EXEC,
+/// pipelined, replies skimmed.
+fn send_pipelined(port: u16, chunks: &[leafcache::redis::wire::RespBuf]) {
+    use leafcache::redis::wire::read_reply;
     use std::io::{Read, Write};
 
-    let mut chunks = Vec::new();
-    for chunk in evs.chunks(512) {
-        let mut only = RespBuf::default();
-        for ev in chunk {
-            let key = format!("search:{}", ev.search_id);
-            let fields = write::record_fields(ev);
-            let mut args: Vec<&[u8]> = vec![b"HSET", key.as_bytes()];
-            for (k, v) in &fields {
-                args.push(k.as_bytes());
-                args.push(v.as_bytes());
-            }
-            only.command(&args);
-            only.command(&[b"EXPIRE", key.as_bytes(), b"7776000"]);
-        }
-        chunks.push((only.as_bytes().to_vec(), only.commands()));
-    }
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     sock.set_nodelay(true).expect("nodelay");
-    let start = Instant::now();
     let mut pending: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut pos = 0;
     let mut read = [0u8; 64 * 1024];
-    for (bytes, commands) in &chunks {
-        sock.write_all(bytes).expect("write");
+    for chunk in chunks {
+        let mut bytes = b"*1\r\n$5\r\nMULTI\r\n".to_vec();
+        bytes.extend_from_slice(chunk.as_bytes());
+        bytes.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        sock.write_all(&bytes).expect("write");
+        // +OK, a QUEUED per command, EXEC's array.
         let mut seen = 0;
-        while seen < *commands {
+        while seen < chunk.commands() + 2 {
             match read_reply(&pending[pos..]).expect("valid reply") {
                 Some((_, used)) => {
                     pos += used;
@@ -398,5 +666,4 @@ fn redis_ceiling(port: u16, evs: &[SearchEvent]) -> f64 {
             }
         }
     }
-    evs.len() as f64 / start.elapsed().as_secs_f64()
 }

@@ -53,11 +53,7 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
     }
     let (sink, writer) = writer::spawn(
         WriterConfig {
-            layout: Layout {
-                prefix: config.redis.key_prefix.clone(),
-                retention_secs: ev.retention.as_secs().max(1),
-                history_limit: ev.history_limit,
-            },
+            layout: Layout::new(&config),
             queue_capacity: ev.queue_capacity,
             batch_max: ev.batch_max,
             flush_interval: ev.flush_interval,

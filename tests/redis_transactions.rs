@@ -1,8 +1,8 @@
 //! The event writer's connection against a real redis-server: a long write
-//! (a counter flush, a spool replay) goes out as several transactions of at
-//! most `TRANSACTION_MAX` commands, every command runs, and an error reply in
-//! one of them is reported without losing the others or the connection; a
-//! batch of events, however long, stays one transaction.
+//! (a batch of events, a counter flush, a spool replay) goes out as several
+//! transactions of at most `TRANSACTION_MAX` commands and
+//! `TRANSACTION_BYTES`, every command runs, and an error reply in one of them
+//! is reported without losing the others or the connection.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::events::connect;
 use common::*;
-use leafcache::redis::direct::{DirectConn, DirectError, TRANSACTION_MAX};
+use leafcache::redis::direct::{DirectConn, DirectError, TRANSACTION_BYTES, TRANSACTION_MAX};
 use leafcache::redis::wire::{Commands, RespBuf};
 use redis::AsyncCommands;
 
@@ -36,17 +36,26 @@ async fn a_write_longer_than_one_transaction_runs_every_command() {
     let n = 2 * TRANSACTION_MAX + 123;
     let mut buf = RespBuf::default();
     incrs(&mut buf, 0..n);
-    assert_eq!(buf.parts(TRANSACTION_MAX).count(), 3);
-    conn.exec(&buf, TRANSACTION_MAX)
-        .await
-        .expect("every transaction ran");
+    assert_eq!(buf.parts(TRANSACTION_MAX, TRANSACTION_BYTES).count(), 3);
+    conn.exec(&buf).await.expect("every transaction ran");
     assert_eq!(sum_of(&redis, n).await, 2 * n as i64);
     assert_eq!(redis.calls("exec").await, 3, "three transactions");
 
-    // As a batch of events: one transaction, however long.
-    conn.exec(&buf, usize::MAX).await.expect("one transaction");
-    assert_eq!(sum_of(&redis, n).await, 4 * n as i64);
-    assert_eq!(redis.calls("exec").await, 4, "one more transaction");
+    // Few but large commands: cut by bytes.
+    let value = vec![b'v'; TRANSACTION_BYTES / 4];
+    let mut big = RespBuf::default();
+    for i in 0..10 {
+        big.command(&[b"SET", format!("big{i}").as_bytes(), &value]);
+    }
+    conn.exec(&big).await.expect("every transaction ran");
+    assert_eq!(
+        redis.calls("exec").await,
+        3 + 4,
+        "at most 3 of them per transaction"
+    );
+    let mut check = connect(&redis.url()).await;
+    let last: Vec<u8> = check.get("big9").await.expect("GET");
+    assert_eq!(last, value);
 }
 
 #[tokio::test]
@@ -63,7 +72,7 @@ async fn an_error_reply_in_one_transaction_spares_the_others_and_the_connection(
     // In the second transaction: a list command on a string.
     buf.command(&[b"LPUSH", b"a-string", b"v"]);
     incrs(&mut buf, TRANSACTION_MAX + 10..n);
-    match conn.exec(&buf, TRANSACTION_MAX).await {
+    match conn.exec(&buf).await {
         Err(DirectError::Refused { message, executed }) => {
             assert!(message.starts_with("WRONGTYPE"), "{message}");
             assert!(executed, "the rest of its transaction ran");
@@ -75,7 +84,7 @@ async fn an_error_reply_in_one_transaction_spares_the_others_and_the_connection(
     // Every reply was read: the connection carries on.
     buf.clear();
     incrs(&mut buf, 0..1);
-    conn.exec(&buf, TRANSACTION_MAX)
+    conn.exec(&buf)
         .await
         .expect("the connection is still usable");
     assert_eq!(sum_of(&redis, 1).await, 4);

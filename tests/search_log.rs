@@ -649,7 +649,12 @@ async fn the_history_keeps_the_newest_searches_up_to_the_limit() {
 
 #[tokio::test]
 async fn the_profile_keeps_the_applications_fields_and_never_expires_while_the_rest_does() {
-    let (redis, _backend, proxy) = setup_log(LogConfig::new().events(r#"retention = "2h""#)).await;
+    let (redis, _backend, proxy) = setup_log(
+        LogConfig::new()
+            .events(r#"retention = "2h""#)
+            .events(r#"record_retention = "1h""#),
+    )
+    .await;
     let mut store = LogStore::new(&redis.url()).await;
     store
         .hset("user:u1:profile", "preferences", r#"{"organic":true}"#)
@@ -682,11 +687,20 @@ async fn the_profile_keeps_the_applications_fields_and_never_expires_while_the_r
             continue;
         }
         let ttl = store.ttl(&key).await;
-        assert!(
-            7000 < ttl && ttl <= 7200,
-            "{key} expires with the retention of 2h, TTL {ttl}"
-        );
         let family: Vec<&str> = key.split(':').collect();
+        // Records and their daily index: record_retention; the rest:
+        // retention.
+        if matches!(family[..], ["search", _] | ["searches", "daily", _]) {
+            assert!(
+                3400 < ttl && ttl <= 3600,
+                "{key} expires with the record retention of 1h, TTL {ttl}"
+            );
+        } else {
+            assert!(
+                7000 < ttl && ttl <= 7200,
+                "{key} expires with the retention of 2h, TTL {ttl}"
+            );
+        }
         families.insert(match family[..] {
             ["search", _] => "search".to_string(),
             ["user", _, kind] => format!("user:{kind}"),

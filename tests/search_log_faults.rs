@@ -445,9 +445,15 @@ async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() 
     assert_eq!(store.search_ids("").await, ids);
     assert_eq!(daily_members(&mut store).await, ids, "searches:daily");
     assert_eq!(backend.count(), 0, "replay does not ask the backend");
-    // The spool holds a record per batch of at most 4 searches, and replay
-    // sends them together: one round trip, one transaction.
-    assert_eq!(redis.calls("exec").await, 1, "records replayed together");
+    // The spool holds a record per batch of at most 4 searches (and the
+    // counters), and replay sends them together, in transactions of at most
+    // TRANSACTION_MAX commands: these hold about 150, so two rather than
+    // one per record.
+    let execs = redis.calls("exec").await;
+    assert!(
+        (1..=2).contains(&execs),
+        "records replayed together: {execs} transactions"
+    );
     // SPEC section 5: replayed in order (several records: batch_max = 4).
     let history: Vec<String> = store
         .list("user:u1:searches")

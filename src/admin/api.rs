@@ -276,11 +276,7 @@ fn accepted(body: serde_json::Value) -> AdminResponse {
 
 async fn record_feedback(proxy: &Proxy, body: Bytes) -> Result<AdminResponse, ApiError> {
     let fb = Feedback::from_json(&fields::object(&body)?)?;
-    let layout = Layout {
-        prefix: prefix(proxy).clone(),
-        retention_secs: proxy.config.events.retention.as_secs().max(1),
-        history_limit: proxy.config.events.history_limit,
-    };
+    let layout = Layout::new(&proxy.config);
     match feedback::record(redis(proxy)?, &layout, &fb, crate::time::now_ms()).await {
         Ok(()) => Ok(accepted(
             json!({"search_id": fb.search_id, "event": fb.action.as_str()}),

@@ -1,7 +1,6 @@
 //! Feedback on a logged search (SPEC section 5): a click, an add to order
 //! or a purchase of one of its results, the labels a ranking model needs.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bb8_redis::redis;
@@ -42,15 +41,6 @@ impl Action {
             Action::Click => "click",
             Action::AddToOrder => "add_to_order",
             Action::Purchase => "purchase",
-        }
-    }
-
-    /// The counter on `search:<id>`.
-    fn record_field(self) -> &'static str {
-        match self {
-            Action::Click => "clicks",
-            Action::AddToOrder => "orders",
-            Action::Purchase => "purchases",
         }
     }
 
@@ -120,21 +110,20 @@ pub async fn record(
 ) -> Result<(), FeedbackError> {
     let p = &layout.prefix;
     let ttl = layout.retention_secs;
+    let record_ttl = layout.record_retention_secs;
     let unknown = || FeedbackError::UnknownSearch(fb.search_id.clone());
     let id = SearchId::parse(&fb.search_id).ok_or_else(unknown)?;
-    if !record::is_logged(redis, p, id).await? {
+    let Some(logged) = record::read_one(redis, p, id).await? else {
         return Err(unknown());
-    }
+    };
     let search = id.record_key(p);
     let deadline = Instant::now() + DEADLINE;
-    let suppliers_of = redis::cmd("HGET")
-        .arg(&search)
-        .arg("product_suppliers")
-        .to_owned();
-    let suppliers: Option<String> = redis.query(Command::Cmd(&suppliers_of), deadline).await?;
-    let supplier = suppliers
-        .and_then(|s| serde_json::from_str::<HashMap<String, String>>(&s).ok())
-        .and_then(|mut m| m.remove(&fb.product_id));
+    let supplier = logged
+        .record
+        .get("product_suppliers")
+        .get(&fb.product_id)
+        .and_then(Value::as_str)
+        .map(str::to_owned);
 
     let timestamp = crate::time::rfc3339_ms(now_ms);
     let date = &timestamp[..10];
@@ -146,17 +135,15 @@ pub async fn record(
     })
     .unwrap_or_default();
 
+    // The record's counts are counted from the list when it is read. The
+    // list lives as long as the record it belongs to: feedback refreshes
+    // both.
     let mut tx = redis::pipe();
     tx.atomic();
-    tx.cmd("HINCRBY")
-        .arg(&search)
-        .arg(fb.action.record_field())
-        .arg(1)
-        .ignore();
-    tx.cmd("EXPIRE").arg(&search).arg(ttl).ignore();
+    tx.cmd("EXPIRE").arg(&search).arg(record_ttl).ignore();
     let list = id.feedback_key(p);
     tx.cmd("RPUSH").arg(&list).arg(entry).ignore();
-    tx.cmd("EXPIRE").arg(&list).arg(ttl).ignore();
+    tx.cmd("EXPIRE").arg(&list).arg(record_ttl).ignore();
     let products = keys::products_feedback(p, fb.action.products_word(), date);
     tx.cmd("ZINCRBY")
         .arg(&products)

@@ -1,8 +1,9 @@
 //! A logged search's record (`search:<search_id>`, SPEC section 4): what a
-//! search id is, whether one names a logged search, and the record with its
-//! feedback as `GET /v1/searches/<id>` answers it. Feedback and that endpoint
-//! both go through here, so an id that is not a logged search is "unknown"
-//! (404) in one way, and never reaches Redis as a key it was not meant to be.
+//! search id is, and reading records with their feedback, for
+//! `GET /v1/searches/<id>`, feedback and the export. Feedback and that
+//! endpoint both go through here, so an id that is not a logged search is
+//! "unknown" (404) in one way, and never reaches Redis as a key it was not
+//! meant to be. How a record is stored is [`crate::events::record`]'s.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use bb8_redis::redis;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::export;
+use crate::events::record::Record;
 use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys::{self, Prefix};
@@ -56,19 +57,112 @@ impl std::fmt::Display for SearchId {
     }
 }
 
-/// Whether `id` names a logged search: its record exists and is a hash, as
-/// the writer lays it out. Any other type (something else wrote the key) is
-/// "not a logged search" rather than a Redis type error later.
-pub async fn is_logged(
+/// A logged search read back: its record and its feedback list (the
+/// entries of `search:<id>:feedback`, oldest first).
+pub struct Logged {
+    pub record: Record,
+    pub feedback: Vec<Vec<u8>>,
+}
+
+impl Logged {
+    /// The export's JSON object for this search, without a newline.
+    pub fn to_json(&self) -> String {
+        let mut out = Vec::with_capacity(512);
+        self.record.write_line(&self.feedback, &mut out);
+        if out.last() == Some(&b'\n') {
+            out.pop();
+        }
+        // serde_json writes UTF-8; the fallback only keeps this total.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+/// Adds to `pipe` what [`take_records`] reads of each of `ids`: its record
+/// and its feedback list. The pipeline must ignore errors (a record
+/// written by an earlier version is a hash, which `GET` refuses).
+pub fn queue_reads(pipe: &mut redis::Pipeline, prefix: &Prefix, ids: &[String]) {
+    for id in ids {
+        pipe.cmd("GET").arg(keys::search(prefix, id));
+        pipe.cmd("LRANGE")
+            .arg(keys::search_feedback(prefix, id))
+            .arg(0)
+            .arg(-1);
+    }
+}
+
+/// Reads the answers [`queue_reads`] asked for, one per id in order
+/// (`None` where there is no record, or none that leafcache wrote), then
+/// reads the records earlier versions wrote as hashes, in a second round
+/// trip when there are any.
+pub async fn take_records(
+    redis: &RedisPool,
+    prefix: &Prefix,
+    ids: &[String],
+    values: &mut impl Iterator<Item = redis::Value>,
+    deadline: Instant,
+) -> Result<Vec<Option<Logged>>, RedisFailure> {
+    let mut found = Vec::with_capacity(ids.len());
+    let mut hashes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let record = values.next().unwrap_or(redis::Value::Nil);
+        let feedback = match values.next() {
+            Some(redis::Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                .collect(),
+            // Nil, or a key of another type: something else wrote it.
+            _ => Vec::new(),
+        };
+        let record = match record {
+            redis::Value::BulkString(stored) => match Record::from_compact(id, &stored) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a search record");
+                    None
+                }
+            },
+            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => {
+                hashes.push((i, feedback));
+                found.push(None);
+                continue;
+            }
+            redis::Value::ServerError(e) => return Err(RedisFailure::Redis(e.into())),
+            _ => None,
+        };
+        found.push(record.map(|record| Logged { record, feedback }));
+    }
+    if !hashes.is_empty() {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (i, _) in &hashes {
+            pipe.cmd("HGETALL").arg(keys::search(prefix, &ids[*i]));
+        }
+        let values: Vec<redis::Value> = redis.query(Command::Pipe(&pipe), deadline).await?;
+        for ((i, feedback), value) in hashes.into_iter().zip(values) {
+            let fields: HashMap<String, Vec<u8>> =
+                redis::from_redis_value(value).unwrap_or_default();
+            found[i] = Record::from_hash(fields).map(|record| Logged { record, feedback });
+        }
+    }
+    Ok(found)
+}
+
+/// The search `id` names, with its feedback, or `None` when it is not a
+/// logged search.
+pub async fn read_one(
     redis: &RedisPool,
     prefix: &Prefix,
     id: SearchId,
-) -> Result<bool, RedisFailure> {
-    let cmd = redis::cmd("TYPE").arg(id.record_key(prefix)).to_owned();
-    let kind: String = redis
-        .query(Command::Cmd(&cmd), Instant::now() + DEADLINE)
-        .await?;
-    Ok(kind == "hash")
+) -> Result<Option<Logged>, RedisFailure> {
+    let deadline = Instant::now() + DEADLINE;
+    let ids = [id.to_string()];
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    queue_reads(&mut pipe, prefix, &ids);
+    let values: Vec<redis::Value> = redis.query(Command::Pipe(&pipe), deadline).await?;
+    let mut found = take_records(redis, prefix, &ids, &mut values.into_iter(), deadline).await?;
+    Ok(found.pop().flatten())
 }
 
 /// The record of the search `text` names with its feedback list, as one
@@ -82,39 +176,7 @@ pub async fn read(
     let Some(id) = SearchId::parse(text) else {
         return Ok(None);
     };
-    let (record, feedback) = (id.record_key(prefix), id.feedback_key(prefix));
-    let deadline = Instant::now() + DEADLINE;
-    let mut types = redis::pipe();
-    types.cmd("TYPE").arg(&record).cmd("TYPE").arg(&feedback);
-    let (record_type, feedback_type): (String, String) =
-        redis.query(Command::Pipe(&types), deadline).await?;
-    if record_type != "hash" {
-        return Ok(None);
-    }
-    // A feedback key of another type was not written by us: read as none.
-    let mut read = redis::pipe();
-    read.cmd("HGETALL").arg(&record);
-    let (fields, events): (HashMap<String, Vec<u8>>, Vec<Vec<u8>>) = if feedback_type == "list" {
-        read.cmd("LRANGE").arg(&feedback).arg(0).arg(-1);
-        redis.query(Command::Pipe(&read), deadline).await?
-    } else {
-        let (fields,): (HashMap<String, Vec<u8>>,) =
-            redis.query(Command::Pipe(&read), deadline).await?;
-        (fields, Vec::new())
-    };
-    // Expired between the two round trips.
-    if fields.is_empty() {
-        return Ok(None);
-    }
-    let mut out = Vec::with_capacity(512);
-    export::write_line(&fields, &events, &mut out);
-    if out.last() == Some(&b'\n') {
-        out.pop();
-    }
-    // serde_json writes UTF-8; the fallback only keeps this total.
-    Ok(Some(String::from_utf8(out).unwrap_or_else(|e| {
-        String::from_utf8_lossy(e.as_bytes()).into_owned()
-    })))
+    Ok(read_one(redis, prefix, id).await?.map(|l| l.to_json()))
 }
 
 #[cfg(test)]

@@ -24,8 +24,10 @@ pub struct LogFacts {
     pub product_ids_json: String,
     /// `supplier_ids`: a JSON array.
     pub supplier_ids_json: String,
-    /// `product_suppliers`: a JSON object product id → supplier id.
-    pub product_suppliers_json: String,
+    /// `product_suppliers` as the record stores it: for each product of
+    /// `product_ids`, the index in `supplier_ids` of its supplier (that of
+    /// its first listing with one), or null. A JSON array.
+    pub supplier_of_json: String,
     /// A hash of what the analytics counters count of a search with this
     /// answer (intent, distinct products and suppliers, whether it found
     /// nothing), so that searches alike are summed with one cheap lookup
@@ -58,25 +60,30 @@ impl LogFacts {
             &mut supplier_ids_json,
             suppliers.iter().filter_map(|&i| items[i].1.as_deref()),
         );
-        // A product listed twice is named once, with the supplier of its
-        // first listing that has one, so the object has no duplicate keys.
-        let mut pairs = String::with_capacity(2 + 32 * products.len());
-        pairs.push('{');
-        let mut named: Vec<&str> = Vec::with_capacity(products.len());
-        for (product, supplier) in items {
-            let Some(supplier) = supplier else { continue };
-            if named.contains(&product.as_str()) {
-                continue;
-            }
-            if !named.is_empty() {
+        // A product listed twice takes the supplier of its first listing
+        // that has one.
+        let mut pairs = String::with_capacity(2 + 3 * products.len());
+        pairs.push('[');
+        for (n, &first) in products.iter().enumerate() {
+            if n > 0 {
                 pairs.push(',');
             }
-            named.push(product);
-            write_json_str(&mut pairs, product);
-            pairs.push(':');
-            write_json_str(&mut pairs, supplier);
+            let product = &items[first].0;
+            let supplier = items[first..]
+                .iter()
+                .filter(|(p, _)| p == product)
+                .find_map(|(_, s)| s.as_ref());
+            let index = supplier.and_then(|s| {
+                suppliers
+                    .iter()
+                    .position(|&j| items[j].1.as_ref() == Some(s))
+            });
+            match index {
+                Some(i) => pairs.push_str(itoa::Buffer::new().format(i)),
+                None => pairs.push_str("null"),
+            }
         }
-        pairs.push('}');
+        pairs.push(']');
         // Held for as long as the answer is cached: no slack.
         for text in [&mut product_ids_json, &mut supplier_ids_json, &mut pairs] {
             text.shrink_to_fit();
@@ -97,7 +104,7 @@ impl LogFacts {
             suppliers,
             product_ids_json,
             supplier_ids_json,
-            product_suppliers_json: pairs,
+            supplier_of_json: pairs,
             fingerprint,
         }
     }
@@ -115,7 +122,9 @@ impl LogFacts {
             .iter()
             .map(|(p, s)| p.len() + s.as_ref().map_or(0, String::len))
             .sum();
-        alloc_size(2 * ids + 12 * n + 8) + 3 * 16 + 2 * alloc_size(8 * n)
+        // Ids quoted once each (suppliers at most once), an index or a null
+        // per product.
+        alloc_size(ids + 6 * n + 4) + alloc_size(5 * n + 2) + 16 + 2 * alloc_size(8 * n)
     }
 
     /// The heap these facts hold (for the L1 byte budget).
@@ -125,7 +134,7 @@ impl LogFacts {
             + alloc_size(self.suppliers.capacity() * 8)
             + alloc_size(self.product_ids_json.capacity())
             + alloc_size(self.supplier_ids_json.capacity())
-            + alloc_size(self.product_suppliers_json.capacity())
+            + alloc_size(self.supplier_of_json.capacity())
     }
 }
 
@@ -294,17 +303,15 @@ mod tests {
             json!(["p1", "p2", "p3", "p4"])
         );
         assert_eq!(parse(&facts.supplier_ids_json), json!(["s1", "s2", "s\"2"]));
-        assert_eq!(
-            parse(&facts.product_suppliers_json),
-            json!({"p1": "s1", "p2": "s1", "p4": "s\"2"})
-        );
+        // p1 and p2 are s1's (index 0), p3 has none, p4 is s"2's (index 2).
+        assert_eq!(parse(&facts.supplier_of_json), json!([0, 0, null, 2]));
     }
 
     #[test]
     fn a_product_first_listed_without_supplier_takes_a_later_one() {
         let m = meta(&[("p1", None), ("p1", Some("s1"))]);
         let facts = m.log_facts();
-        assert_eq!(facts.product_suppliers_json, r#"{"p1":"s1"}"#);
+        assert_eq!(facts.supplier_of_json, "[0]");
         assert_eq!(facts.product_ids_json, r#"["p1"]"#);
     }
 
@@ -313,7 +320,7 @@ mod tests {
         let facts = meta(&[]).log_facts().clone();
         assert_eq!(facts.product_ids_json, "[]");
         assert_eq!(facts.supplier_ids_json, "[]");
-        assert_eq!(facts.product_suppliers_json, "{}");
+        assert_eq!(facts.supplier_of_json, "[]");
     }
 
     #[test]

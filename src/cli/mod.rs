@@ -120,11 +120,7 @@ fn redis(rt: &tokio::runtime::Runtime, config: &Config) -> Result<RedisPool, Fai
 }
 
 fn layout(config: &Config) -> Layout {
-    Layout {
-        prefix: config.redis.key_prefix.clone(),
-        retention_secs: config.events.retention.as_secs().max(1),
-        history_limit: config.events.history_limit,
-    }
+    Layout::new(config)
 }
 
 /// `--date`, `--from`, `--to`: a strict UTC date, as a day number.

@@ -143,8 +143,11 @@ pub struct EventsConfig {
     pub flush_interval: Duration,
     /// `user:<id>:searches` keeps the last N.
     pub history_limit: usize,
-    /// EXPIRE set on every log and analytics key.
+    /// EXPIRE set on history, counter and feedback keys.
     pub retention: Duration,
+    /// EXPIRE set on `search:<id>` and `searches:daily:<date>`: the export
+    /// is the durable copy of the records.
+    pub record_retention: Duration,
     /// Disk buffer while Redis is unreachable; absolute once loaded.
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,

@@ -182,6 +182,7 @@ struct RawEvents {
     flush_interval: Dur,
     history_limit: Count<usize>,
     retention: Dur,
+    record_retention: Dur,
     spool_dir: PathBuf,
     spool_max_bytes: Size,
 }
@@ -194,6 +195,7 @@ impl Default for RawEvents {
             flush_interval: millis(20),
             history_limit: Count(1000),
             retention: secs(90 * 86_400),
+            record_retention: secs(14 * 86_400),
             spool_dir: PathBuf::from("spool"),
             spool_max_bytes: Size(1 << 30),
         }
@@ -357,6 +359,12 @@ impl RawEvents {
                 loc,
                 &[K("events"), K("retention")],
                 e.retention,
+                Duration::from_secs(1),
+            )?,
+            record_retention: positive(
+                loc,
+                &[K("events"), K("record_retention")],
+                e.record_retention,
                 Duration::from_secs(1),
             )?,
             spool_dir: resolve_path(e.spool_dir, config_file),

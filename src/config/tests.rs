@@ -161,6 +161,7 @@ fn empty_file_is_valid_with_spec_defaults_and_no_routes() {
     assert_eq!(c.events.flush_interval, Duration::from_millis(20));
     assert_eq!(c.events.history_limit, 1000);
     assert_eq!(c.events.retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(c.events.record_retention, Duration::from_secs(14 * 86_400));
     assert_eq!(c.events.spool_max_bytes, 1 << 30);
 }
 
@@ -404,6 +405,13 @@ fn zero_timeouts_and_retention_are_rejected() {
         2,
         13,
         "events.retention",
+        "at least 1s",
+    );
+    assert_error(
+        "[events]\nrecord_retention = \"0s\"\n",
+        2,
+        20,
+        "events.record_retention",
         "at least 1s",
     );
     assert_error(

@@ -3,6 +3,8 @@
 //! (SPEC section 5).
 //!
 //! - [`counters`]: analytics counters summed in process between flushes.
+//! - [`record`]: the stored form of one search's record, and reading it
+//!   back.
 //! - [`write`]: the Redis commands for records and counters (key names come
 //!   from [`crate::redis::keys`]).
 //! - [`writer`]: the batching writer (a queue task and a Redis task),
@@ -10,6 +12,7 @@
 //! - [`spool`]: the append-only disk buffer used while Redis is unreachable.
 
 pub mod counters;
+pub mod record;
 pub mod spool;
 pub mod write;
 pub mod writer;

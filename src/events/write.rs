@@ -1,10 +1,13 @@
-//! The Redis commands that record searches (SPEC section 4): one
-//! MULTI/EXEC pipeline per batch of records, one per counter flush.
+//! The Redis commands that record searches (SPEC section 4), for a batch of
+//! records or a counter flush; the writer sends them as transactions of a
+//! bounded size ([`crate::redis::log_target::TRANSACTION_MAX`]).
 //!
-//! Per batch, commands that many events share are merged: one `ZADD` per
-//! day for the daily index, one `LPUSH` (of all of a user's searches) plus
-//! `LTRIM` and `EXPIRE` per user, and the profile updates per user. Each search
-//! itself costs an `HSET` and an `EXPIRE`.
+//! Per batch, commands that many events share are merged: a `ZADD` per day
+//! for the daily index, an `LPUSH` (of all of a user's searches) plus
+//! `LTRIM` and `EXPIRE` per user, and the profile updates per user. No
+//! command carries more than [`MEMBERS_MAX`] members, so that none keeps
+//! Redis busy for long. Each search itself costs one `SET .. EX` of its
+//! record ([`super::record`]).
 //!
 //! The commands are appended to any [`Commands`]: the writer's raw RESP
 //! buffer on the hot path, or a redis-rs pipeline for replay.
@@ -13,6 +16,7 @@ use std::collections::BTreeMap;
 
 use super::SearchEvent;
 use super::counters::Counters;
+use super::record::{self, Values};
 use crate::answer::facts::write_json_str;
 use crate::redis::Commands;
 use crate::redis::keys::{self, Prefix};
@@ -23,10 +27,25 @@ use crate::redis::log_target::{Pipeline, pipeline};
 pub struct Layout {
     /// `key_prefix`, and whether per-user keys carry cluster hash tags.
     pub prefix: Prefix,
-    /// `EXPIRE` for every log and analytics key, in seconds.
+    /// `EXPIRE` for history, counter and feedback keys, in seconds.
     pub retention_secs: u64,
+    /// `EXPIRE` for `search:<id>` and `searches:daily:<date>`, in seconds.
+    pub record_retention_secs: u64,
     /// `user:<id>:searches` keeps this many entries.
     pub history_limit: usize,
+}
+
+impl Layout {
+    /// The layout `config` asks for.
+    pub fn new(config: &crate::config::Config) -> Layout {
+        let ev = &config.events;
+        Layout {
+            prefix: config.redis.key_prefix.clone(),
+            retention_secs: ev.retention.as_secs().max(1),
+            record_retention_secs: ev.record_retention.as_secs().max(1),
+            history_limit: ev.history_limit,
+        }
+    }
 }
 
 /// The values of one search that several commands need, formatted once:
@@ -103,69 +122,26 @@ fn push_millis(text: &mut String, ms: f64) {
     }
 }
 
-/// The fields of `search:<search_id>`, in a stable order.
-pub fn record_fields(ev: &SearchEvent) -> Vec<(&'static str, String)> {
+/// The members of one `ZADD` or `LPUSH` at most.
+pub const MEMBERS_MAX: usize = 64;
+
+/// The stored record of a search, `search:<search_id>`'s value.
+pub fn record_json(ev: &SearchEvent) -> String {
     let mut text = String::new();
     let prepared = prepare(std::slice::from_ref(ev), &mut text);
-    with_fields(&prepared[0], |fields| {
-        fields
-            .iter()
-            .map(|(k, v)| (*k, String::from_utf8_lossy(v).into_owned()))
-            .collect()
-    })
+    let mut out = String::new();
+    record::write_compact(&mut out, &prepared[0].values());
+    out
 }
 
-/// Calls `f` with the fields of the search's record.
-fn with_fields<R>(p: &Prepared<'_>, f: impl FnOnce(&[(&'static str, &[u8])]) -> R) -> R {
-    let ev = p.ev;
-    // Derived once per answer and shared by all its hits.
-    let facts = ev.meta.log_facts();
-    let mut results = itoa::Buffer::new();
-    let mut status = itoa::Buffer::new();
-    // Absent optional values are left out rather than stored as "": fewer
-    // fields make the record cheaper for Redis, and readers see "missing".
-    let all: [(&'static str, &[u8], bool); RECORD_FIELDS] = [
-        ("search_id", p.id.as_bytes(), true),
-        ("timestamp", p.timestamp.as_bytes(), true),
-        ("user_id", opt(&ev.user_id), false),
-        ("user_uuid", opt(&ev.user_uuid), false),
-        ("session_id", opt(&ev.session_id), false),
-        ("query", ev.query.as_bytes(), true),
-        ("query_normalized", ev.query_normalized.as_bytes(), true),
-        ("intent", opt(&ev.meta.intent), false),
-        ("confidence", p.confidence.as_bytes(), false),
-        (
-            "results_count",
-            results.format(ev.meta.results_count).as_bytes(),
-            true,
-        ),
-        ("product_ids", facts.product_ids_json.as_bytes(), true),
-        ("supplier_ids", facts.supplier_ids_json.as_bytes(), true),
-        (
-            "product_suppliers",
-            facts.product_suppliers_json.as_bytes(),
-            true,
-        ),
-        ("response_time_ms", p.response_time.as_bytes(), true),
-        ("cache", ev.cache.as_str().as_bytes(), true),
-        ("status", status.format(ev.status).as_bytes(), true),
-        ("route", ev.route.as_bytes(), true),
-    ];
-    let mut fields: [(&'static str, &[u8]); RECORD_FIELDS] = [("", &[]); RECORD_FIELDS];
-    let mut n = 0;
-    for (k, v, required) in all {
-        if required || !v.is_empty() {
-            fields[n] = (k, v);
-            n += 1;
+impl Prepared<'_> {
+    fn values(&self) -> Values<'_> {
+        Values {
+            ev: self.ev,
+            confidence: self.confidence,
+            response_time: self.response_time,
         }
     }
-    f(&fields[..n])
-}
-
-const RECORD_FIELDS: usize = 17;
-
-fn opt(v: &Option<String>) -> &[u8] {
-    v.as_deref().unwrap_or("").as_bytes()
 }
 
 /// The compact JSON entry of `user:<id>:searches`.
@@ -219,24 +195,21 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
     let p = &layout.prefix;
     let mut ttl_buf = itoa::Buffer::new();
     let ttl = ttl_buf.format(layout.retention_secs).as_bytes();
+    let mut record_ttl_buf = itoa::Buffer::new();
+    let record_ttl = record_ttl_buf
+        .format(layout.record_retention_secs)
+        .as_bytes();
 
     let mut text = String::new();
     let prepared = prepare(events, &mut text);
     let mut daily: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
     let mut users: BTreeMap<&str, Vec<&Prepared<'_>>> = BTreeMap::new();
+    let mut json = String::with_capacity(512);
     for pr in &prepared {
+        json.clear();
+        record::write_compact(&mut json, &pr.values());
         let key = keys::search(p, pr.id);
-        with_fields(pr, |fields| {
-            let mut args: [&[u8]; 2 + 2 * RECORD_FIELDS] = [&[]; 2 + 2 * RECORD_FIELDS];
-            args[0] = b"HSET";
-            args[1] = key.as_bytes();
-            for (i, (k, v)) in fields.iter().enumerate() {
-                args[2 + 2 * i] = k.as_bytes();
-                args[3 + 2 * i] = v;
-            }
-            out.command(&args[..2 + 2 * fields.len()]);
-        });
-        out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
+        out.command(&[b"SET", key.as_bytes(), json.as_bytes(), b"EX", record_ttl]);
         let date = pr.timestamp.get(..10).unwrap_or_default();
         daily.entry(date).or_default().push(pr);
         if let Some(user) = pr.ev.user_id.as_deref() {
@@ -245,7 +218,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
     }
 
     for (date, members) in &daily {
-        daily_index(out, &keys::searches_daily(p, date), members, ttl);
+        daily_index(out, &keys::searches_daily(p, date), members, record_ttl);
     }
     let keep = layout.history_limit.max(1) - 1;
     let mut keep_buf = itoa::Buffer::new();
@@ -256,8 +229,15 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
     }
 }
 
-/// `searches:daily:<date>`: one ZADD of the day's searches, scored by time.
+/// `searches:daily:<date>`: ZADDs of the day's searches, scored by time.
 fn daily_index(out: &mut impl Commands, key: &str, members: &[&Prepared<'_>], ttl: &[u8]) {
+    for members in members.chunks(MEMBERS_MAX) {
+        daily_zadd(out, key, members);
+    }
+    out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
+}
+
+fn daily_zadd(out: &mut impl Commands, key: &str, members: &[&Prepared<'_>]) {
     // All scores formatted into one string, then sliced.
     let mut scores = String::with_capacity(14 * members.len());
     let mut ends = Vec::with_capacity(members.len());
@@ -275,7 +255,6 @@ fn daily_index(out: &mut impl Commands, key: &str, members: &[&Prepared<'_>], tt
         start = *end;
     }
     out.command(&args);
-    out.command(&[b"EXPIRE", key.as_bytes(), ttl]);
 }
 
 /// `user:<id>:searches`: the user's newest searches, capped at `keep` + 1.
@@ -291,11 +270,13 @@ fn user_history(
     // LPUSH of several values leaves the last one at the head: push
     // oldest first so the list reads newest first.
     let entries: Vec<String> = searches.iter().map(|pr| history_json(pr)).collect();
-    let mut lpush: Vec<&[u8]> = Vec::with_capacity(2 + entries.len());
-    lpush.push(b"LPUSH");
-    lpush.push(history.as_bytes());
-    lpush.extend(entries.iter().map(|e| e.as_bytes()));
-    out.command(&lpush);
+    for entries in entries.chunks(MEMBERS_MAX) {
+        let mut lpush: Vec<&[u8]> = Vec::with_capacity(2 + entries.len());
+        lpush.push(b"LPUSH");
+        lpush.push(history.as_bytes());
+        lpush.extend(entries.iter().map(|e| e.as_bytes()));
+        out.command(&lpush);
+    }
     out.command(&[b"LTRIM", history.as_bytes(), b"0", keep]);
     out.command(&[b"EXPIRE", history.as_bytes(), ttl]);
 }
@@ -414,6 +395,7 @@ mod tests {
         let layout = Layout {
             prefix: Prefix::single_node("t:"),
             retention_secs: 60,
+            record_retention_secs: 30,
             history_limit: 10,
         };
         let events = [

@@ -146,7 +146,7 @@ pub fn invalidate_channel(prefix: &str) -> String {
     format!("{prefix}leafcache:invalidate")
 }
 
-/// `search:<search_id>`: the search record (hash).
+/// `search:<search_id>`: the search record (a string of compact JSON).
 pub fn search(prefix: &Prefix, search_id: &str) -> String {
     prefix.with_id("search", search_id, "")
 }

@@ -15,7 +15,7 @@ use super::direct::{DirectConn, DirectError};
 use super::pool::Command;
 use super::wire::RespBuf;
 
-pub use super::direct::TRANSACTION_MAX;
+pub use super::direct::{TRANSACTION_BYTES, TRANSACTION_MAX};
 /// The commands for a target that does not speak raw RESP.
 pub use redis::Pipeline;
 
@@ -75,18 +75,20 @@ impl LogTarget {
         matches!(self.way, Way::Direct(_))
     }
 
-    /// Sends encoded commands as transactions of at most `per_transaction`
-    /// commands, connecting first when needed. Only for a target that
-    /// [`speaks_raw`](LogTarget::speaks_raw).
-    pub async fn send_raw(&mut self, buf: &RespBuf, per_transaction: usize) -> Sent {
+    /// Sends encoded commands as transactions of at most
+    /// [`TRANSACTION_MAX`] commands, connecting first when needed. Only for
+    /// a target that [`speaks_raw`](LogTarget::speaks_raw).
+    pub async fn send_raw(&mut self, buf: &RespBuf) -> Sent {
         match &mut self.way {
-            Way::Direct(link) => link.send(buf, per_transaction).await,
+            Way::Direct(link) => link.send(buf).await,
             Way::Pool(_) => Err("raw commands sent to the pool".into()),
         }
     }
 
-    /// Sends a pipeline through the pool, within [`WRITE_TIMEOUT`]. Only for
-    /// a target that does not speak raw RESP.
+    /// Sends a pipeline through the pool, within [`WRITE_TIMEOUT`]; a
+    /// transaction longer than [`TRANSACTION_MAX`] commands goes as several
+    /// (a cluster splits it by slot anyway). Only for a target that does not
+    /// speak raw RESP.
     pub async fn send_pipe(&mut self, pipe: &redis::Pipeline) -> Sent {
         // `&mut`: the direct connection is not `Sync`, and the writer's
         // future must stay `Send`.
@@ -111,8 +113,8 @@ impl Link {
 
     /// Sends encoded commands as one transaction, connecting first when
     /// needed. Any failure drops the connection.
-    async fn send(&mut self, buf: &RespBuf, per_transaction: usize) -> Sent {
-        match self.try_send(buf, per_transaction).await {
+    async fn send(&mut self, buf: &RespBuf) -> Sent {
+        match self.try_send(buf).await {
             Ok(()) => Ok(None),
             Err(e) if e.is_transient() => Err(e.to_string()),
             // Sending it again would fail the same way: the commands that
@@ -121,14 +123,14 @@ impl Link {
         }
     }
 
-    async fn try_send(&mut self, buf: &RespBuf, per_transaction: usize) -> Result<(), DirectError> {
+    async fn try_send(&mut self, buf: &RespBuf) -> Result<(), DirectError> {
         let conn = match &mut self.conn {
             Some(c) => c,
             None => self
                 .conn
                 .insert(DirectConn::connect(&self.config, CONNECT_TIMEOUT).await?),
         };
-        let result = tokio::time::timeout(WRITE_TIMEOUT, conn.exec(buf, per_transaction))
+        let result = tokio::time::timeout(WRITE_TIMEOUT, conn.exec(buf))
             .await
             .unwrap_or_else(|_| {
                 Err(DirectError::Io(std::io::Error::new(
@@ -146,9 +148,28 @@ impl Link {
 /// Sends a pipeline through the pool, within WRITE_TIMEOUT.
 async fn send_pipe(redis: &RedisPool, pipe: &redis::Pipeline) -> Sent {
     let deadline = Instant::now() + WRITE_TIMEOUT;
+    if !pipe.is_transaction() || pipe.len() <= TRANSACTION_MAX {
+        return send_one(redis, pipe, deadline).await.map(|()| None);
+    }
+    let commands: Vec<&redis::Cmd> = pipe.cmd_iter().collect();
+    for run in commands.chunks(TRANSACTION_MAX) {
+        let mut part = redis::Pipeline::with_capacity(run.len());
+        part.atomic();
+        for cmd in run {
+            part.add_command((*cmd).clone());
+        }
+        send_one(redis, &part, deadline).await?;
+    }
+    Ok(None)
+}
+
+async fn send_one(
+    redis: &RedisPool,
+    pipe: &redis::Pipeline,
+    deadline: Instant,
+) -> Result<(), String> {
     redis
         .query::<()>(Command::Pipe(pipe), deadline)
         .await
-        .map(|()| None)
         .map_err(|e| e.to_string())
 }

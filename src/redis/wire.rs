@@ -54,16 +54,25 @@ impl RespBuf {
         &self.buf
     }
 
-    /// The commands in runs of at most `max` (the last may be shorter):
-    /// each run's bytes and how many commands it holds.
-    pub fn parts(&self, max: usize) -> impl Iterator<Item = (&[u8], usize)> {
+    /// The commands in runs of at most `max` commands and `max_bytes`
+    /// bytes (a single longer command is a run of its own): each run's
+    /// bytes and how many commands it holds.
+    pub fn parts(&self, max: usize, max_bytes: usize) -> impl Iterator<Item = (&[u8], usize)> {
         let max = max.max(1);
-        let mut start = 0;
-        self.ends.chunks(max).map(move |run| {
-            let end = run[run.len() - 1];
-            let bytes = &self.buf[start..end];
-            start = end;
-            (bytes, run.len())
+        let (mut start, mut i) = (0, 0);
+        std::iter::from_fn(move || {
+            let first = i;
+            while i < self.ends.len()
+                && (i == first || (i - first < max && self.ends[i] - start <= max_bytes))
+            {
+                i += 1;
+            }
+            (i > first).then(|| {
+                let end = self.ends[i - 1];
+                let bytes = &self.buf[start..end];
+                start = end;
+                (bytes, i - first)
+            })
         })
     }
 }
@@ -332,11 +341,25 @@ mod tests {
         for i in 0..7 {
             buf.command(&[b"INCR", format!("k{i}").as_bytes()]);
         }
-        let parts: Vec<(&[u8], usize)> = buf.parts(3).collect();
+        let parts: Vec<(&[u8], usize)> = buf.parts(3, usize::MAX).collect();
         assert_eq!(parts.iter().map(|p| p.1).collect::<Vec<_>>(), [3, 3, 1]);
         assert_eq!(parts.concat_bytes(), buf.as_bytes());
         assert!(parts[1].0.starts_with(b"*2\r\n$4\r\nINCR\r\n$2\r\nk3\r\n"));
-        assert_eq!(RespBuf::default().parts(3).count(), 0);
+        assert_eq!(RespBuf::default().parts(3, usize::MAX).count(), 0);
+
+        // Cut by bytes too: each INCR here is 22 bytes; one longer than the
+        // limit is a run of its own.
+        let by_bytes: Vec<usize> = buf.parts(100, 50).map(|p| p.1).collect();
+        assert_eq!(by_bytes, [2, 2, 2, 1]);
+        let mut long = RespBuf::default();
+        long.command(&[b"SET", b"k", &[b'x'; 100]]);
+        long.command(&[b"INCR", b"k"]);
+        let runs: Vec<usize> = long.parts(100, 50).map(|p| p.1).collect();
+        assert_eq!(runs, [1, 1]);
+        assert_eq!(
+            buf.parts(3, 50).map(|p| p.0.len()).sum::<usize>(),
+            buf.as_bytes().len()
+        );
     }
 
     #[test]
@@ -385,8 +408,8 @@ mod tests {
         assert_eq!(copy.as_bytes()[14..], *buf.as_bytes());
         assert_eq!(copy.commands(), 4);
         assert_eq!(
-            copy.parts(1).nth(1).map(|p| p.0),
-            buf.parts(1).next().map(|p| p.0)
+            copy.parts(1, usize::MAX).nth(1).map(|p| p.0),
+            buf.parts(1, usize::MAX).next().map(|p| p.0)
         );
         let mut pipe = redis::pipe();
         pipe.encoded(buf.as_bytes()).expect("whole commands");

@@ -227,3 +227,40 @@ pub fn patterned_bytes(len: usize) -> Bytes {
     out.truncate(len);
     Bytes::from(out)
 }
+
+/// The fields of a search record (`search:<id>`, a string of compact JSON)
+/// as text, the way a hash of them would read: strings as they are,
+/// numbers and lists as JSON, absent values and feedback counts of 0 left
+/// out. `key` names the record; `feedback` is its feedback list.
+pub fn record_fields(
+    key: &str,
+    stored: &[u8],
+    feedback: &[Vec<u8>],
+) -> std::collections::BTreeMap<String, String> {
+    let id = key
+        .rsplit("search:")
+        .next()
+        .unwrap_or(key)
+        .trim_matches(|c| c == '{' || c == '}');
+    let record = leafcache::events::record::Record::from_compact(id, stored)
+        .unwrap_or_else(|e| panic!("{key}: {e}"));
+    let mut line = Vec::new();
+    record.write_line(feedback, &mut line);
+    let line: serde_json::Value = serde_json::from_slice(&line).expect("an export line");
+    line.as_object()
+        .expect("an object")
+        .iter()
+        .filter(|(k, v)| {
+            !v.is_null()
+                && k.as_str() != "feedback"
+                && !(matches!(k.as_str(), "clicks" | "orders" | "purchases") && **v == 0)
+        })
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leafcache::answer::SearchMeta;
-use leafcache::events::write::record_fields;
+use leafcache::events::write::record_json;
 use leafcache::events::{CacheResult, SearchEvent, new_search_id};
 use leafcache::redis::keys;
 use serde_json::Value;
@@ -113,11 +113,7 @@ pub async fn seed(redis: &Redis, events: &[SearchEvent]) {
         for ev in chunk {
             let id = ev.search_id.to_string();
             let key = keys::search(&keys::Prefix::default(), &id);
-            pipe.cmd("HSET").arg(&key);
-            for (field, value) in record_fields(ev) {
-                pipe.arg(field).arg(value);
-            }
-            pipe.ignore();
+            pipe.cmd("SET").arg(&key).arg(record_json(ev)).ignore();
             let date = &ev.timestamp()[..10];
             pipe.cmd("ZADD")
                 .arg(keys::searches_daily(&keys::Prefix::default(), date))
@@ -159,8 +155,27 @@ pub async fn one_logged_search() -> (Redis, super::Backend, Proxy, String) {
     (redis, backend, proxy, id)
 }
 
+/// A hash's field; a search record's field (see [`super::record_fields`]).
 pub async fn hget(redis: &Redis, key: &str, field: &str) -> Option<String> {
     let mut con = redis.conn().await;
+    let kind: String = redis::cmd("TYPE")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .expect("TYPE");
+    if kind == "string" {
+        let (stored, feedback): (Vec<u8>, Vec<Vec<u8>>) = redis::pipe()
+            .cmd("GET")
+            .arg(key)
+            .cmd("LRANGE")
+            .arg(format!("{key}:feedback"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .expect("GET");
+        return super::record_fields(key, &stored, &feedback).remove(field);
+    }
     redis::cmd("HGET")
         .arg(key)
         .arg(field)

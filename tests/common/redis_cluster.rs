@@ -363,7 +363,22 @@ impl RedisCluster {
         self.query(redis::cmd("TTL").arg(key)).await
     }
 
+    /// A hash's fields; a search record's fields (see
+    /// [`super::record_fields`]).
     pub async fn hash(&self, key: &str) -> BTreeMap<String, String> {
+        let kind: String = self.query(redis::cmd("TYPE").arg(key)).await;
+        if kind == "string" {
+            let stored: Vec<u8> = self.query(redis::cmd("GET").arg(key)).await;
+            let feedback: Vec<Vec<u8>> = self
+                .query(
+                    redis::cmd("LRANGE")
+                        .arg(format!("{key}:feedback"))
+                        .arg(0)
+                        .arg(-1),
+                )
+                .await;
+            return super::record_fields(key, &stored, &feedback);
+        }
         self.query(redis::cmd("HGETALL").arg(key)).await
     }
 

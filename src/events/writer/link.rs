@@ -7,7 +7,7 @@ use crate::events::SearchEvent;
 use crate::events::counters::Counters;
 use crate::events::spool::Chunk;
 use crate::events::write::{self, Layout};
-use crate::redis::log_target::{LogTarget, Sent, TRANSACTION_MAX, pipeline};
+use crate::redis::log_target::{LogTarget, Sent, pipeline};
 use crate::redis::{Commands, RespBuf};
 
 /// The writer's way into Redis; `redis` chose it.
@@ -24,8 +24,7 @@ impl Target {
     ) -> Sent {
         let target = &mut self.0;
         if target.speaks_raw() {
-            // A batch of events is one transaction (SPEC section 5).
-            target.send_raw(encoded, usize::MAX).await
+            target.send_raw(encoded).await
         } else {
             target.send_pipe(&write::records(layout, events)).await
         }
@@ -41,7 +40,7 @@ impl Target {
         if target.speaks_raw() {
             buf.clear();
             write::counters_into(layout, counters, buf);
-            target.send_raw(buf, TRANSACTION_MAX).await
+            target.send_raw(buf).await
         } else {
             target.send_pipe(&write::counters(layout, counters)).await
         }
@@ -60,7 +59,7 @@ impl Target {
             SpoolRecord::Records(events) if self.0.speaks_raw() => {
                 buf.clear();
                 write::records_into(layout, events, buf);
-                self.0.send_raw(buf, TRANSACTION_MAX).await
+                self.0.send_raw(buf).await
             }
             SpoolRecord::Records(events) => self.0.send_pipe(&write::records(layout, events)).await,
         }
@@ -87,7 +86,7 @@ impl Target {
             let (chunk, mut buf, taken) = take_blocking(layout, chunk, from, buf).await?;
             let sent = match taken.records {
                 0 => Ok(None),
-                _ => target.send_raw(&buf, TRANSACTION_MAX).await,
+                _ => target.send_raw(&buf).await,
             };
             if buf.as_bytes().len() > REPLAY_BYTES * 2 {
                 buf = RespBuf::default(); // one outsized record: not kept
