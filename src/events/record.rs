@@ -3,23 +3,31 @@
 //!
 //! The record is the largest thing the search log keeps (one per search, for
 //! `record_retention`), so it is stored as small as it reads back exactly:
+//! a JSON array of the values in a fixed order, without member names (they
+//! took a sixth of it), with trailing absent values left off:
 //!
-//! | stored | field | note |
+//! | position | field | note |
 //! |---|---|---|
 //! | (key) | `search_id` | the key names it |
-//! | `t` | `timestamp` | epoch milliseconds; read back as RFC 3339 |
-//! | `u`, `uu`, `se` | `user_id`, `user_uuid`, `session_id` | absent when none |
-//! | `q` | `query` | as received |
-//! | `qn` | `query_normalized` | absent when it equals `q` |
-//! | `i`, `c` | `intent`, `confidence` | absent when none |
-//! | `n` | `results_count` | |
-//! | `p` | `product_ids` | distinct, first listing first |
-//! | `s` | `supplier_ids` | distinct, first listing first; absent when none |
-//! | `ps` | `product_suppliers` | per `p`, the index in `s` of its supplier, or null |
-//! | `ms` | `response_time_ms` | |
-//! | `x` | `cache` | |
-//! | `st` | `status` | absent when 200 |
-//! | `r` | `route` | |
+//! | 0 | `timestamp` | epoch milliseconds; read back as RFC 3339 |
+//! | 1 | `query` | as received |
+//! | 2, 3 | `user_id`, `session_id` | null when none |
+//! | 4, 5 | `intent`, `confidence` | null when none |
+//! | 6 | `results_count` | |
+//! | 7 | `product_ids` | distinct, first listing first |
+//! | 8 | `supplier_ids` | distinct, first listing first |
+//! | 9 | `product_suppliers` | per product, the index in `supplier_ids` of its supplier, or null |
+//! | 10 | `response_time_ms` | |
+//! | 11 | `cache` | |
+//! | 12 | `route` | |
+//! | 13 | `status` | null (or left off) when 200 |
+//! | 14 | `user_uuid` | null (or left off) when none |
+//! | 15 | `query_normalized` | null (or left off) when it equals `query` |
+//!
+//! For example `[1764106056927,"Milk",null,"s-1","product_search",0.9,2,
+//! ["p1","p2"],["dairy-co"],[0,null],12.5,"hit","search",null,null,"milk"]`.
+//! A later version may add values at the end; readers ignore what they do
+//! not know.
 //!
 //! Feedback counts (`clicks`, `orders`, `purchases`) are not stored here:
 //! they are counted from `search:<id>:feedback` when the record is read.
@@ -32,7 +40,6 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Number, Value};
 
@@ -51,92 +58,67 @@ pub(crate) fn write_compact(out: &mut String, v: &Values<'_>) {
     let ev = v.ev;
     let facts = ev.meta.log_facts();
     let mut n = itoa::Buffer::new();
-    out.push_str("{\"t\":");
+    out.push('[');
     out.push_str(n.format(ev.timestamp_ms));
-    for (name, value) in [
-        ("u", &ev.user_id),
-        ("uu", &ev.user_uuid),
-        ("se", &ev.session_id),
-    ] {
-        if let Some(value) = value {
-            field(out, name);
-            write_json_str(out, value);
+    out.push(',');
+    write_json_str(out, &ev.query);
+    out.push(',');
+    opt_str(out, ev.user_id.as_deref());
+    out.push(',');
+    opt_str(out, ev.session_id.as_deref());
+    out.push(',');
+    opt_str(out, ev.meta.intent.as_deref());
+    out.push(',');
+    // A confidence that is not a finite number is not JSON: null.
+    match ev.meta.confidence {
+        Some(c) if c.is_finite() && !v.confidence.is_empty() => out.push_str(v.confidence),
+        _ => out.push_str("null"),
+    }
+    out.push(',');
+    out.push_str(n.format(ev.meta.results_count));
+    out.push(',');
+    out.push_str(&facts.product_ids_json);
+    out.push(',');
+    out.push_str(&facts.supplier_ids_json);
+    out.push(',');
+    out.push_str(&facts.supplier_of_json);
+    out.push(',');
+    if ev.response_time_ms.is_finite() {
+        out.push_str(v.response_time);
+    } else {
+        out.push_str("null");
+    }
+    out.push_str(",\"");
+    out.push_str(ev.cache.as_str());
+    out.push_str("\",");
+    write_json_str(out, &ev.route);
+    // The rarely present ones, last: left off when absent.
+    let normalized = (ev.query_normalized != ev.query).then_some(ev.query_normalized.as_str());
+    let uuid = ev.user_uuid.as_deref();
+    if ev.status != 200 || uuid.is_some() || normalized.is_some() {
+        out.push(',');
+        if ev.status == 200 {
+            out.push_str("null");
+        } else {
+            out.push_str(n.format(ev.status));
+        }
+        if uuid.is_some() || normalized.is_some() {
+            out.push(',');
+            opt_str(out, uuid);
+            if normalized.is_some() {
+                out.push(',');
+                opt_str(out, normalized);
+            }
         }
     }
-    field(out, "q");
-    write_json_str(out, &ev.query);
-    if ev.query_normalized != ev.query {
-        field(out, "qn");
-        write_json_str(out, &ev.query_normalized);
-    }
-    if let Some(intent) = &ev.meta.intent {
-        field(out, "i");
-        write_json_str(out, intent);
-    }
-    // A confidence that is not a finite number is not JSON: left out.
-    if !v.confidence.is_empty() && ev.meta.confidence.is_some_and(f64::is_finite) {
-        field(out, "c");
-        out.push_str(v.confidence);
-    }
-    field(out, "n");
-    out.push_str(n.format(ev.meta.results_count));
-    field(out, "p");
-    out.push_str(&facts.product_ids_json);
-    if facts.supplier_ids_json.len() > 2 {
-        field(out, "s");
-        out.push_str(&facts.supplier_ids_json);
-        field(out, "ps");
-        out.push_str(&facts.supplier_of_json);
-    }
-    if ev.response_time_ms.is_finite() {
-        field(out, "ms");
-        out.push_str(v.response_time);
-    }
-    field(out, "x");
-    out.push('"');
-    out.push_str(ev.cache.as_str());
-    out.push('"');
-    if ev.status != 200 {
-        field(out, "st");
-        out.push_str(n.format(ev.status));
-    }
-    field(out, "r");
-    write_json_str(out, &ev.route);
-    out.push('}');
+    out.push(']');
 }
 
-fn field(out: &mut String, name: &str) {
-    out.push_str(",\"");
-    out.push_str(name);
-    out.push_str("\":");
-}
-
-/// The stored form, as [`write_compact`] writes it. Unknown members are
-/// ignored, so a later version may add some.
-#[derive(Deserialize)]
-struct Stored {
-    t: u64,
-    u: Option<String>,
-    uu: Option<String>,
-    se: Option<String>,
-    q: String,
-    qn: Option<String>,
-    i: Option<String>,
-    // Numbers with a fraction are read as `Number`s and parsed by
-    // `str::parse`, which rounds exactly (serde_json's own float reading
-    // may be one bit off).
-    c: Option<Number>,
-    n: u64,
-    #[serde(default)]
-    p: Vec<String>,
-    #[serde(default)]
-    s: Vec<String>,
-    #[serde(default)]
-    ps: Vec<Option<usize>>,
-    ms: Option<Number>,
-    x: String,
-    st: Option<u16>,
-    r: String,
+fn opt_str(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => write_json_str(out, v),
+        None => out.push_str("null"),
+    }
 }
 
 /// A logged search as read back from Redis.
@@ -200,40 +182,80 @@ pub struct BadRecord {
 impl Record {
     /// The record of `search_id` from its stored JSON.
     pub fn from_compact(search_id: &str, stored: &[u8]) -> Result<Record, BadRecord> {
-        let s: Stored = serde_json::from_slice(stored).map_err(|e| BadRecord {
+        let bad = |reason: String| BadRecord {
             id: search_id.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let text = |v: Option<String>| v.map_or(Value::Null, Value::String);
-        let float = |v: Option<Number>| {
-            v.and_then(|n| n.as_f64())
-                .and_then(Number::from_f64)
-                .map_or(Value::Null, Value::Number)
+            reason,
         };
-        let product_suppliers: serde_json::Map<String, Value> =
-            s.p.iter()
-                .zip(&s.ps)
-                .filter_map(|(p, i)| Some((p.clone(), Value::String(s.s.get((*i)?)?.clone()))))
-                .collect();
-        let query_normalized = s.qn.unwrap_or_else(|| s.q.clone());
+        let mut at: Vec<Value> = serde_json::from_slice(stored).map_err(|e| bad(e.to_string()))?;
+        // Values left off at the end are absent.
+        at.resize(at.len().max(16), Value::Null);
+        let mut take = |i: usize| std::mem::take(&mut at[i]);
+        let text = |v: Value| match v {
+            Value::String(_) => Ok(v),
+            Value::Null => Ok(Value::Null),
+            other => Err(format!("{other} is not text")),
+        };
+        let timestamp = take(0).as_u64().ok_or_else(|| bad("no timestamp".into()))?;
+        let required = |v: Value, name: &str| match v {
+            Value::String(_) => Ok(v),
+            _ => Err(bad(format!("no {name}"))),
+        };
+        let query = required(take(1), "query")?;
+        let user_id = text(take(2)).map_err(bad)?;
+        let session_id = text(take(3)).map_err(bad)?;
+        let intent = text(take(4)).map_err(bad)?;
+        let confidence = float(take(5));
+        let results_count = match take(6) {
+            Value::Number(n) if n.is_u64() => Value::Number(n),
+            _ => return Err(bad("no results_count".into())),
+        };
+        let strings = |v: Value| -> Result<Vec<String>, String> {
+            match v {
+                Value::Null => Ok(Vec::new()),
+                v => serde_json::from_value(v).map_err(|e| e.to_string()),
+            }
+        };
+        let product_ids = strings(take(7)).map_err(bad)?;
+        let supplier_ids = strings(take(8)).map_err(bad)?;
+        let supplier_of: Vec<Option<usize>> = match take(9) {
+            Value::Null => Vec::new(),
+            v => serde_json::from_value(v).map_err(|e| bad(e.to_string()))?,
+        };
+        let product_suppliers: serde_json::Map<String, Value> = product_ids
+            .iter()
+            .zip(&supplier_of)
+            .filter_map(|(p, i)| Some((p.clone(), Value::String(supplier_ids.get((*i)?)?.clone()))))
+            .collect();
+        let response_time = float(take(10));
+        let cache = required(take(11), "cache")?;
+        let route = required(take(12), "route")?;
+        let status = match take(13) {
+            Value::Null => Value::from(200),
+            v => v,
+        };
+        let user_uuid = text(take(14)).map_err(bad)?;
+        let query_normalized = match text(take(15)).map_err(bad)? {
+            Value::Null => query.clone(),
+            v => v,
+        };
         let values = vec![
             Value::String(search_id.to_owned()),
-            Value::String(crate::time::rfc3339_ms(s.t)),
-            text(s.u),
-            text(s.uu),
-            text(s.se),
-            Value::String(s.q),
-            Value::String(query_normalized),
-            text(s.i),
-            float(s.c),
-            Value::from(s.n),
-            Value::from(s.p),
-            Value::from(s.s),
+            Value::String(crate::time::rfc3339_ms(timestamp)),
+            user_id,
+            user_uuid,
+            session_id,
+            query,
+            query_normalized,
+            intent,
+            confidence,
+            results_count,
+            Value::from(product_ids),
+            Value::from(supplier_ids),
             Value::Object(product_suppliers),
-            float(s.ms),
-            Value::String(s.x),
-            Value::from(s.st.unwrap_or(200)),
-            Value::String(s.r),
+            response_time,
+            cache,
+            status,
+            route,
         ];
         Ok(Record {
             values,
@@ -283,6 +305,19 @@ impl Record {
             },
         );
         out.push(b'\n');
+    }
+}
+
+/// A stored number as the export gives it: parsed by `str::parse`, which
+/// rounds exactly (the stored text may carry trailing zeros, and serde_json's
+/// own float reading may be one bit off); null when it is not a number.
+fn float(v: Value) -> Value {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(Number::from_f64)
+            .map_or(Value::Null, Value::Number),
+        _ => Value::Null,
     }
 }
 
