@@ -19,7 +19,7 @@
 # Scenarios: GET hit, POST JSON hit (200 queries x 50 users, every key warmed
 # first), Redis-tier hit (L1 disabled), miss path (a new key per request: req/s
 # at CONNS connections, p50 added to the backend's at 1 connection), and GET
-# hits with search logging on versus off (proxy CPU per request from
+# hits with search logging on versus off, and POST hits logged (proxy CPU per request from
 # /proc/<pid>/stat, Redis commands per logged event from INFO commandstats);
 # then a memory run (unique keys, logging on) sampling VmRSS, and the event
 # writer's events/s. It ends with the targets of issue 7, each met or not.
@@ -267,6 +267,9 @@ C2=$(redis_calls)
 W2=$(lc_metric log events_written_total)
 D2=$(lc_metric log events_dropped_total)
 S2=$(lc_metric log events_spooled_total)
+echo "POST hits, search logging on" >&2
+warm log POST
+measure log.post log POST set "$CONNS"
 # Commands counted in the logging-on window (the off window shows the floor:
 # health probes and the like, normally 0), per event actually written: when
 # the writer falls behind, the queue fills and events are dropped, and those
@@ -350,6 +353,7 @@ row "POST hit: hyper ceiling" post.ceiling post.nginx post.ceiling
 row "GET hit: leafcache Redis tier" get.redis get.nginx
 row "GET hit: leafcache, logging off" log.off get.nginx
 row "GET hit: leafcache, logging on" log.on get.nginx
+row "POST hit: leafcache, logging on" log.post post.nginx
 row "miss: backend direct" "miss$CONNS.backend" "miss$CONNS.nginx"
 row "miss: nginx" "miss$CONNS.nginx" "miss$CONNS.nginx"
 row "miss: leafcache" "miss$CONNS.l1" "miss$CONNS.nginx"
@@ -422,6 +426,12 @@ if [ "$EVENTS_DROPPED" -gt 0 ]; then
 else
   target "CPU/request logging on <= 1.15x off" "${LOG_CPU}x" "$(awk -v a="$LOG_CPU" 'BEGIN {print (a <= 1.15) ? 1 : 0}')"
 fi
+# Issue 18: logged hits at least as fast as nginx's (unlogged) hits, with
+# redis-server on the same core as the proxy.
+r=$(rv log.on get.nginx)
+target "logged GET hit req/s >= 1.0x nginx GET hit" "${r}x" "$(ge "$r" 1)"
+r=$(rv log.post post.nginx)
+target "logged POST hit req/s >= 1.0x nginx POST hit" "${r}x" "$(ge "$r" 1)"
 target "Redis commands per logged event <= 8" "$CMDS_PER_EVENT" "$(awk -v a="$CMDS_PER_EVENT" 'BEGIN {print (a <= 8) ? 1 : 0}')"
 if [ -n "$WRITER_RATE" ]; then
   target "event writer >= 100,000 events/s" "$WRITER_RATE/s" "$(ge "$WRITER_RATE" 100000)"
