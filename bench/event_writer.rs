@@ -292,6 +292,68 @@ fn record_bytes(port: u16, evs: &[SearchEvent]) -> (f64, f64) {
     )
 }
 
+/// Every key's `MEMORY USAGE`, summed by family: family -> (keys, bytes,
+/// list entries for the history lists).
+fn key_families(port: u16) -> std::collections::BTreeMap<&'static str, (u64, u64, u64)> {
+    let mut c = conn(port);
+    let mut families = std::collections::BTreeMap::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut c)
+            .expect("scan");
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+            pipe.cmd("TYPE").arg(k);
+        }
+        let answers: Vec<redis::Value> = pipe.query(&mut c).expect("memory usage");
+        let mut lists = redis::pipe();
+        let mut listed = Vec::new();
+        for (k, pair) in keys.iter().zip(answers.chunks(2)) {
+            let bytes = match pair[0] {
+                redis::Value::Int(b) => b as u64,
+                _ => 0,
+            };
+            let family = family_of(k);
+            let e = families.entry(family).or_insert((0, 0, 0));
+            e.0 += 1;
+            e.1 += bytes;
+            if family == "user:<id>:searches (history)" {
+                lists.cmd("LLEN").arg(k);
+                listed.push(family);
+            }
+        }
+        if !listed.is_empty() {
+            let lens: Vec<u64> = lists.query(&mut c).expect("llen");
+            for (family, len) in listed.into_iter().zip(lens) {
+                if let Some(e) = families.get_mut(family) {
+                    e.2 += len;
+                }
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return families;
+        }
+    }
+}
+
+fn family_of(key: &str) -> &'static str {
+    let parts: Vec<&str> = key.split(':').collect();
+    match parts[..] {
+        ["search", _] => "search:<id> (record)",
+        ["search", _, "feedback"] => "search:<id>:feedback",
+        ["searches", "daily", _] => "searches:daily:<date>",
+        ["user", _, "searches"] => "user:<id>:searches (history)",
+        ["user", _, "profile"] => "user:<id>:profile",
+        _ => "counters (per day)",
+    }
+}
+
 /// How a record is stored, for the comparison of encodings.
 #[derive(Clone, Copy)]
 enum Encoding {
@@ -552,6 +614,7 @@ fn main() {
     let cpu_per_event = (redis_cpu_us(redis.0.id()) - cpu_before) / n as f64;
     let (slow, very_slow, longest) = slowlog(redis.1);
     let (writer_record_bytes, writer_index_bytes) = record_bytes(redis.1, &written);
+    let families = key_families(redis.1);
 
     if std::env::var("SKIP_BASELINE").is_ok() {
         println!(
@@ -629,6 +692,21 @@ fn main() {
     println!(
         "redis SLOWLOG during the writer run: {slow} commands over 1 ms, {very_slow} over 3 ms, longest {longest} us"
     );
+    println!("redis memory by key family after the writer run (MEMORY USAGE of every key):");
+    println!(
+        "{:<34} {:>8} {:>14} {:>14} {:>12}",
+        "", "keys", "bytes", "bytes/search", "entries"
+    );
+    for (family, (keys, bytes, entries)) in &families {
+        println!(
+            "{:<34} {:>8} {:>14} {:>14.1} {:>12}",
+            family,
+            keys,
+            bytes,
+            *bytes as f64 / n as f64,
+            entries
+        );
+    }
     println!();
     println!(
         "record encodings ({enc_n} records each, with their daily-index entries, ZADDs of 64):"

@@ -19,6 +19,71 @@ pub use super::direct::{TRANSACTION_BYTES, TRANSACTION_MAX};
 /// The commands for a target that does not speak raw RESP.
 pub use redis::Pipeline;
 
+/// Commands for a [`LogTarget`], encoded the way it sends them: raw RESP
+/// for its own connection, a `redis` pipeline (a transaction) for the pool.
+/// Fill it with [`super::Commands`]; [`LogTarget::send`] cuts it into
+/// transactions of at most [`TRANSACTION_MAX`] commands.
+pub enum Batch {
+    Raw(RespBuf),
+    Pipe(Pipeline),
+}
+
+/// Which kind of [`Batch`] a target takes, to make them away from it (the
+/// writer encodes a batch while the previous one is in Redis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchKind {
+    Raw,
+    Pipe,
+}
+
+impl BatchKind {
+    pub fn batch(self) -> Batch {
+        match self {
+            BatchKind::Raw => Batch::Raw(RespBuf::default()),
+            BatchKind::Pipe => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                Batch::Pipe(pipe)
+            }
+        }
+    }
+}
+
+impl Batch {
+    /// Empties it, keeping its memory for the next batch.
+    pub fn clear(&mut self) {
+        match self {
+            Batch::Raw(buf) => buf.clear(),
+            Batch::Pipe(pipe) => pipe.clear(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Batch::Raw(buf) => buf.is_empty(),
+            Batch::Pipe(pipe) => pipe.is_empty(),
+        }
+    }
+
+    /// The memory it holds, roughly: an outsized one is not kept for reuse.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Batch::Raw(buf) => buf.as_bytes().len(),
+            // Only ever used for the pool, where batches are not reused.
+            Batch::Pipe(_) => 0,
+        }
+    }
+}
+
+impl super::Commands for Batch {
+    fn command(&mut self, args: &[&[u8]]) {
+        match self {
+            Batch::Raw(buf) => buf.command(args),
+            Batch::Pipe(pipe) => pipe.command(args),
+        }
+    }
+}
+
 /// How one write may take in Redis before its outcome counts as unknown.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the writer's own connection may take to open.
@@ -68,33 +133,29 @@ impl LogTarget {
         }
     }
 
-    /// Whether batches go as raw RESP ([`LogTarget::send_raw`]), so callers
-    /// encode them ahead into a [`RespBuf`]; otherwise as a pipeline
-    /// ([`LogTarget::send_pipe`]).
-    pub fn speaks_raw(&self) -> bool {
-        matches!(self.way, Way::Direct(_))
-    }
-
-    /// Sends encoded commands as transactions of at most
-    /// [`TRANSACTION_MAX`] commands, connecting first when needed. Only for
-    /// a target that [`speaks_raw`](LogTarget::speaks_raw).
-    pub async fn send_raw(&mut self, buf: &RespBuf) -> Sent {
-        match &mut self.way {
-            Way::Direct(link) => link.send(buf).await,
-            Way::Pool(_) => Err("raw commands sent to the pool".into()),
+    /// The kind of [`Batch`] this target sends.
+    pub fn batch_kind(&self) -> BatchKind {
+        match self.way {
+            Way::Direct(_) => BatchKind::Raw,
+            Way::Pool(_) => BatchKind::Pipe,
         }
     }
 
-    /// Sends a pipeline through the pool, within [`WRITE_TIMEOUT`]; a
-    /// transaction longer than [`TRANSACTION_MAX`] commands goes as several
-    /// (a cluster splits it by slot anyway). Only for a target that does not
-    /// speak raw RESP.
-    pub async fn send_pipe(&mut self, pipe: &redis::Pipeline) -> Sent {
+    /// Sends a batch as transactions of at most [`TRANSACTION_MAX`]
+    /// commands, within [`WRITE_TIMEOUT`], connecting first when needed (a
+    /// cluster splits transactions by slot anyway). A batch of the other
+    /// kind than [`LogTarget::batch_kind`] is refused.
+    pub async fn send(&mut self, batch: &Batch) -> Sent {
         // `&mut`: the direct connection is not `Sync`, and the writer's
         // future must stay `Send`.
-        match &mut self.way {
-            Way::Pool(pool) => send_pipe(pool, pipe).await,
-            Way::Direct(_) => Err("a pipeline sent to the direct connection".into()),
+        match (&mut self.way, batch) {
+            (_, b) if b.is_empty() => Ok(None),
+            (Way::Direct(link), Batch::Raw(buf)) => link.send(buf).await,
+            (Way::Pool(pool), Batch::Pipe(pipe)) => send_pipe(pool, pipe).await,
+            (Way::Direct(_), Batch::Pipe(_)) => {
+                Err("a pipeline sent to the direct connection".into())
+            }
+            (Way::Pool(_), Batch::Raw(_)) => Err("raw commands sent to the pool".into()),
         }
     }
 }

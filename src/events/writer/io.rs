@@ -20,7 +20,7 @@ use super::{EventStats, Work};
 use crate::events::spool::Chunk;
 use crate::events::write::Layout;
 use crate::redis::RedisPool;
-use crate::redis::RespBuf;
+use crate::redis::log_target::Batch;
 
 /// How long replay rests after Redis failed it, and how often an idle task
 /// looks for something to replay.
@@ -29,7 +29,7 @@ const REPLAY_RETRY: Duration = Duration::from_secs(1);
 pub(super) struct Io {
     pub(super) work: mpsc::Receiver<Work>,
     /// Encoding buffers handed back to the queue task for reuse.
-    pub(super) spares: mpsc::Sender<RespBuf>,
+    pub(super) spares: mpsc::Sender<Batch>,
     /// `None` without Redis: everything is spooled.
     pub(super) target: Option<Target>,
     /// For its health: replay waits while Redis is down.
@@ -37,14 +37,14 @@ pub(super) struct Io {
     pub(super) layout: Layout,
     pub(super) spool: SharedSpool,
     pub(super) stats: Arc<EventStats>,
-    /// Buffer for counter flushes.
-    pub(super) buf: RespBuf,
+    /// Counter flushes and waiting records are encoded into this.
+    pub(super) buf: Batch,
     /// Records read from the spool, and the next one to replay.
     pub(super) chunk: Option<(Chunk, usize)>,
     /// A chunk replayed to its end, whose buffer the next read reuses.
     pub(super) spent: Option<Chunk>,
     /// What replayed records are encoded into, reused.
-    pub(super) replay_buf: RespBuf,
+    pub(super) replay_buf: Batch,
     /// No replay before this (after a failure).
     pub(super) replay_at: Instant,
 }
@@ -153,9 +153,7 @@ impl Io {
                 let n = events.len() as u64;
                 // Behind spooled records, a batch waits its turn there.
                 let sent = match &mut self.target {
-                    Some(target) if !self.spool.pending() => {
-                        Some(target.records(&self.layout, &events, &encoded).await)
-                    }
+                    Some(target) if !self.spool.pending() => Some(target.records(&encoded).await),
                     _ => None,
                 };
                 let _ = self.spares.try_send(encoded);
@@ -220,7 +218,7 @@ impl Io {
         let Some(target) = &mut self.target else {
             return;
         };
-        let buf = std::mem::take(&mut self.replay_buf);
+        let buf = std::mem::replace(&mut self.replay_buf, target.batch_kind().batch());
         let Some((chunk, buf, taken, sent)) = target.replay(&self.layout, chunk, from, buf).await
         else {
             self.replay_at = Instant::now() + REPLAY_RETRY;
@@ -246,7 +244,7 @@ impl Io {
                     tracing::info!("spool replayed into redis");
                     // Nothing more to replay: the buffers go.
                     self.chunk = None;
-                    self.replay_buf = RespBuf::default();
+                    self.replay_buf = target.batch_kind().batch();
                 }
             }
             Err(e) => {

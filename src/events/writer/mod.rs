@@ -42,9 +42,10 @@ use super::SearchEvent;
 use super::counters::Counters;
 use super::spool::Spool;
 use super::write::{self, Layout};
+use crate::redis::LogTarget;
 use crate::redis::RedisConfig;
 use crate::redis::RedisPool;
-use crate::redis::{LogTarget, RespBuf};
+use crate::redis::log_target::{Batch, BatchKind};
 use link::Target;
 use spooling::{SharedSpool, SpoolRecord};
 
@@ -155,8 +156,11 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(EventStats::default());
     let target = LogTarget::new(cfg.redis.as_ref(), redis.clone()).map(Target);
-    let encode = target.as_ref().is_some_and(|t| t.0.speaks_raw());
-    let commands = encode.then(|| cfg.layout.clone());
+    // Without a target, everything is spooled: the kind does not matter.
+    let kind = target.as_ref().map_or(BatchKind::Raw, Target::batch_kind);
+    // Spooled batches are kept as the commands that write them when the
+    // target takes raw RESP, which replay then sends as they are.
+    let commands = (kind == BatchKind::Raw && target.is_some()).then(|| cfg.layout.clone());
     let spool = SharedSpool::new(spool, stats.clone(), commands);
     let sink = EventSink {
         tx,
@@ -175,10 +179,10 @@ pub fn spawn(
         layout: cfg.layout.clone(),
         spool: spool.clone(),
         stats: stats.clone(),
-        buf: RespBuf::default(),
+        buf: kind.batch(),
         chunk: None,
         spent: None,
-        replay_buf: RespBuf::default(),
+        replay_buf: kind.batch(),
         replay_at: Instant::now(),
     };
     let queue = Queue {
@@ -187,7 +191,7 @@ pub fn spawn(
         layout: cfg.layout,
         batch_max: cfg.batch_max.max(1),
         flush_interval: cfg.flush_interval,
-        encode,
+        kind,
         redis,
         spool,
         counters: Counters::default(),
@@ -211,11 +215,10 @@ pub fn spawn(
 
 /// What the queue task hands the Redis task.
 enum Work {
-    /// A batch of searches, with its commands encoded (empty when the
-    /// target is the pool, which builds its own pipeline).
+    /// A batch of searches, with its commands encoded.
     Records {
         events: Vec<SearchEvent>,
-        encoded: RespBuf,
+        encoded: Batch,
     },
     Counters(Counters),
 }
@@ -236,13 +239,13 @@ struct Queue {
     layout: Layout,
     batch_max: usize,
     flush_interval: Duration,
-    /// Whether batches are encoded here (for the writer's own connection).
-    encode: bool,
+    /// What the Redis task sends batches as.
+    kind: BatchKind,
     redis: Option<RedisPool>,
     spool: SharedSpool,
     counters: Counters,
     work: mpsc::Sender<Work>,
-    spares: mpsc::Receiver<RespBuf>,
+    spares: mpsc::Receiver<Batch>,
 }
 
 impl Queue {
@@ -327,11 +330,9 @@ impl Queue {
             self.counters.add(ev);
         }
         if self.writable() {
-            let mut encoded = self.spares.try_recv().unwrap_or_default();
+            let mut encoded = self.spares.try_recv().unwrap_or_else(|_| self.kind.batch());
             encoded.clear();
-            if self.encode {
-                write::records_into(&self.layout, &batch, &mut encoded);
-            }
+            write::records_into(&self.layout, &batch, &mut encoded);
             match self
                 .hand_over(Work::Records {
                     events: batch,
@@ -413,7 +414,7 @@ pub fn replay_records(
 ) -> Replayed {
     let mut target = Target(LogTarget::pool(redis.clone()));
     let mut done = Replayed::default();
-    let mut buf = RespBuf::default();
+    let mut buf = target.batch_kind().batch();
     loop {
         let mut chunk = match spool.read_next() {
             Ok(Some(chunk)) => chunk,
