@@ -41,7 +41,7 @@ use serde_json::Value;
 pub const ROW_GROUP_ROWS: usize = 65_536;
 /// A row group is also closed at this (estimated, encoded) size, for rows
 /// with unusually long lists.
-pub const ROW_GROUP_BYTES: usize = 32 << 20;
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
 fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()))
@@ -225,19 +225,16 @@ impl ParquetEncoder {
     /// Adds a page of lines; the file's bytes encoded so far (whole row
     /// groups, once one is complete).
     pub fn push(&mut self, jsonl: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let lines = jsonl
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(serde_json::from_slice::<Value>)
-            .collect::<Result<Vec<_>, _>>()
-            .context("an export line is not JSON")?;
-        let rows: Vec<Row> = lines.iter().map(Row::of).collect();
-        for chunk in rows.chunks(crate::admin::export::PAGE) {
+        // One line at a time: a parsed line is garbage as soon as the
+        // decoder has taken its values, so a page's worth never lives at once.
+        for line in jsonl.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let value: Value =
+                serde_json::from_slice(line).context("an export line is not JSON")?;
             self.decoder
-                .serialize(chunk)
+                .serialize(&[Row::of(&value)])
                 .context("cannot convert the export to Arrow")?;
-            self.write_decoded()?;
         }
+        self.write_decoded()?;
         // The writer only appends to its buffer; what it holds is the
         // file's next bytes, in order.
         Ok(std::mem::take(self.writer.inner_mut()))

@@ -107,6 +107,11 @@ impl Place {
             return Ok(Place::Stdout);
         }
         let Some((scheme, _)) = text.split_once("://") else {
+            // `gs:bucket` or `s3:/bucket` is a mistyped URL, not a file name.
+            let lower = text.to_ascii_lowercase();
+            if ["gs:", "s3:", "file:"].iter().any(|s| lower.starts_with(s)) {
+                return Err(TargetError::Unsupported(text.into()));
+            }
             return local(std::path::Path::new(text), text, for_object);
         };
         let url =
