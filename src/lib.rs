@@ -29,6 +29,9 @@
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`cli`]: the batch commands (export, history, stats, purge, replay,
 //!   explain).
+//! - [`export`]: where an export goes (stdout, files, `gs://`, `s3://`) and
+//!   in what form (JSONL, Parquet, chat pairs); objects appear whole or not
+//!   at all.
 //! - [`app`]: building the parts from a config and running them.
 //! - [`time`]: the clock in milliseconds and its RFC 3339 form.
 //! - [`demo`]: a small search backend for the quick start and benchmarks.
@@ -47,6 +50,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod export;
 pub mod http_cache;
 pub mod key;
 pub mod metrics;

@@ -65,8 +65,9 @@ async fn export_writes_the_same_jsonl_as_the_api_to_a_file_gzipped_or_per_day() 
     );
     cmd.arg("--daily").arg(&daily);
     assert_eq!(run(cmd).await.code, 0);
-    let day1 = std::fs::read(daily.join(format!("searches-{from}.jsonl"))).unwrap();
-    let day2 = std::fs::read(daily.join(format!("searches-{to}.jsonl"))).unwrap();
+    // Hive partitions, as in a bucket (SPEC section 10).
+    let day1 = std::fs::read(daily.join(format!("date={from}/searches.jsonl"))).unwrap();
+    let day2 = std::fs::read(daily.join(format!("date={to}/searches.jsonl"))).unwrap();
     let q = |rows: Vec<Value>| rows.iter().map(|r| r["query"].clone()).collect::<Vec<_>>();
     assert_eq!(
         q(lines(&day1)),

@@ -4,7 +4,8 @@
 //! JSON with `--json`, and fail with one line and exit 1 (runtime) or 2
 //! (usage, config).
 //!
-//! - [`export`]: JSONL export, to a file, stdout or one file per day.
+//! - [`export`]: JSONL, Parquet or chat pairs to stdout, a file, an object
+//!   store URL, or one object per day (the writing is [`crate::export`]'s).
 //! - [`report`]: `history` and `stats` as tables or JSON.
 //! - [`maintain`]: `purge` and `replay`.
 //! - [`explain`]: what the proxy would do with a request (no Redis).

@@ -8,6 +8,7 @@
 //!
 //! - `redis_server`: [`Redis`], a private `redis-server`, killable and restartable.
 //! - `redis_cluster`: [`RedisCluster`], a private three-master Redis Cluster.
+//! - `emulators`: object stores for the export tests (moto S3, fake-gcs-server).
 //! - `backend`: [`Backend`], which records, counts and answers requests as the
 //!   test's handler says ([`Reply`]), and tracks its peak concurrency.
 //! - [`Harness`] / [`setup`]: the three started together, as most tests do.
@@ -24,6 +25,7 @@
 mod assertions;
 mod backend;
 mod client;
+pub mod emulators;
 pub mod events;
 pub mod ops;
 mod proxy;

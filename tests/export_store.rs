@@ -1,0 +1,392 @@
+//! `leafcache export` to object stores and in its other formats (SPEC
+//! section 10), as a real process against a real Redis and real emulators:
+//! moto's S3 server and fake-gcs-server.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::emulators::{FakeGcs, MotoS3};
+use common::ops::*;
+use common::*;
+use serde_json::{Value, json};
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("a gzip stream");
+    out
+}
+
+fn export_to(config: &std::path::Path, s3: &MotoS3, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = leafcache(config, args);
+    cmd.envs(s3.env());
+    cmd
+}
+
+/// The JSONL export of one day on stdout: what every other output must hold.
+async fn jsonl_of(config: &std::path::Path, day: &str) -> Vec<u8> {
+    let r = run(leafcache(config, &["export", "--from", day, "--to", day])).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    r.stdout
+}
+
+#[tokio::test]
+async fn daily_export_to_s3_writes_a_gzipped_object_per_day_in_date_partitions_and_a_rerun_replaces_them()
+ {
+    let redis = Redis::start().await;
+    let s3 = MotoS3::start().await;
+    s3.bucket("exports").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    let (from, to, _) = three_days(&redis).await;
+
+    let args = [
+        "export",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--gzip",
+        "--daily",
+        "s3://exports/searches",
+    ];
+    let r = run(export_to(&config, &s3, &args)).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        s3.keys("exports", "").await,
+        vec![
+            format!("searches/date={from}/searches.jsonl.gz"),
+            format!("searches/date={to}/searches.jsonl.gz"),
+        ]
+    );
+    let day1 = format!("searches/date={from}/searches.jsonl.gz");
+    assert_eq!(
+        gunzip(&s3.get("exports", &day1).await),
+        jsonl_of(&config, &from).await
+    );
+    assert_eq!(lines(&gunzip(&s3.get("exports", &day1).await)).len(), 3);
+    let day2 = format!("searches/date={to}/searches.jsonl.gz");
+    assert_eq!(
+        gunzip(&s3.get("exports", &day2).await),
+        jsonl_of(&config, &to).await
+    );
+
+    // A late search on the first day: the rerun replaces that day's object.
+    seed(
+        &redis,
+        &[search_event(
+            1_764_028_800_000 + 20 * 3_600_000,
+            Some("u9"),
+            "late",
+            Some("product_search"),
+        )],
+    )
+    .await;
+    let r = run(export_to(&config, &s3, &args)).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let rerun = lines(&gunzip(&s3.get("exports", &day1).await));
+    assert_eq!(rerun.len(), 4);
+    assert_eq!(rerun[3]["query"], "late");
+    assert_eq!(s3.keys("exports", "").await.len(), 2, "replaced, not added");
+    assert!(s3.pending_uploads("exports").await.is_empty());
+}
+
+/// Waits until Redis has served `hits` key lookups (the export's progress,
+/// seen from outside).
+async fn wait_for_keyspace_hits(redis: &Redis, hits: u64) {
+    eventually_within(Duration::from_secs(120), "the export to read", || async {
+        let mut con = redis.conn().await;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        let seen: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("keyspace_hits:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        (seen >= hits).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no_object() {
+    const RECORDS: usize = 40_000; // ~25 MiB of JSONL: three parts and more
+    let redis = Redis::start().await;
+    let s3 = MotoS3::start().await;
+    s3.bucket("exports").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    let start = 1_764_028_800_000; // 2025-11-25T00:00:00Z
+    let events: Vec<_> = (0..RECORDS)
+        .map(|i| {
+            search_event(
+                start + i as u64,
+                Some(&format!("user-{}", i % 97)),
+                &format!("query number {i} with some words to make it longer"),
+                Some("product_search"),
+            )
+        })
+        .collect();
+    seed(&redis, &events).await;
+    drop(events);
+    let day = ["export", "--from", "2025-11-25", "--to", "2025-11-25"];
+
+    let mut whole = export_to(&config, &s3, &day);
+    whole.args(["--out", "s3://exports/whole.jsonl"]);
+    let r = run_within(Duration::from_secs(120), &mut whole).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let body = s3.get("exports", "whole.jsonl").await;
+    assert!(
+        body.len() > 2 * (8 << 20),
+        "{} bytes: not a multipart upload",
+        body.len()
+    );
+    assert_eq!(lines(&body).len(), RECORDS);
+
+    // Redis refuses every key once the export is under way: the upload,
+    // parts of which are already stored, is aborted.
+    let mut cmd = export_to(&config, &s3, &day);
+    cmd.args(["--out", "s3://exports/broken.jsonl"]);
+    let child = cmd.spawn().expect("start leafcache export");
+    wait_for_keyspace_hits(&redis, (RECORDS * 2 / 3) as u64).await;
+    let mut con = redis.conn().await;
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("resetkeys")
+        .query_async(&mut con)
+        .await
+        .expect("ACL SETUSER");
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the export ends")
+        .expect("wait for the export");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("redis"), "{stderr}");
+    assert_eq!(s3.keys("exports", "").await, vec!["whole.jsonl".to_owned()]);
+    assert!(
+        s3.pending_uploads("exports").await.is_empty(),
+        "the multipart upload was aborted"
+    );
+}
+
+#[tokio::test]
+async fn bad_urls_are_usage_errors_and_a_store_that_refuses_is_a_runtime_error_naming_the_url() {
+    let redis = Redis::start().await;
+    let s3 = MotoS3::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    let (from, _, _) = three_days(&redis).await;
+    let day = ["export", "--from", &from, "--to", &from];
+    for (flag, url) in [
+        ("--daily", "ftp://host/exports"),
+        ("--daily", "gs:///no-bucket"),
+        ("--out", "s3://bucket-but-no-object"),
+    ] {
+        let mut cmd = leafcache(&config, &day);
+        cmd.args([flag, url]);
+        let r = run(cmd).await;
+        assert_eq!(r.code, 2, "{url}: {r:?}");
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
+        assert!(r.stderr.contains(url), "{r:?}");
+    }
+    let mut cmd = leafcache(&config, &day);
+    cmd.args(["--format", "parquet", "--gzip"]);
+    assert_eq!(run(cmd).await.code, 2);
+
+    let mut cmd = export_to(&config, &s3, &day);
+    cmd.args(["--gzip", "--daily", "s3://no-such-bucket/searches"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
+    let object = format!("s3://no-such-bucket/searches/date={from}/searches.jsonl.gz");
+    assert!(r.stderr.contains(&object), "{r:?}");
+}
+
+/// fake-gcs-server implements GCS's JSON API; object_store writes through
+/// the XML API (PUT /bucket/object, XML multipart), which it refuses
+/// (fsouza/fake-gcs-server#331). So this checks what an emulator can show of
+/// `gs://`: `STORAGE_EMULATOR_HOST` is honoured without credentials (no
+/// metadata server is asked), a refused write exits 1 with one line naming
+/// the object, and nothing appears in the bucket.
+#[tokio::test]
+async fn gcs_export_uses_storage_emulator_host_and_a_refused_write_leaves_no_object() {
+    let redis = Redis::start().await;
+    let gcs = FakeGcs::start("exports").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    let (from, _, _) = three_days(&redis).await;
+    let mut cmd = leafcache(
+        &config,
+        &[
+            "export",
+            "--from",
+            &from,
+            "--to",
+            &from,
+            "--gzip",
+            "--daily",
+            "gs://exports/searches",
+        ],
+    );
+    cmd.env("STORAGE_EMULATOR_HOST", gcs.url())
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
+    let r = run_within(Duration::from_secs(60), &mut cmd).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
+    let object = format!("gs://exports/searches/date={from}/searches.jsonl.gz");
+    assert!(r.stderr.contains(&object), "{r:?}");
+    assert!(r.stderr.contains(&gcs.addr.to_string()), "{r:?}");
+    assert!(gcs.names("exports").await.is_empty());
+}
+
+/// What pyarrow sees of a Parquet file: each column's type, and the rows.
+fn read_with_pyarrow(file: &std::path::Path) -> Value {
+    let script = r#"
+import json, sys
+try:
+    import pyarrow.parquet as pq
+except ImportError:
+    sys.exit("pyarrow is not installed: pip install pyarrow (.ci/run does)")
+t = pq.read_table(sys.argv[1])
+print(json.dumps({
+    "types": {f.name: str(f.type) for f in t.schema},
+    "rows": t.to_pylist(),
+    "timestamp_ms": [round(d.timestamp() * 1000) for d in t.column("timestamp").to_pylist()],
+}, default=str))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(file)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("pyarrow's JSON")
+}
+
+#[tokio::test]
+async fn parquet_export_has_typed_columns_that_pyarrow_reads() {
+    let (redis, _backend, proxy, id) = one_logged_search().await;
+    let s3 = MotoS3::start().await;
+    s3.bucket("exports").await;
+    let click = json!({"search_id": id, "event": "click", "product_id": "p1", "position": 3});
+    let r = admin(&proxy, "POST", "/v1/feedback")
+        .json(&click)
+        .send()
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let today = leafcache::admin::dates::format(leafcache::admin::dates::today());
+    let expected = lines(&jsonl_of(&proxy.config_path(), &today).await);
+    assert_eq!(expected.len(), 1);
+
+    let mut cmd = export_to(
+        &proxy.config_path(),
+        &s3,
+        &["export", "--from", &today, "--to", &today],
+    );
+    cmd.args(["--format", "parquet", "--daily", "s3://exports/searches"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let key = format!("searches/date={today}/searches.parquet");
+    assert_eq!(s3.keys("exports", "").await, vec![key.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("searches.parquet");
+    std::fs::write(&file, s3.get("exports", &key).await).unwrap();
+
+    let table = read_with_pyarrow(&file);
+    let types = &table["types"];
+    assert_eq!(types["timestamp"], "timestamp[ms, tz=+00:00]");
+    assert_eq!(types["results_count"], "int64");
+    assert_eq!(types["confidence"], "double");
+    assert_eq!(types["product_ids"], "list<item: string>");
+    let map = types["product_suppliers"].as_str().unwrap();
+    assert!(map.starts_with("map<string, string"), "{map}");
+    assert_eq!(
+        types["feedback"],
+        "list<item: struct<event: string, product_id: string, position: int64, \
+         timestamp: timestamp[ms, tz=+00:00]>>"
+    );
+    let row = &table["rows"][0];
+    let want = &expected[0];
+    assert_eq!(row["search_id"], want["search_id"]);
+    assert_eq!(row["query"], "milk");
+    assert_eq!(row["user_id"], "u1");
+    assert_eq!(row["clicks"], 1);
+    assert_eq!(row["product_ids"], want["product_ids"]);
+    let ts = humantime::parse_rfc3339(want["timestamp"].as_str().unwrap()).unwrap();
+    let ms = ts
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert_eq!(
+        table["timestamp_ms"][0], ms,
+        "the same instant as the JSONL's"
+    );
+    assert_eq!(row["feedback"][0]["event"], "click");
+    assert_eq!(row["feedback"][0]["product_id"], "p1");
+    assert_eq!(row["feedback"][0]["position"], 3);
+    drop(redis);
+}
+
+#[tokio::test]
+async fn chat_export_has_one_training_pair_per_search_with_an_intent() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    let (from, _, _) = three_days(&redis).await;
+    seed(
+        &redis,
+        &[search_event(
+            1_764_028_800_000 + 5_000,
+            Some("u3"),
+            "no intent here",
+            None,
+        )],
+    )
+    .await;
+    let r = run(leafcache(
+        &config,
+        &["export", "--from", &from, "--to", &from, "--format", "chat"],
+    ))
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("3 training pairs from 4 searches"),
+        "{r:?}"
+    );
+    let pairs = lines(&r.stdout);
+    assert_eq!(pairs.len(), 3);
+    assert_eq!(
+        pairs[1],
+        json!({"messages": [
+            {"role": "user", "content": "milk"},
+            {"role": "assistant", "content": "{\"intent\":\"product_search\",\"confidence\":0.75}"},
+        ]})
+    );
+
+    // --daily to a local folder: the same partitions as in a bucket.
+    let out = dir.path().join("chat");
+    let mut cmd = leafcache(
+        &config,
+        &[
+            "export", "--from", &from, "--to", &from, "--format", "chat", "--gzip",
+        ],
+    );
+    cmd.arg("--daily").arg(format!("file://{}", out.display()));
+    assert_eq!(run(cmd).await.code, 0);
+    let file = std::fs::read(out.join(format!("date={from}/chat.jsonl.gz"))).unwrap();
+    assert_eq!(lines(&gunzip(&file)), pairs);
+}
