@@ -68,6 +68,7 @@ fn main() {
     let layout = Layout {
         prefix: leafcache::redis::keys::Prefix::default(),
         retention_secs: 7 * 86400,
+        record_retention_secs: 7 * 86400,
         history_limit: 100,
     };
     let cfg = RedisConfig {
