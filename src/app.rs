@@ -77,7 +77,8 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
         Some(redis),
         config.cache.stale_if_error,
         config.cache.hit_for_pass,
-    );
+    )
+    .tagging(&config.redis.key_prefix);
     let proxy = Proxy::new(config, cache, Some(sink));
     Ok(Running { proxy, writer })
 }

@@ -359,6 +359,88 @@ async fn purge_by_user_hash_and_all_global_reaches_every_master_and_every_l1() {
 }
 
 #[tokio::test]
+async fn purge_by_product_reaches_every_master_and_every_l1() {
+    let cluster = RedisCluster::start().await;
+    let backend = Backend::start(catalogue).await;
+    let a = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    let b = Proxy::start_with(&log_config(), &backend.url(), &cluster.url()).await;
+    eventually("both proxies subscribed", || async {
+        (invalidation_subscribers(&cluster).await >= 2).then_some(())
+    })
+    .await;
+    // Milk (p1, p2) and pasta (p3) for many users: their entries, and the
+    // tag indexes, on every master.
+    let users: Vec<String> = (0..24).map(|i| format!("shopper-{i}")).collect();
+    let mut milk = Vec::new();
+    let mut pasta = Vec::new();
+    for user in &users {
+        for (q, keys) in [("milk", &mut milk), ("pasta", &mut pasta)] {
+            let resp = a.search(Some(user), json!({ "query": q })).send().await;
+            assert_miss_stored(&resp);
+            keys.push(tagged_user_key(user, &resp.key()));
+        }
+    }
+    for key in milk.iter().chain(&pasta) {
+        cluster.wait_for_key(key).await;
+    }
+    assert_eq!(cluster.masters_holding("user:*:cache:*").await.len(), 3);
+    // An L1 copy in proxy B (its own entry: the host is part of the key).
+    let b_milk = b.search(Some(&users[0]), json!({"query": "milk"}));
+    let resp = b_milk.send().await;
+    assert_miss_stored(&resp);
+    cluster
+        .wait_for_key(&tagged_user_key(&users[0], &resp.key()))
+        .await;
+    assert_hit(&b_milk.send().await);
+
+    let purge = admin(&a, "POST", "/v1/cache/purge")
+        .json(&json!({"product_ids": ["p1"]}))
+        .send()
+        .await;
+    assert_eq!(purge.status, 200, "{purge:?}");
+    assert_eq!(
+        purge.json()["removed"],
+        users.len() + 1,
+        "{purge:?}: and B's"
+    );
+    for key in &milk {
+        assert!(!cluster.exists(key).await, "{key} shows p1");
+    }
+    for key in &pasta {
+        assert!(cluster.exists(key).await, "{key} does not");
+    }
+    eventually("proxy B to drop its L1 copy", || async {
+        (b_milk.send().await.x_cache() == Some("MISS")).then_some(())
+    })
+    .await;
+
+    let soft = run(leafcache(
+        &a.config_path(),
+        &["purge", "--supplier", "s3", "--soft"],
+    ))
+    .await;
+    assert_eq!(soft.code, 0, "{soft:?}");
+    assert!(
+        soft.stdout_text()
+            .contains(&format!("marked {} ", users.len())),
+        "{soft:?}"
+    );
+    for key in &pasta {
+        assert!(cluster.exists(key).await, "{key} is kept, stale");
+    }
+    // Proxy A's L1 copy is dropped, and Redis has only a stale one.
+    let again = eventually("a stale entry refetched", || async {
+        let resp = a
+            .search(Some(&users[1]), json!({"query": "pasta"}))
+            .send()
+            .await;
+        (resp.x_cache() == Some("MISS")).then_some(resp)
+    })
+    .await;
+    assert_eq!(again.status, 200);
+}
+
+#[tokio::test]
 async fn export_history_and_stats_read_the_cluster() {
     let cluster = RedisCluster::start().await;
     let backend = Backend::start(catalogue).await;

@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 use super::export::{ExportRange, Exporter};
 use super::feedback::{self, Feedback, FeedbackError};
 use super::fields::{self, BadField};
-use super::purge::{self, Target};
+use super::purge::{self, Purge};
 use super::{AdminBody, AdminResponse, BoxError, dates, history, json, manual, record, stats};
+use crate::cache::invalidation::PurgeRequest;
 use crate::events::write::Layout;
 use crate::proxy::Proxy;
 use crate::proxy::explain::ExplainRequest;
@@ -381,19 +382,27 @@ async fn read_stats(
 
 async fn purge_cache(proxy: &Proxy, body: &[u8]) -> Result<AdminResponse, ApiError> {
     let obj = fields::object(body)?;
-    let target = Target::new(
-        fields::opt_str(&obj, "user_id")?,
-        fields::opt_str(&obj, "hash")?,
-        fields::opt_bool(&obj, "all_global")?.unwrap_or(false),
-    )?;
-    let removed = purge::purge(redis(proxy)?, prefix(proxy), &target).await?;
+    let purge = Purge::new(PurgeRequest {
+        user_id: fields::opt_str(&obj, "user_id")?,
+        hash: fields::opt_str(&obj, "hash")?,
+        all_global: fields::opt_bool(&obj, "all_global")?.unwrap_or(false),
+        product_ids: fields::opt_id_list(&obj, "product_ids")?,
+        supplier_ids: fields::opt_id_list(&obj, "supplier_ids")?,
+        soft: fields::opt_bool(&obj, "soft")?.unwrap_or(false),
+    })?;
+    let done = purge::purge(redis(proxy)?, prefix(proxy), &purge).await?;
     // This process does not wait for its own message to come back.
     if let Some(l1) = proxy.cache.l1() {
-        purge::forget_local(l1, prefix(proxy), &target);
+        purge::forget_local(l1, prefix(proxy), &purge.target);
     }
     Ok(json(
         StatusCode::OK,
-        json!({ "removed": removed }).to_string(),
+        json!({
+            "removed": done.removed,
+            "marked_stale": done.marked_stale,
+            "touched": done.touched(),
+        })
+        .to_string(),
     ))
 }
 

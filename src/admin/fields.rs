@@ -100,6 +100,29 @@ pub fn req_text_id(obj: &Map<String, Value>, name: &str) -> Result<String, BadFi
     non_blank(name, req_str(obj, name)?)
 }
 
+/// A list of ids (strings or integers, as [`opt_id`]); absent is `None`,
+/// present must hold at least one.
+pub fn opt_id_list(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, BadField> {
+    let Some(value) = present(obj, name) else {
+        return Ok(None);
+    };
+    let Value::Array(items) = value else {
+        return Err(BadField::mistyped(name, "a list of ids"));
+    };
+    if items.is_empty() {
+        return Err(BadField::new(name, "must name at least one id"));
+    }
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(s) => non_blank(name, s.clone()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            _ => Err(BadField::mistyped(name, "a list of ids")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// A user id where one is required (history, purge): not blank.
 pub fn user_id(name: &str, text: String) -> Result<String, BadField> {
     non_blank(name, text)

@@ -1,19 +1,24 @@
 //! Purging cache entries (SPEC sections 1 and 6): from Redis, and from the
 //! L1 of every running proxy through the `leafcache:invalidate` channel.
 //!
-//! The message on the channel is the purge request itself, as JSON
-//! (`{"user_id": "u"}`, `{"hash": "…"}`, `{"user_id": "u", "hash": "…"}`,
-//! `{"all_global": true}`); each proxy drops the L1 copies it names.
+//! The message on the channel is the purge request itself, as JSON (see
+//! [`PurgeRequest`]); each proxy drops the L1 copies it names. A purge by
+//! product or supplier reads the tag indexes of [`crate::cache::tags`] and
+//! checks each entry's answer before it touches it.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bb8_redis::redis;
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::fields::{self, BadField};
+use crate::cache::envelope::{self, Entry};
 use crate::cache::invalidation;
 pub use crate::cache::invalidation::PurgeRequest;
 use crate::cache::l1::L1;
+pub use crate::cache::tags::Tagged;
 use crate::redis::RedisFailure;
 use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::Command;
@@ -37,10 +42,110 @@ pub enum Target {
     Global(String),
     /// Every global entry.
     AllGlobal,
+    /// Every entry, in any scope, whose answer shows these products or
+    /// products of these suppliers (SPEC section 9).
+    Tagged(Tagged),
+}
+
+/// A purge: what, and whether its entries are removed or marked stale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purge {
+    pub target: Target,
+    /// Mark stale instead of removing: the next request revalidates or
+    /// refetches, and a failing backend still has the stale copy to serve.
+    pub soft: bool,
+}
+
+/// What a purge did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub removed: u64,
+    pub marked_stale: u64,
+}
+
+impl Outcome {
+    /// The entries the purge touched.
+    pub fn touched(&self) -> u64 {
+        self.removed + self.marked_stale
+    }
+}
+
+impl Purge {
+    /// Checks a purge request: it names exactly one target (a user and a
+    /// hash together name one entry of the user).
+    pub fn new(request: PurgeRequest) -> Result<Purge, BadField> {
+        let PurgeRequest {
+            user_id,
+            hash,
+            all_global,
+            product_ids,
+            supplier_ids,
+            soft,
+        } = request;
+        let by_tag = usize::from(product_ids.is_some()) + usize::from(supplier_ids.is_some());
+        if by_tag > 1 || (by_tag == 1 && (user_id.is_some() || hash.is_some() || all_global)) {
+            let field = if product_ids.is_some() {
+                "product_ids"
+            } else {
+                "supplier_ids"
+            };
+            return Err(BadField::new(
+                field,
+                "cannot be combined with another target",
+            ));
+        }
+        let ids = |name: &str, ids: Vec<String>| -> Result<Vec<String>, BadField> {
+            if ids.is_empty() {
+                return Err(BadField::new(name, "must name at least one id"));
+            }
+            ids.into_iter()
+                .map(|id| fields::user_id(name, id))
+                .collect()
+        };
+        let target = match (product_ids, supplier_ids) {
+            (Some(p), _) => Target::Tagged(Tagged::Products(ids("product_ids", p)?)),
+            (_, Some(s)) => Target::Tagged(Tagged::Suppliers(ids("supplier_ids", s)?)),
+            (None, None) => Target::new(user_id, hash, all_global)?,
+        };
+        Ok(Purge { target, soft })
+    }
+
+    /// The wire form: the invalidation message and the API body.
+    pub fn request(&self) -> PurgeRequest {
+        let mut r = match self.target.clone() {
+            Target::User(u) => PurgeRequest {
+                user_id: Some(u),
+                ..Default::default()
+            },
+            Target::UserEntry(u, h) => PurgeRequest {
+                user_id: Some(u),
+                hash: Some(h),
+                ..Default::default()
+            },
+            Target::Global(h) => PurgeRequest {
+                hash: Some(h),
+                ..Default::default()
+            },
+            Target::AllGlobal => PurgeRequest {
+                all_global: true,
+                ..Default::default()
+            },
+            Target::Tagged(Tagged::Products(ids)) => PurgeRequest {
+                product_ids: Some(ids),
+                ..Default::default()
+            },
+            Target::Tagged(Tagged::Suppliers(ids)) => PurgeRequest {
+                supplier_ids: Some(ids),
+                ..Default::default()
+            },
+        };
+        r.soft = self.soft;
+        r
+    }
 }
 
 impl Target {
-    pub fn new(
+    fn new(
         user_id: Option<String>,
         hash: Option<String>,
         all_global: bool,
@@ -69,37 +174,16 @@ impl Target {
             )),
             (None, None, false) => Err(BadField::new(
                 "user_id",
-                "or hash or all_global is required",
+                "or hash, all_global, product_ids or supplier_ids is required",
             )),
-        }
-    }
-
-    pub fn request(&self) -> PurgeRequest {
-        match self.clone() {
-            Target::User(u) => PurgeRequest {
-                user_id: Some(u),
-                ..Default::default()
-            },
-            Target::UserEntry(u, h) => PurgeRequest {
-                user_id: Some(u),
-                hash: Some(h),
-                ..Default::default()
-            },
-            Target::Global(h) => PurgeRequest {
-                hash: Some(h),
-                ..Default::default()
-            },
-            Target::AllGlobal => PurgeRequest {
-                all_global: true,
-                ..Default::default()
-            },
         }
     }
 
     /// Whether `key` (a full key, with the prefix) is one this purge removes.
     /// A user purge takes only keys of exactly the shape
     /// `user:<U>:cache:<64 hex>`, so user `a` never takes `a:cache:b`'s entries
-    /// and the pattern match of SCAN is only a first filter.
+    /// and the pattern match of SCAN is only a first filter. A tag purge
+    /// goes by the answer, not the key: see [`Target::covers_entry`].
     pub fn covers(&self, prefix: &Prefix, key: &[u8]) -> bool {
         let hash_after = |head: String| {
             key.strip_prefix(head.as_bytes())
@@ -112,6 +196,15 @@ impl Target {
             Target::UserEntry(..) | Target::Global(_) => {
                 self.single_key(prefix).is_some_and(|k| k.as_bytes() == key)
             }
+            Target::Tagged(_) => false,
+        }
+    }
+
+    /// Whether an L1 copy stored under `key` is one this purge drops.
+    fn covers_entry(&self, prefix: &Prefix, key: &str, entry: &Entry) -> bool {
+        match self {
+            Target::Tagged(tagged) => tagged.shown_by(&entry.meta),
+            _ => self.covers(prefix, key.as_bytes()),
         }
     }
 
@@ -121,7 +214,7 @@ impl Target {
         let head = match self {
             Target::User(u) => keys::user_cache_head(prefix, u),
             Target::AllGlobal => keys::global_cache_head(prefix),
-            Target::UserEntry(..) | Target::Global(_) => return None,
+            Target::UserEntry(..) | Target::Global(_) | Target::Tagged(_) => return None,
         };
         Some(format!("{}*", glob_escape(&head)))
     }
@@ -131,7 +224,7 @@ impl Target {
         match self {
             Target::UserEntry(u, h) => Some(keys::user_cache_head(prefix, u) + h),
             Target::Global(h) => Some(keys::global_cache_head(prefix) + h),
-            Target::User(_) | Target::AllGlobal => None,
+            Target::User(_) | Target::AllGlobal | Target::Tagged(_) => None,
         }
     }
 }
@@ -151,51 +244,47 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-/// Removes the target's entries from Redis, then tells every proxy to drop
-/// its L1 copies. Returns how many keys were removed.
+/// Removes the target's entries from Redis (or marks them stale), then
+/// tells every proxy to drop its L1 copies.
 pub async fn purge(
     redis: &RedisPool,
     prefix: &Prefix,
-    target: &Target,
-) -> Result<u64, RedisFailure> {
-    let removed = match (target.single_key(prefix), target.pattern(prefix)) {
-        (Some(key), _) => unlink(redis, &[key.into_bytes()]).await?,
-        (None, Some(pattern)) => scan_unlink(redis, prefix, target, &pattern).await?,
-        (None, None) => 0,
-    };
-    let (channel, message) = invalidation::notice(prefix, &target.request());
+    purge: &Purge,
+) -> Result<Outcome, RedisFailure> {
+    let target = &purge.target;
+    let mut outcome = Outcome::default();
+    if let Some(key) = target.single_key(prefix) {
+        apply(redis, purge.soft, &[key.into_bytes()], &mut outcome).await?;
+    } else if let Some(pattern) = target.pattern(prefix) {
+        for node in redis.nodes(Instant::now() + DEADLINE).await? {
+            scan_on(redis, &node, prefix, purge, &pattern, &mut outcome).await?;
+        }
+    } else if let Target::Tagged(tagged) = target {
+        let mut seen = HashSet::new();
+        for index in tagged.index_keys(prefix) {
+            purge_index(redis, &index, tagged, purge.soft, &mut seen, &mut outcome).await?;
+        }
+    }
+    let (channel, message) = invalidation::notice(prefix, &purge.request());
     let publish = redis::cmd("PUBLISH").arg(channel).arg(message).to_owned();
     redis
         .query::<i64>(Command::Cmd(&publish), Instant::now() + DEADLINE)
         .await?;
-    Ok(removed)
+    Ok(outcome)
 }
 
-/// SCANs every node (each master of a cluster) for the target's keys and
-/// unlinks them in batches.
-async fn scan_unlink(
-    redis: &RedisPool,
-    prefix: &Prefix,
-    target: &Target,
-    pattern: &str,
-) -> Result<u64, RedisFailure> {
-    let mut removed = 0;
-    for node in redis.nodes(Instant::now() + DEADLINE).await? {
-        removed += scan_unlink_on(redis, &node, prefix, target, pattern).await?;
-    }
-    Ok(removed)
-}
-
-async fn scan_unlink_on(
+/// SCANs one node (each master of a cluster, in turn) for the target's keys
+/// and purges them in batches.
+async fn scan_on(
     redis: &RedisPool,
     node: &Node,
     prefix: &Prefix,
-    target: &Target,
+    purge: &Purge,
     pattern: &str,
-) -> Result<u64, RedisFailure> {
+    outcome: &mut Outcome,
+) -> Result<(), RedisFailure> {
     let mut cursor: u64 = 0;
     let mut doomed: Vec<Vec<u8>> = Vec::new();
-    let mut removed = 0;
     loop {
         let scan = redis::cmd("SCAN")
             .arg(cursor)
@@ -207,16 +296,142 @@ async fn scan_unlink_on(
         let (next, found): (u64, Vec<Vec<u8>>) = redis
             .query_on(node, &scan, Instant::now() + DEADLINE)
             .await?;
-        doomed.extend(found.into_iter().filter(|k| target.covers(prefix, k)));
+        doomed.extend(found.into_iter().filter(|k| purge.target.covers(prefix, k)));
         if doomed.len() >= UNLINK_BATCH || (next == 0 && !doomed.is_empty()) {
-            removed += unlink(redis, &doomed).await?;
+            apply(redis, purge.soft, &doomed, outcome).await?;
             doomed.clear();
         }
         if next == 0 {
-            return Ok(removed);
+            return Ok(());
         }
         cursor = next;
     }
+}
+
+/// Purges the entries one tag index names whose stored answer still shows
+/// what is purged, and drops from the index every member it read that does
+/// not (expired, re-stored with other results) or that is gone now.
+async fn purge_index(
+    redis: &RedisPool,
+    index: &str,
+    tagged: &Tagged,
+    soft: bool,
+    seen: &mut HashSet<Vec<u8>>,
+    outcome: &mut Outcome,
+) -> Result<(), RedisFailure> {
+    let now = crate::time::now_ms();
+    let trim = redis::cmd("ZREMRANGEBYSCORE")
+        .arg(index)
+        .arg("-inf")
+        .arg(format!("({now}"))
+        .to_owned();
+    redis
+        .query::<i64>(Command::Cmd(&trim), Instant::now() + DEADLINE)
+        .await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let scan = redis::cmd("ZSCAN")
+            .arg(index)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(UNLINK_BATCH)
+            .to_owned();
+        let (next, found): (u64, Vec<(Vec<u8>, f64)>) = redis
+            .query(Command::Cmd(&scan), Instant::now() + DEADLINE)
+            .await?;
+        // ZSCAN may return a member twice; an entry is purged once.
+        let members: Vec<Vec<u8>> = found
+            .into_iter()
+            .map(|(member, _)| member)
+            .filter(|m| seen.insert(m.clone()))
+            .collect();
+        if !members.is_empty() {
+            let shown = entries_showing(redis, &members, tagged).await?;
+            let (doomed, unlisted): (Vec<_>, Vec<_>) = members
+                .into_iter()
+                .zip(shown)
+                .partition(|(_, shows)| *shows);
+            let doomed: Vec<Vec<u8>> = doomed.into_iter().map(|(k, _)| k).collect();
+            let mut unlisted: Vec<Vec<u8>> = unlisted.into_iter().map(|(k, _)| k).collect();
+            apply(redis, soft, &doomed, outcome).await?;
+            if !soft {
+                unlisted.extend(doomed);
+            }
+            if !unlisted.is_empty() {
+                let zrem = redis::cmd("ZREM").arg(index).arg(&unlisted).to_owned();
+                redis
+                    .query::<i64>(Command::Cmd(&zrem), Instant::now() + DEADLINE)
+                    .await?;
+            }
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// For each key, whether its stored answer shows what `tagged` names (false
+/// when it is gone or unreadable).
+async fn entries_showing(
+    redis: &RedisPool,
+    keys: &[Vec<u8>],
+    tagged: &Tagged,
+) -> Result<Vec<bool>, RedisFailure> {
+    let values = stored(redis, keys).await?;
+    Ok(values
+        .into_iter()
+        .map(|raw| {
+            raw.and_then(|raw| envelope::decode(Bytes::from(raw)).ok())
+                .is_some_and(|entry| tagged.shown_by(&entry.meta))
+        })
+        .collect())
+}
+
+/// The stored values of `keys`, one pipelined GET each (in a cluster the
+/// keys live in many slots).
+async fn stored(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, RedisFailure> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("GET").arg(key);
+    }
+    redis
+        .query(Command::Pipe(&pipe), Instant::now() + DEADLINE)
+        .await
+}
+
+/// Removes `keys`, or marks their entries stale: each is rewritten with no
+/// freshness left, keeping its expiry (`SET .. XX KEEPTTL`, so an entry
+/// that expired meanwhile is not brought back).
+async fn apply(
+    redis: &RedisPool,
+    soft: bool,
+    keys: &[Vec<u8>],
+    outcome: &mut Outcome,
+) -> Result<(), RedisFailure> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    if !soft {
+        outcome.removed += unlink(redis, keys).await?;
+        return Ok(());
+    }
+    let values = stored(redis, keys).await?;
+    let mut pipe = redis::pipe();
+    let mut sets = 0;
+    for (key, raw) in keys.iter().zip(values) {
+        if let Some(stale) = raw.as_deref().and_then(envelope::marked_stale) {
+            pipe.cmd("SET").arg(key).arg(stale).arg("XX").arg("KEEPTTL");
+            sets += 1;
+        }
+    }
+    if sets > 0 {
+        let replies: Vec<Option<String>> = redis
+            .query(Command::Pipe(&pipe), Instant::now() + DEADLINE)
+            .await?;
+        outcome.marked_stale += replies.iter().filter(|r| r.is_some()).count() as u64;
+    }
+    Ok(())
 }
 
 /// One `UNLINK`; in a cluster redis-rs splits it by slot and sums the counts.
@@ -227,11 +442,12 @@ async fn unlink(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<u64, RedisFailure
         .await
 }
 
-/// Drops this process's L1 copies of the target.
+/// Drops this process's L1 copies of the target (a soft purge too: L1
+/// holds only fresh copies, and Redis keeps the stale one).
 pub fn forget_local(l1: &L1, prefix: &Prefix, target: &Target) {
     match target.single_key(prefix) {
         Some(key) => l1.remove(&key),
-        None => l1.remove_matching(|k| target.covers(prefix, k.as_bytes())),
+        None => l1.remove_matching(|k, entry| target.covers_entry(prefix, k, entry)),
     }
 }
 
@@ -284,9 +500,9 @@ async fn listen(
     while let Some(msg) = messages.next().await {
         let parsed = serde_json::from_slice::<PurgeRequest>(msg.get_payload_bytes())
             .ok()
-            .and_then(|r| Target::new(r.user_id, r.hash, r.all_global).ok());
+            .and_then(|r| Purge::new(r).ok());
         match parsed {
-            Some(target) => forget_local(l1, prefix, &target),
+            Some(purge) => forget_local(l1, prefix, &purge.target),
             None => tracing::warn!("unreadable invalidation message ignored"),
         }
     }
@@ -323,6 +539,29 @@ mod tests {
     }
 
     #[test]
+    fn a_purge_names_one_kind_of_target_and_real_ids() {
+        let both = PurgeRequest {
+            product_ids: Some(vec!["p".into()]),
+            supplier_ids: Some(vec!["s".into()]),
+            ..Default::default()
+        };
+        assert!(Purge::new(both).is_err());
+        let with_user = PurgeRequest {
+            user_id: Some("u".into()),
+            product_ids: Some(vec!["p".into()]),
+            ..Default::default()
+        };
+        assert!(Purge::new(with_user).is_err());
+        for bad in [vec![], vec![" ".to_string()]] {
+            let r = PurgeRequest {
+                product_ids: Some(bad),
+                ..Default::default()
+            };
+            assert_eq!(Purge::new(r).unwrap_err().field, "product_ids");
+        }
+    }
+
+    #[test]
     fn glob_characters_are_escaped() {
         let t = Target::User("a*[b]?\\".into());
         assert_eq!(
@@ -349,8 +588,15 @@ mod tests {
                 .field,
             "hash"
         );
-        let t = Target::UserEntry("u".into(), H.into());
-        let r = t.request();
-        assert_eq!(Target::new(r.user_id, r.hash, r.all_global), Ok(t));
+        let p = Purge {
+            target: Target::UserEntry("u".into(), H.into()),
+            soft: true,
+        };
+        assert_eq!(Purge::new(p.request()), Ok(p));
+        let p = Purge {
+            target: Target::Tagged(Tagged::Suppliers(vec!["s".into(), "*".into()])),
+            soft: false,
+        };
+        assert_eq!(Purge::new(p.request()), Ok(p));
     }
 }

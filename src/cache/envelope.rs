@@ -170,6 +170,23 @@ pub fn encode(entry: &Entry) -> Bytes {
     out.freeze()
 }
 
+/// Where `fresh_ms` sits: after the magic, version, status and stored time.
+const FRESH_AT: usize = 2 + 1 + 2 + 8;
+
+/// A stored envelope with no freshness left, everything else as it was (a
+/// soft purge); `None` for what is not an envelope this release reads.
+pub fn marked_stale(raw: &[u8]) -> Option<Vec<u8>> {
+    let known = raw
+        .get(..3)
+        .is_some_and(|head| &head[..2] == MAGIC && (head[2] == VERSION || head[2] == VERSION_HTTP));
+    if !known || raw.len() < FRESH_AT + 8 {
+        return None;
+    }
+    let mut out = raw.to_vec();
+    out[FRESH_AT..FRESH_AT + 8].fill(0);
+    Some(out)
+}
+
 fn put_bytes(out: &mut BytesMut, b: &[u8]) {
     out.put_u32(b.len() as u32);
     out.put_slice(b);
@@ -365,6 +382,21 @@ mod tests {
             })),
             ..sample()
         }
+    }
+
+    #[test]
+    fn a_soft_purged_entry_is_stale_and_otherwise_the_same() {
+        for e in [sample(), sample_http()] {
+            let stale = marked_stale(&encode(&e)).unwrap();
+            let d = decode(Bytes::from(stale)).unwrap();
+            assert_eq!(d.fresh_for, Duration::ZERO);
+            assert!(!d.is_fresh(e.stored_at_ms));
+            assert_eq!((d.stored_at_ms, d.status), (e.stored_at_ms, e.status));
+            assert_eq!((d.body, d.headers), (e.body, e.headers));
+            assert_eq!(d.meta.products, e.meta.products);
+        }
+        assert_eq!(marked_stale(b"LC\x09xxxxxxxxxxxxxxxxxxxxxx"), None);
+        assert_eq!(marked_stale(b"LC\x01xx"), None);
     }
 
     #[test]

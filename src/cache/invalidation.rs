@@ -2,7 +2,9 @@
 //! `leafcache:invalidate` channel (under `key_prefix`), when it drops cache
 //! entries. The message is the purge request itself, as JSON
 //! (`{"user_id": "u"}`, `{"hash": "…"}`, `{"user_id": "u", "hash": "…"}`,
-//! `{"all_global": true}`); each proxy drops the L1 copies it names. An
+//! `{"all_global": true}`, `{"product_ids": [...]}`, `{"supplier_ids":
+//! [...]}`, each perhaps with `"soft": true`); each proxy drops the L1
+//! copies it names. An
 //! admin purge, and an unsafe request on an origin route, send them alike.
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,16 @@ pub struct PurgeRequest {
     pub hash: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_global: bool,
+    /// Answers that show any of these products (SPEC section 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_ids: Option<Vec<String>>,
+    /// Answers that show a product of any of these suppliers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplier_ids: Option<Vec<String>>,
+    /// Mark the entries stale instead of removing them; a proxy drops its
+    /// L1 copies either way (L1 holds only fresh copies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft: bool,
 }
 
 /// The channel and message that announce `request` to every proxy.

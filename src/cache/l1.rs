@@ -155,9 +155,10 @@ impl L1 {
         self.cache.remove(key);
     }
 
-    /// Drops every copy whose key satisfies `pred` (purge by user, all global).
-    pub fn remove_matching(&self, pred: impl Fn(&str) -> bool) {
-        self.cache.retain(|k, _| !pred(k));
+    /// Drops every copy for which `pred` holds, given its key and entry
+    /// (purge by user, all global, by product).
+    pub fn remove_matching(&self, pred: impl Fn(&str, &Entry) -> bool) {
+        self.cache.retain(|k, slot| !pred(k, &slot.entry));
     }
 
     pub fn clear(&self) {
@@ -273,7 +274,7 @@ mod tests {
         let l1 = L1::new(1 << 20, Duration::from_secs(30)).unwrap();
         l1.insert("user:a:cache:1".into(), entry(60_000, 1));
         l1.insert("user:b:cache:1".into(), entry(60_000, 1));
-        l1.remove_matching(|k| k.starts_with("user:a:"));
+        l1.remove_matching(|k, _| k.starts_with("user:a:"));
         assert!(l1.get("user:a:cache:1").is_none());
         assert!(l1.get("user:b:cache:1").is_some());
     }

@@ -4,6 +4,8 @@
 //! - [`l1`]: the byte-bounded in-process tier.
 //! - [`coalesce`]: one backend request per key at a time.
 //! - [`invalidation`]: the notices that tell every proxy to drop L1 copies.
+//! - [`tags`]: the products and suppliers a stored answer is filed under,
+//!   for purges by product (SPEC section 9).
 //!
 //! Lookups are bounded by one deadline per request (`redis.timeout` in total,
 //! however many scopes are asked); stores never make the client wait. Redis
@@ -13,6 +15,7 @@ pub mod coalesce;
 pub mod envelope;
 pub mod invalidation;
 pub mod l1;
+pub mod tags;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +70,9 @@ pub struct Cache {
     pass: PassMarks,
     pub coalescer: Arc<Coalescer>,
     pub stats: Arc<CacheStats>,
+    /// The key prefix of the tag indexes stores file answers under; `None`
+    /// files nothing.
+    tag_prefix: Option<String>,
 }
 
 impl Cache {
@@ -93,6 +99,22 @@ impl Cache {
             pass: PassMarks::new(hit_for_pass),
             coalescer: Arc::new(Coalescer::default()),
             stats,
+            tag_prefix: None,
+        }
+    }
+
+    /// Files every answer stored in Redis under the tag indexes of its
+    /// products and suppliers (SPEC section 9), under `prefix`.
+    pub fn tagging(mut self, prefix: &str) -> Cache {
+        self.tag_prefix = Some(prefix.to_owned());
+        self
+    }
+
+    /// The tag indexes `entry` is filed under.
+    fn tags_of(&self, entry: &Entry) -> Vec<String> {
+        match &self.tag_prefix {
+            Some(prefix) => tags::index_keys_of(&entry.meta, prefix),
+            None => Vec::new(),
         }
     }
 
@@ -169,7 +191,8 @@ impl Cache {
         self.pass.invalidate(&key);
         let ex = entry.fresh_for + self.stale_window;
         if let Some(redis) = &self.redis {
-            redis.set_ex(&key, &envelope::encode(&entry), ex.as_secs().max(1));
+            let tags = self.tags_of(&entry);
+            redis.set_ex(&key, &envelope::encode(&entry), ex.as_secs().max(1), &tags);
         }
         if let Some(l1) = &self.l1 {
             l1.insert(key, entry);
@@ -210,10 +233,11 @@ impl Cache {
         let remaining = entry.remaining(now_ms());
         let ex_secs = (remaining + keep).as_secs().max(1);
         let value = envelope::encode(&entry);
+        let tags = self.tags_of(&entry);
         for key in keys {
             self.pass.invalidate(key);
             if let Some(redis) = &self.redis {
-                redis.set_ex(key, &value, ex_secs);
+                redis.set_ex(key, &value, ex_secs, &tags);
             }
             if let Some(l1) = &self.l1 {
                 l1.insert(key.clone(), entry.clone());

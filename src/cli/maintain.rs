@@ -4,24 +4,35 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 
 use super::{Failure, layout, redis as pool_of, redis_name, runtime};
-use crate::admin::purge::{self, Target};
+use crate::admin::purge::{self, Purge};
+use crate::cache::invalidation::PurgeRequest;
 use crate::config::Config;
 use crate::events::spool::Spool;
 use crate::events::writer::replay_records;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["user", "key", "all_global"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["user", "key", "all_global", "product", "supplier"])))]
 pub struct PurgeArgs {
     /// Every cache entry of this user (with --key: only that one).
-    #[arg(long, value_name = "USER_ID", conflicts_with = "all_global")]
+    #[arg(long, value_name = "USER_ID", conflicts_with_all = ["all_global", "product", "supplier"])]
     user: Option<String>,
     /// The entry with this key hash (as in Cache-Status): global, or the
     /// user's with --user.
-    #[arg(long, value_name = "HASH", conflicts_with = "all_global")]
+    #[arg(long, value_name = "HASH", conflicts_with_all = ["all_global", "product", "supplier"])]
     key: Option<String>,
     /// Every global entry.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["product", "supplier"])]
     all_global: bool,
+    /// Every entry, in any scope, whose answer shows one of these products.
+    #[arg(long, value_name = "ID", num_args = 1.., conflicts_with = "supplier")]
+    product: Vec<String>,
+    /// Every entry whose answer shows a product of one of these suppliers.
+    #[arg(long, value_name = "ID", num_args = 1..)]
+    supplier: Vec<String>,
+    /// Mark the entries stale instead of removing them: the next request
+    /// revalidates or refetches, and a failing backend still has them.
+    #[arg(long)]
+    soft: bool,
 }
 
 #[derive(Args)]
@@ -32,20 +43,41 @@ pub struct ReplayArgs {
 }
 
 pub fn purge(config: &Config, args: PurgeArgs) -> Result<(), Failure> {
-    let target = Target::new(args.user, args.key, args.all_global).map_err(|e| {
+    let ids = |ids: Vec<String>| (!ids.is_empty()).then_some(ids);
+    let purge = Purge::new(PurgeRequest {
+        user_id: args.user,
+        hash: args.key,
+        all_global: args.all_global,
+        product_ids: ids(args.product),
+        supplier_ids: ids(args.supplier),
+        soft: args.soft,
+    })
+    .map_err(|e| {
         let flag = match e.field.as_str() {
             "hash" => "--key",
             "user_id" => "--user",
+            "product_ids" => "--product",
+            "supplier_ids" => "--supplier",
             _ => "--all-global",
         };
         Failure::Usage(format!("{flag}: {}", e.problem))
     })?;
     let rt = runtime()?;
     let pool = pool_of(&rt, config)?;
-    let removed = rt
-        .block_on(purge::purge(&pool, &config.redis.key_prefix, &target))
+    let done = rt
+        .block_on(purge::purge(&pool, &config.redis.key_prefix, &purge))
         .with_context(|| format!("cannot purge in redis at {}", redis_name(config)))?;
-    println!("removed {removed} cache entries; running proxies drop their copies");
+    if purge.soft {
+        println!(
+            "marked {} cache entries stale; running proxies drop their copies",
+            done.marked_stale
+        );
+    } else {
+        println!(
+            "removed {} cache entries; running proxies drop their copies",
+            done.removed
+        );
+    }
     Ok(())
 }
 

@@ -78,7 +78,7 @@ impl Proxy {
                 let request = PurgeRequest {
                     user_id,
                     hash: Some(c.hash.to_hex()),
-                    all_global: false,
+                    ..Default::default()
                 };
                 notices.push(invalidation::notice(prefix, &request));
                 doomed.push(key.clone());

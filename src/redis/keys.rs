@@ -141,6 +141,26 @@ pub fn global_cache_head(prefix: &str) -> String {
     format!("{prefix}cache:global:")
 }
 
+/// `cache:tag:product:<id>`: the tag index of a product (SPEC section 9),
+/// a zset of the cache keys whose stored answer shows the product, each
+/// scored by the time (ms) its entry expires. Not tagged for the cluster:
+/// the index is read alone, and the keys it names are removed one by one.
+pub fn product_tag(prefix: &str, product_id: &str) -> String {
+    format!("{prefix}cache:tag:product:{product_id}")
+}
+
+/// `cache:tag:supplier:<id>`: the tag index of a supplier, as
+/// [`product_tag`].
+pub fn supplier_tag(prefix: &str, supplier_id: &str) -> String {
+    format!("{prefix}cache:tag:supplier:{supplier_id}")
+}
+
+/// `cache:tag:overflow`: the tag index of answers that show too many
+/// products to be filed under each (every tag purge reads it too).
+pub fn overflow_tag(prefix: &str) -> String {
+    format!("{prefix}cache:tag:overflow")
+}
+
 /// `leafcache:invalidate`: the pub/sub channel for L1 invalidation.
 pub fn invalidate_channel(prefix: &str) -> String {
     format!("{prefix}leafcache:invalidate")

@@ -153,14 +153,30 @@ impl Mux {
         self.start(self.lock());
     }
 
-    /// Appends a command whose reply nobody waits for (a cache store).
+    /// Appends one command whose reply nobody waits for.
+    pub fn send_discarding(&self, args: &[&[u8]], failures: &Arc<AtomicU64>) -> bool {
+        self.send_discarding_many(
+            |out| {
+                out.command(args);
+                1
+            },
+            failures,
+        )
+    }
+
+    /// Appends the commands `build` appends (it returns how many), whose
+    /// replies nobody waits for (a cache store and its tags).
     /// Returns false, sending nothing, when Redis is so far behind that
     /// `STORE_BACKLOG_BYTES` are waiting to be written already, or
     /// `STORE_BACKLOG_REPLIES` replies are outstanding. Refusals count like
     /// timed-out lookups: a run of them with no reply in between drops the
     /// connection (its pending stores count as failed), so a peer that went
     /// away without a reset cannot stop stores for good.
-    pub fn send_discarding(&self, args: &[&[u8]], failures: &Arc<AtomicU64>) -> bool {
+    pub fn send_discarding_many(
+        &self,
+        build: impl FnOnce(&mut RespBuf) -> usize,
+        failures: &Arc<AtomicU64>,
+    ) -> bool {
         let st = {
             let mut st = self.lock();
             if st.out.as_bytes().len() >= STORE_BACKLOG_BYTES
@@ -170,8 +186,10 @@ impl Mux {
                 self.stalled_once();
                 return false;
             }
-            st.out.command(args);
-            st.waiters.push_back(Waiter::Discard(failures.clone()));
+            let commands = build(&mut st.out);
+            for _ in 0..commands {
+                st.waiters.push_back(Waiter::Discard(failures.clone()));
+            }
             st
         };
         self.start(st);

@@ -44,6 +44,7 @@ enum Write {
         key: String,
         value: Bytes,
         ex_secs: u64,
+        tags: Vec<String>,
     },
     /// UNLINK the keys, announce on the invalidation channel, then
     /// acknowledge. It shares the queue with stores so that it runs after
@@ -109,21 +110,23 @@ impl CacheTier {
         }
     }
 
-    /// `SET key value EX ex_secs` in the background; counted as dropped when
-    /// the backlog is full, as a store error when Redis is marked down.
-    pub fn set_ex(&self, key: &str, value: &Bytes, ex_secs: u64) {
+    /// `SET key value EX ex_secs` in the background, and the key filed
+    /// under the tag indexes `tags` (see [`crate::cache::tags`]); counted as
+    /// dropped when the backlog is full, as a store error when Redis is
+    /// marked down.
+    pub fn set_ex(&self, key: &str, value: &Bytes, ex_secs: u64, tags: &[String]) {
         let sent = if let Some(queue) = &self.queue {
             queue
                 .try_send(Write::Set {
                     key: key.to_owned(),
                     value: value.clone(),
                     ex_secs,
+                    tags: tags.to_vec(),
                 })
                 .is_ok()
         } else if let Some(conn) = self.store_connection() {
-            let mut secs = itoa::Buffer::new();
-            conn.send_discarding(
-                &set_ex(key, value, &mut secs, ex_secs),
+            conn.send_discarding_many(
+                |out| store(out, key, value, ex_secs, tags),
                 &self.stats.store_errors,
             )
         } else {
@@ -190,20 +193,23 @@ impl CacheTier {
     }
 }
 
-/// `SET key value EX secs`, the one encoding of a store.
-fn set_ex<'a>(
-    key: &'a str,
-    value: &'a [u8],
-    secs: &'a mut itoa::Buffer,
-    ex_secs: u64,
-) -> [&'a [u8]; 5] {
-    [
+/// The one encoding of a store: `SET key value EX secs`, then the key filed
+/// under its tags. Gives the number of commands.
+fn store(out: &mut impl Commands, key: &str, value: &[u8], ex_secs: u64, tags: &[String]) -> usize {
+    let mut secs = itoa::Buffer::new();
+    out.command(&[
         b"SET",
         key.as_bytes(),
         value,
         b"EX",
         secs.format(ex_secs).as_bytes(),
-    ]
+    ]);
+    if tags.is_empty() {
+        return 1;
+    }
+    let now = crate::time::now_ms();
+    let expires = now.saturating_add(ex_secs.saturating_mul(1000));
+    1 + crate::cache::tags::file(out, key, tags, expires, now)
 }
 
 /// The one encoding of an invalidation: one UNLINK per key (in cluster
@@ -235,9 +241,9 @@ async fn write_loop(pool: RedisPool, mut rx: mpsc::Receiver<Write>, stats: Arc<T
                     key,
                     value,
                     ex_secs,
+                    tags,
                 } => {
-                    let mut secs = itoa::Buffer::new();
-                    pipe.command(&set_ex(&key, &value, &mut secs, ex_secs));
+                    store(&mut pipe, &key, &value, ex_secs, &tags);
                 }
                 Write::Unlink {
                     keys,
