@@ -313,8 +313,9 @@ async fn history(store: &mut LogStore, key: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A key of the cache, not of the search log: an entry or a tag index.
 fn is_cache_entry(key: &str) -> bool {
-    key.contains(":cache:") || key.starts_with("cache:global:")
+    key.contains(":cache:") || key.starts_with("cache:global:") || key.starts_with("cache:tag:")
 }
 
 #[tokio::test]
