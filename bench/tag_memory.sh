@@ -3,7 +3,7 @@
 # stored answer is filed under the tag index of each product and supplier it
 # shows. Stores the 10,000 answers of compare.sh's key set (200 queries x 50
 # users, 10 products each from bench/servers.rs's catalogue) through the
-# release proxy, then sums `MEMORY USAGE` of the tag indexes and of the cache
+# release proxy (a logged route: tags come from the answers it reads), then sums `MEMORY USAGE` of the tag indexes and of the cache
 # entries and gives both per stored answer.
 #
 #   bench/tag_memory.sh
@@ -18,7 +18,7 @@ BIN=target/release/leafcache
 start_redis
 start_backend
 PORT=$(free_port)
-leafcache_toml "$PORT" "$(free_port)" "" "$WORK/spool" false 'l1_max_bytes = "0"' >"$WORK/proxy.toml"
+leafcache_toml "$PORT" "$(free_port)" "" "$WORK/spool" true 'l1_max_bytes = "0"' >"$WORK/proxy.toml"
 RUST_LOG=warn "$BIN" serve --config "$WORK/proxy.toml" 2>"$WORK/proxy.log" &
 PIDS+=($!)
 wait_port "$PORT"
