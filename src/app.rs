@@ -57,6 +57,7 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
             queue_capacity: ev.queue_capacity,
             batch_max: ev.batch_max,
             flush_interval: ev.flush_interval,
+            counter_flush: ev.counter_flush,
             redis: Some(config.redis.clone()),
         },
         Some(redis.clone()),

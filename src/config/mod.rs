@@ -141,6 +141,11 @@ pub struct EventsConfig {
     pub queue_capacity: usize,
     pub batch_max: usize,
     pub flush_interval: Duration,
+    /// How long the shared counters (products, queries, suppliers, intents,
+    /// hours, cache results) are summed in process before they are written:
+    /// one `ZINCRBY` per distinct member per interval, however many
+    /// searches counted it.
+    pub counter_flush: Duration,
     /// `user:<id>:searches` keeps the last N.
     pub history_limit: usize,
     /// EXPIRE set on history, counter and feedback keys.

@@ -79,7 +79,7 @@ impl LogConfig {
             "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\n\n\
              [upstream]\nurl = {upstream:?}\n\n\
              [redis]\nurl = {redis:?}\nkey_prefix = {prefix:?}\n\n\
-             [events]\nspool_dir = {spool:?}\n{events}\n{ROUTES}",
+             [events]\nspool_dir = {spool:?}\ncounter_flush = \"100ms\"\n{events}\n{ROUTES}",
             prefix = self.key_prefix,
             spool = spool.display().to_string(),
             events = self.events.join("\n"),

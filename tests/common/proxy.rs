@@ -151,7 +151,9 @@ impl ProxyConfig {
         out.push_str("\n\n[identity]\n");
         out.push_str(&section("identity"));
         out.push_str(&format!(
-            "\n\n[events]\nspool_dir = {:?}\n\n",
+            // Counters written soon after the searches they count, as tests
+            // read them (the default sums them for 10 s).
+            "\n\n[events]\nspool_dir = {:?}\ncounter_flush = \"100ms\"\n\n",
             spool.display().to_string()
         ));
         for route in &self.routes {

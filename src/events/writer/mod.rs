@@ -6,7 +6,7 @@
 //!
 //! - the queue task takes batches (`batch_max` events, or whatever arrived
 //!   within `flush_interval` of the first), sums the shared counters in
-//!   process (written once a second), encodes each batch and hands it to
+//!   process (written every `counter_flush`), encodes each batch and hands it to
 //! - the Redis task ([`io`]), which writes each batch as one MULTI/EXEC,
 //!   and replays the spool.
 //!
@@ -49,8 +49,6 @@ use crate::redis::log_target::{Batch, BatchKind};
 use link::Target;
 use spooling::{SharedSpool, SpoolRecord};
 
-/// How often summed counters are written.
-const COUNTER_FLUSH: Duration = Duration::from_secs(1);
 /// Distinct counter members held before an early flush, to bound memory.
 const COUNTER_ENTRIES_MAX: usize = 200_000;
 /// While the Redis task is busy, how often the queue task looks whether the
@@ -140,6 +138,8 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     pub batch_max: usize,
     pub flush_interval: Duration,
+    /// How often the summed counters are written.
+    pub counter_flush: Duration,
     /// The Redis the search log is written to; `redis` decides how (see
     /// [`crate::redis::LogTarget`]). `None` sends batches through the pool.
     pub redis: Option<RedisConfig>,
@@ -191,6 +191,7 @@ pub fn spawn(
         layout: cfg.layout,
         batch_max: cfg.batch_max.max(1),
         flush_interval: cfg.flush_interval,
+        counter_flush: cfg.counter_flush,
         kind,
         redis,
         spool,
@@ -239,6 +240,7 @@ struct Queue {
     layout: Layout,
     batch_max: usize,
     flush_interval: Duration,
+    counter_flush: Duration,
     /// What the Redis task sends batches as.
     kind: BatchKind,
     redis: Option<RedisPool>,
@@ -251,7 +253,7 @@ struct Queue {
 impl Queue {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut batch: Vec<SearchEvent> = Vec::with_capacity(self.batch_max);
-        let mut tick = tokio::time::interval(COUNTER_FLUSH);
+        let mut tick = tokio::time::interval(self.counter_flush);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
         loop {
