@@ -23,16 +23,20 @@
 //!   / searches with results;
 //! - `reformulation_rate` = searches that carry a session id and are
 //!   followed by the next search of the same session (by timestamp) within
-//!   60 s, with no click of that session timestamped in between (both ends
-//!   included) / searches that carry a session id. Sessions are taken
-//!   within the day: the day's last search of a session is not followed.
+//!   60 s (≤ 60,000 ms), with no click of that session in between / searches
+//!   that carry a session id. A click is in between when its time is from
+//!   the search's to the next one's; at the same millisecond as a search,
+//!   a click on an earlier search is taken to come before it and a click on
+//!   that search or a later one after it (a click cannot precede its own
+//!   search). Sessions are taken within the day: the day's last search of a
+//!   session is not followed.
 //! - `top_queries_without_clicks`: normalized queries searched with results
 //!   whose searches with results were never clicked, most searched first.
 //!
 //! A rate whose denominator is 0 is `None` (JSON null), not 0. Feedback
 //! counts for the search it names, whatever day it was sent on.
 //!
-//! Memory: about 16 bytes per search and per click (for the reformulation
+//! Memory: about 24 bytes per search and per click (for the reformulation
 //! sweep), plus one entry per distinct session and per distinct query with
 //! results; a day of 1,000,000 searches needs tens of megabytes, not its
 //! records.
@@ -134,6 +138,15 @@ struct Moment {
     session: u32,
     click: bool,
     at_ms: u64,
+    /// The order its search was added in (the day index's, by time): at
+    /// the same millisecond, orders a click against searches.
+    search: u64,
+}
+
+impl Moment {
+    fn when(&self) -> (u64, u64) {
+        (self.at_ms, self.search)
+    }
 }
 
 /// The running counts of a day; [`Tally::finish`] makes the report.
@@ -163,6 +176,7 @@ impl Tally {
     }
 
     pub fn add(&mut self, search: &Search<'_>) {
+        let seq = self.searches;
         self.searches += 1;
         let clicks = || search.feedback.iter().filter(|e| e.action == Action::Click);
         let clicked = clicks().next().is_some();
@@ -205,12 +219,14 @@ impl Tally {
                 session,
                 click: false,
                 at_ms,
+                search: seq,
             });
             for at_ms in clicks().filter_map(|e| e.timestamp_ms) {
                 self.moments.push(Moment {
                     session,
                     click: true,
                     at_ms,
+                    search: seq,
                 });
             }
         }
@@ -256,20 +272,21 @@ impl Tally {
 
 /// How many searches are followed by the next search of their session
 /// within [`REFORMULATION_WINDOW_MS`] with no click of the session in
-/// between (inclusive).
+/// between: from the search (inclusive) to the next (exclusive), ordered
+/// by time, then by the order of the searches ([`Moment::when`]).
 fn reformulated(moments: &mut [Moment]) -> u64 {
-    // Stable: searches of one session at the same millisecond keep the
-    // order they were read in (the index's).
-    moments.sort_by_key(|m| (m.session, m.click, m.at_ms));
+    moments.sort_unstable_by_key(|m| (m.session, m.click, m.when()));
     let mut count = 0;
     for session in moments.chunk_by(|a, b| a.session == b.session) {
         let split = session.partition_point(|m| !m.click);
         let (searches, clicks) = session.split_at(split);
         for pair in searches.windows(2) {
-            let (from, to) = (pair[0].at_ms, pair[1].at_ms);
-            let first_click = clicks.partition_point(|c| c.at_ms < from);
-            let clicked_between = clicks.get(first_click).is_some_and(|c| c.at_ms <= to);
-            if to - from <= REFORMULATION_WINDOW_MS && !clicked_between {
+            let (from, to) = (&pair[0], &pair[1]);
+            let first_click = clicks.partition_point(|c| c.when() < from.when());
+            let clicked_between = clicks
+                .get(first_click)
+                .is_some_and(|c| c.when() < to.when());
+            if to.at_ms - from.at_ms <= REFORMULATION_WINDOW_MS && !clicked_between {
                 count += 1;
             }
         }

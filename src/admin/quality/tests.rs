@@ -179,6 +179,27 @@ fn a_click_at_the_same_millisecond_as_the_next_search_counts_as_between() {
 }
 
 #[test]
+fn a_click_on_an_earlier_search_at_the_same_millisecond_as_a_search_comes_before_it() {
+    let s = Some("s1");
+    let mut first = search(s, T0, "milk", 2);
+    first.feedback = vec![click(Some(1), T0 + 5_000)];
+    let mut third = search(s, T0 + 9_000, "milk 1l", 2);
+    // A click on a search at the millisecond it began follows it.
+    third.feedback = vec![click(Some(1), T0 + 9_000)];
+    let searches = [
+        first,
+        // Began the millisecond the first search was clicked: that click
+        // came before it, so it is not between this search and the next.
+        search(s, T0 + 5_000, "mlk", 2),
+        third,
+    ];
+    let q = report(&searches, 10);
+    // first: clicked before the second: not. second → third: no click in
+    // between (the third's own click follows it): reformulated.
+    assert_eq!(q.reformulation_rate, Some(1.0 / 3.0));
+}
+
+#[test]
 fn top_queries_without_clicks_rank_unclicked_queries_with_results() {
     let mut clicked_milk = search(None, T0, "milk", 2);
     clicked_milk.feedback = vec![click(Some(1), T0 + 1)];
