@@ -319,8 +319,16 @@ async fn parquet_export_has_typed_columns_that_pyarrow_reads() {
         "list<item: struct<event: string, product_id: string, position: int64, \
          timestamp: timestamp[ms, tz=+00:00]>>"
     );
+    assert_eq!(
+        types["impressions"],
+        "list<item: struct<product_id: string, position: int64>>"
+    );
     let row = &table["rows"][0];
     let want = &expected[0];
+    assert_eq!(
+        row["impressions"],
+        json!([{"product_id": "p1", "position": 1}])
+    );
     assert_eq!(row["search_id"], want["search_id"]);
     assert_eq!(row["query"], "milk");
     assert_eq!(row["user_id"], "u1");

@@ -56,7 +56,10 @@ async fn feedback_counts_on_the_search_and_on_the_days_product_and_supplier_keys
     assert_eq!(first["product_id"], "p1");
     assert_eq!(first["position"], 1);
     let second: Value = serde_json::from_str(&feedback[1]).unwrap();
-    assert_eq!(second["position"], Value::Null);
+    assert_eq!(
+        second["position"], 1,
+        "no position sent: the product's impression gives it"
+    );
     let date = &first["timestamp"].as_str().unwrap()[..10];
     assert_eq!(
         zscore(&redis, &format!("products:clicked:{date}"), "p1").await,

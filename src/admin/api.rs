@@ -279,9 +279,12 @@ async fn record_feedback(proxy: &Proxy, body: Bytes) -> Result<AdminResponse, Ap
     let fb = Feedback::from_json(&fields::object(&body)?)?;
     let layout = Layout::new(&proxy.config);
     match feedback::record(redis(proxy)?, &layout, &fb, crate::time::now_ms()).await {
-        Ok(()) => Ok(accepted(
-            json!({"search_id": fb.search_id, "event": fb.action.as_str()}),
-        )),
+        Ok(recorded) => Ok(accepted(json!({
+            "search_id": fb.search_id,
+            "event": fb.action.as_str(),
+            "position": recorded.position,
+            "impression_position": recorded.impression_position,
+        }))),
         Err(FeedbackError::UnknownSearch(id)) => Err(ApiError::NotFound(format!("no search {id}"))),
         Err(FeedbackError::Redis(e)) => Err(e.into()),
     }
@@ -375,7 +378,7 @@ async fn read_stats(
 ) -> Result<AdminResponse, ApiError> {
     let day = date_param(query, "date")?.unwrap_or_else(dates::today);
     let top = number_param(query, "top", 10, MAX_TOP)?;
-    let report = stats::read(redis(proxy)?, prefix(proxy), &dates::format(day), top).await?;
+    let report = stats::read(redis(proxy)?, prefix(proxy), day, top).await?;
     let body = serde_json::to_string(&report).unwrap_or_default();
     Ok(json(StatusCode::OK, body))
 }

@@ -1,26 +1,18 @@
 //! Export of logged searches as JSONL (SPEC section 1: `leafcache export`,
 //! and `GET /v1/export`), the training data of the ranking model.
 //!
-//! The export is pulled a page at a time: each day's `searches:daily:<date>`
-//! index is read [`PAGE`] ids at a time, and one pipelined round trip fetches
-//! the records of a page, their feedback lists, and the ids of the next page.
+//! The searches are read a page at a time by [`Pages`] (the reader the
+//! quality report shares); each page becomes one chunk of JSON lines.
 //! Memory stays flat however many records a range holds.
 
-use std::time::Duration;
-
-use bb8_redis::redis::{self, FromRedisValue};
-use tokio::time::Instant;
-
-use super::{dates, record};
+use super::pages::{PAGE as READ_PAGE, Pages};
 use crate::events::record::Record;
 use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
-use crate::redis::keys::{self, Prefix};
-use crate::redis::pool::Command;
+use crate::redis::keys::Prefix;
 
 /// Records per round trip.
-pub const PAGE: usize = 500;
-const DEADLINE: Duration = Duration::from_secs(30);
+pub const PAGE: usize = READ_PAGE;
 
 /// Which searches to export: the inclusive UTC days `from..=to` (day
 /// numbers), and, when `intents` is not empty, only searches with one of them.
@@ -44,125 +36,49 @@ pub struct Page {
 }
 
 pub struct Exporter {
-    redis: RedisPool,
-    prefix: Prefix,
-    range: ExportRange,
-    day: u64,
-    offset: usize,
-    /// The ids of the next page of `day`, fetched with the previous page.
-    next_ids: Option<Vec<String>>,
+    pages: Pages,
+    intents: Vec<String>,
 }
 
 impl Exporter {
     pub fn new(redis: RedisPool, prefix: Prefix, range: ExportRange) -> Exporter {
         Exporter {
-            redis,
-            prefix,
-            day: range.from,
-            range,
-            offset: 0,
-            next_ids: None,
+            pages: Pages::new(redis, prefix, range.from, range.to),
+            intents: range.intents,
         }
     }
 
     /// How many searches the range's daily indexes hold (before the intent
     /// filter), for a progress bar.
     pub async fn total(&self) -> Result<u64, RedisFailure> {
-        let mut pipe = redis::pipe();
-        for day in self.range.from..=self.range.to {
-            pipe.cmd("ZCARD")
-                .arg(keys::searches_daily(&self.prefix, &dates::format(day)));
-        }
-        let counts: Vec<u64> = self
-            .redis
-            .query(Command::Pipe(&pipe), Instant::now() + DEADLINE)
-            .await?;
-        Ok(counts.iter().sum())
-    }
-
-    fn page_of_ids(&self, pipe: &mut redis::Pipeline, offset: usize) {
-        let key = keys::searches_daily(&self.prefix, &dates::format(self.day));
-        pipe.cmd("ZRANGE")
-            .arg(key)
-            .arg(offset)
-            .arg(offset + PAGE - 1);
+        self.pages.total().await
     }
 
     /// The next page, `None` once the range is done.
     pub async fn next_page(&mut self) -> Result<Option<Page>, RedisFailure> {
-        loop {
-            if self.day > self.range.to {
-                return Ok(None);
+        let Some(read) = self.pages.next_page().await? else {
+            return Ok(None);
+        };
+        let mut page = Page {
+            day: read.day,
+            jsonl: Vec::with_capacity(read.searches.len() * 512),
+            records: 0,
+            scanned: read.scanned,
+        };
+        for logged in read.searches {
+            if self.wanted(&logged.record) {
+                logged.record.write_line(&logged.feedback, &mut page.jsonl);
+                page.records += 1;
             }
-            let ids = match self.next_ids.take() {
-                Some(ids) => ids,
-                None => {
-                    let mut pipe = redis::pipe();
-                    self.page_of_ids(&mut pipe, self.offset);
-                    let (ids,): (Vec<String>,) = self
-                        .redis
-                        .query(Command::Pipe(&pipe), Instant::now() + DEADLINE)
-                        .await?;
-                    ids
-                }
-            };
-            if ids.is_empty() {
-                self.day += 1;
-                self.offset = 0;
-                continue;
-            }
-            self.offset += ids.len();
-            let more = ids.len() == PAGE;
-            let deadline = Instant::now() + DEADLINE;
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            record::queue_reads(&mut pipe, &self.prefix, &ids);
-            if more {
-                self.page_of_ids(&mut pipe, self.offset);
-            }
-            let values: Vec<redis::Value> =
-                self.redis.query(Command::Pipe(&pipe), deadline).await?;
-            let mut values = values.into_iter();
-            let found =
-                record::take_records(&self.redis, &self.prefix, &ids, &mut values, deadline)
-                    .await?;
-            let mut page = Page {
-                day: self.day,
-                jsonl: Vec::with_capacity(ids.len() * 512),
-                records: 0,
-                scanned: ids.len(),
-            };
-            // `None`: an id whose record expired before its index entry.
-            for logged in found.into_iter().flatten() {
-                if self.wanted(&logged.record) {
-                    logged.record.write_line(&logged.feedback, &mut page.jsonl);
-                    page.records += 1;
-                }
-            }
-            self.next_ids = Some(if more {
-                match values.next() {
-                    Some(redis::Value::ServerError(e)) => {
-                        return Err(RedisFailure::Redis(e.into()));
-                    }
-                    v => take(v)?,
-                }
-            } else {
-                Vec::new()
-            });
-            return Ok(Some(page));
         }
+        Ok(Some(page))
     }
 
     fn wanted(&self, record: &Record) -> bool {
-        self.range.intents.is_empty()
+        self.intents.is_empty()
             || record
                 .get("intent")
                 .as_str()
-                .is_some_and(|i| self.range.intents.iter().any(|w| w == i))
+                .is_some_and(|i| self.intents.iter().any(|w| w == i))
     }
-}
-
-fn take<T: FromRedisValue>(value: Option<redis::Value>) -> Result<T, RedisFailure> {
-    let value = value.unwrap_or(redis::Value::Nil);
-    redis::from_redis_value(value).map_err(|e| RedisFailure::Redis(e.into()))
 }

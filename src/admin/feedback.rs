@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use bb8_redis::redis;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::fields::{self, BadField};
 use super::record::{self, SearchId};
+use crate::events::record::FeedbackEntry;
 use crate::events::write::Layout;
 use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
@@ -27,7 +27,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn parse(text: &str) -> Option<Action> {
+    pub fn parse(text: &str) -> Option<Action> {
         match text {
             "click" => Some(Action::Click),
             "add_to_order" => Some(Action::AddToOrder),
@@ -61,7 +61,9 @@ pub struct Feedback {
     pub search_id: String,
     pub action: Action,
     pub product_id: String,
-    /// The result's position as the application counts it; never negative.
+    /// The result's position as the application counts it (from 1, as
+    /// the search's impressions do); never negative. When absent, the
+    /// product's impression gives it ([`record`]).
     pub position: Option<u32>,
 }
 
@@ -92,22 +94,29 @@ pub enum FeedbackError {
     Redis(#[from] RedisFailure),
 }
 
-/// The compact entry of `search:<id>:feedback`.
-#[derive(Serialize)]
-struct Entry<'a> {
-    event: &'a str,
-    product_id: &'a str,
-    position: Option<u32>,
-    timestamp: &'a str,
+/// What was recorded of a feedback event: its position, checked against
+/// the search's impressions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// The position stored: as sent, or the impression's when none was.
+    pub position: Option<u64>,
+    /// The product's 1-based place in the search's results (`product_ids`),
+    /// `None` when the search did not show it. When the application sent a
+    /// position that differs, its own is kept (it knows what it drew: a
+    /// banner without a product id, or a repeated product, is a place on
+    /// its page but not in `product_ids`), and the answer shows both.
+    pub impression_position: Option<u64>,
 }
 
-/// Records one feedback event at `now_ms`, in one MULTI/EXEC.
+/// Records one feedback event at `now_ms`, in one MULTI/EXEC. A missing
+/// position is taken from the search's impressions when the product is
+/// among them.
 pub async fn record(
     redis: &RedisPool,
     layout: &Layout,
     fb: &Feedback,
     now_ms: u64,
-) -> Result<(), FeedbackError> {
+) -> Result<Recorded, FeedbackError> {
     let p = &layout.prefix;
     let ttl = layout.retention_secs;
     let record_ttl = layout.record_retention_secs;
@@ -125,15 +134,18 @@ pub async fn record(
         .and_then(Value::as_str)
         .map(str::to_owned);
 
+    let impression_position = logged.record.impression_position(&fb.product_id);
+    let position = fb.position.map(u64::from).or(impression_position);
+
     let timestamp = crate::time::rfc3339_ms(now_ms);
-    let date = &timestamp[..10];
-    let entry = serde_json::to_string(&Entry {
-        event: fb.action.as_str(),
-        product_id: &fb.product_id,
-        position: fb.position,
-        timestamp: &timestamp,
-    })
-    .unwrap_or_default();
+    let date = timestamp[..10].to_owned();
+    let entry = FeedbackEntry {
+        event: fb.action.as_str().to_owned(),
+        product_id: fb.product_id.clone(),
+        position,
+        timestamp,
+    }
+    .to_json();
 
     // The record's counts are counted from the list when it is read. The
     // list lives as long as the record it belongs to: feedback refreshes
@@ -144,7 +156,7 @@ pub async fn record(
     let list = id.feedback_key(p);
     tx.cmd("RPUSH").arg(&list).arg(entry).ignore();
     tx.cmd("EXPIRE").arg(&list).arg(record_ttl).ignore();
-    let products = keys::products_feedback(p, fb.action.products_word(), date);
+    let products = keys::products_feedback(p, fb.action.products_word(), &date);
     tx.cmd("ZINCRBY")
         .arg(&products)
         .arg(1)
@@ -152,7 +164,7 @@ pub async fn record(
         .ignore();
     tx.cmd("EXPIRE").arg(&products).arg(ttl).ignore();
     if let (Action::Click, Some(supplier)) = (fb.action, supplier) {
-        let clicks = keys::supplier_clicks(p, &supplier, date);
+        let clicks = keys::supplier_clicks(p, &supplier, &date);
         tx.cmd("ZINCRBY")
             .arg(&clicks)
             .arg(1)
@@ -161,7 +173,10 @@ pub async fn record(
         tx.cmd("EXPIRE").arg(&clicks).arg(ttl).ignore();
     }
     redis.query::<()>(Command::Pipe(&tx), deadline).await?;
-    Ok(())
+    Ok(Recorded {
+        position,
+        impression_position,
+    })
 }
 
 #[cfg(test)]

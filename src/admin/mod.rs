@@ -7,6 +7,10 @@
 //! - [`record`]: what a search id is, and a logged search's record.
 //! - [`history`], [`stats`], [`export`], [`purge`]: reading and purging what
 //!   was collected; shared with the batch commands (`leafcache export`, `history`, `stats`).
+//! - [`pages`]: every logged search of a range of days, a page at a time
+//!   (the export and the quality report read through it).
+//! - [`quality`]: the search quality metrics of a day, computed from small
+//!   facts of each search (pure; no Redis).
 //! - [`fields`], [`dates`]: request fields and UTC dates.
 
 use std::convert::Infallible;
@@ -33,7 +37,9 @@ pub mod feedback;
 pub mod fields;
 pub mod history;
 pub mod manual;
+pub mod pages;
 pub mod purge;
+pub mod quality;
 pub mod record;
 pub mod stats;
 

@@ -1,5 +1,7 @@
 //! The daily statistics report (SPEC section 1: `leafcache stats`, and
-//! `GET /v1/stats`), read from the analytics counters of one day.
+//! `GET /v1/stats`), read from the analytics counters of one day, and its
+//! search quality part (SPEC section 9), computed by [`super::quality`]
+//! from the day's records, read a page at a time by [`super::pages`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -8,6 +10,9 @@ use bb8_redis::redis;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::dates;
+use super::pages::Pages;
+use super::quality::{Quality, Search, Tally};
 use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
 use crate::redis::keys::{self, Prefix};
@@ -26,6 +31,9 @@ pub struct Stats {
     pub top_queries: Vec<QueryCount>,
     pub zero_result_queries: Vec<QueryCount>,
     pub cache: CacheCounts,
+    /// Click-through, conversion, reformulation: how the searches served
+    /// their users (the definitions are [`super::quality`]'s).
+    pub quality: Quality,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,14 +88,16 @@ type Counts = (
     HashMap<String, i64>,
 );
 
-/// Reads the report of `date` (`YYYY-MM-DD`) in one round trip; `top` caps
-/// the three lists.
+/// Reads the report of `day` (a day number, [`dates`]); `top` caps the
+/// lists. The counters take one round trip; the quality part reads every
+/// record of the day, a page at a time (about as fast as the export).
 pub async fn read(
     redis: &RedisPool,
     prefix: &Prefix,
-    date: &str,
+    day: u64,
     top: usize,
 ) -> Result<Stats, RedisFailure> {
+    let date = &dates::format(day);
     let stop = top.max(1) as i64 - 1;
     let mut pipe = redis::pipe();
     pipe.cmd("HGETALL").arg(keys::searches_hourly(prefix, date));
@@ -128,6 +138,7 @@ pub async fn read(
             .map(|(query, count)| QueryCount { query, count })
             .collect()
     };
+    let quality = quality(redis, prefix, day, top).await?;
     Ok(Stats {
         date: date.to_owned(),
         total_searches: hourly.values().sum(),
@@ -140,7 +151,26 @@ pub async fn read(
         top_queries: queries_of(queries),
         zero_result_queries: queries_of(zero),
         cache: CacheCounts::new(&cache),
+        quality,
     })
+}
+
+/// The quality report of `day`, from its records: only each search's facts
+/// are kept, one page of records at a time.
+async fn quality(
+    redis: &RedisPool,
+    prefix: &Prefix,
+    day: u64,
+    top: usize,
+) -> Result<Quality, RedisFailure> {
+    let mut pages = Pages::new(redis.clone(), prefix.clone(), day, day);
+    let mut tally = Tally::new();
+    while let Some(page) = pages.next_page().await? {
+        for logged in &page.searches {
+            tally.add(&Search::of(&logged.record, &logged.feedback));
+        }
+    }
+    Ok(tally.finish(top))
 }
 
 #[cfg(test)]

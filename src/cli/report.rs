@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::{Failure, date_arg, redis, redis_name, runtime, table};
+use crate::admin::quality::Quality;
 use crate::admin::stats::Stats;
 use crate::admin::{dates, history, stats};
 use crate::config::Config;
@@ -90,12 +91,7 @@ pub fn stats(config: &Config, args: StatsArgs) -> Result<(), Failure> {
     let rt = runtime()?;
     let pool = redis(&rt, config)?;
     let report = rt
-        .block_on(stats::read(
-            &pool,
-            &config.redis.key_prefix,
-            &dates::format(day),
-            args.top,
-        ))
+        .block_on(stats::read(&pool, &config.redis.key_prefix, day, args.top))
         .with_context(|| format!("cannot read from redis at {}", redis_name(config)))?;
     if args.json {
         println!(
@@ -176,5 +172,38 @@ fn render_stats(s: &Stats) -> String {
             .map(|q| vec![q.query.clone(), q.count.to_string()])
             .collect(),
     );
+    render_quality(&mut out, &s.quality);
+    section(
+        &mut out,
+        "queries with results and no clicks",
+        &["QUERY", "SEARCHES"],
+        s.quality
+            .top_queries_without_clicks
+            .iter()
+            .map(|q| vec![q.query.clone(), q.count.to_string()])
+            .collect(),
+    );
     out
+}
+
+/// The quality figures, `-` where the denominator is 0.
+fn render_quality(out: &mut String, q: &Quality) {
+    let percent = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+    let number = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.3}"));
+    out.push_str(&format!(
+        "\nsearch quality  ({} searches read, {} with results, {} in sessions)\n",
+        q.searches, q.searches_with_results, q.searches_with_session
+    ));
+    for (name, value) in [
+        ("click-through rate", percent(q.click_through_rate)),
+        ("no-click rate", percent(q.no_click_rate)),
+        ("zero-result rate", percent(q.zero_result_rate)),
+        ("mean click position", number(q.mean_click_position)),
+        ("mean reciprocal rank", number(q.mean_reciprocal_rank)),
+        ("add-to-order rate", percent(q.add_to_order_rate)),
+        ("purchase rate", percent(q.purchase_rate)),
+        ("reformulation rate", percent(q.reformulation_rate)),
+    ] {
+        out.push_str(&format!("  {name:<22}{value:>8}\n"));
+    }
 }

@@ -37,10 +37,17 @@
 //! Readers get a [`Record`] and turn it into the export's JSON object
 //! ([`Record::write_line`]): `GET /v1/searches/<id>` and `export` answer the
 //! same fields, in the same order, whichever way the record was stored.
+//!
+//! The line ends with what ranking tools read: `impressions`, the search's
+//! `product_ids` with their 1-based positions in result order, and `ubi`,
+//! the search and its feedback in the shape of OpenSearch User Behavior
+//! Insights (a `ubi_queries` document and `ubi_events` documents; README,
+//! "Search quality", gives the mapping).
 
 use std::collections::HashMap;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::{Deserialize, Serialize as DeriveSerialize};
 use serde_json::{Number, Value};
 
 use crate::answer::facts::write_json_str;
@@ -171,6 +178,37 @@ const COUNTS: [(&str, &str); 3] = [
     ("purchases", "purchase"),
 ];
 
+/// One entry of `search:<id>:feedback` (SPEC section 4), as
+/// `POST /v1/feedback` writes it and the quality report reads it.
+#[derive(Clone, Debug, PartialEq, DeriveSerialize, Deserialize)]
+pub struct FeedbackEntry {
+    /// `click`, `add_to_order` or `purchase`.
+    pub event: String,
+    pub product_id: String,
+    /// The result's position: as the application sent it, or, when it sent
+    /// none, the product's place among the search's impressions (1-based);
+    /// null when neither is known.
+    pub position: Option<u64>,
+    /// RFC 3339, milliseconds, UTC.
+    pub timestamp: String,
+}
+
+impl FeedbackEntry {
+    /// The entry as stored; `None` for an entry something else wrote.
+    pub fn parse(raw: &[u8]) -> Option<FeedbackEntry> {
+        serde_json::from_slice(raw).ok()
+    }
+
+    /// The compact JSON stored in the feedback list.
+    pub fn to_json(&self) -> String {
+        // A struct of strings and integers always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The field name UBI's `object_id_field` gives for our result ids.
+const OBJECT_ID_FIELD: &str = "product_id";
+
 /// Why a stored record could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("search record {id} is not a record leafcache wrote: {reason}")]
@@ -293,6 +331,40 @@ impl Record {
             .unwrap_or(&Value::Null)
     }
 
+    /// The search's results as logged (`product_ids`): distinct product
+    /// ids, in result order.
+    pub fn product_ids(&self) -> impl Iterator<Item = &str> {
+        self.get("product_ids")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    }
+
+    /// Where the search showed `product_id`: its 1-based place in
+    /// `product_ids` (its impression), `None` when it did not show it.
+    pub fn impression_position(&self, product_id: &str) -> Option<u64> {
+        self.product_ids()
+            .position(|p| p == product_id)
+            .map(|i| i as u64 + 1)
+    }
+
+    /// The position a feedback event on `product_id` counts at (UBI's
+    /// ordinal, the quality report's click position): the recorded one
+    /// when it is a position (positions count from 1), else the product's
+    /// impression; `None` when neither is known.
+    pub fn feedback_position(&self, recorded: Option<u64>, product_id: &str) -> Option<u64> {
+        recorded
+            .filter(|p| *p >= 1)
+            .or_else(|| self.impression_position(product_id))
+    }
+
+    /// The epoch milliseconds of the search, `None` when the record's
+    /// timestamp does not read as RFC 3339 (a hash record's odd value).
+    pub fn timestamp_ms(&self) -> Option<u64> {
+        millis_of(self.get("timestamp").as_str()?)
+    }
+
     /// Appends the export's JSON line for this record with its feedback
     /// list (`search:<id>:feedback`, oldest first), `\n`-terminated.
     pub fn write_line(&self, feedback: &[Vec<u8>], out: &mut Vec<u8>) {
@@ -319,6 +391,12 @@ fn float(v: Value) -> Value {
             .map_or(Value::Null, Value::Number),
         _ => Value::Null,
     }
+}
+
+/// An RFC 3339 time as epoch milliseconds.
+pub fn millis_of(rfc3339: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339(rfc3339).ok()?;
+    u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
 fn text(raw: &[u8]) -> String {
@@ -353,7 +431,8 @@ fn value_of(kind: Kind, raw: Option<&[u8]>) -> Value {
 }
 
 /// One export line: the record's fields in a stable order, the feedback
-/// counts, any field the layout does not name as text, then `feedback`.
+/// counts, any field the layout does not name as text, `feedback`, then
+/// `impressions` and `ubi`.
 struct Line<'a> {
     record: &'a Record,
     feedback: &'a [Vec<u8>],
@@ -383,8 +462,131 @@ impl Serialize for Line<'_> {
             }
         }
         map.serialize_entry("feedback", &feedback)?;
+        let r = self.record;
+        let impressions: Vec<Impression<'_>> = r
+            .product_ids()
+            .enumerate()
+            .map(|(i, product_id)| Impression {
+                product_id,
+                position: i as u64 + 1,
+            })
+            .collect();
+        map.serialize_entry("impressions", &impressions)?;
+        let events: Vec<UbiEvent<'_>> = feedback
+            .iter()
+            .filter(|f| f.is_object())
+            .map(|f| {
+                let product_id = f.get("product_id").unwrap_or(&Value::Null);
+                let recorded = f.get("position").and_then(Value::as_u64);
+                let ordinal = r.feedback_position(recorded, product_id.as_str().unwrap_or(""));
+                UbiEvent {
+                    application: r.get("route"),
+                    action_name: f.get("event").unwrap_or(&Value::Null),
+                    query_id: r.get("search_id"),
+                    client_id: r.get("user_id"),
+                    session_id: r.get("session_id"),
+                    user_query: r.get("query"),
+                    timestamp: f.get("timestamp").unwrap_or(&Value::Null),
+                    event_attributes: EventAttributes {
+                        object: UbiObject {
+                            object_id: product_id,
+                            object_id_field: OBJECT_ID_FIELD,
+                        },
+                        position: ordinal.map(|ordinal| Ordinal { ordinal }),
+                    },
+                }
+            })
+            .collect();
+        let query = UbiQuery {
+            application: r.get("route"),
+            query_id: r.get("search_id"),
+            client_id: r.get("user_id"),
+            user_query: r.get("query"),
+            timestamp: r.get("timestamp"),
+            object_id_field: OBJECT_ID_FIELD,
+            query_response_id: r.get("search_id"),
+            query_response_hit_ids: r.get("product_ids"),
+            query_attributes: QueryAttributes {
+                session_id: r.get("session_id"),
+                query_normalized: r.get("query_normalized"),
+                intent: r.get("intent"),
+                results_count: r.get("results_count"),
+            },
+        };
+        map.serialize_entry("ubi", &Ubi { query, events })?;
         map.end()
     }
+}
+
+/// A result the search showed, at its 1-based place in result order.
+#[derive(DeriveSerialize)]
+struct Impression<'a> {
+    product_id: &'a str,
+    position: u64,
+}
+
+/// The search and its feedback as OpenSearch UBI documents: `query` is a
+/// `ubi_queries` document, each of `events` a `ubi_events` one.
+#[derive(DeriveSerialize)]
+struct Ubi<'a> {
+    query: UbiQuery<'a>,
+    events: Vec<UbiEvent<'a>>,
+}
+
+#[derive(DeriveSerialize)]
+struct UbiQuery<'a> {
+    /// The route: which search the application ran.
+    application: &'a Value,
+    /// The search id, as `X-Search-Id` gave it to the application.
+    query_id: &'a Value,
+    client_id: &'a Value,
+    user_query: &'a Value,
+    timestamp: &'a Value,
+    object_id_field: &'static str,
+    /// One answer per search: its id again.
+    query_response_id: &'a Value,
+    query_response_hit_ids: &'a Value,
+    query_attributes: QueryAttributes<'a>,
+}
+
+#[derive(DeriveSerialize)]
+struct QueryAttributes<'a> {
+    session_id: &'a Value,
+    query_normalized: &'a Value,
+    intent: &'a Value,
+    results_count: &'a Value,
+}
+
+#[derive(DeriveSerialize)]
+struct UbiEvent<'a> {
+    application: &'a Value,
+    /// The feedback's `event`: click, add_to_order or purchase.
+    action_name: &'a Value,
+    query_id: &'a Value,
+    client_id: &'a Value,
+    session_id: &'a Value,
+    user_query: &'a Value,
+    timestamp: &'a Value,
+    event_attributes: EventAttributes<'a>,
+}
+
+#[derive(DeriveSerialize)]
+struct EventAttributes<'a> {
+    object: UbiObject<'a>,
+    /// Left out when the position is not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<Ordinal>,
+}
+
+#[derive(DeriveSerialize)]
+struct UbiObject<'a> {
+    object_id: &'a Value,
+    object_id_field: &'static str,
+}
+
+#[derive(DeriveSerialize)]
+struct Ordinal {
+    ordinal: u64,
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@
 //! | product_ids, supplier_ids | list\<string\> |
 //! | product_suppliers | map\<string, string\> (product id → supplier id) |
 //! | feedback | list\<struct\<event: string, product_id: string, position: int64, timestamp: timestamp (ms, UTC)\>\> |
+//! | impressions | list\<struct\<product_id: string, position: int64\>\> (1-based, in result order) |
+//!
+//! The JSONL's `ubi` object is left out: it restates these columns in
+//! UBI's names, and a table reader joins them as it likes.
 //!
 //! The schema is fixed: fields the layout does not name (an application's
 //! extra fields, which JSONL carries as text) are left out, and a value of
@@ -70,6 +74,7 @@ pub fn schema() -> SchemaRef {
         int("position"),
         Field::new("timestamp", timestamp(), true),
     ]));
+    let impression = DataType::Struct(Fields::from(vec![text("product_id"), int("position")]));
     Arc::new(Schema::new(vec![
         text("search_id"),
         Field::new("timestamp", timestamp(), true),
@@ -96,6 +101,7 @@ pub fn schema() -> SchemaRef {
         int("orders"),
         int("purchases"),
         Field::new("feedback", list_of(feedback), true),
+        Field::new("impressions", list_of(impression), true),
     ]))
 }
 
@@ -123,6 +129,13 @@ struct Row<'a> {
     orders: Option<i64>,
     purchases: Option<i64>,
     feedback: Option<Vec<Feedback<'a>>>,
+    impressions: Option<Vec<Impression<'a>>>,
+}
+
+#[derive(Serialize)]
+struct Impression<'a> {
+    product_id: Option<&'a str>,
+    position: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +184,16 @@ impl<'a> Row<'a> {
                 })
                 .collect()
         });
+        let impressions = field("impressions").and_then(Value::as_array).map(|shown| {
+            shown
+                .iter()
+                .filter(|i| i.is_object())
+                .map(|i| Impression {
+                    product_id: i.get("product_id").and_then(Value::as_str),
+                    position: i.get("position").and_then(integer),
+                })
+                .collect()
+        });
         Row {
             search_id: text("search_id"),
             timestamp: field("timestamp").and_then(millis),
@@ -195,6 +218,7 @@ impl<'a> Row<'a> {
             orders: int("orders"),
             purchases: int("purchases"),
             feedback,
+            impressions,
         }
     }
 }
@@ -270,7 +294,7 @@ mod tests {
     use bytes::Bytes;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    const LINE: &str = r#"{"search_id":"s1","timestamp":"2025-11-25T01:00:00.250Z","user_id":"u1","user_uuid":null,"session_id":null,"query":"milk","query_normalized":"milk","intent":"product_search","confidence":0.75,"results_count":2,"product_ids":["p1","p2"],"supplier_ids":["s1","s2"],"product_suppliers":{"p1":"s1","p2":"s2"},"response_time_ms":12.5,"cache":"miss","status":200,"route":"search","clicks":1,"orders":0,"purchases":0,"app":"x","feedback":[{"event":"click","product_id":"p2","position":2,"timestamp":"2025-11-25T01:00:05.000Z"}]}"#;
+    const LINE: &str = r#"{"search_id":"s1","timestamp":"2025-11-25T01:00:00.250Z","user_id":"u1","user_uuid":null,"session_id":null,"query":"milk","query_normalized":"milk","intent":"product_search","confidence":0.75,"results_count":2,"product_ids":["p1","p2"],"supplier_ids":["s1","s2"],"product_suppliers":{"p1":"s1","p2":"s2"},"response_time_ms":12.5,"cache":"miss","status":200,"route":"search","clicks":1,"orders":0,"purchases":0,"app":"x","feedback":[{"event":"click","product_id":"p2","position":2,"timestamp":"2025-11-25T01:00:05.000Z"}],"impressions":[{"product_id":"p1","position":1},{"product_id":"p2","position":2}]}"#;
 
     fn read(file: Vec<u8>) -> Vec<arrow_array::RecordBatch> {
         ParquetRecordBatchReaderBuilder::try_new(Bytes::from(file))
@@ -319,6 +343,14 @@ mod tests {
             2
         );
         assert_eq!(feedback.value(1).len(), 0);
+        let impressions = batch.column_by_name("impressions").unwrap();
+        let impressions = impressions.as_any().downcast_ref::<ListArray>().unwrap();
+        let shown = impressions.value(0);
+        let shown = shown.as_any().downcast_ref::<StructArray>().unwrap();
+        let positions = shown.column_by_name("position").unwrap();
+        let positions = positions.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(positions.values(), &[1, 2]);
+        assert!(impressions.is_null(1), "a line without impressions");
         assert!(batch.column_by_name("app").is_none());
     }
 

@@ -233,7 +233,8 @@ pub fn patterned_bytes(len: usize) -> Bytes {
 /// The fields of a search record (`search:<id>`, a string of compact JSON)
 /// as text, the way a hash of them would read: strings as they are,
 /// numbers and lists as JSON, absent values and feedback counts of 0 left
-/// out. `key` names the record; `feedback` is its feedback list.
+/// out, and so are the export's derived `impressions` and `ubi`. `key`
+/// names the record; `feedback` is its feedback list.
 pub fn record_fields(
     key: &str,
     stored: &[u8],
@@ -254,7 +255,9 @@ pub fn record_fields(
         .iter()
         .filter(|(k, v)| {
             !v.is_null()
-                && k.as_str() != "feedback"
+                // The feedback list, and what the export derives from the
+                // record (impressions, UBI), are not fields of the record.
+                && !matches!(k.as_str(), "feedback" | "impressions" | "ubi")
                 && !(matches!(k.as_str(), "clicks" | "orders" | "purchases") && **v == 0)
         })
         .map(|(k, v)| {

@@ -46,6 +46,26 @@ fn read_back(ev: &SearchEvent, feedback: &[&str]) -> Value {
     serde_json::from_slice(&out).expect("a JSON line")
 }
 
+/// A UBI event of the export line of `ev`, as `ubi_events` has it.
+fn ubi_event(ev: &SearchEvent, action: &str, product: &str, ordinal: Option<u64>) -> Value {
+    let mut event = json!({
+        "application": "search",
+        "action_name": action,
+        "query_id": ev.search_id.to_string(),
+        "client_id": "u1",
+        "session_id": "s\"1",
+        "user_query": "Milk 2%",
+        "timestamp": "t",
+        "event_attributes": {
+            "object": {"object_id": product, "object_id_field": "product_id"},
+        },
+    });
+    if let Some(ordinal) = ordinal {
+        event["event_attributes"]["position"] = json!({"ordinal": ordinal});
+    }
+    event
+}
+
 #[test]
 fn a_stored_record_reads_back_as_every_field_of_the_export() {
     let ev = event(&[
@@ -92,6 +112,35 @@ fn a_stored_record_reads_back_as_every_field_of_the_export() {
                 {"event": "click", "product_id": "p3", "position": 3, "timestamp": "t"},
                 {"event": "purchase", "product_id": "p3", "position": null, "timestamp": "t"},
             ],
+            "impressions": [
+                {"product_id": "p1", "position": 1},
+                {"product_id": "p2", "position": 2},
+                {"product_id": "p3", "position": 3},
+            ],
+            "ubi": {
+                "query": {
+                    "application": "search",
+                    "query_id": ev.search_id.to_string(),
+                    "client_id": "u1",
+                    "user_query": "Milk 2%",
+                    "timestamp": "2025-11-25T21:27:36.927Z",
+                    "object_id_field": "product_id",
+                    "query_response_id": ev.search_id.to_string(),
+                    "query_response_hit_ids": ["p1", "p2", "p3"],
+                    "query_attributes": {
+                        "session_id": "s\"1",
+                        "query_normalized": "milk 2%",
+                        "intent": "product_search",
+                        "results_count": 7,
+                    },
+                },
+                "events": [
+                    ubi_event(&ev, "click", "p1", Some(1)),
+                    ubi_event(&ev, "click", "p3", Some(3)),
+                    // No position recorded: the impression's.
+                    ubi_event(&ev, "purchase", "p3", Some(3)),
+                ],
+            },
         })
     );
     let record = Record::from_compact("id", record_json(&ev).as_bytes()).unwrap();
@@ -104,7 +153,7 @@ fn a_stored_record_reads_back_as_every_field_of_the_export() {
     );
     assert!(
         text.contains(
-            "\"route\":\"search\",\"clicks\":0,\"orders\":0,\"purchases\":0,\"feedback\":[]}"
+            "\"route\":\"search\",\"clicks\":0,\"orders\":0,\"purchases\":0,\"feedback\":[],\"impressions\":[{"
         ),
         "{text}"
     );
@@ -311,4 +360,28 @@ proptest! {
         prop_assert_eq!(&line["route"], &json!(route));
         prop_assert_eq!(&line["cache"], &json!("stale"));
     }
+}
+
+#[test]
+fn a_ubi_event_has_no_position_when_neither_the_application_nor_the_impressions_give_one() {
+    let ev = event(&[("p1", None)]);
+    let line = read_back(
+        &ev,
+        &[
+            r#"{"event":"click","product_id":"elsewhere","position":null,"timestamp":"t"}"#,
+            r#"{"event":"click","product_id":"p1","position":0,"timestamp":"t"}"#,
+        ],
+    );
+    let events = &line["ubi"]["events"];
+    assert_eq!(events[0], ubi_event(&ev, "click", "elsewhere", None));
+    // 0 is not a position (they count from 1): the impression's.
+    assert_eq!(events[1], ubi_event(&ev, "click", "p1", Some(1)));
+    assert_eq!(
+        line["feedback"][1]["position"], 0,
+        "the feedback as recorded"
+    );
+    assert_eq!(
+        line["impressions"],
+        json!([{"product_id": "p1", "position": 1}])
+    );
 }
