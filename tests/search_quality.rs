@@ -92,6 +92,7 @@ async fn log_searches(redis: &Redis, searches: &[Scripted]) -> Vec<String> {
             queue_capacity: 1024,
             batch_max: 64,
             flush_interval: Duration::from_millis(5),
+            counter_flush: Duration::from_millis(100),
             redis: Some(cfg),
         },
         Some(pool),

@@ -253,12 +253,12 @@ pub fn record_fields(
     line.as_object()
         .expect("an object")
         .iter()
-        .filter(|(k, v)| {
-            !v.is_null()
-                // The feedback list, and what the export derives from the
-                // record (impressions, UBI), are not fields of the record.
-                && !matches!(k.as_str(), "feedback" | "impressions" | "ubi")
-                && !(matches!(k.as_str(), "clicks" | "orders" | "purchases") && **v == 0)
+        .filter(|(k, v)| match k.as_str() {
+            // The feedback list, and what the export derives from the
+            // record (impressions, UBI), are not fields of the record.
+            "feedback" | "impressions" | "ubi" => false,
+            "clicks" | "orders" | "purchases" => !v.is_null() && **v != 0,
+            _ => !v.is_null(),
         })
         .map(|(k, v)| {
             let text = match v {
