@@ -75,12 +75,21 @@ pub fn build(config: Arc<Config>) -> Result<Running, StartError> {
     }
     let cache = Cache::new(
         l1,
-        Some(redis),
+        Some(redis.clone()),
         config.cache.stale_if_error,
         config.cache.hit_for_pass,
     )
-    .tagging(&config.redis.key_prefix);
-    let proxy = Proxy::new(config, cache, Some(sink));
+    .tagging(&config.redis.key_prefix)
+    .jittered(config.cache.refresh_ahead > 0);
+    let proxy = Proxy::new(config.clone(), cache, Some(sink));
+    if let Some(refresh) = proxy.refresh_ahead() {
+        crate::proxy::refresh::spawn_popularity(
+            redis,
+            config.redis.key_prefix.clone(),
+            config.cache.refresh_ahead,
+            refresh.clone(),
+        );
+    }
     Ok(Running { proxy, writer })
 }
 

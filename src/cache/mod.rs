@@ -73,6 +73,9 @@ pub struct Cache {
     /// The key prefix of the tag indexes stores file answers under; `None`
     /// files nothing.
     tag_prefix: Option<String>,
+    /// Stored lifetimes shortened by up to 10% (refresh-ahead is on), so
+    /// that entries stored together do not expire together.
+    jitter: bool,
 }
 
 impl Cache {
@@ -100,6 +103,7 @@ impl Cache {
             coalescer: Arc::new(Coalescer::default()),
             stats,
             tag_prefix: None,
+            jitter: false,
         }
     }
 
@@ -107,6 +111,13 @@ impl Cache {
     /// products and suppliers (SPEC section 9), under `prefix`.
     pub fn tagging(mut self, prefix: &str) -> Cache {
         self.tag_prefix = Some(prefix.to_owned());
+        self
+    }
+
+    /// Shortens the freshness of every answer [`Cache::store`] keeps by up
+    /// to 10%, the same for one key within a process.
+    pub fn jittered(mut self, yes: bool) -> Cache {
+        self.jitter = yes;
         self
     }
 
@@ -187,8 +198,11 @@ impl Cache {
 
     /// Stores an answer in both tiers. Returns at once; Redis is written in
     /// the background.
-    pub fn store(&self, key: String, entry: Arc<Entry>) {
+    pub fn store(&self, key: String, mut entry: Arc<Entry>) {
         self.pass.invalidate(&key);
+        if self.jitter {
+            entry = Arc::new(jitter(&key, &entry));
+        }
         let ex = entry.fresh_for + self.stale_window;
         if let Some(redis) = &self.redis {
             let tags = self.tags_of(&entry);
@@ -348,5 +362,18 @@ impl PassMarks {
         if self.live_now().is_some() {
             self.marks.remove(key);
         }
+    }
+}
+
+/// `entry` with its freshness shortened by a pseudo-random 0-10%, the same
+/// for one key within a process (a hash of the key with the process's seed).
+fn jitter(key: &str, entry: &Entry) -> Entry {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    let permille = SEED.get_or_init(Default::default).hash_one(key) % 100;
+    let cut = entry.fresh_for.mul_f64(permille as f64 / 1000.0);
+    Entry {
+        fresh_for: entry.fresh_for.saturating_sub(cut),
+        ..entry.clone()
     }
 }

@@ -113,6 +113,11 @@ pub struct CacheConfig {
     pub cacheable_status: Vec<u16>,
     /// How long a key whose answer could not be stored skips coalescing.
     pub hit_for_pass: Duration,
+    /// Refetch the global entries of this many of the day's most popular
+    /// queries shortly before they expire (SPEC section 9); 0 is off.
+    pub refresh_ahead: usize,
+    /// At most this many refresh-ahead backend requests per second.
+    pub refresh_rate: f64,
 }
 
 /// Where each identity field is read from; the first source that yields a value wins.

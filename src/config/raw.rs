@@ -138,6 +138,8 @@ struct RawCache {
     stale_if_error: Dur,
     cacheable_status: Vec<Status>,
     hit_for_pass: Dur,
+    refresh_ahead: usize,
+    refresh_rate: f64,
 }
 
 impl Default for RawCache {
@@ -150,6 +152,8 @@ impl Default for RawCache {
             stale_if_error: secs(600),
             cacheable_status: vec![Status(200)],
             hit_for_pass: secs(120),
+            refresh_ahead: 0,
+            refresh_rate: 10.0,
         }
     }
 }
@@ -247,6 +251,15 @@ impl RawConfig {
             stale_if_error: c.stale_if_error.0,
             cacheable_status: c.cacheable_status.iter().map(|s| s.0).collect(),
             hit_for_pass: c.hit_for_pass.0,
+            refresh_ahead: c.refresh_ahead,
+            refresh_rate: if c.refresh_rate.is_finite() && c.refresh_rate > 0.0 {
+                c.refresh_rate
+            } else {
+                return Err(loc.error(
+                    &[K("cache"), K("refresh_rate")],
+                    "must be a number of requests per second above 0".to_string(),
+                ));
+            },
         };
         let unwrap = |v: Vec<SourceSpec>| v.into_iter().map(|s| s.0).collect();
         let identity = IdentityConfig {

@@ -53,6 +53,11 @@ impl SearchDraft {
         }
     }
 
+    /// The normalized query, as the log ranks it.
+    pub fn query_normalized(&self) -> &str {
+        &self.query_normalized
+    }
+
     /// The `X-Search-Id` header value.
     pub fn header(&self) -> HeaderValue {
         let mut buf = uuid::Uuid::encode_buffer();

@@ -63,6 +63,7 @@ impl Proxy {
             }
             let lookup = self.cache.lookup(&keys, deadline).await;
             if let Some(found) = lookup.fresh {
+                self.maybe_refresh(flow, &c, &found, client);
                 return self.hit(flow, &c, found);
             }
             stale = lookup.stale.or(stale);
@@ -95,6 +96,59 @@ impl Proxy {
         let status = respond::hit_status(&c.hash, ttl);
         let resp = respond::from_entry(&found.entry, Served::Hit, status);
         self.log_now(flow, resp, Served::Hit, found.entry.meta.clone())
+    }
+
+    /// Refresh-ahead: a hit on a popular global entry near its expiry
+    /// refetches it in the background (see [`super::refresh`]). Only
+    /// requests whose one key is the global one: the refetch coalesces on it.
+    fn maybe_refresh(&self, flow: &Flow<'_>, c: &Cacheable, found: &Found, client: SocketAddr) {
+        let Some(refresh) = &self.refresh else {
+            return;
+        };
+        if c.keys.len() != 1 || c.user_key_index.is_some() {
+            return;
+        }
+        let Some(draft) = flow.draft.as_ref().or(c.draft.as_ref()) else {
+            return;
+        };
+        if !refresh.due(&found.entry, now_ms(), draft.query_normalized()) {
+            return;
+        }
+        let Some(proxy) = self.this.upgrade() else {
+            return;
+        };
+        let Join::Leader(guard) = self.cache.coalescer.join(c.primary_key()) else {
+            return; // a request for this key is with the backend already
+        };
+        if !refresh.take_token() {
+            return; // the guard's drop lets the key go
+        }
+        let mut parts = c.parts.clone();
+        parts.headers.remove(http::header::CACHE_CONTROL);
+        let background = Cacheable {
+            parts,
+            body: c.body.clone(),
+            hash: c.hash,
+            keys: c.keys.clone(),
+            user_key_index: None,
+            refresh: false,
+            draft: None,
+            user_id: None,
+        };
+        let route_index = flow.route_index;
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let Some(route) = proxy.config.routes.get(route_index) else {
+                return;
+            };
+            let mut flow = Flow {
+                route,
+                route_index,
+                draft: None,
+            };
+            let (parts, body, miss) =
+                background.into_miss(None, None, Some(guard), MissDetail::default());
+            drop(proxy.fetch(&mut flow, parts, body, client, miss).await);
+        }));
     }
 
     /// Joins the backend request in flight for `key`, or leads one.

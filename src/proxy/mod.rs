@@ -29,6 +29,7 @@ pub mod log;
 mod lookup;
 mod miss;
 mod origin;
+pub mod refresh;
 mod request;
 pub mod respond;
 
@@ -63,8 +64,10 @@ pub struct Proxy {
     route_names: Vec<Arc<str>>,
     pub metrics: Arc<Metrics>,
     /// This proxy, for work that outlives a request (background
-    /// revalidation on origin routes).
+    /// revalidation on origin routes, refresh-ahead).
     this: Weak<Proxy>,
+    /// `[cache] refresh_ahead` above 0.
+    refresh: Option<Arc<refresh::RefreshAhead>>,
 }
 
 /// Where a routed request is in the flow: its route and its log entry.
@@ -97,6 +100,8 @@ impl Proxy {
             },
         ));
         let upstream = upstream.with_metrics(metrics.clone());
+        let refresh = (config.cache.refresh_ahead > 0)
+            .then(|| Arc::new(refresh::RefreshAhead::new(config.cache.refresh_rate)));
         Arc::new_cyclic(|this| Proxy {
             config,
             upstream,
@@ -105,7 +110,13 @@ impl Proxy {
             route_names,
             metrics,
             this: this.clone(),
+            refresh,
         })
+    }
+
+    /// Refresh-ahead's state, when it is on.
+    pub fn refresh_ahead(&self) -> Option<&Arc<refresh::RefreshAhead>> {
+        self.refresh.as_ref()
     }
 
     /// Answers one client request. Never fails: every error becomes a
