@@ -79,7 +79,9 @@ async fn export_writes_the_same_jsonl_as_the_api_to_a_file_gzipped_or_per_day() 
 #[tokio::test]
 async fn export_of_200k_records_stays_under_a_fixed_memory_bound() {
     const RECORDS: usize = 200_000;
-    const BOUND: u64 = 64 << 20;
+    // Lines carry impressions and UBI documents since issue 19 (64 MiB
+    // before; measured 64-73 MiB after).
+    const BOUND: u64 = 96 << 20;
     let redis = Redis::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = cli_config(dir.path(), &redis);
