@@ -405,17 +405,7 @@ async fn a_purge_through_one_proxy_turns_another_proxys_l1_hit_into_a_miss() {
     let a = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
     let b = Proxy::start(&ProxyConfig::search(), &backend, &redis).await;
     // Both proxies listen on the invalidation channel before the purge.
-    eventually("both proxies subscribed", || async {
-        let mut con = redis.conn().await;
-        let (_, n): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("leafcache:invalidate")
-            .query_async(&mut con)
-            .await
-            .ok()?;
-        (n >= 2).then_some(())
-    })
-    .await;
+    redis.wait_for_invalidation_subscribers(2).await;
     let milk = b.search(Some("u1"), json!({"query": "milk"}));
     let stored = milk.send().await;
     assert_miss_stored(&stored);

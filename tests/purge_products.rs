@@ -52,20 +52,6 @@ fn catalog(proxy: &Proxy, query: &str) -> Req {
         .json(&json!({ "query": query }))
 }
 
-async fn subscribed(redis: &Redis, proxies: i64) {
-    eventually("every proxy subscribed", || async {
-        let mut con = redis.conn().await;
-        let (_, n): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("leafcache:invalidate")
-            .query_async(&mut con)
-            .await
-            .ok()?;
-        (n >= proxies).then_some(())
-    })
-    .await;
-}
-
 /// Sends `req` (a miss that is stored) and waits for its entry in Redis.
 async fn stored(redis: &Redis, req: &Req, key: impl Fn(&str) -> String) -> String {
     let resp = req.send().await;
@@ -102,7 +88,7 @@ async fn purge_by_product_takes_exactly_the_answers_that_show_it_in_every_scope_
     let backend = Backend::start(catalogue(Arc::default())).await;
     let a = Proxy::start(&config(), &backend, &redis).await;
     let b = Proxy::start(&config(), &backend, &redis).await;
-    subscribed(&redis, 2).await;
+    redis.wait_for_invalidation_subscribers(2).await;
 
     let mut keys: HashMap<String, String> = HashMap::new();
     for q in ["milk", "bread", "pasta", "nothing"] {
@@ -251,7 +237,7 @@ async fn a_soft_purge_leaves_the_entries_stale_served_while_the_backend_fails() 
     let backend = Backend::start(catalogue(failing.clone())).await;
     let a = Proxy::start(&config(), &backend, &redis).await;
     let b = Proxy::start(&config(), &backend, &redis).await;
-    subscribed(&redis, 2).await;
+    redis.wait_for_invalidation_subscribers(2).await;
     let milk = catalog(&b, "milk");
     let key = stored(&redis, &milk, global_key).await;
     let pasta = catalog(&b, "pasta");
@@ -339,4 +325,35 @@ async fn tag_indexes_expire_with_their_entries() {
         (!redis.exists(&key).await && !redis.exists(index).await).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn every_purge_takes_soft_a_users_entries_are_marked_stale_and_others_kept() {
+    let redis = Redis::start().await;
+    let failing = Arc::new(AtomicBool::new(false));
+    let backend = Backend::start(catalogue(failing.clone())).await;
+    let proxy = Proxy::start(&config(), &backend, &redis).await;
+    redis.wait_for_invalidation_subscribers(1).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+    let key = stored(&redis, &milk, |h| user_key("u1", h)).await;
+    let other = proxy.search(Some("u2"), json!({"query": "milk"}));
+    stored(&redis, &other, |h| user_key("u2", h)).await;
+    assert_hit(&milk.send().await);
+
+    let soft = run(leafcache(
+        &proxy.config_path(),
+        &["purge", "--user", "u1", "--soft"],
+    ))
+    .await;
+    assert_eq!(soft.code, 0, "{soft:?}");
+    assert!(soft.stdout_text().contains("marked 1 "), "{soft:?}");
+    assert!(redis.exists(&key).await, "a soft purge keeps the entry");
+
+    failing.store(true, Ordering::SeqCst);
+    eventually(
+        "u1's answer served stale while the backend fails",
+        || async { (milk.send().await.x_cache() == Some("STALE")).then_some(()) },
+    )
+    .await;
+    assert_hit(&other.send().await);
 }

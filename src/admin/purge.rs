@@ -346,16 +346,24 @@ async fn purge_index(
             .filter(|m| seen.insert(m.clone()))
             .collect();
         if !members.is_empty() {
-            let shown = entries_showing(redis, &members, tagged).await?;
-            let (doomed, unlisted): (Vec<_>, Vec<_>) = members
-                .into_iter()
-                .zip(shown)
-                .partition(|(_, shows)| *shows);
-            let doomed: Vec<Vec<u8>> = doomed.into_iter().map(|(k, _)| k).collect();
-            let mut unlisted: Vec<Vec<u8>> = unlisted.into_iter().map(|(k, _)| k).collect();
-            apply(redis, soft, &doomed, outcome).await?;
-            if !soft {
-                unlisted.extend(doomed);
+            let values = stored(redis, &members).await?;
+            let mut doomed: Vec<(Vec<u8>, Bytes)> = Vec::new();
+            let mut unlisted: Vec<Vec<u8>> = Vec::new();
+            for (key, raw) in members.into_iter().zip(values) {
+                let shows = |raw: &Bytes| {
+                    envelope::decode(raw.clone()).is_ok_and(|entry| tagged.shown_by(&entry.meta))
+                };
+                match raw.filter(shows) {
+                    Some(raw) => doomed.push((key, raw)),
+                    None => unlisted.push(key),
+                }
+            }
+            if soft {
+                mark_stale(redis, &doomed, outcome).await?;
+            } else {
+                let keys: Vec<Vec<u8>> = doomed.into_iter().map(|(key, _)| key).collect();
+                outcome.removed += unlink(redis, &keys).await?;
+                unlisted.extend(keys);
             }
             if !unlisted.is_empty() {
                 let zrem = redis::cmd("ZREM").arg(index).arg(&unlisted).to_owned();
@@ -371,56 +379,54 @@ async fn purge_index(
     }
 }
 
-/// For each key, whether its stored answer shows what `tagged` names (false
-/// when it is gone or unreadable).
-async fn entries_showing(
-    redis: &RedisPool,
-    keys: &[Vec<u8>],
-    tagged: &Tagged,
-) -> Result<Vec<bool>, RedisFailure> {
-    let values = stored(redis, keys).await?;
-    Ok(values
-        .into_iter()
-        .map(|raw| {
-            raw.and_then(|raw| envelope::decode(Bytes::from(raw)).ok())
-                .is_some_and(|entry| tagged.shown_by(&entry.meta))
-        })
-        .collect())
-}
-
 /// The stored values of `keys`, one pipelined GET each (in a cluster the
 /// keys live in many slots).
-async fn stored(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, RedisFailure> {
+async fn stored(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, RedisFailure> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for key in keys {
         pipe.cmd("GET").arg(key);
     }
-    redis
+    let values: Vec<Option<Vec<u8>>> = redis
         .query(Command::Pipe(&pipe), Instant::now() + DEADLINE)
-        .await
+        .await?;
+    Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
 }
 
-/// Removes `keys`, or marks their entries stale: each is rewritten with no
-/// freshness left, keeping its expiry (`SET .. XX KEEPTTL`, so an entry
-/// that expired meanwhile is not brought back).
+/// Removes `keys`, or marks their entries stale.
 async fn apply(
     redis: &RedisPool,
     soft: bool,
     keys: &[Vec<u8>],
     outcome: &mut Outcome,
 ) -> Result<(), RedisFailure> {
-    if keys.is_empty() {
-        return Ok(());
-    }
     if !soft {
         outcome.removed += unlink(redis, keys).await?;
         return Ok(());
     }
     let values = stored(redis, keys).await?;
+    let found: Vec<(Vec<u8>, Bytes)> = keys
+        .iter()
+        .zip(values)
+        .filter_map(|(key, raw)| Some((key.clone(), raw?)))
+        .collect();
+    mark_stale(redis, &found, outcome).await
+}
+
+/// Rewrites each entry (key and the value just read) with no freshness
+/// left, keeping its expiry (`SET .. XX KEEPTTL`, so an entry that expired
+/// meanwhile is not brought back).
+async fn mark_stale(
+    redis: &RedisPool,
+    entries: &[(Vec<u8>, Bytes)],
+    outcome: &mut Outcome,
+) -> Result<(), RedisFailure> {
     let mut pipe = redis::pipe();
     let mut sets = 0;
-    for (key, raw) in keys.iter().zip(values) {
-        if let Some(stale) = raw.as_deref().and_then(envelope::marked_stale) {
+    for (key, raw) in entries {
+        if let Some(stale) = envelope::marked_stale(raw) {
             pipe.cmd("SET").arg(key).arg(stale).arg("XX").arg("KEEPTTL");
             sets += 1;
         }
@@ -436,6 +442,9 @@ async fn apply(
 
 /// One `UNLINK`; in a cluster redis-rs splits it by slot and sums the counts.
 async fn unlink(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<u64, RedisFailure> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
     let cmd = redis::cmd("UNLINK").arg(keys).to_owned();
     redis
         .query::<u64>(Command::Cmd(&cmd), Instant::now() + DEADLINE)

@@ -234,15 +234,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn meta(products: &[(&str, Option<&str>)]) -> SearchMeta {
-        SearchMeta {
-            products: products
-                .iter()
-                .map(|(p, s)| (p.to_string(), s.map(str::to_string)))
-                .collect(),
-            ..SearchMeta::default()
-        }
-    }
+    use crate::testing::meta_showing as meta;
 
     #[test]
     fn the_size_of_facts_to_come_is_predicted_and_then_counted() {

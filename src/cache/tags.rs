@@ -63,21 +63,12 @@ pub fn index_keys_of(meta: &SearchMeta, prefix: &str) -> Vec<String> {
     if meta.products.is_empty() {
         return Vec::new();
     }
-    let mut products: Vec<&str> = meta.products.iter().map(|(p, _)| p.as_str()).collect();
-    let mut suppliers: Vec<&str> = meta
-        .products
-        .iter()
-        .filter_map(|(_, s)| s.as_deref())
-        .collect();
-    products.sort_unstable();
-    products.dedup();
-    suppliers.sort_unstable();
-    suppliers.dedup();
-    if products.len() + suppliers.len() > TAGS_MAX {
+    // The de-duplicated lists the search log derives once per answer.
+    if meta.product_ids().count() + meta.supplier_ids().count() > TAGS_MAX {
         return vec![keys::overflow_tag(prefix)];
     }
-    let products = products.into_iter().map(|p| keys::product_tag(prefix, p));
-    let suppliers = suppliers.into_iter().map(|s| keys::supplier_tag(prefix, s));
+    let products = meta.product_ids().map(|p| keys::product_tag(prefix, p));
+    let suppliers = meta.supplier_ids().map(|s| keys::supplier_tag(prefix, s));
     products.chain(suppliers).collect()
 }
 
@@ -107,16 +98,7 @@ pub fn file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn meta(products: &[(&str, Option<&str>)]) -> SearchMeta {
-        SearchMeta {
-            products: products
-                .iter()
-                .map(|(p, s)| (p.to_string(), s.map(str::to_string)))
-                .collect(),
-            ..Default::default()
-        }
-    }
+    use crate::testing::meta_showing as meta;
 
     #[test]
     fn an_answer_is_filed_under_each_distinct_product_and_supplier() {

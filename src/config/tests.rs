@@ -162,7 +162,27 @@ fn empty_file_is_valid_with_spec_defaults_and_no_routes() {
     assert_eq!(c.events.history_limit, 1000);
     assert_eq!(c.events.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.events.record_retention, Duration::from_secs(14 * 86_400));
+    assert_eq!(c.events.counter_flush, Duration::from_secs(1));
     assert_eq!(c.events.spool_max_bytes, 1 << 30);
+    assert_eq!((c.cache.refresh_ahead, c.cache.refresh_rate), (0, 10.0));
+}
+
+#[test]
+fn counter_flush_and_refresh_rate_must_be_above_zero() {
+    assert_error(
+        "[events]\ncounter_flush = \"0s\"\n",
+        2,
+        17,
+        "events.counter_flush",
+        "more than 0",
+    );
+    for rate in ["0", "-1.5"] {
+        let (_, _, field, message) = error_of(&format!("[cache]\nrefresh_rate = {rate}\n"));
+        assert_eq!(field, "cache.refresh_rate", "{message}");
+        assert!(message.contains("above 0"), "{message}");
+    }
+    let c = parse("[cache]\nrefresh_ahead = 50\nrefresh_rate = 2.5\n").unwrap();
+    assert_eq!((c.cache.refresh_ahead, c.cache.refresh_rate), (50, 2.5));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use super::respond::{self, MissDetail};
 use super::{Flow, Proxy, Reply};
 use crate::cache::Found;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
-use crate::cache::envelope::Entry;
+use crate::cache::envelope::{Entry, Variant};
 use crate::config::Freshness;
 use crate::served::Served;
 use crate::time::now_ms;
@@ -123,21 +123,30 @@ impl Proxy {
         if !refresh.take_token() {
             return; // the guard's drop lets the key go
         }
-        let mut parts = c.parts.clone();
-        parts.headers.remove(http::header::CACHE_CONTROL);
-        let background = Cacheable {
-            parts,
-            body: c.body.clone(),
-            hash: c.hash,
-            keys: c.keys.clone(),
-            user_key_index: None,
-            refresh: false,
-            draft: None,
-            user_id: None,
-        };
-        let route_index = flow.route_index;
+        proxy.fetch_in_background(
+            flow.route_index,
+            c.for_background(),
+            None,
+            None,
+            guard,
+            client,
+        );
+    }
+
+    /// Sends `background` down the miss pipeline in a task of its own,
+    /// leading its key's flight (`guard`); the answer is stored as any miss
+    /// is, and dropped (a streamed one has no reader).
+    pub(super) fn fetch_in_background(
+        self: Arc<Proxy>,
+        route_index: usize,
+        background: Cacheable,
+        primaries: Option<Vec<Option<Arc<Variant>>>>,
+        usable: Option<Usable>,
+        guard: FlightGuard,
+        client: SocketAddr,
+    ) {
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let Some(route) = proxy.config.routes.get(route_index) else {
+            let Some(route) = self.config.routes.get(route_index) else {
                 return;
             };
             let mut flow = Flow {
@@ -146,8 +155,8 @@ impl Proxy {
                 draft: None,
             };
             let (parts, body, miss) =
-                background.into_miss(None, None, Some(guard), MissDetail::default());
-            drop(proxy.fetch(&mut flow, parts, body, client, miss).await);
+                background.into_miss(primaries, usable, Some(guard), MissDetail::default());
+            drop(self.fetch(&mut flow, parts, body, client, miss).await);
         }));
     }
 

@@ -63,6 +63,25 @@ impl Cacheable {
         &self.keys[0]
     }
 
+    /// A copy of this request for the backend alone, in the background
+    /// (stale-while-revalidate, refresh-ahead): the client's
+    /// `Cache-Control` left out (the request must not be answered from the
+    /// cache), and no search log entry.
+    pub(super) fn for_background(&self) -> Cacheable {
+        let mut parts = self.parts.clone();
+        parts.headers.remove(http::header::CACHE_CONTROL);
+        Cacheable {
+            parts,
+            body: self.body.clone(),
+            hash: self.hash,
+            keys: self.keys.clone(),
+            user_key_index: self.user_key_index,
+            refresh: false,
+            draft: None,
+            user_id: self.user_id.clone(),
+        }
+    }
+
     /// The request parts and body for the backend, and what the miss
     /// pipeline keeps of the rest. `primaries` is `Some` on origin routes:
     /// the variants the URI entries hold.

@@ -245,6 +245,21 @@ impl Redis {
         keys
     }
 
+    /// Waits until `n` proxies listen on the invalidation channel.
+    pub async fn wait_for_invalidation_subscribers(&self, n: i64) {
+        eventually("every proxy subscribed to leafcache:invalidate", || async {
+            let mut con = self.conn().await;
+            let (_, subscribed): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("leafcache:invalidate")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (subscribed >= n).then_some(())
+        })
+        .await;
+    }
+
     pub async fn exists(&self, key: &str) -> bool {
         let mut con = self.conn().await;
         let n: i64 = redis::cmd("EXISTS")

@@ -17,7 +17,7 @@ use crate::http_cache::conditional;
 use crate::http_cache::freshness::{self, Exchange};
 use crate::proxy::miss::{Miss, OriginAsk, Usable};
 use crate::proxy::request::Cacheable;
-use crate::proxy::respond::{self, MissDetail};
+use crate::proxy::respond;
 use crate::proxy::{Flow, Proxy, Reply};
 use crate::served::Served;
 use crate::time::now_ms;
@@ -88,36 +88,14 @@ impl Proxy {
         let Join::Leader(guard) = self.cache.coalescer.join(c.primary_key()) else {
             return; // someone is already asking the backend for this key
         };
-        let mut parts = c.parts.clone();
-        // The background request must not be answered from the cache.
-        parts.headers.remove(http::header::CACHE_CONTROL);
-        let background = Cacheable {
-            parts,
-            body: c.body.clone(),
-            hash: c.hash,
-            keys: c.keys.clone(),
-            user_key_index: c.user_key_index,
-            refresh: false,
-            draft: None,
-            user_id: c.user_id.clone(),
-        };
-        let stored = stored.clone();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let Some(route) = proxy.config.routes.get(route_index) else {
-                return;
-            };
-            let mut flow = Flow {
-                route,
-                route_index,
-                draft: None,
-            };
-            let Stored { usable, primaries } = stored;
-            let detail = MissDetail::default();
-            let (parts, body, miss) =
-                background.into_miss(Some(primaries), usable, Some(guard), detail);
-            let resp = proxy.fetch(&mut flow, parts, body, client, miss).await;
-            // A streamed (not stored) answer has no reader: drop it.
-            drop(resp);
-        }));
+        let Stored { usable, primaries } = stored.clone();
+        proxy.fetch_in_background(
+            route_index,
+            c.for_background(),
+            Some(primaries),
+            usable,
+            guard,
+            client,
+        );
     }
 }
