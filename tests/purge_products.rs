@@ -72,15 +72,6 @@ async fn members(redis: &Redis, index: &str) -> Vec<String> {
         .expect("ZRANGE")
 }
 
-async fn pttl(redis: &Redis, key: &str) -> i64 {
-    let mut con = redis.conn().await;
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut con)
-        .await
-        .expect("PTTL")
-}
-
 #[tokio::test]
 async fn purge_by_product_takes_exactly_the_answers_that_show_it_in_every_scope_and_on_every_proxy()
 {
@@ -243,7 +234,7 @@ async fn a_soft_purge_leaves_the_entries_stale_served_while_the_backend_fails() 
     let pasta = catalog(&b, "pasta");
     let pasta_key = stored(&redis, &pasta, global_key).await;
     assert_hit(&milk.send().await);
-    let ttl_before = pttl(&redis, &key).await;
+    let ttl_before = redis.pttl(&key).await;
 
     let soft = run(leafcache(
         &a.config_path(),
@@ -253,7 +244,7 @@ async fn a_soft_purge_leaves_the_entries_stale_served_while_the_backend_fails() 
     assert_eq!(soft.code, 0, "{soft:?}");
     assert!(soft.stdout_text().contains("marked 1 "), "{soft:?}");
     assert!(redis.exists(&key).await, "a soft purge keeps the entry");
-    let ttl_after = pttl(&redis, &key).await;
+    let ttl_after = redis.pttl(&key).await;
     assert!(
         ttl_after > 0 && ttl_after <= ttl_before,
         "its expiry is kept: {ttl_before} then {ttl_after}"
@@ -315,7 +306,7 @@ async fn tag_indexes_expire_with_their_entries() {
         (members(&redis, index).await == [key.clone()]).then_some(())
     })
     .await;
-    let (entry, tag) = (pttl(&redis, &key).await, pttl(&redis, index).await);
+    let (entry, tag) = (redis.pttl(&key).await, redis.pttl(index).await);
     assert!(entry > 0 && tag > 0, "both expire: {entry} {tag}");
     assert!(
         (tag - entry).abs() < 500,

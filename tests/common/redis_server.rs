@@ -272,12 +272,21 @@ impl Redis {
 
     /// TTL in seconds (-2: no key, -1: no expiry).
     pub async fn ttl(&self, key: &str) -> i64 {
+        self.expiry("TTL", key).await
+    }
+
+    /// TTL in milliseconds (-2: no key, -1: no expiry).
+    pub async fn pttl(&self, key: &str) -> i64 {
+        self.expiry("PTTL", key).await
+    }
+
+    async fn expiry(&self, command: &str, key: &str) -> i64 {
         let mut con = self.conn().await;
-        redis::cmd("TTL")
+        redis::cmd(command)
             .arg(key)
             .query_async(&mut con)
             .await
-            .expect("TTL")
+            .unwrap_or_else(|e| panic!("{command} {key}: {e}"))
     }
 
     pub async fn del(&self, key: &str) {
