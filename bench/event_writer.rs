@@ -574,7 +574,7 @@ fn main() {
                 queue_capacity: QUEUE,
                 batch_max: 512,
                 flush_interval: Duration::from_millis(20),
-                counter_flush: Duration::from_secs(1),
+                counter_flush: Duration::from_secs(10),
                 redis: Some(cfg.clone()),
             },
             Some(pool),

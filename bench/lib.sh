@@ -33,7 +33,8 @@ redis_calls() {
 admin_metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="leafcache_$2" '$1 == m {v = $2} END {printf "%.0f", v + 0}'; }
 # proxy.toml for a bench proxy in front of $BACKEND_PORT with Redis on
 # $REDIS_PORT and the one search route: leafcache_toml PORT ADMIN PREFIX
-# SPOOL_DIR LOG(true|false) [CACHE_LINES]. CACHE_LINES go under [cache].
+# SPOOL_DIR LOG(true|false) [CACHE_LINES]. CACHE_LINES go under [cache];
+# $EVENTS_LINES (e.g. 'counter_flush = "10s"') under [events].
 leafcache_toml() {
   cat <<TOML
 listen = "127.0.0.1:$1"
@@ -47,6 +48,7 @@ key_prefix = "$3"
 ${6:-}
 [events]
 spool_dir = "$4"
+${EVENTS_LINES:-}
 [[route]]
 name = "search"
 methods = ["GET", "POST"]

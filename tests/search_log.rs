@@ -799,3 +799,83 @@ async fn a_full_batch_is_written_without_waiting_out_flush_interval() {
         .await;
     assert_eq!(store.search_ids("").await, ids);
 }
+
+/// A flush of more distinct counters than the writer hands Redis at once
+/// (it sends them in parts, between batches of records) arrives whole: every
+/// member, every count.
+#[tokio::test]
+async fn a_flush_of_thousands_of_distinct_counters_arrives_whole() {
+    const SEARCHES: usize = 600;
+    let config = LogConfig::new().events(r#"counter_flush = "3s""#);
+    let (redis, _backend, proxy) = setup_log(config).await;
+    for i in 0..SEARCHES {
+        let mut results: Vec<Value> = (0..10)
+            .map(|k| json!({"product_id": format!("p{i}-{k}"), "supplier": format!("s{k}")}))
+            .collect();
+        results.push(json!({"product_id": "everywhere", "supplier": "s0"}));
+        let body = json!({"query": format!("q{i}"), "results": results});
+        let r = Req::new(proxy.admin, "POST", "/v1/searches")
+            .json(&body)
+            .send()
+            .await;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    let today = leafcache::admin::dates::format(leafcache::admin::dates::today());
+    let mut con = redis.conn().await;
+    let products = format!("products:popular:{today}");
+    eventually_within(Duration::from_secs(30), "every product counted", || {
+        let mut con = con.clone();
+        let key = products.clone();
+        async move {
+            let n: usize = redis::cmd("ZCARD")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (n == SEARCHES * 10 + 1).then_some(())
+        }
+    })
+    .await;
+    let score = |key: String, member: &'static str| {
+        let mut con = con.clone();
+        async move {
+            let s: Option<f64> = redis::cmd("ZSCORE")
+                .arg(key)
+                .arg(member)
+                .query_async(&mut con)
+                .await
+                .expect("ZSCORE");
+            s
+        }
+    };
+    assert_eq!(
+        score(products.clone(), "everywhere").await,
+        Some(SEARCHES as f64)
+    );
+    assert_eq!(score(products.clone(), "p599-9").await, Some(1.0));
+    for key in [
+        format!("queries:popular:{today}"),
+        format!("supplier:s3:queries:{today}"),
+        format!("supplier:s0:queries:{today}"),
+    ] {
+        let all: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut con)
+            .await
+            .expect("ZRANGE");
+        assert_eq!(all.len(), SEARCHES, "{key}");
+        assert!(
+            all.iter().all(|(_, n)| *n == 1.0),
+            "{key}: a supplier counts once per search"
+        );
+    }
+    let hourly: Vec<i64> = redis::cmd("HVALS")
+        .arg(format!("searches:hourly:{today}"))
+        .query_async(&mut con)
+        .await
+        .expect("HVALS");
+    assert_eq!(hourly.iter().sum::<i64>(), SEARCHES as i64);
+}

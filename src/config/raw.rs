@@ -198,7 +198,7 @@ impl Default for RawEvents {
             queue_capacity: Count(100_000),
             batch_max: Count(512),
             flush_interval: millis(20),
-            counter_flush: secs(1),
+            counter_flush: secs(10),
             history_limit: Count(1000),
             retention: secs(90 * 86_400),
             record_retention: secs(14 * 86_400),

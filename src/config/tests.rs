@@ -162,7 +162,7 @@ fn empty_file_is_valid_with_spec_defaults_and_no_routes() {
     assert_eq!(c.events.history_limit, 1000);
     assert_eq!(c.events.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.events.record_retention, Duration::from_secs(14 * 86_400));
-    assert_eq!(c.events.counter_flush, Duration::from_secs(1));
+    assert_eq!(c.events.counter_flush, Duration::from_secs(10));
     assert_eq!(c.events.spool_max_bytes, 1 << 30);
     assert_eq!((c.cache.refresh_ahead, c.cache.refresh_rate), (0, 10.0));
 }

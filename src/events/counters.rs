@@ -51,6 +51,18 @@ struct Day {
     zero: Map<i64>,
 }
 
+impl Day {
+    fn is_empty(&self) -> bool {
+        self.hourly.iter().all(|n| *n == 0)
+            && self.cache.iter().all(|n| *n == 0)
+            && self.intents.is_empty()
+            && self.products.is_empty()
+            && self.suppliers.is_empty()
+            && self.queries.is_empty()
+            && self.zero.is_empty()
+    }
+}
+
 /// Increments waiting to be written.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
@@ -219,6 +231,51 @@ impl Counters {
             }
         }
         self.group_entries = 0;
+    }
+
+    /// Moves about `max` members (at least one key's, and a supplier's
+    /// queries together), with the days' hourly and cache counts, out into
+    /// a part of their own, so that a large flush reaches Redis a part at a
+    /// time between batches of records rather than holding them up.
+    pub fn take_part(&mut self, max: usize) -> Counters {
+        self.fold();
+        let mut part = Counters::default();
+        let mut budget = max.max(1);
+        for (&number, day) in &mut self.days {
+            if budget == 0 {
+                break;
+            }
+            let into = part.days.entry(number).or_default();
+            into.hourly = std::mem::take(&mut day.hourly);
+            into.cache = std::mem::take(&mut day.cache);
+            for (from, to) in [
+                (&mut day.intents, &mut into.intents),
+                (&mut day.queries, &mut into.queries),
+                (&mut day.zero, &mut into.zero),
+                (&mut day.products, &mut into.products),
+            ] {
+                let before = to.len();
+                to.extend(from.extract_if(|_, _| true).take(budget));
+                budget -= to.len() - before;
+            }
+            let mut suppliers = day.suppliers.extract_if(|_, _| true);
+            while budget > 0 {
+                let Some((supplier, queries)) = suppliers.next() else {
+                    break;
+                };
+                budget = budget.saturating_sub(queries.len());
+                part.entries += queries.len();
+                into.suppliers.insert(supplier, queries);
+            }
+        }
+        self.days.retain(|_, day| !day.is_empty());
+        part.entries += part
+            .days
+            .values()
+            .map(|d| d.intents.len() + d.queries.len() + d.zero.len() + d.products.len())
+            .sum::<usize>();
+        self.entries = self.entries.saturating_sub(part.entries);
+        part
     }
 
     /// Calls `f` with every counter key that has increments, whether it is
@@ -417,6 +474,46 @@ mod tests {
         assert_eq!(written(&c), before);
         assert!(!c.is_empty());
         assert_eq!(c.entries(), 4, "intent, product, supplier query, query");
+    }
+
+    #[test]
+    fn parts_hold_every_increment_once_and_about_max_members_each() {
+        let mut c = Counters::default();
+        for i in 0..50 {
+            let products: Vec<(String, String)> = (0..10)
+                .map(|p| (format!("p{i}-{p}"), format!("s{}", p % 3)))
+                .collect();
+            let products: Vec<(&str, &str)> = products
+                .iter()
+                .map(|(p, s)| (p.as_str(), s.as_str()))
+                .collect();
+            let mut ev = event(&format!("q{i}"), &products, CacheResult::Hit);
+            ev.timestamp_ms += (i % 2) * DAY_MS;
+            c.add(&ev);
+        }
+        let whole = written(&c);
+        let members = c.entries();
+        let mut merged: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut parts = 0;
+        while !c.is_empty() {
+            let part = c.take_part(64);
+            assert!(part.entries() <= 64 + 50, "a part is about max members");
+            assert!(part.entries() > 0 || parts == 0);
+            for (key, by_member) in written(&part) {
+                let into = merged.entry(key).or_default();
+                for (member, n) in by_member {
+                    assert!(
+                        into.insert(member, n).is_none(),
+                        "an increment in two parts"
+                    );
+                }
+            }
+            parts += 1;
+            assert!(parts < 100);
+        }
+        assert_eq!(merged, whole);
+        assert!(parts >= members / (64 + 50), "{parts} parts of {members}");
+        assert_eq!(c.entries(), 0);
     }
 
     #[test]

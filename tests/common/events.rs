@@ -79,9 +79,15 @@ impl LogConfig {
             "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\n\n\
              [upstream]\nurl = {upstream:?}\n\n\
              [redis]\nurl = {redis:?}\nkey_prefix = {prefix:?}\n\n\
-             [events]\nspool_dir = {spool:?}\ncounter_flush = \"100ms\"\n{events}\n{ROUTES}",
+             [events]\nspool_dir = {spool:?}\n{flush}{events}\n{ROUTES}",
             prefix = self.key_prefix,
             spool = spool.display().to_string(),
+            // Counters every 100 ms unless the test says otherwise.
+            flush = if self.events.iter().any(|l| l.starts_with("counter_flush")) {
+                ""
+            } else {
+                "counter_flush = \"100ms\"\n"
+            },
             events = self.events.join("\n"),
         )
     }

@@ -51,6 +51,12 @@ use spooling::{SharedSpool, SpoolRecord};
 
 /// Distinct counter members held before an early flush, to bound memory.
 const COUNTER_ENTRIES_MAX: usize = 200_000;
+/// A flush goes to the Redis task in parts of about this many members
+/// (~10 ms of Redis at a few µs per `ZINCRBY`), each taking its turn with
+/// the batches of records: a flush of a long `counter_flush` on varied
+/// traffic is tens of thousands of commands, which would otherwise hold the
+/// records up until the queue spilled to the spool.
+const COUNTER_PART: usize = 4096;
 /// While the Redis task is busy, how often the queue task looks whether the
 /// queue has filled past half (and it should spill instead of waiting).
 const BACKLOG_CHECK: Duration = Duration::from_millis(5);
@@ -196,6 +202,7 @@ pub fn spawn(
         redis,
         spool,
         counters: Counters::default(),
+        unsent: Counters::default(),
         work: work_tx,
         spares: spares_rx,
     };
@@ -246,6 +253,8 @@ struct Queue {
     redis: Option<RedisPool>,
     spool: SharedSpool,
     counters: Counters,
+    /// The last flush's counters that the Redis task has not taken yet.
+    unsent: Counters,
     work: mpsc::Sender<Work>,
     spares: mpsc::Receiver<Batch>,
 }
@@ -256,6 +265,8 @@ impl Queue {
         let mut tick = tokio::time::interval(self.counter_flush);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
+        // The counters' branch waits on a sender of its own, apart from `self`.
+        let work = self.work.clone();
         loop {
             tokio::select! {
                 n = self.rx.recv_many(&mut batch, self.batch_max) => {
@@ -271,18 +282,54 @@ impl Queue {
                         // only past that is memory bought with writes.
                         self.counters.fold();
                         if self.counters.entries() > COUNTER_ENTRIES_MAX {
-                            self.flush_counters().await;
+                            self.take_counters().await;
                         }
                     }
                 }
-                _ = tick.tick() => self.flush_counters().await,
+                _ = tick.tick() => self.take_counters().await,
+                permit = work.reserve(), if !self.unsent.is_empty() => {
+                    let part = self.unsent.take_part(COUNTER_PART);
+                    match permit {
+                        Ok(permit) if self.redis.as_ref().is_some_and(|r| r.health().is_up()) => {
+                            permit.send(Work::Counters(part));
+                        }
+                        _ => {
+                            // Redis is down: the rest goes to the spool at once.
+                            let mut rest = std::mem::take(&mut self.unsent);
+                            self.spool.append(SpoolRecord::Counters(part)).await;
+                            rest.fold();
+                            self.spool.append(SpoolRecord::Counters(rest)).await;
+                        }
+                    }
+                }
                 _ = &mut stop, if !stopping => {
                     stopping = true;
                     self.rx.close();
                 }
             }
         }
-        self.flush_counters().await;
+        let unsent = std::mem::take(&mut self.unsent);
+        self.flush_counters(unsent).await;
+        let counters = std::mem::take(&mut self.counters);
+        self.flush_counters(counters).await;
+    }
+
+    /// Takes the summed counters to be written, a part at a time, once the
+    /// last flush is out. While it is not, they keep summing, and past
+    /// [`COUNTER_ENTRIES_MAX`] go to the spool: a Redis that cannot keep up
+    /// costs disk, not memory.
+    async fn take_counters(&mut self) {
+        if self.counters.is_empty() {
+            return;
+        }
+        if self.unsent.is_empty() {
+            self.unsent = std::mem::take(&mut self.counters);
+            self.unsent.fold();
+        } else if self.counters.entries() > COUNTER_ENTRIES_MAX {
+            let mut counters = std::mem::take(&mut self.counters);
+            counters.fold();
+            self.spool.append(SpoolRecord::Counters(counters)).await;
+        }
     }
 
     /// Lets the batch fill for `flush_interval`, or until `batch_max` events
@@ -380,11 +427,11 @@ impl Queue {
         None
     }
 
-    async fn flush_counters(&mut self) {
-        if self.counters.is_empty() {
+    /// Writes `counters` whole (at shutdown), or else spools them.
+    async fn flush_counters(&mut self, mut counters: Counters) {
+        if counters.is_empty() {
             return;
         }
-        let mut counters = std::mem::take(&mut self.counters);
         counters.fold();
         let mut work = Work::Counters(counters);
         if self.redis.as_ref().is_some_and(|r| r.health().is_up()) {
