@@ -6,7 +6,8 @@
 //!
 //! - the queue task takes batches (`batch_max` events, or whatever arrived
 //!   within `flush_interval` of the first), sums the shared counters in
-//!   process (written every `counter_flush`), encodes each batch and hands it to
+//!   process (written every `counter_flush`, a part of [`COUNTER_PART`]
+//!   members at a time between batches), encodes each batch and hands it to
 //! - the Redis task ([`io`]), which writes each batch as one MULTI/EXEC,
 //!   and replays the spool.
 //!
