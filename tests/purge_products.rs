@@ -221,6 +221,18 @@ async fn an_entry_stored_again_without_the_product_is_not_purged_with_it() {
     assert_hit(&seasonal.send().await);
 }
 
+/// `leafcache purge <target> --soft`: it says it marked one entry stale,
+/// and `key` is still stored.
+async fn soft_purge_marks_one(proxy: &Proxy, redis: &Redis, target: &[&str], key: &str) {
+    let mut args = vec!["purge"];
+    args.extend_from_slice(target);
+    args.push("--soft");
+    let soft = run(leafcache(&proxy.config_path(), &args)).await;
+    assert_eq!(soft.code, 0, "{soft:?}");
+    assert!(soft.stdout_text().contains("marked 1 "), "{soft:?}");
+    assert!(redis.exists(key).await, "a soft purge keeps the entry");
+}
+
 #[tokio::test]
 async fn a_soft_purge_leaves_the_entries_stale_served_while_the_backend_fails() {
     let redis = Redis::start().await;
@@ -236,14 +248,7 @@ async fn a_soft_purge_leaves_the_entries_stale_served_while_the_backend_fails() 
     assert_hit(&milk.send().await);
     let ttl_before = redis.pttl(&key).await;
 
-    let soft = run(leafcache(
-        &a.config_path(),
-        &["purge", "--product", "p1", "--soft"],
-    ))
-    .await;
-    assert_eq!(soft.code, 0, "{soft:?}");
-    assert!(soft.stdout_text().contains("marked 1 "), "{soft:?}");
-    assert!(redis.exists(&key).await, "a soft purge keeps the entry");
+    soft_purge_marks_one(&a, &redis, &["--product", "p1"], &key).await;
     let ttl_after = redis.pttl(&key).await;
     assert!(
         ttl_after > 0 && ttl_after <= ttl_before,
@@ -331,14 +336,7 @@ async fn every_purge_takes_soft_a_users_entries_are_marked_stale_and_others_kept
     stored(&redis, &other, |h| user_key("u2", h)).await;
     assert_hit(&milk.send().await);
 
-    let soft = run(leafcache(
-        &proxy.config_path(),
-        &["purge", "--user", "u1", "--soft"],
-    ))
-    .await;
-    assert_eq!(soft.code, 0, "{soft:?}");
-    assert!(soft.stdout_text().contains("marked 1 "), "{soft:?}");
-    assert!(redis.exists(&key).await, "a soft purge keeps the entry");
+    soft_purge_marks_one(&proxy, &redis, &["--user", "u1"], &key).await;
 
     failing.store(true, Ordering::SeqCst);
     eventually(

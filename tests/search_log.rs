@@ -821,61 +821,65 @@ async fn a_flush_of_thousands_of_distinct_counters_arrives_whole() {
         assert_eq!(r.status, 202, "{r:?}");
     }
     let today = leafcache::admin::dates::format(leafcache::admin::dates::today());
-    let mut con = redis.conn().await;
     let products = format!("products:popular:{today}");
+    let url = redis.url();
     eventually_within(Duration::from_secs(30), "every product counted", || {
-        let mut con = con.clone();
-        let key = products.clone();
+        let (url, key) = (url.clone(), products.clone());
         async move {
-            let n: usize = redis::cmd("ZCARD")
-                .arg(&key)
-                .query_async(&mut con)
-                .await
-                .ok()?;
-            (n == SEARCHES * 10 + 1).then_some(())
+            let counted = LogStore::new(&url).await.zset(&key).await.len();
+            (counted == SEARCHES * 10 + 1).then_some(())
         }
     })
     .await;
-    let score = |key: String, member: &'static str| {
-        let mut con = con.clone();
-        async move {
-            let s: Option<f64> = redis::cmd("ZSCORE")
-                .arg(key)
-                .arg(member)
-                .query_async(&mut con)
-                .await
-                .expect("ZSCORE");
-            s
-        }
-    };
-    assert_eq!(
-        score(products.clone(), "everywhere").await,
-        Some(SEARCHES as f64)
+    let mut store = LogStore::new(&url).await;
+    let popular = store.zset(&products).await;
+    assert_eq!(popular["everywhere"], SEARCHES as f64);
+    assert!(
+        popular.iter().all(|(p, n)| p == "everywhere" || *n == 1.0),
+        "every other product counted once"
     );
-    assert_eq!(score(products.clone(), "p599-9").await, Some(1.0));
     for key in [
         format!("queries:popular:{today}"),
         format!("supplier:s3:queries:{today}"),
         format!("supplier:s0:queries:{today}"),
     ] {
-        let all: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut con)
-            .await
-            .expect("ZRANGE");
-        assert_eq!(all.len(), SEARCHES, "{key}");
+        let counts = store.zset(&key).await;
+        assert_eq!(counts.len(), SEARCHES, "{key}");
         assert!(
-            all.iter().all(|(_, n)| *n == 1.0),
+            counts.values().all(|n| *n == 1.0),
             "{key}: a supplier counts once per search"
         );
     }
-    let hourly: Vec<i64> = redis::cmd("HVALS")
-        .arg(format!("searches:hourly:{today}"))
-        .query_async(&mut con)
-        .await
-        .expect("HVALS");
-    assert_eq!(hourly.iter().sum::<i64>(), SEARCHES as i64);
+    let hourly = store.hash_total(&format!("searches:hourly:{today}")).await;
+    assert_eq!(hourly, SEARCHES as i64);
+}
+
+/// Counters are summed in process for `counter_flush`, and what is summed
+/// when the proxy is stopped (SIGTERM) is written, not lost.
+#[tokio::test]
+async fn sigterm_writes_the_counters_summed_so_far() {
+    let config = LogConfig::new().events(r#"counter_flush = "1h""#);
+    let (redis, _backend, mut proxy) = setup_log(config).await;
+    let mut ids = BTreeSet::new();
+    for query in ["apples", "bananas", "apples"] {
+        ids.insert(search(&proxy, user("u1"), query).await.id);
+    }
+    let mut store = LogStore::new(&redis.url()).await;
+    store.wait_for_records("", &ids, WAIT).await;
+    let today = leafcache::admin::dates::format(leafcache::admin::dates::today());
+    let hourly = format!("searches:hourly:{today}");
+    assert_eq!(
+        store.hash_total(&hourly).await,
+        0,
+        "records are written at once, counters only after counter_flush"
+    );
+
+    proxy.terminate();
+    let status = proxy.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert_eq!(store.hash_total(&hourly).await, 3);
+    assert_eq!(
+        store.zset(&format!("queries:popular:{today}")).await,
+        zset(&[("apples", 2.0), ("bananas", 1.0)])
+    );
 }

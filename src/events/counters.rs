@@ -240,9 +240,10 @@ impl Counters {
     pub fn take_part(&mut self, max: usize) -> Counters {
         self.fold();
         let mut part = Counters::default();
-        let mut budget = max.max(1);
+        let max = max.max(1);
+        let mut moved = 0;
         for (&number, day) in &mut self.days {
-            if budget == 0 {
+            if moved >= max {
                 break;
             }
             let into = part.days.entry(number).or_default();
@@ -255,26 +256,21 @@ impl Counters {
                 (&mut day.products, &mut into.products),
             ] {
                 let before = to.len();
-                to.extend(from.extract_if(|_, _| true).take(budget));
-                budget -= to.len() - before;
+                to.extend(from.extract_if(|_, _| true).take(max.saturating_sub(moved)));
+                moved += to.len() - before;
             }
             let mut suppliers = day.suppliers.extract_if(|_, _| true);
-            while budget > 0 {
+            while moved < max {
                 let Some((supplier, queries)) = suppliers.next() else {
                     break;
                 };
-                budget = budget.saturating_sub(queries.len());
-                part.entries += queries.len();
+                moved += queries.len();
                 into.suppliers.insert(supplier, queries);
             }
         }
         self.days.retain(|_, day| !day.is_empty());
-        part.entries += part
-            .days
-            .values()
-            .map(|d| d.intents.len() + d.queries.len() + d.zero.len() + d.products.len())
-            .sum::<usize>();
-        self.entries = self.entries.saturating_sub(part.entries);
+        part.entries = moved;
+        self.entries = self.entries.saturating_sub(moved);
         part
     }
 

@@ -288,21 +288,16 @@ impl Queue {
                     }
                 }
                 _ = tick.tick() => self.take_counters().await,
-                permit = work.reserve(), if !self.unsent.is_empty() => {
-                    let part = self.unsent.take_part(COUNTER_PART);
-                    match permit {
-                        Ok(permit) if self.redis.as_ref().is_some_and(|r| r.health().is_up()) => {
-                            permit.send(Work::Counters(part));
-                        }
-                        _ => {
-                            // Redis is down: the rest goes to the spool at once.
-                            let mut rest = std::mem::take(&mut self.unsent);
-                            self.spool.append(SpoolRecord::Counters(part)).await;
-                            rest.fold();
-                            self.spool.append(SpoolRecord::Counters(rest)).await;
-                        }
+                permit = work.reserve(), if !self.unsent.is_empty() => match permit {
+                    Ok(permit) if self.redis_up() => {
+                        permit.send(Work::Counters(self.unsent.take_part(COUNTER_PART)));
                     }
-                }
+                    // Redis is down: the rest goes to the spool at once.
+                    _ => {
+                        let rest = std::mem::take(&mut self.unsent);
+                        self.spool.append(SpoolRecord::Counters(rest)).await;
+                    }
+                },
                 _ = &mut stop, if !stopping => {
                     stopping = true;
                     self.rx.close();
@@ -367,7 +362,11 @@ impl Queue {
     /// Whether Redis takes writes now: it is up and nothing older waits in
     /// the spool.
     fn writable(&self) -> bool {
-        !self.spool.pending() && self.redis.as_ref().is_some_and(|r| r.health().is_up())
+        !self.spool.pending() && self.redis_up()
+    }
+
+    fn redis_up(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.health().is_up())
     }
 
     /// More than half the queue waits: time to spill rather than wait.
@@ -435,7 +434,7 @@ impl Queue {
         }
         counters.fold();
         let mut work = Work::Counters(counters);
-        if self.redis.as_ref().is_some_and(|r| r.health().is_up()) {
+        if self.redis_up() {
             match self.hand_over(work).await {
                 None => return,
                 Some(back) => work = back,
