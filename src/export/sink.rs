@@ -1,7 +1,8 @@
 //! Where an export's bytes go: standard output, or one object written whole
 //! or not at all.
 //!
-//! An object is written through `object_store`'s `BufWriter`: up to
+//! An object is written through `object_store`'s `BufWriter` (a Cloud
+//! Storage object through [`super::gcs`]'s resumable upload): up to
 //! [`PART`] bytes it is one PUT; past that a multipart upload of [`PART`]
 //! sized parts, [`PARTS_IN_FLIGHT`] at a time, that the store makes visible
 //! only on completion. On failure the upload is aborted, so a reader never
@@ -18,6 +19,8 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use tokio::io::AsyncWriteExt;
 
+use super::gcs;
+
 /// The size of one part of a multipart upload (S3 and GCS take 5 MiB to
 /// 5 GiB), and the most an object's writer buffers.
 pub const PART: usize = 8 << 20;
@@ -30,6 +33,12 @@ pub enum Sink {
     Object {
         writer: Box<BufWriter>,
         /// The object's URL, for messages.
+        shown: String,
+    },
+    /// A Cloud Storage object, through the resumable upload
+    /// ([`super::gcs`]).
+    Gcs {
+        upload: Box<gcs::Upload>,
         shown: String,
     },
 }
@@ -51,6 +60,13 @@ impl Sink {
         }
     }
 
+    pub fn gcs(upload: gcs::Upload, shown: String) -> Sink {
+        Sink::Gcs {
+            upload: Box::new(upload),
+            shown,
+        }
+    }
+
     pub async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         if bytes.is_empty() {
             return Ok(());
@@ -61,6 +77,10 @@ impl Sink {
                 .map_err(|e| anyhow!("cannot write the export to stdout: {e}")),
             Sink::Object { writer, shown } => writer
                 .write_all(bytes)
+                .await
+                .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
+            Sink::Gcs { upload, shown } => upload
+                .write(bytes)
                 .await
                 .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
         }
@@ -76,15 +96,25 @@ impl Sink {
                 .shutdown()
                 .await
                 .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
+            Sink::Gcs { mut upload, shown } => upload
+                .finish()
+                .await
+                .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
         }
     }
 
     /// Gives up: an object's upload is aborted, so the object does not
     /// appear (an older one of the same name stays as it was).
     pub async fn abort(self) {
-        if let Sink::Object { mut writer, shown } = self
-            && let Err(e) = writer.abort().await
-        {
+        let (shown, aborted) = match self {
+            Sink::Stdout(_) => return,
+            Sink::Object { mut writer, shown } => {
+                let aborted = writer.abort().await.map_err(anyhow::Error::from);
+                (shown, aborted)
+            }
+            Sink::Gcs { mut upload, shown } => (shown, upload.abort().await),
+        };
+        if let Err(e) = aborted {
             tracing::warn!(object = %shown, error = %one_line(&e), "cannot abort the upload");
         }
     }

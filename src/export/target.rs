@@ -10,7 +10,8 @@
 //!   else the metadata server of Cloud Run and GKE), and
 //!   `STORAGE_EMULATOR_HOST=http://host:port` (the variable Google's client
 //!   libraries honour) for an emulator such as fake-gcs-server, without
-//!   credentials.
+//!   credentials. Objects go through the JSON API's resumable upload
+//!   ([`super::gcs`]).
 //! - `s3://`: the standard `AWS_*` variables, `AWS_ENDPOINT_URL` included for
 //!   S3-compatible stores (`AWS_ALLOW_HTTP=true` for a plain-http endpoint).
 //! - `file://` and plain paths: the local file system.
@@ -19,11 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
-use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, RetryConfig, StaticCredentialProvider};
+use object_store::{ObjectStore, RetryConfig};
 use thiserror::Error;
+
+use super::gcs;
+use super::sink::Sink;
 
 /// A `--out` or `--daily` that cannot name a place: a usage error.
 #[derive(Debug, Error, PartialEq)]
@@ -73,23 +77,41 @@ pub enum Store {
     },
 }
 
+/// What an opened place writes through.
+enum Writer {
+    Store(Arc<dyn ObjectStore>),
+    Gcs(Arc<gcs::Bucket>),
+}
+
 /// A store opened for writing, and where in it.
 pub struct Opened {
-    pub store: Arc<dyn ObjectStore>,
-    /// The object or prefix inside `store`.
-    pub key: ObjectPath,
+    writer: Writer,
+    /// The object or prefix inside the store.
+    key: ObjectPath,
     /// The place as a user would write it, for messages.
-    pub shown: String,
+    shown: String,
 }
 
 impl Opened {
-    /// The object `name` (`a/b.jsonl`) under this prefix.
-    pub fn child(&self, name: &str) -> (ObjectPath, String) {
+    /// The object this place names (`--out`).
+    pub fn object(&self) -> Sink {
+        self.sink(self.key.clone(), self.shown.clone())
+    }
+
+    /// The object `name` (`a/b.jsonl`) under this prefix (`--daily`).
+    pub fn child(&self, name: &str) -> Sink {
         let path = name
             .split('/')
             .fold(self.key.clone(), |path, part| path.join(part));
         let shown = format!("{}/{}", self.shown.trim_end_matches('/'), name);
-        (path, shown)
+        self.sink(path, shown)
+    }
+
+    fn sink(&self, path: ObjectPath, shown: String) -> Sink {
+        match &self.writer {
+            Writer::Store(store) => Sink::object(store.clone(), path, shown),
+            Writer::Gcs(bucket) => Sink::gcs(bucket.upload(path.as_ref()), shown),
+        }
     }
 }
 
@@ -200,54 +222,45 @@ impl StoreUrl {
             retry_timeout: RETRY,
             ..RetryConfig::default()
         };
-        let store: Arc<dyn ObjectStore> = match &self.store {
+        let writer = match &self.store {
             Store::Gcs { bucket } => {
-                let mut builder = GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry);
-                if let Some(host) = env("STORAGE_EMULATOR_HOST").filter(|h| !h.is_empty()) {
-                    // The emulator asks for no credentials: an empty
-                    // bearer token, so that no token is ever fetched.
-                    let base = if host.contains("://") {
-                        host
-                    } else {
-                        format!("http://{host}")
-                    };
-                    let none = GcpCredential {
-                        bearer: String::new(),
-                    };
-                    builder = builder
-                        .with_base_url(base.trim_end_matches('/'))
-                        .with_credentials(Arc::new(StaticCredentialProvider::new(none)))
-                        .with_client_options(
-                            object_store::ClientOptions::new().with_allow_http(true),
-                        );
-                }
-                Arc::new(
-                    builder
-                        .build()
-                        .with_context(|| format!("cannot use {shown}"))?,
-                )
+                let emulator = env("STORAGE_EMULATOR_HOST").filter(|h| !h.is_empty());
+                let (base, credentials) = match emulator {
+                    // The emulator asks for no credentials, so none is
+                    // ever fetched.
+                    Some(host) if host.contains("://") => (host, None),
+                    Some(host) => (format!("http://{host}"), None),
+                    None => {
+                        let google = GoogleCloudStorageBuilder::from_env()
+                            .with_bucket_name(bucket)
+                            .build()
+                            .with_context(|| format!("cannot use {shown}"))?;
+                        (gcs::GOOGLE.to_owned(), Some(google.credentials().clone()))
+                    }
+                };
+                let bucket = gcs::Bucket::new(&base, bucket, credentials, RETRY)
+                    .with_context(|| format!("cannot use {shown}"))?;
+                Writer::Gcs(Arc::new(bucket))
             }
-            Store::S3 { bucket } => Arc::new(
+            Store::S3 { bucket } => Writer::Store(Arc::new(
                 AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry)
                     .build()
                     .with_context(|| format!("cannot use {shown}"))?,
-            ),
+            )),
             Store::Local { dir } => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
-                Arc::new(
+                Writer::Store(Arc::new(
                     LocalFileSystem::new_with_prefix(dir)
                         .with_context(|| format!("cannot use {}", dir.display()))?,
-                )
+                ))
             }
         };
         let key = ObjectPath::parse(&self.key)
             .with_context(|| format!("{shown}: not a valid object name"))?;
-        Ok(Opened { store, key, shown })
+        Ok(Opened { writer, key, shown })
     }
 }
 

@@ -190,6 +190,15 @@ impl FakeGcs {
         format!("http://{}", self.addr)
     }
 
+    /// An object's bytes (JSON API); panics if it is not there.
+    pub async fn get(&self, bucket: &str, name: &str) -> Vec<u8> {
+        let name = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+        let path = format!("/download/storage/v1/b/{bucket}/o/{name}?alt=media");
+        let r = Req::new(self.addr, "GET", &path).send().await;
+        assert_eq!(r.status, 200, "get {bucket}/{name}: {r:?}");
+        r.body.to_vec()
+    }
+
     /// The names of the bucket's objects (JSON API).
     pub async fn names(&self, bucket: &str) -> Vec<String> {
         let r = Req::new(self.addr, "GET", &format!("/storage/v1/b/{bucket}/o"))
