@@ -57,12 +57,13 @@ query = ["json:/query", "query:q"]
 log = $5
 TOML
 }
-# A private redis-server on CPU 0 (ephemeral port in REDIS_PORT, nothing kept
-# on disk, log in $WORK/redis.log); extra arguments go to redis-server.
+# A private redis-server on CPU 0 (ephemeral port in REDIS_PORT, its pid in
+# REDIS_PID, nothing kept on disk, log in $WORK/redis.log); extra arguments go to redis-server.
 start_redis() {
   REDIS_PORT=$(free_port)
   taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     "$@" >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
   PIDS+=($!)
   wait_port "$REDIS_PORT"
 }

@@ -350,6 +350,51 @@ async fn daily_export_to_gcs_writes_partitions_whole_reruns_replace_them_and_par
     assert_eq!(gcs.names("exports").await.len(), 3);
 }
 
+/// A store that does not answer yet (a restart, a network blip) is tried
+/// again, for up to 30 s: the export waits for it, then writes the object.
+#[tokio::test]
+async fn a_gcs_that_answers_late_is_tried_again_until_it_does() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    let (from, _, _) = three_days(&redis).await;
+    let port = free_port();
+    let mut cmd = leafcache(&config, &["export", "--from", &from, "--to", &from]);
+    cmd.args(["--out", "gs://exports/late.jsonl"])
+        .env("STORAGE_EMULATOR_HOST", format!("http://127.0.0.1:{port}"))
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start leafcache export");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // The first try found nothing listening: the export says it will try
+    // again, and only then does the store come up.
+    let notice = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line.contains("trying again") {
+                return line;
+            }
+        }
+        panic!("the export ended without trying again");
+    })
+    .await
+    .expect("a notice that the export tries again");
+    assert!(notice.contains(&format!("127.0.0.1:{port}")), "{notice}");
+    let gcs = FakeGcs::start_at("exports", port).await;
+    let rest = tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the export ends")
+        .expect("wait for the export");
+    assert!(status.success(), "{status:?}");
+    rest.await.unwrap();
+    assert_eq!(
+        gcs.get("exports", "late.jsonl").await,
+        jsonl_of(&config, &from).await
+    );
+}
+
 /// What pyarrow sees of a Parquet file: each column's type, and the rows.
 fn read_with_pyarrow(file: &std::path::Path) -> Value {
     let script = r#"

@@ -31,12 +31,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use object_store::gcp::GcpCredentialProvider;
-use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::sink::PART;
+
+// Every chunk but the last must be a multiple of 256 KiB.
+const _: () = assert!(PART.is_multiple_of(256 * 1024));
 
 /// Cloud Storage's own endpoint.
 pub const GOOGLE: &str = "https://storage.googleapis.com";
@@ -214,6 +217,7 @@ impl Bucket {
             .await
             .map_err(Failure::permanent)?
             .header(CONTENT_RANGE, "bytes */*")
+            .header(CONTENT_LENGTH, 0)
             .send()
             .await;
         match sent {
@@ -235,7 +239,12 @@ impl Bucket {
 
     /// Ends `session` without an object. Cloud Storage answers 499.
     async fn cancel(&self, session: &str) -> anyhow::Result<()> {
-        let r = self.request(Method::DELETE, session).await?.send().await?;
+        let r = self
+            .request(Method::DELETE, session)
+            .await?
+            .header(CONTENT_LENGTH, 0)
+            .send()
+            .await?;
         match r.status().as_u16() {
             499 | 200..=299 | 404 | 410 => Ok(()),
             _ => Err(refused("DELETE", session, r).await),
@@ -337,7 +346,7 @@ impl Backoff {
         if Instant::now() + self.pause > self.until {
             return Err(error);
         }
-        tracing::debug!(error = %error, pause = ?self.pause, "Cloud Storage: trying again");
+        tracing::warn!(error = %error, pause = ?self.pause, "Cloud Storage: trying again");
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(Duration::from_secs(5));
         Ok(())
@@ -380,9 +389,15 @@ impl Upload {
         let session = self.session().await?;
         let rest = std::mem::take(&mut self.buf).freeze();
         let total = self.sent + rest.len() as u64;
-        self.bucket
+        if let Err(e) = self
+            .bucket
             .put(&session, self.sent, rest, Some(total))
-            .await?;
+            .await
+        {
+            // Not left open for a week.
+            let _ = self.abort().await;
+            return Err(e);
+        }
         self.sent = total;
         Ok(())
     }

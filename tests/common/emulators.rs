@@ -146,8 +146,12 @@ pub struct FakeGcs {
 
 impl FakeGcs {
     pub async fn start(bucket: &str) -> FakeGcs {
+        FakeGcs::start_at(bucket, free_port()).await
+    }
+
+    /// On a port chosen before (a client already pointed at it).
+    pub async fn start_at(bucket: &str, port: u16) -> FakeGcs {
         let binary = fake_gcs_binary();
-        let port = free_port();
         let data = tempfile::tempdir().expect("a temporary directory");
         // A folder in the seed directory is an (empty) bucket.
         std::fs::create_dir(data.path().join(bucket)).expect("create the bucket's folder");
