@@ -49,7 +49,7 @@ pub struct Encoder {
 enum Kind {
     Lines {
         chat: bool,
-        gzip: Option<GzEncoder<Vec<u8>>>,
+        gzip: Option<Box<GzEncoder<Vec<u8>>>>,
     },
     Parquet(Box<ParquetEncoder>),
 }
@@ -60,7 +60,7 @@ impl Encoder {
             Format::Parquet => Kind::Parquet(Box::new(ParquetEncoder::new()?)),
             Format::Jsonl | Format::Chat => Kind::Lines {
                 chat: format == Format::Chat,
-                gzip: gzip.then(|| GzEncoder::new(Vec::new(), Compression::default())),
+                gzip: gzip.then(|| Box::new(GzEncoder::new(Vec::new(), Compression::default()))),
             },
         };
         Ok(Encoder { kind, rows: 0 })
