@@ -368,18 +368,31 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.buf.extend_from_slice(bytes);
-        while self.buf.len() >= PART {
-            let chunk = self.buf.split_to(PART).freeze();
-            self.settle().await?;
-            let session = self.session().await?;
-            let (bucket, offset) = (self.bucket.clone(), self.sent);
-            self.sent += chunk.len() as u64;
-            self.in_flight = Some(tokio::spawn(async move {
-                bucket.put(&session, offset, chunk, None).await
-            }));
+    pub async fn write(&mut self, mut bytes: &[u8]) -> anyhow::Result<()> {
+        while !bytes.is_empty() {
+            // The buffer fills to PART exactly, never grows past it: one
+            // chunk filling and one in flight are all the memory it takes.
+            let (now, later) = bytes.split_at(bytes.len().min(PART - self.buf.len()));
+            self.buf.extend_from_slice(now);
+            bytes = later;
+            if self.buf.len() == PART {
+                let next = BytesMut::with_capacity(PART);
+                let chunk = std::mem::replace(&mut self.buf, next).freeze();
+                self.send(chunk).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Sends a whole chunk once the one before it is in.
+    async fn send(&mut self, chunk: Bytes) -> anyhow::Result<()> {
+        self.settle().await?;
+        let session = self.session().await?;
+        let (bucket, offset) = (self.bucket.clone(), self.sent);
+        self.sent += chunk.len() as u64;
+        self.in_flight = Some(tokio::spawn(async move {
+            bucket.put(&session, offset, chunk, None).await
+        }));
         Ok(())
     }
 
