@@ -156,6 +156,7 @@ impl Bucket {
         total: Option<u64>,
     ) -> anyhow::Result<()> {
         let end = offset + data.len() as u64;
+        let shown = redacted(session);
         // The first byte the session does not hold yet.
         let mut from = offset;
         let mut wait = Backoff::new(self.retry);
@@ -175,7 +176,7 @@ impl Bucket {
                 Ok(r) if r.status().is_success() => {
                     return match total {
                         Some(_) => Ok(()),
-                        None => bail!("{session}: the upload ended before its last chunk"),
+                        None => bail!("{shown}: the upload ended before its last chunk"),
                     };
                 }
                 Ok(r) if r.status().as_u16() == RESUME_INCOMPLETE => {
@@ -183,27 +184,28 @@ impl Bucket {
                     // goes again, at once.
                     let held = held(&r)?;
                     if !(offset..=end).contains(&held) {
-                        bail!("{session}: holds {held} bytes after a chunk of {offset}..{end}");
+                        bail!("{shown}: holds {held} bytes after a chunk of {offset}..{end}");
                     }
                     if held > from {
                         from = held;
                         continue;
                     }
-                    anyhow!("PUT {session}: the session kept none of the chunk")
+                    anyhow!("PUT {shown}: the session kept none of the chunk")
                 }
-                Ok(r) if transient(r.status()) => refused("PUT", session, r).await,
-                Ok(r) => return Err(refused("PUT", session, r).await),
-                Err(e) => unsent("PUT", session, &e),
+                Ok(r) if transient(r.status()) => refused("PUT", shown, r).await,
+                Ok(r) => return Err(refused("PUT", shown, r).await),
+                Err(e) => unsent("PUT", redacted(session), &e),
             };
             wait.or_fail(failed).await?;
             match self.status(session).await {
                 Ok(Status::Done) if total.is_some() => return Ok(()),
-                Ok(Status::Done) => bail!("{session}: the upload ended before its last chunk"),
+                Ok(Status::Done) => bail!("{shown}: the upload ended before its last chunk"),
                 Ok(Status::Holds(held)) if (offset..=end).contains(&held) => from = held,
                 Ok(Status::Holds(held)) => {
-                    bail!("{session}: holds {held} bytes after a chunk of {offset}..{end}")
+                    bail!("{shown}: holds {held} bytes after a chunk of {offset}..{end}")
                 }
-                // Asked again after the next pause.
+                // The chunk goes again from where the session was last
+                // known to be, after the next pause.
                 Err(e) if e.transient => {}
                 Err(e) => return Err(e.error),
             }
@@ -227,11 +229,11 @@ impl Bucket {
             }
             Ok(r) => {
                 let transient = transient(r.status());
-                let error = refused("PUT", session, r).await;
+                let error = refused("PUT", redacted(session), r).await;
                 Err(Failure { error, transient })
             }
             Err(e) => Err(Failure {
-                error: unsent("PUT", session, &e),
+                error: unsent("PUT", redacted(session), &e),
                 transient: true,
             }),
         }
@@ -247,7 +249,7 @@ impl Bucket {
             .await?;
         match r.status().as_u16() {
             499 | 200..=299 | 404 | 410 => Ok(()),
-            _ => Err(refused("DELETE", session, r).await),
+            _ => Err(refused("DELETE", redacted(session), r).await),
         }
     }
 }
@@ -297,6 +299,12 @@ fn unsent(method: &str, url: &str, e: &reqwest::Error) -> anyhow::Error {
         cause = c.source();
     }
     anyhow!(text)
+}
+
+/// A session's URL for messages: without its query, whose `upload_id`
+/// lets anyone who has it write the object.
+fn redacted(session: &str) -> &str {
+    session.split_once('?').map_or(session, |(url, _)| url)
 }
 
 /// The bytes a session holds, from a 308's `Range: bytes=0-N` (none: 0).
@@ -473,6 +481,17 @@ mod tests {
         ] {
             assert_eq!(parse_range(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn messages_never_show_a_sessions_upload_id() {
+        let session = "https://storage.googleapis.com/upload/storage/v1/b/x/o\
+                       ?uploadType=resumable&name=a&upload_id=SECRET";
+        assert_eq!(
+            redacted(session),
+            "https://storage.googleapis.com/upload/storage/v1/b/x/o"
+        );
+        assert_eq!(redacted("http://h/o"), "http://h/o");
     }
 
     #[test]
