@@ -227,9 +227,11 @@ async fn a_large_export_to_gcs_goes_in_chunks_and_one_that_fails_midway_leaves_n
     assert_multipart_export(&gcs.get("exports", "whole.jsonl").await);
 
     // Chunks of the broken export are in the session, which is cancelled:
-    // no object appears, and the one already there is untouched.
+    // no object appears, and the one already there is untouched. At warn,
+    // a cancel the store refused would be a second line of stderr.
     let mut cmd = export_to_gcs(&config, &gcs, &LARGE_DAY);
-    cmd.args(["--out", "gs://exports/broken.jsonl"]);
+    cmd.args(["--out", "gs://exports/broken.jsonl"])
+        .env("RUST_LOG", "warn");
     export_failing_midway(&redis, cmd).await;
     assert_eq!(gcs.names("exports").await, vec!["whole.jsonl".to_owned()]);
 }

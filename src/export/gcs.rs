@@ -21,9 +21,12 @@
 //!   a failed export leaves no object.
 //!
 //! A request that fails on the way (a 5xx, 408 or 429 answer, a reset
-//! connection, a timeout) is tried again for up to [`Bucket::retry`]; for a
-//! chunk, the session is first asked how much it holds
-//! (`Content-Range: bytes */*`) and only the rest is sent again.
+//! connection, a timeout) is tried again for up to [`Bucket::retry`] from
+//! its first failure; for a chunk, the session is first asked how much it
+//! holds (`Content-Range: bytes */*`) and only the rest is sent again.
+//! Against an emulator a failed chunk fails the export instead:
+//! fake-gcs-server answers that question by committing what it holds as
+//! the object.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +57,10 @@ pub struct Bucket {
     credentials: Option<GcpCredentialProvider>,
     /// How long one request is tried again before the export fails.
     retry: Duration,
+    /// Whether a chunk that failed may be resumed from what the session
+    /// says it holds. Not on fake-gcs-server: asked, it commits what it
+    /// holds as the object.
+    resumable: bool,
 }
 
 /// 308: the session holds part of the object and waits for the rest.
@@ -65,6 +72,7 @@ impl Bucket {
         name: &str,
         credentials: Option<GcpCredentialProvider>,
         retry: Duration,
+        emulator: bool,
     ) -> anyhow::Result<Bucket> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("leafcache/", env!("CARGO_PKG_VERSION")))
@@ -80,6 +88,7 @@ impl Bucket {
             name: name.to_owned(),
             credentials,
             retry,
+            resumable: !emulator,
         })
     }
 
@@ -140,7 +149,7 @@ impl Bucket {
                 }
                 Ok(r) if transient(r.status()) => refused("POST", url.as_str(), r).await,
                 Ok(r) => return Err(refused("POST", url.as_str(), r).await),
-                Err(e) => unsent("POST", url.as_str(), &e),
+                Err(e) => unsent("POST", url.as_str(), e),
             };
             wait.or_fail(failed).await?;
         }
@@ -169,6 +178,8 @@ impl Bucket {
                 .request(Method::PUT, session)
                 .await?
                 .header(CONTENT_RANGE, content_range(from, end, total))
+                // Also when empty (`bytes */total`): HTTP/1.1 wants it.
+                .header(CONTENT_LENGTH, body.len())
                 .body(body)
                 .send()
                 .await;
@@ -194,13 +205,22 @@ impl Bucket {
                 }
                 Ok(r) if transient(r.status()) => refused("PUT", shown, r).await,
                 Ok(r) => return Err(refused("PUT", shown, r).await),
-                Err(e) => unsent("PUT", redacted(session), &e),
+                Err(e) => unsent("PUT", redacted(session), e),
             };
+            if !self.resumable {
+                return Err(failed);
+            }
             wait.or_fail(failed).await?;
             match self.status(session).await {
                 Ok(Status::Done) if total.is_some() => return Ok(()),
                 Ok(Status::Done) => bail!("{shown}: the upload ended before its last chunk"),
-                Ok(Status::Holds(held)) if (offset..=end).contains(&held) => from = held,
+                Ok(Status::Holds(held)) if (offset..=end).contains(&held) => {
+                    if held > from {
+                        // Progress: a new window of tries.
+                        wait = Backoff::new(self.retry);
+                    }
+                    from = held;
+                }
                 Ok(Status::Holds(held)) => {
                     bail!("{shown}: holds {held} bytes after a chunk of {offset}..{end}")
                 }
@@ -233,7 +253,7 @@ impl Bucket {
                 Err(Failure { error, transient })
             }
             Err(e) => Err(Failure {
-                error: unsent("PUT", redacted(session), &e),
+                error: unsent("PUT", redacted(session), e),
                 transient: true,
             }),
         }
@@ -246,7 +266,8 @@ impl Bucket {
             .await?
             .header(CONTENT_LENGTH, 0)
             .send()
-            .await?;
+            .await
+            .map_err(|e| unsent("DELETE", redacted(session), e))?;
         match r.status().as_u16() {
             499 | 200..=299 | 404 | 410 => Ok(()),
             _ => Err(refused("DELETE", redacted(session), r).await),
@@ -290,9 +311,11 @@ async fn refused(method: &str, url: &str, r: Response) -> anyhow::Error {
 
 /// The error for a request that got no answer, with its causes (reqwest's
 /// own message names none: "error sending request").
-fn unsent(method: &str, url: &str, e: &reqwest::Error) -> anyhow::Error {
+fn unsent(method: &str, url: &str, e: reqwest::Error) -> anyhow::Error {
+    // reqwest's message ends with the URL, a session's upload_id included.
+    let e = e.without_url();
     let mut text = format!("{method} {url}: {e}");
-    let mut cause = std::error::Error::source(e);
+    let mut cause = std::error::Error::source(&e);
     while let Some(c) = cause {
         text.push_str(": ");
         text.push_str(&c.to_string());
@@ -335,23 +358,30 @@ fn content_range(from: u64, end: u64, total: Option<u64>) -> String {
     }
 }
 
-/// Pauses between tries: 100 ms, doubling to 5 s, until `limit` has passed.
+/// Pauses between tries: 100 ms, doubling to 5 s, until `limit` has passed
+/// since the first failure (not since the first try: a request that timed
+/// out after minutes is still tried again).
 struct Backoff {
-    until: Instant,
+    limit: Duration,
+    until: Option<Instant>,
     pause: Duration,
 }
 
 impl Backoff {
     fn new(limit: Duration) -> Backoff {
         Backoff {
-            until: Instant::now() + limit,
+            limit,
+            until: None,
             pause: Duration::from_millis(100),
         }
     }
 
     /// Waits before the next try, or returns `error` if time is up.
     async fn or_fail(&mut self, error: anyhow::Error) -> anyhow::Result<()> {
-        if Instant::now() + self.pause > self.until {
+        let until = *self
+            .until
+            .get_or_insert_with(|| Instant::now() + self.limit);
+        if Instant::now() + self.pause > until {
             return Err(error);
         }
         tracing::warn!(error = %error, pause = ?self.pause, "Cloud Storage: trying again");
@@ -380,12 +410,16 @@ impl Upload {
         while !bytes.is_empty() {
             // The buffer fills to PART exactly, never grows past it: one
             // chunk filling and one in flight are all the memory it takes.
+            if self.buf.capacity() == 0 {
+                self.buf = BytesMut::with_capacity(PART);
+            }
             let (now, later) = bytes.split_at(bytes.len().min(PART - self.buf.len()));
             self.buf.extend_from_slice(now);
             bytes = later;
             if self.buf.len() == PART {
-                let next = BytesMut::with_capacity(PART);
-                let chunk = std::mem::replace(&mut self.buf, next).freeze();
+                // The next buffer is allocated once this chunk's
+                // predecessor is in (`send` waits for it).
+                let chunk = std::mem::take(&mut self.buf).freeze();
                 self.send(chunk).await?;
             }
         }
@@ -404,21 +438,24 @@ impl Upload {
         Ok(())
     }
 
-    /// Sends the rest: the object appears now, whole.
+    /// Sends the rest: the object appears now, whole. On failure the
+    /// session is cancelled, not left open for a week.
     pub async fn finish(&mut self) -> anyhow::Result<()> {
+        let done = self.complete().await;
+        if done.is_err() {
+            let _ = self.abort().await;
+        }
+        done
+    }
+
+    async fn complete(&mut self) -> anyhow::Result<()> {
         self.settle().await?;
         let session = self.session().await?;
         let rest = std::mem::take(&mut self.buf).freeze();
         let total = self.sent + rest.len() as u64;
-        if let Err(e) = self
-            .bucket
+        self.bucket
             .put(&session, self.sent, rest, Some(total))
-            .await
-        {
-            // Not left open for a week.
-            let _ = self.abort().await;
-            return Err(e);
-        }
+            .await?;
         self.sent = total;
         Ok(())
     }

@@ -1,14 +1,15 @@
 //! Where an export's bytes go: standard output, or one object written whole
 //! or not at all.
 //!
-//! An object is written through `object_store`'s `BufWriter` (a Cloud
-//! Storage object through [`super::gcs`]'s resumable upload): up to
-//! [`PART`] bytes it is one PUT; past that a multipart upload of [`PART`]
-//! sized parts, [`PARTS_IN_FLIGHT`] at a time, that the store makes visible
-//! only on completion. On failure the upload is aborted, so a reader never
-//! sees half an export, and a rerun replaces the object (PUT and complete
-//! overwrite). The local store does the same with a temporary file renamed
-//! into place.
+//! An S3 or local object is written through `object_store`'s `BufWriter`:
+//! up to [`PART`] bytes it is one PUT; past that a multipart upload of
+//! [`PART`] sized parts, [`PARTS_IN_FLIGHT`] at a time, that the store makes
+//! visible only on completion. On failure the upload is aborted, so a
+//! reader never sees half an export, and a rerun replaces the object (PUT
+//! and complete overwrite). The local store does the same with a temporary
+//! file renamed into place. A Cloud Storage object goes through
+//! [`super::gcs`]'s resumable upload instead: a session, then [`PART`]
+//! sized chunks in order, one in flight; the object appears with the last.
 
 use std::io::Write;
 use std::sync::Arc;

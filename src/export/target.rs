@@ -238,7 +238,8 @@ impl StoreUrl {
                         (gcs::GOOGLE.to_owned(), Some(google.credentials().clone()))
                     }
                 };
-                let bucket = gcs::Bucket::new(&base, bucket, credentials, RETRY)
+                let emulated = credentials.is_none();
+                let bucket = gcs::Bucket::new(&base, bucket, credentials, RETRY, emulated)
                     .with_context(|| format!("cannot use {shown}"))?;
                 Writer::Gcs(Arc::new(bucket))
             }
