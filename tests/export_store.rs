@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use common::emulators::{FakeGcs, MotoS3};
+use common::emulators::{Cutter, FakeGcs, MotoS3};
 use common::ops::*;
 use common::*;
 use serde_json::{Value, json};
@@ -267,6 +267,33 @@ async fn bad_urls_are_usage_errors_and_a_store_that_refuses_is_a_runtime_error_n
     assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
     let object = format!("s3://no-such-bucket/searches/date={from}/searches.jsonl.gz");
     assert!(r.stderr.contains(&object), "{r:?}");
+}
+
+/// The network fails in the middle of a chunk while the store stays up: the
+/// export fails (exit 1, one line naming the object), its session is
+/// cancelled (at warn, a refused cancel would be a second line), and no
+/// object appears.
+#[tokio::test]
+async fn a_connection_cut_in_the_middle_of_a_gcs_chunk_fails_the_export_and_leaves_no_object() {
+    let redis = Redis::start().await;
+    let gcs = FakeGcs::start("exports").await;
+    // Inside the second 8 MiB chunk.
+    let relay = Cutter::start(gcs.addr, 12 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    seed_large(&redis).await;
+
+    let mut cmd = leafcache(&config, &LARGE_DAY);
+    cmd.args(["--out", "gs://exports/cut.jsonl"])
+        .env("STORAGE_EMULATOR_HOST", format!("http://{}", relay.addr))
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("RUST_LOG", "warn");
+    let r = run_within(Duration::from_secs(120), &mut cmd).await;
+    assert!(relay.cut.load(std::sync::atomic::Ordering::SeqCst), "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
+    assert!(r.stderr.contains("gs://exports/cut.jsonl"), "{r:?}");
+    assert!(gcs.names("exports").await.is_empty());
 }
 
 /// `gs://` against fake-gcs-server, as users run it: `STORAGE_EMULATOR_HOST`

@@ -244,3 +244,77 @@ fn fake_gcs_binary() -> String {
         ),
     }
 }
+
+/// A TCP relay in front of a store that cuts the connection carrying the
+/// `cut_after`-th byte toward the store (both ways, mid-request), then relays
+/// every later connection whole: the network failing in the middle of an
+/// upload, with the store itself still up.
+pub struct Cutter {
+    pub addr: SocketAddr,
+    /// Whether the cut has happened.
+    pub cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cutter {
+    pub async fn start(store: SocketAddr, cut_after: u64) -> Cutter {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let addr = listener.local_addr().expect("the relay's address");
+        let left = Arc::new(AtomicU64::new(cut_after));
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (left, cut) = (left.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(store).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut ur, mut uw) = upstream.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match tokio::io::AsyncReadExt::read(&mut cr, &mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if !cut.load(Ordering::SeqCst) {
+                            let before = left.fetch_sub(n as u64, Ordering::SeqCst);
+                            if before <= n as u64 {
+                                // This read holds the cut: send part of it,
+                                // then drop both sides.
+                                let part = &buf[..before as usize];
+                                let _ = tokio::io::AsyncWriteExt::write_all(&mut uw, part).await;
+                                cut.store(true, Ordering::SeqCst);
+                                down.abort();
+                                return;
+                            }
+                        }
+                        if tokio::io::AsyncWriteExt::write_all(&mut uw, &buf[..n])
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut uw).await;
+                    let _ = down.await;
+                });
+            }
+        });
+        Cutter { addr, cut, task }
+    }
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
