@@ -7,7 +7,7 @@
 //! on every change.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -65,6 +65,16 @@ pub struct Sources {
     pub coalescer: Arc<Coalescer>,
     pub redis_health: Option<Arc<Health>>,
     pub events: Option<EventSink>,
+    /// Refresh-ahead's counts, when it is on.
+    pub refresh: Option<Arc<RefreshStats>>,
+}
+
+/// What refresh-ahead did (`proxy::refresh` counts, the scrape reads).
+#[derive(Default)]
+pub struct RefreshStats {
+    pub started: AtomicU64,
+    /// Due, but the rate limit had no token left.
+    pub rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -258,6 +268,20 @@ impl Collector for Snapshot {
             "cache_writes_dropped",
             "Cache stores that skipped Redis because its write backlog was full",
             cs.tier.writes_dropped.load(Ordering::Relaxed),
+        )?;
+        let refreshes = s.refresh.as_deref();
+        let read = |n: Option<&AtomicU64>| n.map_or(0, |n| n.load(Ordering::Relaxed));
+        counter(
+            &mut enc,
+            "refreshes_started",
+            "Refresh-ahead refetches started (popular entries near their expiry)",
+            read(refreshes.map(|r| &r.started)),
+        )?;
+        counter(
+            &mut enc,
+            "refreshes_rate_limited",
+            "Refresh-ahead refetches skipped: refresh_rate had no token left",
+            read(refreshes.map(|r| &r.rate_limited)),
         )?;
         if let Some(ev) = &s.events {
             events(&mut enc, ev)?;

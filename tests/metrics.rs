@@ -50,6 +50,13 @@ async fn metrics_count_requests_by_route_and_cache_result_and_follow_the_event_p
     assert_eq!(sample(&after, hits), 2.0, "{after}");
     assert_eq!(sample(&after, "leafcache_events_enqueued_total"), 3.0);
     assert_eq!(sample(&after, "leafcache_events_dropped_total"), 0.0);
+    // Refresh-ahead is off: its counters are there, at 0.
+    for name in ["refreshes_started_total", "refreshes_rate_limited_total"] {
+        assert!(
+            after.contains(&format!("\nleafcache_{name} 0\n")),
+            "{after}"
+        );
+    }
     assert_eq!(
         sample(&after, "leafcache_request_duration_seconds_count"),
         3.0

@@ -25,9 +25,17 @@ fn backend_answer(req: &Recorded) -> Reply {
     search_answer(&q, "product_search", 0.9, &[("p1", "s1")])
 }
 
-/// Asks for `query` until a refresh-ahead refetch has happened (the backend
-/// answered more than the client's misses), within `limit`.
+/// Asks for `query` until a refresh-ahead refetch of it has happened (the
+/// backend answered it more often than the client missed it), within `limit`.
 async fn until_refreshed(proxy: &Proxy, backend: &Backend, query: &str, limit: Duration) {
+    let fetched = || {
+        backend
+            .requests()
+            .iter()
+            .filter(|r| query_of(r).as_deref() == Some(query))
+            .count()
+    };
+    let before = fetched();
     let req = proxy.search(None, json!({ "query": query }));
     let mut misses = 0;
     let start = Instant::now();
@@ -35,7 +43,7 @@ async fn until_refreshed(proxy: &Proxy, backend: &Backend, query: &str, limit: D
         if req.send().await.x_cache() == Some("MISS") {
             misses += 1;
         }
-        if backend.count() > misses {
+        if fetched() - before > misses {
             return;
         }
         assert!(start.elapsed() < limit, "no refresh-ahead within {limit:?}");
@@ -73,8 +81,14 @@ async fn refreshes_stay_within_refresh_rate() {
     let backend = Backend::start(backend_answer).await;
     let proxy = Proxy::start(&config(50, "2", "2s"), &backend, &redis).await;
     let queries: Vec<String> = (0..20).map(|i| format!("query {i}")).collect();
-    until_refreshed(&proxy, &backend, "query 0", Duration::from_secs(20)).await;
+    // Each query logged once, then the last one refreshed: the popular list
+    // read since holds all twenty.
+    for q in &queries {
+        proxy.search(None, json!({ "query": q })).send().await;
+    }
+    until_refreshed(&proxy, &backend, "query 19", Duration::from_secs(20)).await;
     // Every key asked for, round and round, for 4 s: each is due once a ttl.
+    let metrics_before = refresh_metrics(&proxy).await;
     let before = backend.count();
     let mut client_misses = 0;
     let start = Instant::now();
@@ -95,6 +109,41 @@ async fn refreshes_stay_within_refresh_rate() {
         "{refreshes} refetches in {elapsed:.1} s at refresh_rate 2 (at most {allowed})"
     );
     assert!(refreshes >= 1, "some keys were refreshed");
+
+    // /metrics counts those refetches: every backend request beyond the
+    // client's misses was one, and every one started reached the backend,
+    // unless a client's miss of the same key joined it (the last may still
+    // be on its way). And it counts the due hits the rate limit turned away.
+    let (started, limited) = eventually("the metrics to match the backend", || async {
+        let (started, limited) = refresh_metrics(&proxy).await;
+        let started = (started - metrics_before.0) as usize;
+        let fetched = backend.count() - before;
+        let refetched = fetched - client_misses;
+        (refetched <= started && started <= fetched)
+            .then_some((started, limited - metrics_before.1))
+    })
+    .await;
+    assert!(started >= refreshes, "{started} < {refreshes}");
+    assert!(
+        limited > 0,
+        "20 keys due at 2 refreshes a second: some turned away"
+    );
+}
+
+/// `leafcache_refreshes_started_total` and `..._rate_limited_total`.
+async fn refresh_metrics(proxy: &Proxy) -> (u64, u64) {
+    let r = common::ops::admin(proxy, "GET", "/metrics").send().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let text = String::from_utf8_lossy(&r.body);
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics: {text}"))
+    };
+    (
+        value("leafcache_refreshes_started_total"),
+        value("leafcache_refreshes_rate_limited_total"),
+    )
 }
 
 #[tokio::test]

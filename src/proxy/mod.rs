@@ -89,6 +89,8 @@ impl Proxy {
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
             .collect();
+        let refresh = (config.cache.refresh_ahead > 0)
+            .then(|| Arc::new(refresh::RefreshAhead::new(config.cache.refresh_rate)));
         let metrics = Arc::new(Metrics::new(
             &route_names,
             Sources {
@@ -97,11 +99,10 @@ impl Proxy {
                 coalescer: cache.coalescer.clone(),
                 redis_health: cache.redis().map(|r| r.health().clone()),
                 events: events.clone(),
+                refresh: refresh.as_ref().map(|r| r.stats.clone()),
             },
         ));
         let upstream = upstream.with_metrics(metrics.clone());
-        let refresh = (config.cache.refresh_ahead > 0)
-            .then(|| Arc::new(refresh::RefreshAhead::new(config.cache.refresh_rate)));
         Arc::new_cyclic(|this| Proxy {
             config,
             upstream,

@@ -17,7 +17,7 @@
 //! stores what the route's rules allow, and is not logged as a search.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use bb8_redis::redis;
 use tokio::time::Instant;
 
 use crate::cache::envelope::Entry;
+use crate::metrics::RefreshStats;
 use crate::redis::RedisPool;
 use crate::redis::keys::{self, Prefix};
 use crate::redis::pool::Command;
@@ -32,19 +33,13 @@ use crate::redis::pool::Command;
 /// How often the list of popular queries is read again.
 pub const POPULAR_EVERY: Duration = Duration::from_secs(5);
 
-/// What refresh-ahead did, for the metrics endpoint.
-#[derive(Default)]
-pub struct RefreshStats {
-    pub started: AtomicU64,
-    /// Due, but the rate limit had no token left.
-    pub rate_limited: AtomicU64,
-}
-
 pub struct RefreshAhead {
     popular: RwLock<Arc<HashSet<String>>>,
     bucket: Mutex<Bucket>,
     rate: f64,
-    pub stats: RefreshStats,
+    /// For `/metrics` (`leafcache_refreshes_started_total`,
+    /// `leafcache_refreshes_rate_limited_total`).
+    pub stats: Arc<RefreshStats>,
 }
 
 struct Bucket {
@@ -61,7 +56,7 @@ impl RefreshAhead {
                 at: Instant::now(),
             }),
             rate,
-            stats: RefreshStats::default(),
+            stats: Arc::default(),
         }
     }
 
