@@ -280,7 +280,7 @@ impl Collector for Snapshot {
         counter(
             &mut enc,
             "refreshes_rate_limited",
-            "Refresh-ahead refetches skipped: refresh_rate had no token left",
+            "Hits on a due popular entry that found no refresh_rate token (a later hit may still refresh it)",
             read(refreshes.map(|r| &r.rate_limited)),
         )?;
         if let Some(ev) = &s.events {

@@ -272,7 +272,9 @@ async fn bad_urls_are_usage_errors_and_a_store_that_refuses_is_a_runtime_error_n
 /// The network fails in the middle of a chunk while the store stays up: the
 /// export fails (exit 1, one line naming the object), its session is
 /// cancelled (at warn, a refused cancel would be a second line), and no
-/// object appears.
+/// object appears. This is the emulator's path, where a failed chunk fails
+/// the export; real Cloud Storage would resume the chunk instead, which no
+/// test here can show (the emulator commits what it holds when asked).
 #[tokio::test]
 async fn a_connection_cut_in_the_middle_of_a_gcs_chunk_fails_the_export_and_leaves_no_object() {
     let redis = Redis::start().await;

@@ -111,19 +111,21 @@ async fn refreshes_stay_within_refresh_rate() {
     assert!(refreshes >= 1, "some keys were refreshed");
 
     // /metrics counts those refetches: every backend request beyond the
-    // client's misses was one, and every one started reached the backend,
-    // unless a client's miss of the same key joined it (the last may still
-    // be on its way). And it counts the due hits the rate limit turned away.
+    // client's misses was one, and every one started reaches the backend
+    // (the last may still be on its way). A client's miss joins a refetch
+    // only if the entry expires while it is in flight, a second after it
+    // began: once at most. And it counts the due hits the rate limit turned
+    // away.
     let (started, limited) = eventually("the metrics to match the backend", || async {
         let (started, limited) = refresh_metrics(&proxy).await;
         let started = (started - metrics_before.0) as usize;
         let fetched = backend.count() - before;
         let refetched = fetched - client_misses;
-        (refetched <= started && started <= fetched)
+        (refetched <= started && started <= refetched + 1)
             .then_some((started, limited - metrics_before.1))
     })
     .await;
-    assert!(started >= refreshes, "{started} < {refreshes}");
+    assert!(started >= 1);
     assert!(
         limited > 0,
         "20 keys due at 2 refreshes a second: some turned away"

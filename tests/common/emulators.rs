@@ -286,13 +286,22 @@ impl Cutter {
                             Ok(n) => n,
                         };
                         if !cut.load(Ordering::SeqCst) {
-                            let before = left.fetch_sub(n as u64, Ordering::SeqCst);
-                            if before <= n as u64 {
-                                // This read holds the cut: send part of it,
-                                // then drop both sides.
+                            // What is left before the cut, if this read
+                            // does not reach it; else the read holds the cut.
+                            let n = n as u64;
+                            let passed =
+                                left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                                    l.checked_sub(n).filter(|rest| *rest > 0)
+                                });
+                            // Claimed once: a read racing it on another
+                            // connection goes through whole.
+                            if let Err(before) = passed
+                                && !cut.swap(true, Ordering::SeqCst)
+                            {
+                                // Send the part before the cut, then drop
+                                // both sides.
                                 let part = &buf[..before as usize];
                                 let _ = tokio::io::AsyncWriteExt::write_all(&mut uw, part).await;
-                                cut.store(true, Ordering::SeqCst);
                                 down.abort();
                                 return;
                             }
