@@ -11,15 +11,3 @@ pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
     }
     h
 }
-
-/// Search facts of an answer that shows these products, each with its
-/// supplier when known.
-pub(crate) fn meta_showing(products: &[(&str, Option<&str>)]) -> crate::answer::SearchMeta {
-    crate::answer::SearchMeta {
-        products: products
-            .iter()
-            .map(|(p, s)| (p.to_string(), s.map(str::to_string)))
-            .collect(),
-        ..Default::default()
-    }
-}

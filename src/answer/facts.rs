@@ -234,7 +234,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::testing::meta_showing as meta;
+    use crate::answer::meta_showing as meta;
 
     #[test]
     fn the_size_of_facts_to_come_is_predicted_and_then_counted() {

@@ -101,3 +101,16 @@ impl SearchMeta {
         }
     }
 }
+
+/// Search facts of an answer that shows these products, each with its
+/// supplier when known (for unit tests).
+#[cfg(test)]
+pub(crate) fn meta_showing(products: &[(&str, Option<&str>)]) -> SearchMeta {
+    SearchMeta {
+        products: products
+            .iter()
+            .map(|(p, s)| (p.to_string(), s.map(str::to_string)))
+            .collect(),
+        ..Default::default()
+    }
+}

@@ -8,7 +8,8 @@
 //! whose entries have expired, and moves the index's own expiry out to the
 //! latest of its entries: an index lives exactly as long as something it
 //! names, and never holds more than the live entries plus those that
-//! expired since its last write.
+//! expired since its last write. This module says which indexes; the
+//! commands that file a key are the Redis tier's (`redis::tier`).
 //!
 //! The index cost per answer is bounded: an answer that shows more than
 //! [`TAGS_MAX`] distinct products and suppliers is filed under one
@@ -19,7 +20,6 @@
 
 use crate::answer::SearchMeta;
 use crate::redis::keys;
-use crate::redis::wire::Commands;
 
 /// Tag index entries one answer may add; past this, the answer is filed
 /// under the overflow index alone.
@@ -72,33 +72,10 @@ pub fn index_keys_of(meta: &SearchMeta, prefix: &str) -> Vec<String> {
     products.chain(suppliers).collect()
 }
 
-/// Files `key` under each of `tags`, its entry expiring at `expires_ms`;
-/// returns the number of commands appended.
-pub fn file(
-    out: &mut impl Commands,
-    key: &str,
-    tags: &[String],
-    expires_ms: u64,
-    now_ms: u64,
-) -> usize {
-    let mut at = itoa::Buffer::new();
-    let at = at.format(expires_ms).as_bytes();
-    let before_now = format!("({now_ms}");
-    for tag in tags {
-        let tag = tag.as_bytes();
-        out.command(&[b"ZADD", tag, at, key.as_bytes()]);
-        out.command(&[b"ZREMRANGEBYSCORE", tag, b"-inf", before_now.as_bytes()]);
-        // NX gives a new index an expiry; GT moves an existing one out.
-        out.command(&[b"PEXPIREAT", tag, at, b"NX"]);
-        out.command(&[b"PEXPIREAT", tag, at, b"GT"]);
-    }
-    tags.len() * 4
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::meta_showing as meta;
+    use crate::answer::meta_showing as meta;
 
     #[test]
     fn an_answer_is_filed_under_each_distinct_product_and_supplier() {

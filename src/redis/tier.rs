@@ -111,7 +111,7 @@ impl CacheTier {
     }
 
     /// `SET key value EX ex_secs` in the background, and the key filed
-    /// under the tag indexes `tags` (see [`crate::cache::tags`]); counted as
+    /// under the tag indexes `tags` (see `cache::tags`); counted as
     /// dropped when the backlog is full, as a store error when Redis is
     /// marked down.
     pub fn set_ex(&self, key: &str, value: &Bytes, ex_secs: u64, tags: &[String]) {
@@ -209,7 +209,31 @@ fn store(out: &mut impl Commands, key: &str, value: &[u8], ex_secs: u64, tags: &
     }
     let now = crate::time::now_ms();
     let expires = now.saturating_add(ex_secs.saturating_mul(1000));
-    1 + crate::cache::tags::file(out, key, tags, expires, now)
+    1 + file_under_tags(out, key, tags, expires, now)
+}
+
+/// Files `key` under each of `tags` (`cache:tag:*`, chosen by `cache::tags`),
+/// its entry expiring at `expires_ms`; returns the number of commands
+/// appended.
+fn file_under_tags(
+    out: &mut impl Commands,
+    key: &str,
+    tags: &[String],
+    expires_ms: u64,
+    now_ms: u64,
+) -> usize {
+    let mut at = itoa::Buffer::new();
+    let at = at.format(expires_ms).as_bytes();
+    let before_now = format!("({now_ms}");
+    for tag in tags {
+        let tag = tag.as_bytes();
+        out.command(&[b"ZADD", tag, at, key.as_bytes()]);
+        out.command(&[b"ZREMRANGEBYSCORE", tag, b"-inf", before_now.as_bytes()]);
+        // NX gives a new index an expiry; GT moves an existing one out.
+        out.command(&[b"PEXPIREAT", tag, at, b"NX"]);
+        out.command(&[b"PEXPIREAT", tag, at, b"GT"]);
+    }
+    tags.len() * 4
 }
 
 /// The one encoding of an invalidation: one UNLINK per key (in cluster
