@@ -201,6 +201,30 @@ async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no
     );
 }
 
+/// The same cut on the way to S3: object_store tries the part again (its
+/// retries, 30 s here), the relay carries the retry whole, and the export
+/// completes with every search, no upload left pending.
+#[tokio::test]
+async fn a_connection_cut_in_the_middle_of_an_s3_part_is_retried_and_the_export_completes() {
+    let redis = Redis::start().await;
+    let s3 = MotoS3::start().await;
+    s3.bucket("exports").await;
+    // Inside the second 8 MiB part.
+    let relay = Cutter::start(s3.addr, 12 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    seed_large(&redis).await;
+
+    let mut cmd = export_to(&config, &s3, &LARGE_DAY);
+    cmd.args(["--out", "s3://exports/retried.jsonl"])
+        .env("AWS_ENDPOINT_URL", format!("http://{}", relay.addr));
+    let r = run_within(Duration::from_secs(120), &mut cmd).await;
+    assert!(relay.cut.load(std::sync::atomic::Ordering::SeqCst), "{r:?}");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_multipart_export(&s3.get("exports", "retried.jsonl").await);
+    assert!(s3.pending_uploads("exports").await.is_empty());
+}
+
 fn export_to_gcs(
     config: &std::path::Path,
     gcs: &FakeGcs,
