@@ -249,15 +249,28 @@ async fn lookups_read_the_database_the_url_names() {
     let url = format!("{}/3", redis.url());
     let proxy = Proxy::start_with(&ProxyConfig::search().without_l1(), &backend.url(), &url).await;
     let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
-    assert_miss_stored(&milk.send().await);
-    let hit = eventually("a hit from database 3", || async {
-        let resp = milk.send().await;
-        (resp.x_cache() == Some("HIT")).then_some(resp)
+    let first = milk.send().await;
+    assert_miss_stored(&first);
+    let key = user_key("u1", &first.key());
+    // The entry is written in the background: once it is in database 3, the
+    // next search can only be a hit. (Asking until a hit came let a second
+    // miss reach the backend when the write was slow.)
+    let db3 = redis::Client::open(url.as_str()).expect("the database 3 URL");
+    eventually("the entry stored in database 3", || async {
+        let mut con = db3.get_multiplexed_async_connection().await.ok()?;
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        (n == 1).then_some(())
     })
     .await;
+    let hit = milk.send().await;
+    assert_eq!(hit.x_cache(), Some("HIT"), "{hit:?}");
     assert_eq!(hit.backend_n(), 1, "the backend saw only the first search");
     assert!(
-        !redis.exists(&user_key("u1", &hit.key())).await,
+        !redis.exists(&key).await,
         "nothing was stored in database 0"
     );
 }
