@@ -10,6 +10,15 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// One day, the unit of the daily keys (`YYYY-MM-DD`, UTC).
+pub const DAY_MS: u64 = 86_400_000;
+
+/// `YYYY-MM-DD` (UTC) of the day `ms` falls in.
+pub fn utc_date(ms: u64) -> String {
+    let t = rfc3339_ms(ms);
+    t.get(..10).unwrap_or(&t).to_owned()
+}
+
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
     let mut buf = [0; RFC3339_MS_LEN];

@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use common::emulators::{Cutter, FakeGcs, MotoS3};
+use common::emulators::{Cutter, Emulator, FakeGcs, MotoS3};
 use common::ops::*;
 use common::*;
 use serde_json::{Value, json};
@@ -20,9 +20,14 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn export_to(config: &std::path::Path, s3: &MotoS3, args: &[&str]) -> tokio::process::Command {
+/// `leafcache export ARGS` pointed at `store`.
+fn export_to(
+    config: &std::path::Path,
+    store: &impl Emulator,
+    args: &[&str],
+) -> tokio::process::Command {
     let mut cmd = leafcache(config, args);
-    cmd.envs(s3.env());
+    store.point(&mut cmd, store.addr());
     cmd
 }
 
@@ -33,50 +38,40 @@ async fn jsonl_of(config: &std::path::Path, day: &str) -> Vec<u8> {
     r.stdout
 }
 
-#[tokio::test]
-async fn daily_export_to_s3_writes_a_gzipped_object_per_day_in_date_partitions_and_a_rerun_replaces_them()
- {
-    let redis = Redis::start().await;
-    let s3 = MotoS3::start().await;
-    s3.bucket("exports").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = cli_config(dir.path(), &redis);
-    let (from, to, _) = three_days(&redis).await;
-
+/// `--gzip --daily <scheme>://exports/searches` over `three_days`: one object
+/// per day in its date partition, holding what the day's JSONL export
+/// holds; after a late search on the first day, a rerun replaces that day's
+/// object. The first day, and its object's lines after the rerun.
+async fn daily_export_and_a_rerun<E: Emulator>(
+    redis: &Redis,
+    config: &std::path::Path,
+    store: &E,
+) -> (String, Vec<Value>) {
+    let (from, to, _) = three_days(redis).await;
+    let url = format!("{}://exports/searches", E::SCHEME);
     let args = [
-        "export",
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--gzip",
-        "--daily",
-        "s3://exports/searches",
+        "export", "--from", &from, "--to", &to, "--gzip", "--daily", &url,
     ];
-    let r = run(export_to(&config, &s3, &args)).await;
+    let r = run(export_to(config, store, &args)).await;
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(
-        s3.keys("exports", "").await,
-        vec![
-            format!("searches/date={from}/searches.jsonl.gz"),
-            format!("searches/date={to}/searches.jsonl.gz"),
-        ]
-    );
     let day1 = format!("searches/date={from}/searches.jsonl.gz");
-    assert_eq!(
-        gunzip(&s3.get("exports", &day1).await),
-        jsonl_of(&config, &from).await
-    );
-    assert_eq!(lines(&gunzip(&s3.get("exports", &day1).await)).len(), 3);
     let day2 = format!("searches/date={to}/searches.jsonl.gz");
     assert_eq!(
-        gunzip(&s3.get("exports", &day2).await),
-        jsonl_of(&config, &to).await
+        store.names("exports").await,
+        vec![day1.clone(), day2.clone()]
+    );
+    assert_eq!(
+        gunzip(&store.get("exports", &day1).await),
+        jsonl_of(config, &from).await
+    );
+    assert_eq!(lines(&gunzip(&store.get("exports", &day1).await)).len(), 3);
+    assert_eq!(
+        gunzip(&store.get("exports", &day2).await),
+        jsonl_of(config, &to).await
     );
 
-    // A late search on the first day: the rerun replaces that day's object.
     seed(
-        &redis,
+        redis,
         &[search_event(
             1_764_028_800_000 + 20 * 3_600_000,
             Some("u9"),
@@ -85,12 +80,24 @@ async fn daily_export_to_s3_writes_a_gzipped_object_per_day_in_date_partitions_a
         )],
     )
     .await;
-    let r = run(export_to(&config, &s3, &args)).await;
+    let r = run(export_to(config, store, &args)).await;
     assert_eq!(r.code, 0, "{r:?}");
-    let rerun = lines(&gunzip(&s3.get("exports", &day1).await));
+    let rerun = lines(&gunzip(&store.get("exports", &day1).await));
     assert_eq!(rerun.len(), 4);
     assert_eq!(rerun[3]["query"], "late");
-    assert_eq!(s3.keys("exports", "").await.len(), 2, "replaced, not added");
+    assert_eq!(store.names("exports").await.len(), 2, "replaced, not added");
+    (from, rerun)
+}
+
+#[tokio::test]
+async fn daily_export_to_s3_writes_a_gzipped_object_per_day_in_date_partitions_and_a_rerun_replaces_them()
+ {
+    let redis = Redis::start().await;
+    let s3 = MotoS3::start().await;
+    s3.bucket("exports").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    daily_export_and_a_rerun(&redis, &config, &s3).await;
     assert!(s3.pending_uploads("exports").await.is_empty());
 }
 
@@ -175,6 +182,28 @@ fn assert_multipart_export(body: &[u8]) {
     );
 }
 
+/// A [`LARGE`] export goes up in parts; one that fails midway (Redis refuses
+/// keys) leaves no object and the one already there untouched. At warn, an
+/// abort the store refused would be a second line of stderr.
+async fn large_export_and_one_failing_midway<E: Emulator>(
+    redis: &Redis,
+    config: &std::path::Path,
+    store: &E,
+) {
+    seed_large(redis).await;
+    let mut whole = export_to(config, store, &LARGE_DAY);
+    whole.args(["--out", &format!("{}://exports/whole.jsonl", E::SCHEME)]);
+    let r = run_within(Duration::from_secs(120), &mut whole).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_multipart_export(&store.get("exports", "whole.jsonl").await);
+
+    let mut cmd = export_to(config, store, &LARGE_DAY);
+    cmd.args(["--out", &format!("{}://exports/broken.jsonl", E::SCHEME)])
+        .env("RUST_LOG", "warn");
+    export_failing_midway(redis, cmd).await;
+    assert_eq!(store.names("exports").await, vec!["whole.jsonl".to_owned()]);
+}
+
 #[tokio::test]
 async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no_object() {
     let redis = Redis::start().await;
@@ -182,19 +211,7 @@ async fn a_large_export_is_uploaded_in_parts_and_one_that_fails_midway_leaves_no
     s3.bucket("exports").await;
     let dir = tempfile::tempdir().unwrap();
     let config = cli_config(dir.path(), &redis);
-    seed_large(&redis).await;
-
-    let mut whole = export_to(&config, &s3, &LARGE_DAY);
-    whole.args(["--out", "s3://exports/whole.jsonl"]);
-    let r = run_within(Duration::from_secs(120), &mut whole).await;
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_multipart_export(&s3.get("exports", "whole.jsonl").await);
-
-    // The upload, parts of which are already stored, is aborted.
-    let mut cmd = export_to(&config, &s3, &LARGE_DAY);
-    cmd.args(["--out", "s3://exports/broken.jsonl"]);
-    export_failing_midway(&redis, cmd).await;
-    assert_eq!(s3.keys("exports", "").await, vec!["whole.jsonl".to_owned()]);
+    large_export_and_one_failing_midway(&redis, &config, &s3).await;
     assert!(
         s3.pending_uploads("exports").await.is_empty(),
         "the multipart upload was aborted"
@@ -216,8 +233,8 @@ async fn a_connection_cut_in_the_middle_of_an_s3_part_is_retried_and_the_export_
     seed_large(&redis).await;
 
     let mut cmd = export_to(&config, &s3, &LARGE_DAY);
-    cmd.args(["--out", "s3://exports/retried.jsonl"])
-        .env("AWS_ENDPOINT_URL", format!("http://{}", relay.addr));
+    cmd.args(["--out", "s3://exports/retried.jsonl"]);
+    s3.point(&mut cmd, relay.addr);
     let r = run_within(Duration::from_secs(120), &mut cmd).await;
     assert!(relay.cut.load(std::sync::atomic::Ordering::SeqCst), "{r:?}");
     assert_eq!(r.code, 0, "{r:?}");
@@ -225,39 +242,14 @@ async fn a_connection_cut_in_the_middle_of_an_s3_part_is_retried_and_the_export_
     assert!(s3.pending_uploads("exports").await.is_empty());
 }
 
-fn export_to_gcs(
-    config: &std::path::Path,
-    gcs: &FakeGcs,
-    args: &[&str],
-) -> tokio::process::Command {
-    let mut cmd = leafcache(config, args);
-    cmd.env("STORAGE_EMULATOR_HOST", gcs.url())
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
-    cmd
-}
-
+/// Through the resumable upload, the session cancelled on failure.
 #[tokio::test]
 async fn a_large_export_to_gcs_goes_in_chunks_and_one_that_fails_midway_leaves_no_object() {
     let redis = Redis::start().await;
     let gcs = FakeGcs::start("exports").await;
     let dir = tempfile::tempdir().unwrap();
     let config = cli_config(dir.path(), &redis);
-    seed_large(&redis).await;
-
-    let mut whole = export_to_gcs(&config, &gcs, &LARGE_DAY);
-    whole.args(["--out", "gs://exports/whole.jsonl"]);
-    let r = run_within(Duration::from_secs(120), &mut whole).await;
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_multipart_export(&gcs.get("exports", "whole.jsonl").await);
-
-    // Chunks of the broken export are in the session, which is cancelled:
-    // no object appears, and the one already there is untouched. At warn,
-    // a cancel the store refused would be a second line of stderr.
-    let mut cmd = export_to_gcs(&config, &gcs, &LARGE_DAY);
-    cmd.args(["--out", "gs://exports/broken.jsonl"])
-        .env("RUST_LOG", "warn");
-    export_failing_midway(&redis, cmd).await;
-    assert_eq!(gcs.names("exports").await, vec!["whole.jsonl".to_owned()]);
+    large_export_and_one_failing_midway(&redis, &config, &gcs).await;
 }
 
 #[tokio::test]
@@ -311,9 +303,8 @@ async fn a_connection_cut_in_the_middle_of_a_gcs_chunk_fails_the_export_and_leav
 
     let mut cmd = leafcache(&config, &LARGE_DAY);
     cmd.args(["--out", "gs://exports/cut.jsonl"])
-        .env("STORAGE_EMULATOR_HOST", format!("http://{}", relay.addr))
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .env("RUST_LOG", "warn");
+    gcs.point(&mut cmd, relay.addr);
     let r = run_within(Duration::from_secs(120), &mut cmd).await;
     assert!(relay.cut.load(std::sync::atomic::Ordering::SeqCst), "{r:?}");
     assert_eq!(r.code, 1, "{r:?}");
@@ -322,59 +313,17 @@ async fn a_connection_cut_in_the_middle_of_a_gcs_chunk_fails_the_export_and_leav
     assert!(gcs.names("exports").await.is_empty());
 }
 
-/// `gs://` against fake-gcs-server, as users run it: `STORAGE_EMULATOR_HOST`
-/// and no credentials (no metadata server is asked).
+/// `gs://` against fake-gcs-server, as users run it (`FakeGcs::point`).
 #[tokio::test]
 async fn daily_export_to_gcs_writes_partitions_whole_reruns_replace_them_and_parquet_reads_back() {
     let redis = Redis::start().await;
     let gcs = FakeGcs::start("exports").await;
     let dir = tempfile::tempdir().unwrap();
     let config = cli_config(dir.path(), &redis);
-    let (from, to, _) = three_days(&redis).await;
-    let args = [
-        "export",
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--gzip",
-        "--daily",
-        "gs://exports/searches",
-    ];
-    let r = run(export_to_gcs(&config, &gcs, &args)).await;
-    assert_eq!(r.code, 0, "{r:?}");
-    let day1 = format!("searches/date={from}/searches.jsonl.gz");
-    let day2 = format!("searches/date={to}/searches.jsonl.gz");
-    assert_eq!(gcs.names("exports").await, vec![day1.clone(), day2.clone()]);
-    assert_eq!(
-        gunzip(&gcs.get("exports", &day1).await),
-        jsonl_of(&config, &from).await
-    );
-    assert_eq!(
-        gunzip(&gcs.get("exports", &day2).await),
-        jsonl_of(&config, &to).await
-    );
-
-    // A late search on the first day: the rerun replaces that day's object.
-    seed(
-        &redis,
-        &[search_event(
-            1_764_028_800_000 + 20 * 3_600_000,
-            Some("u9"),
-            "late",
-            Some("product_search"),
-        )],
-    )
-    .await;
-    let r = run(export_to_gcs(&config, &gcs, &args)).await;
-    assert_eq!(r.code, 0, "{r:?}");
-    let rerun = lines(&gunzip(&gcs.get("exports", &day1).await));
-    assert_eq!(rerun.len(), 4);
-    assert_eq!(rerun[3]["query"], "late");
-    assert_eq!(gcs.names("exports").await.len(), 2, "replaced, not added");
+    let (from, rerun) = daily_export_and_a_rerun(&redis, &config, &gcs).await;
 
     // Parquet in the bucket, read back by pyarrow.
-    let mut cmd = export_to_gcs(&config, &gcs, &["export", "--from", &from, "--to", &from]);
+    let mut cmd = export_to(&config, &gcs, &["export", "--from", &from, "--to", &from]);
     cmd.args(["--format", "parquet", "--out", "gs://exports/day.parquet"]);
     let r = run(cmd).await;
     assert_eq!(r.code, 0, "{r:?}");
@@ -393,7 +342,7 @@ async fn daily_export_to_gcs_writes_partitions_whole_reruns_replace_them_and_par
 
     // A bucket that does not exist: exit 1, one line naming the object and
     // the emulator, and nothing written anywhere.
-    let mut cmd = export_to_gcs(&config, &gcs, &["export", "--from", &from, "--to", &from]);
+    let mut cmd = export_to(&config, &gcs, &["export", "--from", &from, "--to", &from]);
     cmd.args(["--gzip", "--daily", "gs://no-such-bucket/searches"]);
     let r = run_within(Duration::from_secs(60), &mut cmd).await;
     assert_eq!(r.code, 1, "{r:?}");

@@ -4,8 +4,7 @@
 use std::time::UNIX_EPOCH;
 
 use crate::events::counters::date_of;
-
-const DAY_MS: u64 = 86_400_000;
+use crate::time::DAY_MS;
 
 /// Days since 1970-01-01 of a strict `YYYY-MM-DD` date; `None` when the text
 /// is not one (wrong shape, or a day the calendar lacks such as 02-30).

@@ -25,10 +25,10 @@ use super::SearchEvent;
 use crate::answer::SearchMeta;
 use crate::answer::facts::LogFacts;
 use crate::redis::keys::{self, Prefix};
+use crate::time::DAY_MS;
 
 type Map<V> = HashMap<String, V, RandomState>;
 
-const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
 const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "bypass", "stale"];
 
@@ -344,7 +344,7 @@ const HOURS: [&str; 24] = [
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01, UTC).
 pub fn date_of(day_number: u64) -> String {
-    crate::time::rfc3339_ms(day_number * DAY_MS)[..10].to_string()
+    crate::time::utc_date(day_number * DAY_MS)
 }
 
 #[cfg(test)]

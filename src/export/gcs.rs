@@ -45,35 +45,32 @@ use super::sink::PART;
 const _: () = assert!(PART.is_multiple_of(256 * 1024));
 
 /// Cloud Storage's own endpoint.
-pub const GOOGLE: &str = "https://storage.googleapis.com";
+const GOOGLE: &str = "https://storage.googleapis.com";
+
+/// Where the bucket is.
+pub enum Endpoint {
+    /// Cloud Storage, with these credentials.
+    Google(GcpCredentialProvider),
+    /// An emulator at this URL, which takes no credentials; a chunk that
+    /// failed is not resumed there (fake-gcs-server, asked what it holds,
+    /// commits it as the object).
+    Emulator(String),
+}
 
 /// A bucket, and how to reach it.
 pub struct Bucket {
     http: reqwest::Client,
-    /// [`GOOGLE`], or an emulator's URL.
-    base: String,
+    endpoint: Endpoint,
     name: String,
-    /// `None` for an emulator, which takes no credentials.
-    credentials: Option<GcpCredentialProvider>,
     /// How long one request is tried again before the export fails.
     retry: Duration,
-    /// Whether a chunk that failed may be resumed from what the session
-    /// says it holds. Not on fake-gcs-server: asked, it commits what it
-    /// holds as the object.
-    resumable: bool,
 }
 
 /// 308: the session holds part of the object and waits for the rest.
 const RESUME_INCOMPLETE: u16 = 308;
 
 impl Bucket {
-    pub fn new(
-        base: &str,
-        name: &str,
-        credentials: Option<GcpCredentialProvider>,
-        retry: Duration,
-        emulator: bool,
-    ) -> anyhow::Result<Bucket> {
+    pub fn new(endpoint: Endpoint, name: &str, retry: Duration) -> anyhow::Result<Bucket> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("leafcache/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -84,11 +81,9 @@ impl Bucket {
             .build()?;
         Ok(Bucket {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            endpoint,
             name: name.to_owned(),
-            credentials,
             retry,
-            resumable: !emulator,
         })
     }
 
@@ -107,7 +102,7 @@ impl Bucket {
 
     async fn request(&self, method: Method, url: &str) -> anyhow::Result<RequestBuilder> {
         let mut req = self.http.request(method, url);
-        if let Some(credentials) = &self.credentials {
+        if let Endpoint::Google(credentials) = &self.endpoint {
             let token = credentials
                 .get_credential()
                 .await
@@ -121,9 +116,13 @@ impl Bucket {
 
     /// Opens a resumable session for `object`: its URL.
     async fn open(&self, object: &str) -> anyhow::Result<String> {
-        let mut url = url::Url::parse(&self.base)?;
+        let base = match &self.endpoint {
+            Endpoint::Google(_) => GOOGLE,
+            Endpoint::Emulator(url) => url.trim_end_matches('/'),
+        };
+        let mut url = url::Url::parse(base)?;
         url.path_segments_mut()
-            .map_err(|()| anyhow!("{}: not a base URL", self.base))?
+            .map_err(|()| anyhow!("{base}: not a base URL"))?
             .extend(["upload", "storage", "v1", "b", &self.name, "o"]);
         url.query_pairs_mut()
             .append_pair("uploadType", "resumable")
@@ -166,8 +165,23 @@ impl Bucket {
     ) -> anyhow::Result<()> {
         let end = offset + data.len() as u64;
         let shown = redacted(session);
+        // The session finished the object: right only for the last chunk.
+        let finished = || match total {
+            Some(_) => Ok(()),
+            None => Err(anyhow!("{shown}: the upload ended before its last chunk")),
+        };
         // The first byte the session does not hold yet.
         let mut from = offset;
+        // Moves `from` to what the session says it holds; whether that is
+        // progress.
+        let holds = |from: &mut u64, held: u64| -> anyhow::Result<bool> {
+            if !(offset..=end).contains(&held) {
+                bail!("{shown}: holds {held} bytes after a chunk of {offset}..{end}");
+            }
+            let moved = held > *from;
+            *from = held;
+            Ok(moved)
+        };
         let mut wait = Backoff::new(self.retry);
         loop {
             if from == end && total.is_none() {
@@ -184,45 +198,30 @@ impl Bucket {
                 .send()
                 .await;
             let failed = match sent {
-                Ok(r) if r.status().is_success() => {
-                    return match total {
-                        Some(_) => Ok(()),
-                        None => bail!("{shown}: the upload ended before its last chunk"),
-                    };
-                }
+                Ok(r) if r.status().is_success() => return finished(),
+                // Cloud Storage may keep less than was sent: the rest goes
+                // again, at once.
                 Ok(r) if r.status().as_u16() == RESUME_INCOMPLETE => {
-                    // Cloud Storage may keep less than was sent: the rest
-                    // goes again, at once.
-                    let held = held(&r)?;
-                    if !(offset..=end).contains(&held) {
-                        bail!("{shown}: holds {held} bytes after a chunk of {offset}..{end}");
-                    }
-                    if held > from {
-                        from = held;
+                    if holds(&mut from, held(&r)?)? {
                         continue;
                     }
                     anyhow!("PUT {shown}: the session kept none of the chunk")
                 }
                 Ok(r) if transient(r.status()) => refused("PUT", shown, r).await,
                 Ok(r) => return Err(refused("PUT", shown, r).await),
-                Err(e) => unsent("PUT", redacted(session), e),
+                Err(e) => unsent("PUT", shown, e),
             };
-            if !self.resumable {
+            if matches!(self.endpoint, Endpoint::Emulator(_)) {
                 return Err(failed);
             }
             wait.or_fail(failed).await?;
             match self.status(session).await {
-                Ok(Status::Done) if total.is_some() => return Ok(()),
-                Ok(Status::Done) => bail!("{shown}: the upload ended before its last chunk"),
-                Ok(Status::Holds(held)) if (offset..=end).contains(&held) => {
-                    if held > from {
+                Ok(Status::Done) => return finished(),
+                Ok(Status::Holds(held)) => {
+                    if holds(&mut from, held)? {
                         // Progress: a new window of tries.
                         wait = Backoff::new(self.retry);
                     }
-                    from = held;
-                }
-                Ok(Status::Holds(held)) => {
-                    bail!("{shown}: holds {held} bytes after a chunk of {offset}..{end}")
                 }
                 // The chunk goes again from where the session was last
                 // known to be, after the next pause.

@@ -32,16 +32,47 @@ pub const PARTS_IN_FLIGHT: usize = 2;
 pub enum Sink {
     Stdout(std::io::BufWriter<std::io::StdoutLock<'static>>),
     Object {
-        writer: Box<BufWriter>,
+        writer: ObjectWriter,
         /// The object's URL, for messages.
         shown: String,
     },
-    /// A Cloud Storage object, through the resumable upload
-    /// ([`super::gcs`]).
-    Gcs {
-        upload: Box<gcs::Upload>,
-        shown: String,
-    },
+}
+
+/// How an object's bytes reach its store.
+pub enum ObjectWriter {
+    /// S3 and local files.
+    Store(Box<BufWriter>),
+    /// Cloud Storage, through the resumable upload ([`super::gcs`]).
+    Gcs(Box<gcs::Upload>),
+}
+
+impl ObjectWriter {
+    pub fn store(store: Arc<dyn ObjectStore>, path: ObjectPath) -> ObjectWriter {
+        let writer =
+            BufWriter::with_capacity(store, path, PART).with_max_concurrency(PARTS_IN_FLIGHT);
+        ObjectWriter::Store(Box::new(writer))
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            ObjectWriter::Store(w) => Ok(w.write_all(bytes).await?),
+            ObjectWriter::Gcs(u) => u.write(bytes).await,
+        }
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        match self {
+            ObjectWriter::Store(w) => Ok(w.shutdown().await?),
+            ObjectWriter::Gcs(u) => u.finish().await,
+        }
+    }
+
+    async fn abort(&mut self) -> anyhow::Result<()> {
+        match self {
+            ObjectWriter::Store(w) => Ok(w.abort().await?),
+            ObjectWriter::Gcs(u) => u.abort().await,
+        }
+    }
 }
 
 impl Sink {
@@ -52,20 +83,8 @@ impl Sink {
         ))
     }
 
-    pub fn object(store: Arc<dyn ObjectStore>, path: ObjectPath, shown: String) -> Sink {
-        let writer =
-            BufWriter::with_capacity(store, path, PART).with_max_concurrency(PARTS_IN_FLIGHT);
-        Sink::Object {
-            writer: Box::new(writer),
-            shown,
-        }
-    }
-
-    pub fn gcs(upload: gcs::Upload, shown: String) -> Sink {
-        Sink::Gcs {
-            upload: Box::new(upload),
-            shown,
-        }
+    pub fn object(writer: ObjectWriter, shown: String) -> Sink {
+        Sink::Object { writer, shown }
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
@@ -77,10 +96,6 @@ impl Sink {
                 .write_all(bytes)
                 .map_err(|e| anyhow!("cannot write the export to stdout: {e}")),
             Sink::Object { writer, shown } => writer
-                .write_all(bytes)
-                .await
-                .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
-            Sink::Gcs { upload, shown } => upload
                 .write(bytes)
                 .await
                 .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
@@ -94,10 +109,6 @@ impl Sink {
                 .flush()
                 .map_err(|e| anyhow!("cannot write the export to stdout: {e}")),
             Sink::Object { mut writer, shown } => writer
-                .shutdown()
-                .await
-                .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
-            Sink::Gcs { mut upload, shown } => upload
                 .finish()
                 .await
                 .map_err(|e| anyhow!("cannot write {shown}: {}", one_line(&e))),
@@ -107,15 +118,9 @@ impl Sink {
     /// Gives up: an object's upload is aborted, so the object does not
     /// appear (an older one of the same name stays as it was).
     pub async fn abort(self) {
-        let (shown, aborted) = match self {
-            Sink::Stdout(_) => return,
-            Sink::Object { mut writer, shown } => {
-                let aborted = writer.abort().await.map_err(anyhow::Error::from);
-                (shown, aborted)
-            }
-            Sink::Gcs { mut upload, shown } => (shown, upload.abort().await),
-        };
-        if let Err(e) = aborted {
+        if let Sink::Object { mut writer, shown } = self
+            && let Err(e) = writer.abort().await
+        {
             tracing::warn!(object = %shown, error = %one_line(&e), "cannot abort the upload");
         }
     }

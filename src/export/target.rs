@@ -27,7 +27,7 @@ use object_store::{ObjectStore, RetryConfig};
 use thiserror::Error;
 
 use super::gcs;
-use super::sink::Sink;
+use super::sink::{ObjectWriter, Sink};
 
 /// A `--out` or `--daily` that cannot name a place: a usage error.
 #[derive(Debug, Error, PartialEq)]
@@ -108,10 +108,11 @@ impl Opened {
     }
 
     fn sink(&self, path: ObjectPath, shown: String) -> Sink {
-        match &self.writer {
-            Writer::Store(store) => Sink::object(store.clone(), path, shown),
-            Writer::Gcs(bucket) => Sink::gcs(bucket.upload(path.as_ref()), shown),
-        }
+        let writer = match &self.writer {
+            Writer::Store(store) => ObjectWriter::store(store.clone(), path),
+            Writer::Gcs(bucket) => ObjectWriter::Gcs(Box::new(bucket.upload(path.as_ref()))),
+        };
+        Sink::object(writer, shown)
     }
 }
 
@@ -225,21 +226,20 @@ impl StoreUrl {
         let writer = match &self.store {
             Store::Gcs { bucket } => {
                 let emulator = env("STORAGE_EMULATOR_HOST").filter(|h| !h.is_empty());
-                let (base, credentials) = match emulator {
+                let endpoint = match emulator {
                     // The emulator asks for no credentials, so none is
                     // ever fetched.
-                    Some(host) if host.contains("://") => (host, None),
-                    Some(host) => (format!("http://{host}"), None),
+                    Some(host) if host.contains("://") => gcs::Endpoint::Emulator(host),
+                    Some(host) => gcs::Endpoint::Emulator(format!("http://{host}")),
                     None => {
                         let google = GoogleCloudStorageBuilder::from_env()
                             .with_bucket_name(bucket)
                             .build()
                             .with_context(|| format!("cannot use {shown}"))?;
-                        (gcs::GOOGLE.to_owned(), Some(google.credentials().clone()))
+                        gcs::Endpoint::Google(google.credentials().clone())
                     }
                 };
-                let emulated = credentials.is_none();
-                let bucket = gcs::Bucket::new(&base, bucket, credentials, RETRY, emulated)
+                let bucket = gcs::Bucket::new(endpoint, bucket, RETRY)
                     .with_context(|| format!("cannot use {shown}"))?;
                 Writer::Gcs(Arc::new(bucket))
             }

@@ -113,11 +113,9 @@ pub fn spawn_popularity(
             let mut tick = tokio::time::interval(POPULAR_EVERY);
             loop {
                 tick.tick().await;
-                // Today's UTC date, the daily keys' (`YYYY-MM-DD`).
-                let now = crate::time::rfc3339_ms(crate::time::now_ms());
-                let day = now.get(..10).unwrap_or(&now);
+                let day = crate::time::utc_date(crate::time::now_ms());
                 let read = redis::cmd("ZREVRANGE")
-                    .arg(keys::queries_popular(&prefix, day))
+                    .arg(keys::queries_popular(&prefix, &day))
                     .arg(0)
                     .arg(n.saturating_sub(1))
                     .to_owned();

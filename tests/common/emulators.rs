@@ -12,6 +12,22 @@ use tokio::process::{Child, Command};
 
 use super::{Req, eventually_within, free_port};
 
+/// What the export tests ask of an emulated store: how `leafcache export`
+/// reaches it (through `endpoint`: the store's own address, or a relay's in
+/// front of it), and what its buckets hold.
+#[allow(async_fn_in_trait)]
+pub trait Emulator {
+    /// The URL scheme of its objects: `s3` or `gs`.
+    const SCHEME: &'static str;
+    fn addr(&self) -> SocketAddr;
+    /// Sets the variables that point `cmd` at the store through `endpoint`.
+    fn point(&self, cmd: &mut Command, endpoint: SocketAddr);
+    /// The bucket's object names, sorted.
+    async fn names(&self, bucket: &str) -> Vec<String>;
+    /// An object's bytes; panics if it is not there.
+    async fn get(&self, bucket: &str, name: &str) -> Vec<u8>;
+}
+
 /// Python servers take a second or two to import on a loaded machine.
 const START: Duration = Duration::from_secs(60);
 
@@ -104,10 +120,27 @@ impl MotoS3 {
         assert_eq!(r.status, 200, "list uploads of {bucket}: {r:?}");
         xml_values(&r.body, "UploadId")
     }
+}
+
+impl Emulator for MotoS3 {
+    const SCHEME: &'static str = "s3";
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn point(&self, cmd: &mut Command, endpoint: SocketAddr) {
+        cmd.envs(self.env())
+            .env("AWS_ENDPOINT_URL", format!("http://{endpoint}"));
+    }
+
+    async fn names(&self, bucket: &str) -> Vec<String> {
+        self.keys(bucket, "").await
+    }
 
     /// An object's bytes, read with a signed request (moto answers an
     /// unsigned GET of a nested key with 403).
-    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+    async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         use object_store::ObjectStoreExt;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = object_store::aws::AmazonS3Builder::new()
@@ -188,14 +221,24 @@ impl FakeGcs {
             _child: child,
         }
     }
+}
 
-    /// `STORAGE_EMULATOR_HOST`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+impl Emulator for FakeGcs {
+    const SCHEME: &'static str = "gs";
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// As users run it: `STORAGE_EMULATOR_HOST`, and no credentials (no
+    /// metadata server is asked).
+    fn point(&self, cmd: &mut Command, endpoint: SocketAddr) {
+        cmd.env("STORAGE_EMULATOR_HOST", format!("http://{endpoint}"))
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
     }
 
     /// An object's bytes (JSON API); panics if it is not there.
-    pub async fn get(&self, bucket: &str, name: &str) -> Vec<u8> {
+    async fn get(&self, bucket: &str, name: &str) -> Vec<u8> {
         let name = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
         let path = format!("/download/storage/v1/b/{bucket}/o/{name}?alt=media");
         let r = Req::new(self.addr, "GET", &path).send().await;
@@ -204,7 +247,7 @@ impl FakeGcs {
     }
 
     /// The names of the bucket's objects (JSON API).
-    pub async fn names(&self, bucket: &str) -> Vec<String> {
+    async fn names(&self, bucket: &str) -> Vec<String> {
         let r = Req::new(self.addr, "GET", &format!("/storage/v1/b/{bucket}/o"))
             .send()
             .await;
