@@ -269,19 +269,21 @@ impl Collector for Snapshot {
             "Cache stores that skipped Redis because its write backlog was full",
             cs.tier.writes_dropped.load(Ordering::Relaxed),
         )?;
-        let refreshes = s.refresh.as_deref();
-        let read = |n: Option<&AtomicU64>| n.map_or(0, |n| n.load(Ordering::Relaxed));
+        let (started, rate_limited) = s.refresh.as_deref().map_or((0, 0), |r| {
+            let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+            (read(&r.started), read(&r.rate_limited))
+        });
         counter(
             &mut enc,
             "refreshes_started",
             "Refresh-ahead refetches started (popular entries near their expiry)",
-            read(refreshes.map(|r| &r.started)),
+            started,
         )?;
         counter(
             &mut enc,
             "refreshes_rate_limited",
             "Hits on a due popular entry that found no refresh_rate token (a later hit may still refresh it)",
-            read(refreshes.map(|r| &r.rate_limited)),
+            rate_limited,
         )?;
         if let Some(ev) = &s.events {
             events(&mut enc, ev)?;
