@@ -180,6 +180,36 @@ fn bench_envelope(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a miss adds to read a search answer's facts: the plain 3 KB answer
+/// (strict JSON, then the route's pointers), and the same answer gzipped as
+/// FastAPI's GZipMiddleware sends it (decode, then the same read).
+fn bench_answer_read(c: &mut Criterion) {
+    use std::io::Write as _;
+    let body = sample_entry().body;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+    gz.write_all(&body).expect("in memory");
+    let gzipped = gz.finish().expect("in memory");
+    let config = leafcache::config::Config::parse(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[route]]\nname = \"s\"\npath = \"/s\"\n\
+         query = [\"query:q\"]\nbypass_intents = [\"add_to_order\"]\n",
+        None,
+    )
+    .expect("a bench config");
+    let route = &config.routes[0];
+    let plain_headers = HeaderMap::new();
+    let mut gzip_headers = HeaderMap::new();
+    gzip_headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+    let mut g = c.benchmark_group("answer_read");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("plain/3kb", |b| {
+        b.iter(|| leafcache::answer::read(route, &plain_headers, black_box(&body), 1 << 20))
+    });
+    g.bench_function("gzip/3kb", |b| {
+        b.iter(|| leafcache::answer::read(route, &gzip_headers, black_box(&gzipped), 1 << 20))
+    });
+    g.finish();
+}
+
 /// What an L1 hit builds: the stored headers plus `Age`, `X-Cache` and
 /// `Cache-Status`, from the copy L1 keeps.
 fn bench_hit(c: &mut Criterion) {
@@ -292,6 +322,7 @@ criterion_group!(
     benches,
     bench_key,
     bench_envelope,
+    bench_answer_read,
     bench_hit,
     bench_counters
 );

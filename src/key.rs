@@ -127,6 +127,69 @@ pub fn normalize_query(query: &str) -> String {
     out
 }
 
+/// The one content coding leafcache asks the backend for on behalf of a
+/// client's `Accept-Encoding` (README, "Compressed answers"): the
+/// acceptable coding the client prefers most among gzip, br and zstd, ties
+/// going to gzip, then br, then zstd; `identity` when it accepts none of
+/// them. `gzip, deflate` (httpx, requests), `gzip` (Go, okhttp) and
+/// `gzip, deflate, br, zstd` (Chrome, curl) all ask for gzip, so they share
+/// one entry, while `br;q=1.0, gzip;q=0.8` asks for br. The value enters
+/// the key and is what the backend receives, so a client only ever gets a
+/// coding it accepted.
+pub fn accept_encoding<'a>(values: impl Iterator<Item = &'a [u8]>) -> &'static str {
+    const CODINGS: [&str; 3] = ["gzip", "br", "zstd"];
+    // Per coding: its q as the client named it, and as `*` gives it.
+    let mut named: [Option<u16>; 3] = [None; 3];
+    let mut star: Option<u16> = None;
+    for value in values {
+        let Ok(text) = std::str::from_utf8(value) else {
+            continue;
+        };
+        for member in text.split(',') {
+            let mut params = member.split(';');
+            let name = params.next().unwrap_or("").trim();
+            let q = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1000), |(_, v)| qvalue(v.trim()));
+            // A member whose weight does not parse is left out.
+            let Some(q) = q else { continue };
+            let slot = match name.to_ascii_lowercase().as_str() {
+                "gzip" | "x-gzip" => &mut named[0],
+                "br" => &mut named[1],
+                "zstd" => &mut named[2],
+                "*" => &mut star,
+                _ => continue,
+            };
+            // Named twice: the higher weight (the client accepts it).
+            *slot = Some(slot.map_or(q, |old| old.max(q)));
+        }
+    }
+    let mut best: Option<(u16, &'static str)> = None;
+    for (coding, q) in CODINGS.iter().zip(named) {
+        let q = q.or(star).unwrap_or(0);
+        if q > 0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, coding));
+        }
+    }
+    best.map_or("identity", |(_, coding)| coding)
+}
+
+/// An RFC 9110 qvalue in thousandths; `None` when it is not one.
+fn qvalue(text: &str) -> Option<u16> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_value = frac.bytes().fold(0u16, |n, b| n * 10 + u16::from(b - b'0'))
+        * 10u16.pow(3 - frac.len() as u32);
+    match int {
+        "0" => Some(frac_value),
+        "1" if frac_value == 0 => Some(1000),
+        _ => None,
+    }
+}
+
 /// The segments of a raw query string that stay in the key, ordered by
 /// their decoded name, keeping the order of repeated names (`a=2&a=1` may
 /// mean something else to the backend than `a=1&a=2`). Segments are kept as
@@ -462,6 +525,66 @@ mod tests {
                 derive(&input(None, BodyKey::None, &p1, &[])),
                 derive(&input(None, BodyKey::None, &p2, &[]))
             );
+        }
+    }
+
+    #[test]
+    fn accept_encoding_asks_for_the_one_coding_clients_prefer() {
+        let ask = |v: &str| accept_encoding(std::iter::once(v.as_bytes()));
+        // Real clients' headers.
+        for (client, header) in [
+            ("curl --compressed", "deflate, gzip, br, zstd"),
+            ("httpx, requests", "gzip, deflate"),
+            ("httpx with brotli and zstandard", "gzip, deflate, br, zstd"),
+            ("Chrome", "gzip, deflate, br, zstd"),
+            ("Go", "gzip"),
+            ("okhttp", "gzip"),
+        ] {
+            assert_eq!(ask(header), "gzip", "{client}");
+        }
+        assert_eq!(ask("br;q=1.0, gzip;q=0.8"), "br");
+        assert_eq!(ask("zstd, gzip;q=0.5"), "zstd");
+        assert_eq!(ask("gzip;q=0, br"), "br");
+        assert_eq!(ask("gzip;q=0"), "identity");
+        assert_eq!(ask("deflate"), "identity");
+        assert_eq!(ask("identity"), "identity");
+        assert_eq!(ask(""), "identity");
+        assert_eq!(ask("*"), "gzip");
+        assert_eq!(ask("*;q=0.5, br"), "br");
+        assert_eq!(ask("gzip;q=2, br;q=0.1"), "br");
+        assert_eq!(ask("GZIP;Q=0.9, Br;q=0.95"), "br");
+        assert_eq!(ask("x-gzip"), "gzip");
+        assert_eq!(accept_encoding(std::iter::empty()), "identity");
+        assert_eq!(
+            accept_encoding([&b"br;q=0.2"[..], &b"gzip;q=0.1"[..]].into_iter()),
+            "br"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn accept_encoding_never_names_a_coding_the_client_refused(
+            members in proptest::collection::vec(
+                (prop_oneof![Just("gzip"), Just("br"), Just("zstd"), Just("*"), Just("deflate"), Just("identity")],
+                 proptest::option::of(0u16..=1000)),
+                0..6,
+            )
+        ) {
+            let header = members
+                .iter()
+                .map(|(c, q)| match q {
+                    Some(q) => format!("{c};q={}.{:03}", q / 1000, q % 1000),
+                    None => c.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let chosen = accept_encoding(std::iter::once(header.as_bytes()));
+            if chosen != "identity" {
+                let weight = |name: &str| members.iter().filter(|(c, _)| *c == name)
+                    .map(|(_, q)| q.unwrap_or(1000)).max();
+                let q = weight(chosen).or_else(|| weight("*"));
+                prop_assert!(q.is_some_and(|q| q > 0), "{header} -> {chosen}");
+            }
         }
     }
 }

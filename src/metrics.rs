@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::answer::{SearchMeta, Unreadable};
 use crate::cache::l1::L1;
 use crate::cache::{CacheStats, coalesce::Coalescer};
 use crate::events::writer::EventSink;
@@ -56,6 +57,13 @@ pub struct Metrics {
     requests: Vec<[Counter; 6]>,
     proxy_latency: Histogram,
     backend_latency: Histogram,
+    /// By [`Unreadable::ALL`] order.
+    unreadable: [Counter; Unreadable::ALL.len()],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 /// Where the scrape-time values come from.
@@ -114,12 +122,27 @@ impl Metrics {
             "Time the backend took to send its answer's headers",
             backend_latency.clone(),
         );
+        let reasons = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "answers_unreadable",
+            "Backend answers whose search facts could not be read as a client reads them \
+             (never stored on a route with bypass_intents), by reason",
+            reasons.clone(),
+        );
+        let unreadable = Unreadable::ALL.map(|why| {
+            reasons
+                .get_or_create(&ReasonLabels {
+                    reason: why.as_str(),
+                })
+                .clone()
+        });
         registry.register_collector(Box::new(Snapshot(sources)));
         Metrics {
             registry,
             requests,
             proxy_latency,
             backend_latency,
+            unreadable,
         }
     }
 
@@ -131,6 +154,13 @@ impl Metrics {
         let col = OUTCOMES.iter().position(|o| *o == served).unwrap_or(5);
         self.requests[row][col].inc();
         self.proxy_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an answer that could not be read, when `meta` says so.
+    pub fn answer_read(&self, meta: &SearchMeta) {
+        if let Some(why) = meta.unreadable {
+            self.unreadable[why as usize].inc();
+        }
     }
 
     pub fn backend(&self, elapsed: Duration) {

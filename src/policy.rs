@@ -9,8 +9,9 @@
 use std::time::Duration;
 
 use http::header::{SET_COOKIE, VARY};
-use http::{HeaderMap, HeaderName, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::answer::SearchMeta;
 use crate::cache_control::CacheControl;
 use crate::config::{Freshness, RouteConfig, Scope};
 
@@ -177,8 +178,15 @@ pub enum NotStored {
     Vary,
     /// The answer's intent is one of `bypass_intents` (cart, order).
     BypassIntent,
+    /// On a route with `bypass_intents`: the answer's intent could not be
+    /// read exactly as a client reads it (a coding, not strict JSON, a
+    /// member named twice, an intent that is not a string).
+    Unreadable,
     /// Larger than `max_object_bytes`.
     TooLarge,
+    /// A `Content-Encoding` other than the one coding the request asked
+    /// for: stored, it would reach clients that never accepted it.
+    UnaskedCoding,
     /// A partial (206) or not-modified (304) answer, which is not a whole
     /// answer to store; says nothing about the next request.
     Partial,
@@ -282,6 +290,31 @@ pub fn declared_size(headers: &HeaderMap, max_object_bytes: usize) -> Result<(),
     }
 }
 
+/// The answer's content coding must be none, `identity` or the one the
+/// request asked for (the normalized `Accept-Encoding`).
+pub fn coding_as_asked(asked: Option<&HeaderValue>, answer: &HeaderMap) -> Result<(), NotStored> {
+    let mut codings = answer
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    let first = if first.eq_ignore_ascii_case("x-gzip") {
+        "gzip"
+    } else {
+        first
+    };
+    let asked = asked.and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    if codings.next().is_none() && first.eq_ignore_ascii_case(asked) {
+        Ok(())
+    } else {
+        Err(NotStored::UnaskedCoding)
+    }
+}
+
 /// The route's ttl, shortened by the backend's `s-maxage` (shared scope) or
 /// `max-age`. `s-maxage` is for shared caches only, so a user-scope entry
 /// follows `max-age`.
@@ -296,7 +329,8 @@ pub fn freshness(ttl: Duration, cc: &CacheControl, scope: StoreScope) -> Duratio
     }
 }
 
-/// Every header a `Vary` names must be one the key includes.
+/// Every header a `Vary` names must be one the key includes; the key
+/// always holds the normalized `Accept-Encoding`.
 fn vary_is_keyed(headers: &HeaderMap, keyed: &[HeaderName]) -> bool {
     headers
         .get_all(VARY)
@@ -304,12 +338,18 @@ fn vary_is_keyed(headers: &HeaderMap, keyed: &[HeaderName]) -> bool {
         .flat_map(|v| v.to_str().unwrap_or("*").split(','))
         .map(str::trim)
         .filter(|name| !name.is_empty())
-        .all(|name| name != "*" && keyed.iter().any(|k| k.as_str().eq_ignore_ascii_case(name)))
+        .all(|name| {
+            name != "*"
+                && (name.eq_ignore_ascii_case("accept-encoding")
+                    || keyed.iter().any(|k| k.as_str().eq_ignore_ascii_case(name)))
+        })
 }
 
-/// The body-dependent part of the decision.
+/// The body-dependent part of the decision. On a route that names cart
+/// intents, an answer whose intent could not be read exactly as a client
+/// reads it is never stored: it may be a cart answer (fail closed).
 pub fn decide_body(
-    intent: Option<&str>,
+    meta: &SearchMeta,
     bypass_intents: &[String],
     body_len: usize,
     max_object_bytes: usize,
@@ -317,12 +357,27 @@ pub fn decide_body(
     if body_len > max_object_bytes {
         return Err(NotStored::TooLarge);
     }
-    if let Some(intent) = intent
-        && bypass_intents.iter().any(|b| b == intent)
+    if bypass_intents.is_empty() {
+        return Ok(());
+    }
+    if meta.unreadable.is_some() {
+        return Err(NotStored::Unreadable);
+    }
+    if let Some(intent) = &meta.intent
+        && is_bypass_intent(intent, bypass_intents)
     {
         return Err(NotStored::BypassIntent);
     }
     Ok(())
+}
+
+/// Intents compare ASCII case-insensitively and trimmed: `Add_To_Order ` is
+/// a cart intent.
+pub fn is_bypass_intent(intent: &str, bypass_intents: &[String]) -> bool {
+    let intent = intent.trim();
+    bypass_intents
+        .iter()
+        .any(|b| b.trim().eq_ignore_ascii_case(intent))
 }
 
 #[cfg(test)]
@@ -456,18 +511,42 @@ mod tests {
     #[test]
     fn cart_intents_and_large_bodies_are_not_stored() {
         let intents = vec!["add_to_order".to_string()];
+        let meta = |intent: &str| SearchMeta {
+            intent: Some(intent.into()),
+            ..SearchMeta::default()
+        };
         assert_eq!(
-            decide_body(Some("add_to_order"), &intents, 10, 100),
+            decide_body(&meta("add_to_order"), &intents, 10, 100),
             Err(NotStored::BypassIntent)
         );
         assert_eq!(
-            decide_body(Some("product_search"), &intents, 10, 100),
+            decide_body(&meta(" Add_To_ORDER\t"), &intents, 10, 100),
+            Err(NotStored::BypassIntent)
+        );
+        assert_eq!(
+            decide_body(&meta("product_search"), &intents, 10, 100),
             Ok(())
         );
         assert_eq!(
-            decide_body(None, &intents, 101, 100),
+            decide_body(&SearchMeta::default(), &intents, 101, 100),
             Err(NotStored::TooLarge)
         );
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_stored_only_where_no_intent_is_a_cart() {
+        let intents = vec!["add_to_order".to_string()];
+        for why in crate::answer::Unreadable::ALL {
+            let meta = SearchMeta {
+                unreadable: Some(why),
+                ..SearchMeta::default()
+            };
+            assert_eq!(
+                decide_body(&meta, &intents, 10, 100),
+                Err(NotStored::Unreadable)
+            );
+            assert_eq!(decide_body(&meta, &[], 10, 100), Ok(()));
+        }
     }
 
     #[test]
@@ -592,5 +671,30 @@ mod tests {
             declared_size(&headers(&[("content-length", "x")]), 10),
             Ok(())
         );
+    }
+
+    #[test]
+    fn an_answer_is_stored_only_in_the_coding_asked_for() {
+        let gzip = HeaderValue::from_static("gzip");
+        let asked = Some(&gzip);
+        for (coding, ok) in [
+            ("", true),
+            ("identity", true),
+            ("gzip", true),
+            ("GZIP", true),
+            ("x-gzip", true),
+            ("br", false),
+            ("gzip, br", false),
+            ("deflate", false),
+        ] {
+            let h = if coding.is_empty() {
+                HeaderMap::new()
+            } else {
+                headers(&[("content-encoding", coding)])
+            };
+            assert_eq!(coding_as_asked(asked, &h).is_ok(), ok, "{coding}");
+        }
+        let gz = headers(&[("content-encoding", "gzip")]);
+        assert_eq!(coding_as_asked(None, &gz), Err(NotStored::UnaskedCoding));
     }
 }

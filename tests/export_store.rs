@@ -406,7 +406,7 @@ import json, sys
 try:
     import pyarrow.parquet as pq
 except ImportError:
-    sys.exit("pyarrow is not installed: pip install pyarrow (.ci/run does)")
+    sys.exit("pyarrow is not installed in the tests' virtualenv")
 t = pq.read_table(sys.argv[1])
 print(json.dumps({
     "types": {f.name: str(f.type) for f in t.schema},
@@ -414,7 +414,7 @@ print(json.dumps({
     "timestamp_ms": [round(d.timestamp() * 1000) for d in t.column("timestamp").to_pylist()],
 }, default=str))
 "#;
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(common::frameworks::python())
         .args(["-c", script])
         .arg(file)
         .output()

@@ -69,6 +69,7 @@ pub fn from_json(
             confidence,
             results_count,
             products,
+            unreadable: None,
             facts: Default::default(),
         }),
         response_time_ms,

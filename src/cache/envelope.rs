@@ -9,13 +9,15 @@
 //! header_count:u16 { name:str16 value:bytes32 }*
 //! meta_flags:u8 [intent:str32] [confidence:f64] results_count:u32
 //! product_count:u32 { product_id:str32 supplier_flag:u8 [supplier:str32] }*
-//! body:bytes32
+//! body:bytes32 [unreadable:u8]
 //! ```
 //!
 //! Version 1 is what "route" routes write (and what older releases wrote);
 //! version 2 adds what RFC 9111 needs on origin routes: the age the answer
 //! already had when it arrived (section 4.2.3) and the request header values
-//! its `Vary` selected it by. Both versions decode.
+//! its `Vary` selected it by. Both versions decode. The last byte, written
+//! only for an answer whose search facts could not be read, says why
+//! ([`Unreadable::tag`]); readers that predate it stop before it.
 //!
 //! Anything that does not decode (another version, truncation) reads as a miss,
 //! never as an error the client sees. The search facts of the answer (intent,
@@ -28,7 +30,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::answer::{SearchMeta, alloc_size};
+use crate::answer::{SearchMeta, Unreadable, alloc_size};
 
 const MAGIC: &[u8; 2] = b"LC";
 /// The version "route" entries are written in.
@@ -167,6 +169,9 @@ pub fn encode(entry: &Entry) -> Bytes {
         }
     }
     put_bytes(&mut out, &entry.body);
+    if let Some(why) = meta.unreadable {
+        out.put_u8(why.tag());
+    }
     out.freeze()
 }
 
@@ -275,6 +280,10 @@ pub fn decode(input: Bytes) -> Result<Entry, DecodeError> {
         products.push((product, supplier));
     }
     let body = r.bytes32()?;
+    let unreadable = match r.buf.remaining() {
+        0 => None,
+        _ => Unreadable::from_tag(r.u8()?),
+    };
     Ok(Entry {
         status,
         headers,
@@ -286,6 +295,7 @@ pub fn decode(input: Bytes) -> Result<Entry, DecodeError> {
             confidence,
             results_count,
             products,
+            unreadable,
             facts: Default::default(),
         }),
         initial_age,

@@ -23,6 +23,7 @@
 //! | 13 | `status` | null (or left off) when 200 |
 //! | 14 | `user_uuid` | null (or left off) when none |
 //! | 15 | `query_normalized` | null (or left off) when it equals `query` |
+//! | 16 | `answer_unreadable` | why the answer could not be read; left off when it could |
 //!
 //! For example `[1764106056927,"Milk",null,"s-1","product_search",0.9,2,
 //! ["p1","p2"],["dairy-co"],[0,null],12.5,"hit","search",null,null,"milk"]`.
@@ -102,23 +103,26 @@ pub(crate) fn write_compact(out: &mut String, v: &Values<'_>) {
     // The rarely present ones, last: left off when absent.
     let normalized = (ev.query_normalized != ev.query).then_some(ev.query_normalized.as_str());
     let uuid = ev.user_uuid.as_deref();
-    if ev.status != 200 || uuid.is_some() || normalized.is_some() {
+    let unreadable = ev.meta.unreadable.map(|u| u.as_str());
+    // Each one present needs every one before it written, null or not.
+    let tail = [
+        (ev.status != 200).then(|| n.format(ev.status).to_owned()),
+        uuid.map(json_text),
+        normalized.map(json_text),
+        unreadable.map(json_text),
+    ];
+    let last = tail.iter().rposition(Option::is_some);
+    for value in tail.iter().take(last.map_or(0, |i| i + 1)) {
         out.push(',');
-        if ev.status == 200 {
-            out.push_str("null");
-        } else {
-            out.push_str(n.format(ev.status));
-        }
-        if uuid.is_some() || normalized.is_some() {
-            out.push(',');
-            opt_str(out, uuid);
-            if normalized.is_some() {
-                out.push(',');
-                opt_str(out, normalized);
-            }
-        }
+        out.push_str(value.as_deref().unwrap_or("null"));
     }
     out.push(']');
+}
+
+fn json_text(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    write_json_str(&mut out, v);
+    out
 }
 
 fn opt_str(out: &mut String, v: Option<&str>) {
@@ -151,7 +155,7 @@ enum Kind {
 
 /// The fields of a record, in the order they are exported (then the
 /// feedback counts and `feedback`).
-const FIELDS: [(&str, Kind); 17] = [
+const FIELDS: [(&str, Kind); 18] = [
     ("search_id", Kind::Text),
     ("timestamp", Kind::Text),
     ("user_id", Kind::Text),
@@ -169,6 +173,7 @@ const FIELDS: [(&str, Kind); 17] = [
     ("cache", Kind::Text),
     ("status", Kind::Integer),
     ("route", Kind::Text),
+    ("answer_unreadable", Kind::Text),
 ];
 
 /// The feedback counts, by the `event` of a feedback entry.
@@ -226,7 +231,7 @@ impl Record {
         };
         let mut at: Vec<Value> = serde_json::from_slice(stored).map_err(|e| bad(e.to_string()))?;
         // Values left off at the end are absent.
-        at.resize(at.len().max(16), Value::Null);
+        at.resize(at.len().max(17), Value::Null);
         let mut take = |i: usize| std::mem::take(&mut at[i]);
         let text = |v: Value| match v {
             Value::String(_) => Ok(v),
@@ -276,6 +281,7 @@ impl Record {
             Value::Null => query.clone(),
             v => v,
         };
+        let answer_unreadable = text(take(16)).map_err(bad)?;
         let values = vec![
             Value::String(search_id.to_owned()),
             Value::String(crate::time::rfc3339_ms(timestamp)),
@@ -294,6 +300,7 @@ impl Record {
             cache,
             status,
             route,
+            answer_unreadable,
         ];
         Ok(Record {
             values,

@@ -94,6 +94,10 @@ pub struct PendingLog {
     pub status: u16,
     pub config: Arc<Config>,
     pub route_index: usize,
+    /// The answer's `Content-Encoding` and `Content-Type`, which say how its
+    /// body reads.
+    pub coding: http::HeaderMap,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl PendingLog {
@@ -101,7 +105,12 @@ impl PendingLog {
     /// what is kept.
     pub fn complete(self, copy: Option<&[u8]>) {
         let meta = match (copy, self.config.routes.get(self.route_index)) {
-            (Some(body), Some(route)) => crate::answer::read(route, body),
+            (Some(body), Some(route)) => {
+                let limit = self.config.cache.max_object_bytes;
+                let meta = crate::answer::read(route, &self.coding, body, limit);
+                self.metrics.answer_read(&meta);
+                meta
+            }
             _ => SearchMeta::default(),
         };
         self.draft
@@ -153,7 +162,15 @@ impl Proxy {
         };
         let (mut parts, body) = resp.into_parts();
         parts.headers.insert(&X_SEARCH_ID, draft.header());
+        let mut coding = http::HeaderMap::new();
+        for name in [http::header::CONTENT_ENCODING, http::header::CONTENT_TYPE] {
+            for value in parts.headers.get_all(&name) {
+                coding.append(name.clone(), value.clone());
+            }
+        }
         let log = PendingLog {
+            coding,
+            metrics: self.metrics.clone(),
             draft,
             sink: sink.clone(),
             cache: served.logged_as(),

@@ -10,8 +10,9 @@
 //! 3. [`Proxy::judge`]: storable or not, from the status and headers (the
 //!    pure decisions of [`crate::policy`] and [`crate::http_cache::store`]).
 //! 4. [`collect_for_store`]: the body read whole, up to `max_object_bytes`.
-//! 5. the answer's search facts ([`crate::answer::read`]) and the body
-//!    decision ([`policy::decide_body`]).
+//! 5. the answer's search facts, read from the decoded body
+//!    ([`crate::answer::read`]), and the body decision
+//!    ([`policy::decide_body`]), which fails closed on what it cannot read.
 //! 6. [`Proxy::store_answer`]: the entry, under the key its scope names.
 //!
 //! What differs between the two freshness models sits behind [`Rules`]: how
@@ -68,6 +69,9 @@ pub(super) struct Miss {
     /// waiters learn what came of it.
     pub guard: Option<FlightGuard>,
     pub rules: Rules,
+    /// The one content coding the backend was asked for (the normalized
+    /// `Accept-Encoding`): the only one an entry may be stored in.
+    pub asked_coding: Option<HeaderValue>,
 }
 
 /// The seam between the two freshness models.
@@ -243,13 +247,18 @@ impl Proxy {
         };
         let route = flow.route;
         let meta = if route.log || !route.bypass_intents.is_empty() {
-            Arc::new(crate::answer::read(route, &body))
+            Arc::new(crate::answer::read(
+                route,
+                &parts.headers,
+                &body,
+                max_object,
+            ))
         } else {
             Arc::new(SearchMeta::default())
         };
-        let intent = meta.intent.as_deref();
+        self.metrics.answer_read(&meta);
         if let Err(reason) =
-            policy::decide_body(intent, &route.bypass_intents, body.len(), max_object)
+            policy::decide_body(&meta, &route.bypass_intents, body.len(), max_object)
         {
             self.not_stored(&miss.keys[0], reason);
             miss.finish(Outcome::GoDirect);
@@ -369,6 +378,7 @@ impl Proxy {
             }
         };
         policy::declared_size(headers, self.config.cache.max_object_bytes)?;
+        policy::coding_as_asked(miss.asked_coding.as_ref(), headers)?;
         Ok(judged)
     }
 

@@ -25,7 +25,7 @@ use crate::policy::{self, Arrival, BypassReason};
 use crate::redis::keys;
 use crate::request_json::{self, Body as JsonBody};
 use crate::route::{self, Field, Identity, Kind, RequestView, Supplied, Unkeyed};
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::log::SearchDraft;
 use std::sync::Arc;
@@ -100,7 +100,9 @@ impl Cacheable {
                 primaries,
             }),
         };
+        let asked_coding = self.parts.headers.get(ACCEPT_ENCODING).cloned();
         let miss = Miss {
+            asked_coding,
             hash: self.hash,
             keys: self.keys,
             user_key_index: self.user_key_index,
@@ -205,6 +207,8 @@ pub(crate) fn decide_observed(
     ctx: ReadCtx<'_>,
     seen: &mut impl Observe,
 ) -> Routed {
+    let mut parts = parts;
+    normalize_accept_encoding(&mut parts.headers);
     // A clone of the URI (reference-counted parts) lets the parameters borrow
     // from it while `parts` may still move into a bypass.
     let uri = parts.uri.clone();
@@ -359,14 +363,20 @@ fn derive_key(
         .collect();
     let vary_refs: Vec<Option<&[u8]>> = vary.iter().map(Option::as_deref).collect();
     // How the backend reads a body: its type and its encoding.
-    let body_headers = if matches!(body_key, BodyKey::None) {
-        [None, None]
+    let (content_type, content_encoding) = if matches!(body_key, BodyKey::None) {
+        (None, None)
     } else {
-        [
+        (
             joined(&parts.headers, &CONTENT_TYPE),
             joined(&parts.headers, &CONTENT_ENCODING),
-        ]
+        )
     };
+    // The coding asked of the backend changes the answer's bytes: keyed
+    // whether or not `vary_headers` names it.
+    let accept_encoding = (!origin && !keyed_vary.contains(&ACCEPT_ENCODING))
+        .then(|| joined(&parts.headers, &ACCEPT_ENCODING))
+        .flatten();
+    let body_headers = [content_type, content_encoding, accept_encoding];
     let headers = keyed_headers(config, &parts.headers, uri, &body_headers);
     let input = KeyInput {
         route: &route.name,
@@ -394,6 +404,18 @@ struct KeyFacts<'a> {
     body: BodyKey<'a>,
     params: &'a [&'a str],
     query_normalized: Option<&'a str>,
+}
+
+/// Replaces the client's `Accept-Encoding` with the one coding leafcache
+/// asks the backend for ([`key::accept_encoding`]): requests that mean the
+/// same choice share an entry, and the backend answers what is keyed.
+fn normalize_accept_encoding(headers: &mut http::HeaderMap) {
+    let values = headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes());
+    let coding = key::accept_encoding(values);
+    headers.insert(ACCEPT_ENCODING, http::HeaderValue::from_static(coding));
 }
 
 /// The Redis/L1 keys to look up, in order, and which is the user's own.
@@ -443,13 +465,13 @@ fn keyed_headers<'a>(
     config: &Config,
     headers: &'a http::HeaderMap,
     uri: &'a http::Uri,
-    body_headers: &'a [Option<Cow<'a, [u8]>>; 2],
+    body_headers: &'a [Option<Cow<'a, [u8]>>; 3],
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
-    let mut keyed: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(3);
+    let mut keyed: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(4);
     if let Some(host) = forward::client_host(headers, uri) {
         keyed.push(("host", Cow::Borrowed(host)));
     }
-    for (name, value) in ["content-type", "content-encoding"]
+    for (name, value) in ["content-type", "content-encoding", "accept-encoding"]
         .into_iter()
         .zip(body_headers)
     {
@@ -722,11 +744,14 @@ vary_headers = ["accept-encoding"]
             Change::Duplicate(v) => m.body.push(("query".into(), format!("{v:?}"))),
         }
         let after = m.parts_and_body();
+        // The backend receives the normalized Accept-Encoding.
         let seen = |(p, b): &(Parts, Bytes)| {
+            let mut headers = p.headers.clone();
+            normalize_accept_encoding(&mut headers);
             (
                 p.method.clone(),
                 p.uri.clone(),
-                format!("{:?}", p.headers),
+                format!("{:?}", headers),
                 b.clone(),
             )
         };

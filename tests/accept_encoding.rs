@@ -1,0 +1,119 @@
+//! `Accept-Encoding` enters the key normalized to the one coding leafcache
+//! asks the backend for (README, "Compressed answers"): real clients that
+//! word the same choice differently share one entry, a client that prefers
+//! another coding gets an entry of its own, and the backend only ever sees
+//! the normalized value. The `leafcache serve` binary, a real redis-server.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// What real HTTP clients send by default.
+const CLIENTS: [(&str, Option<&str>); 7] = [
+    ("curl --compressed", Some("deflate, gzip, br, zstd")),
+    ("httpx, requests", Some("gzip, deflate")),
+    (
+        "httpx with brotli and zstandard",
+        Some("gzip, deflate, br, zstd"),
+    ),
+    ("Chrome", Some("gzip, deflate, br, zstd")),
+    ("Go net/http", Some("gzip")),
+    ("okhttp", Some("gzip")),
+    ("curl without --compressed", None),
+];
+
+async fn misses(proxy: &Proxy, query: &str, route_without_vary: bool) -> usize {
+    let mut misses = 0;
+    for (client, header) in CLIENTS {
+        let path = if route_without_vary {
+            "/plain"
+        } else {
+            "/api/v1/search"
+        };
+        let mut req = proxy.post(path).json(&json!({"query": query}));
+        if let Some(h) = header {
+            req = req.header("accept-encoding", h);
+        }
+        let resp = req.send().await;
+        assert_eq!(resp.status, 200, "{client}: {resp:?}");
+        match resp.x_cache() {
+            Some("MISS") => misses += 1,
+            Some("HIT") => {}
+            other => panic!("{client}: {other:?}"),
+        }
+    }
+    misses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_choose_the_same_coding_share_one_entry() {
+    let config = ProxyConfig::new()
+        .route(Route::search().scope("global"))
+        // A route whose vary_headers leave Accept-Encoding out: keyed all the same.
+        .route(
+            Route::new("plain")
+                .set("methods", r#"["POST"]"#)
+                .set("path", r#""/plain""#)
+                .scope("global"),
+        );
+    let (_redis, backend, proxy) = {
+        let b = Backend::echo().await;
+        let redis = Redis::start().await;
+        let proxy = Proxy::start_process(&config, &b, &redis).await;
+        (redis, b, proxy)
+    };
+    for plain in [false, true] {
+        let before = backend.count();
+        // Six clients ask for gzip in five wordings: one entry. Without an
+        // Accept-Encoding a client gets the identity entry.
+        let misses = misses(&proxy, &format!("milk {plain}"), plain).await;
+        assert_eq!(misses, 2, "route without vary: {plain}");
+        assert_eq!(backend.count() - before, 2);
+        let asked: Vec<String> = backend.requests()[before..]
+            .iter()
+            .map(|r| r.header("accept-encoding").unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(asked, ["gzip", "identity"]);
+    }
+    // A client that prefers br gets a br entry, never the gzip one.
+    let br = proxy
+        .post("/api/v1/search")
+        .json(&json!({"query": "milk false"}))
+        .header("accept-encoding", "br;q=1.0, gzip;q=0.8")
+        .send()
+        .await;
+    assert_eq!(br.x_cache(), Some("MISS"), "{br:?}");
+    assert_eq!(backend.last().header("accept-encoding"), Some("br"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_a_coding_not_asked_for_is_not_stored() {
+    // A backend that always answers gzip (or claims to), whatever it is asked.
+    let backend = Backend::start(|req| Reply::echo(req).header("content-encoding", "gzip")).await;
+    let config =
+        ProxyConfig::new().route(Route::new("plain").set("path", r#""/p""#).scope("global"));
+    let redis = Redis::start().await;
+    let proxy = Proxy::start_process(&config, &backend, &redis).await;
+    for _ in 0..2 {
+        let resp = proxy.get("/p").send().await;
+        assert_eq!(resp.x_cache(), Some("MISS"), "{resp:?}");
+    }
+    assert_eq!(
+        backend.count(),
+        2,
+        "a gzip answer was stored for clients that accept none"
+    );
+    let gzip = proxy
+        .get("/p")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await;
+    assert_eq!(gzip.x_cache(), Some("MISS"));
+    let again = proxy
+        .get("/p")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await;
+    assert_eq!(again.x_cache(), Some("HIT"), "{again:?}");
+}
