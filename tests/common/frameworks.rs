@@ -91,10 +91,11 @@ pub fn python() -> PathBuf {
                     )
                 };
                 if !python.exists() && !create(&venv) {
-                    // Debian's python3 keeps venv in a package of its own.
+                    // No python3, or Debian's, which keeps venv in a package
+                    // of its own.
                     let _ = std::fs::remove_dir_all(&venv);
                     assert!(
-                        apt_install(&["python3-venv"]) && create(&venv),
+                        apt_install(&["python3", "python3-venv"]) && create(&venv),
                         "cannot create a virtualenv: install python3 with its venv module"
                     );
                 }
