@@ -23,6 +23,11 @@ struct Cli {
     /// The config file (default: ./proxy.toml, else the built-in defaults).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Redis URL (overrides REDIS_URL and the file).
+    // Global like --config, so every command, batch or serve, takes it
+    // before or after its name.
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -30,15 +35,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
+    #[command(after_help = "Examples:
+  leafcache serve --config /etc/leafcache/proxy.toml
+  leafcache serve --upstream http://127.0.0.1:8000 --redis-url redis://10.0.0.3:6379
+  REDIS_URL=rediss://:PASSWORD@redis.internal:6380 PORT=8080 leafcache serve")]
     Serve(ServeArgs),
     /// Validate a config file and exit (0 valid, 2 invalid).
+    #[command(after_help = "Examples:
+  leafcache check-config proxy.toml
+  leafcache check-config --config /etc/leafcache/proxy.toml")]
     CheckConfig {
         /// The file to check (default: --config, else ./proxy.toml).
         file: Option<PathBuf>,
     },
     /// Run the proxy in front of a built-in demo search backend.
+    #[command(after_help = "Examples:
+  leafcache demo
+  leafcache demo --listen 127.0.0.1:8080 --think-ms 100 --redis-url redis://127.0.0.1:6380")]
     Demo(DemoArgs),
     /// Run only the demo search backend (for benchmarks and trials).
+    #[command(after_help = "Examples:
+  leafcache demo-backend --listen 127.0.0.1:8000 --think-ms 40")]
     DemoBackend {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
         listen: String,
@@ -57,9 +74,6 @@ struct ServeArgs {
     /// Backend URL (overrides LEAFCACHE_UPSTREAM and the file).
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
-    /// Redis URL (overrides REDIS_URL and the file).
-    #[arg(long, value_name = "URL")]
-    redis_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -81,19 +95,38 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Some(Command::Ops(_))) {
         leafcache::telemetry::init();
     }
+    let redis_url = cli.redis_url;
     match cli.command {
-        Some(Command::CheckConfig { file }) => check_config(file.or(cli.config)),
-        Some(Command::Serve(args)) => serve(cli.config, args, None),
+        Some(Command::CheckConfig { file }) => check_config(file.or(cli.config), redis_url),
+        Some(Command::Serve(args)) => serve(cli.config, args.with(redis_url), None),
         Some(Command::Demo(demo)) => {
             let backend = demo.backend_listen.clone();
-            let mut args = demo.serve;
-            args.upstream
+            let mut overrides = demo.serve.with(redis_url);
+            overrides
+                .upstream
                 .get_or_insert_with(|| format!("http://{backend}"));
-            serve(cli.config, args, Some((backend, demo.think_ms)))
+            serve(cli.config, overrides, Some((backend, demo.think_ms)))
         }
         Some(Command::DemoBackend { listen, think_ms }) => demo_backend(&listen, think_ms),
-        Some(Command::Ops(cmd)) => leafcache::cli::run(cmd, load(cli.config)),
-        None => serve(cli.config, ServeArgs::default(), None),
+        Some(Command::Ops(cmd)) => {
+            let overrides = Overrides {
+                redis_url,
+                ..Overrides::default()
+            };
+            leafcache::cli::run(cmd, configure(cli.config, &overrides))
+        }
+        None => serve(cli.config, ServeArgs::default().with(redis_url), None),
+    }
+}
+
+impl ServeArgs {
+    /// The flags that override the file, with the global `--redis-url`.
+    fn with(self, redis_url: Option<String>) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            upstream: self.upstream,
+            redis_url,
+        }
     }
 }
 
@@ -135,10 +168,22 @@ fn load(path: Option<PathBuf>) -> Result<Config, ConfigError> {
     }
 }
 
-fn check_config(path: Option<PathBuf>) -> ExitCode {
+/// The config every command runs with, `serve` and batch alike: the file
+/// (see [`load`]), then the environment, then the flags.
+fn configure(path: Option<PathBuf>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    load(path).and_then(|mut c| {
+        c.apply_overrides(overrides, &|k| std::env::var(k).ok())?;
+        Ok(c)
+    })
+}
+
+fn check_config(path: Option<PathBuf>, redis_url: Option<String>) -> ExitCode {
     let shown = path.clone().unwrap_or_else(|| PathBuf::from("proxy.toml"));
-    let result = Config::load(&shown).and_then(|mut c| {
-        c.apply_overrides(&Overrides::default(), &|k| std::env::var(k).ok())?;
+    let overrides = Overrides {
+        redis_url,
+        ..Overrides::default()
+    };
+    let result = configure(Some(shown.clone()), &overrides).and_then(|c| {
         c.validate_listeners()?;
         Ok(c)
     });
@@ -151,14 +196,8 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, args: ServeArgs, demo: Option<(String, u64)>) -> ExitCode {
-    let overrides = Overrides {
-        listen: args.listen,
-        upstream: args.upstream,
-        redis_url: args.redis_url,
-    };
-    let config = load(config).and_then(|mut c| {
-        c.apply_overrides(&overrides, &|k| std::env::var(k).ok())?;
+fn serve(config: Option<PathBuf>, overrides: Overrides, demo: Option<(String, u64)>) -> ExitCode {
+    let config = configure(config, &overrides).and_then(|c| {
         c.validate_listeners()?;
         Ok(c)
     });

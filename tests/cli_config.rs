@@ -3,11 +3,17 @@
 
 use std::process::Command;
 
+/// Cargo's binary, or `LEAFCACHE_BIN` when set (as `tests/common` does:
+/// checkouts sharing one target directory name their own build).
+fn leafcache_bin() -> std::ffi::OsString {
+    std::env::var_os("LEAFCACHE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_leafcache").into())
+}
+
 fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, text).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_leafcache"))
+    let out = Command::new(leafcache_bin())
         .arg("check-config")
         .arg(&path)
         .env_remove("LEAFCACHE_LISTEN")
@@ -62,7 +68,7 @@ fn serve_with_a_bad_config_exits_2_before_binding_anything() {
         "[[route]]\nname = \"a\"\npath = \"/x\"\nlog = true\n",
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_leafcache"))
+    let out = Command::new(leafcache_bin())
         .args(["serve", "--config"])
         .arg(&path)
         .output()
@@ -71,4 +77,19 @@ fn serve_with_a_bad_config_exits_2_before_binding_anything() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("proxy.toml:"), "{stderr}");
     assert!(stderr.contains("log"), "{stderr}");
+}
+
+#[test]
+fn serve_and_demo_still_take_redis_url_after_the_subcommand() {
+    for command in ["serve", "demo"] {
+        let out = Command::new(leafcache_bin())
+            .args([command, "--redis-url", "http://not-redis"])
+            .current_dir(tempfile::tempdir().expect("tempdir").path())
+            .env_remove("REDIS_URL")
+            .output()
+            .expect("run leafcache");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("--redis-url:"), "{command}: {stderr}");
+    }
 }

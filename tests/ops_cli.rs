@@ -313,6 +313,16 @@ async fn replay_pushes_spooled_events_into_redis() {
     down.env("REDIS_URL", &dead);
     let down = run(down).await;
     assert_eq!(down.code, 1, "{down:?}");
+    let spool_arg = copy.path().to_str().unwrap();
+    let flag_down = run(leafcache(
+        &config,
+        &["--redis-url", &dead, "replay", "--spool", spool_arg],
+    ))
+    .await;
+    assert_eq!(
+        flag_down.code, 1,
+        "--redis-url names a dead Redis: {flag_down:?}"
+    );
 
     let r = run(leafcache(
         &config,
@@ -334,4 +344,165 @@ async fn replay_pushes_spooled_events_into_redis() {
     .await;
     assert_eq!(again.code, 0);
     assert!(again.stdout_text().contains("empty"), "{again:?}");
+}
+
+/// The queries an export printed, in order.
+fn exported_queries(r: &CliRun) -> Vec<Value> {
+    assert_eq!(r.code, 0, "{r:?}");
+    lines(&r.stdout)
+        .iter()
+        .map(|l| l["query"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn batch_commands_take_redis_url_like_serve_flag_over_env_over_file() {
+    // The file names one Redis, the flag or REDIS_URL another: each holds
+    // different searches on the same day, so the output says which was read.
+    let in_file = Redis::start().await;
+    let named = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &in_file);
+    let day1 = 1_764_028_800_000; // 2025-11-25T00:00:00Z
+    seed(
+        &in_file,
+        &[search_event(day1 + 5, Some("u9"), "from the file", None)],
+    )
+    .await;
+    let (from, to, _) = three_days(&named).await;
+    let named_queries = vec![
+        json!("bread"),
+        json!("milk"),
+        json!("add milk"),
+        json!("eggs"),
+    ];
+    let export = ["export", "--from", from.as_str(), "--to", to.as_str()];
+
+    let file = run(leafcache(&config, &export)).await;
+    assert_eq!(exported_queries(&file), vec![json!("from the file")]);
+
+    let mut after = leafcache(&config, &export);
+    after.arg("--redis-url").arg(named.url());
+    assert_eq!(exported_queries(&run(after).await), named_queries);
+
+    let named_url = named.url();
+    let before: Vec<&str> = ["--redis-url", named_url.as_str()]
+        .into_iter()
+        .chain(export)
+        .collect();
+    let before = run(leafcache(&config, &before)).await;
+    assert_eq!(
+        exported_queries(&before),
+        named_queries,
+        "flag before export"
+    );
+
+    let mut env = leafcache(&config, &export);
+    env.env("REDIS_URL", named.url());
+    assert_eq!(
+        exported_queries(&run(env).await),
+        named_queries,
+        "REDIS_URL"
+    );
+
+    let mut both = leafcache(&config, &export);
+    both.arg("--redis-url")
+        .arg(in_file.url())
+        .env("REDIS_URL", named.url());
+    assert_eq!(
+        exported_queries(&run(both).await),
+        vec![json!("from the file")],
+        "the flag beats REDIS_URL"
+    );
+}
+
+#[tokio::test]
+async fn every_batch_command_connects_to_the_redis_its_redis_url_names() {
+    // The file's Redis is up; the flag names one where nothing listens. A
+    // command that took the flag fails at runtime (1), one that ignored it
+    // succeeds (0), one that refused it is a usage error (2).
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &redis);
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let reads_redis: [&[&str]; 4] = [
+        &["export", "--from", "2025-11-25", "--to", "2025-11-25"],
+        &["history", "u1", "--json"],
+        &["stats", "--date", "2025-11-25", "--json"],
+        &["purge", "--all-global"],
+    ];
+    // No Redis needed here: the flag is taken and nothing fails.
+    let spool = spool.to_str().unwrap();
+    let needs_none: [&[&str]; 2] = [
+        &["replay", "--spool", spool],
+        &["explain", "/api/v1/search?q=milk"],
+    ];
+    let with_flag = |args: &[&str], before: bool| {
+        let mut all: Vec<&str> = args.to_vec();
+        let flag = ["--redis-url", dead.as_str()];
+        if before {
+            all.splice(0..0, flag);
+        } else {
+            all.extend(flag);
+        }
+        leafcache(&config, &all)
+    };
+    for (args, code) in reads_redis
+        .iter()
+        .map(|a| (a, 1))
+        .chain(needs_none.iter().map(|a| (a, 0)))
+    {
+        assert_eq!(run(leafcache(&config, args)).await.code, 0, "{args:?}");
+        for before in [false, true] {
+            let r = run(with_flag(args, before)).await;
+            assert_eq!(
+                r.code, code,
+                "{args:?}, --redis-url {dead} before: {before}: {r:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_command_help_gives_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = std::process::Command::new(leafcache_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout).into_owned();
+    // The names under "Commands:", so a new command is checked too.
+    let names: Vec<&str> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Commands: in\n{top}"))
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .collect();
+    for expected in [
+        "serve", "export", "history", "stats", "purge", "replay", "explain",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    for name in names {
+        for flag in ["-h", "--help"] {
+            let help = std::process::Command::new(leafcache_bin())
+                .args([name, flag])
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&help.stdout);
+            assert!(help.status.success(), "{name} {flag}: {help:?}");
+            assert!(text.contains("Examples:"), "{name} {flag}:\n{text}");
+            assert!(
+                text.contains(&format!("leafcache {name}")),
+                "{name} {flag}:\n{text}"
+            );
+        }
+    }
 }

@@ -11,6 +11,9 @@ use crate::config::Config;
 use crate::proxy::explain::{ExplainRequest, explain};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  leafcache explain '/api/v1/search?q=organic+milk' -H 'Host: shop.example' -H 'X-User-Id: 42'
+  leafcache explain --method POST --data '{\"query\": \"milk\"}' /api/v1/search --json")]
 pub struct ExplainArgs {
     /// The request method.
     #[arg(long, default_value = "GET")]

@@ -14,6 +14,11 @@ use crate::config::Config;
 use crate::export::{self as out, Encoder, Format, Place, Sink};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  leafcache export --from 2026-12-01 --to 2026-12-07 --gzip --out gs://bucket/searches.jsonl.gz
+  leafcache export --from 2026-12-01 --to 2026-12-01 --intent product_search > day.jsonl
+  leafcache export --from 2026-12-01 --to 2026-12-07 --daily s3://bucket/searches --format parquet
+  leafcache export --redis-url redis://10.0.0.3:6379 --from 2026-12-01 --to 2026-12-01")]
 pub struct ExportArgs {
     /// First day, inclusive (UTC).
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = date_arg)]

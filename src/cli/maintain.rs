@@ -11,6 +11,11 @@ use crate::events::spool::Spool;
 use crate::events::writer::replay_records;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  leafcache purge --user alice
+  leafcache purge --user alice --key HASH
+  leafcache purge --product SKU-123 SKU-456 --soft
+  leafcache purge --all-global --redis-url redis://10.0.0.3:6379")]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["user", "key", "all_global", "product", "supplier"])))]
 pub struct PurgeArgs {
     /// Every cache entry of this user (with --key: only that one).
@@ -36,6 +41,9 @@ pub struct PurgeArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  leafcache replay
+  leafcache replay --spool /var/lib/leafcache/spool --redis-url redis://10.0.0.3:6379")]
 pub struct ReplayArgs {
     /// The spool directory (default: events.spool_dir of the config).
     #[arg(long, value_name = "DIR")]

@@ -1,8 +1,9 @@
 //! The batch commands of SPEC section 1: `export`, `history`, `stats`,
-//! `purge`, `replay` and `explain`. They read the config as `serve` does (`--config`,
-//! else ./proxy.toml; `REDIS_URL` overrides), print tables on a terminal and
-//! JSON with `--json`, and fail with one line and exit 1 (runtime) or 2
-//! (usage, config).
+//! `purge`, `replay` and `explain`. The binary hands them the config exactly
+//! as `serve` gets it (`--config`, else ./proxy.toml; then the environment,
+//! `REDIS_URL` and the others; then `--redis-url`). They print tables on a
+//! terminal and JSON with `--json`, and fail with one line and exit 1
+//! (runtime) or 2 (usage, config). Each command's `--help` ends with examples.
 //!
 //! - [`export`]: JSONL, Parquet or chat pairs to stdout, a file, an object
 //!   store URL, or one object per day (the writing is [`crate::export`]'s).
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::config::{Config, ConfigError, Overrides};
+use crate::config::{Config, ConfigError};
 use crate::events::write::Layout;
 use crate::redis::RedisPool;
 
@@ -61,14 +62,11 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// Runs a batch command with the config the command line named.
+/// Runs a batch command with the config the command line named, its
+/// overrides (environment, `--redis-url`) already applied.
 pub fn run(cmd: OpsCommand, config: Result<Config, ConfigError>) -> ExitCode {
     quiet_logs();
     let result = config
-        .and_then(|mut c| {
-            c.apply_overrides(&Overrides::default(), &|k| std::env::var(k).ok())?;
-            Ok(c)
-        })
         .map_err(|e| Failure::Usage(e.to_string()))
         .and_then(|config| match cmd {
             OpsCommand::Export(a) => export::run(&config, a),

@@ -12,6 +12,9 @@ use crate::admin::{dates, history, stats};
 use crate::config::Config;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  leafcache history alice --limit 20
+  leafcache history alice --json --redis-url redis://10.0.0.3:6379")]
 pub struct HistoryArgs {
     /// The user id, as logged (hashed when identity.hash_user_id is on).
     user_id: String,
@@ -24,6 +27,9 @@ pub struct HistoryArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  leafcache stats
+  leafcache stats --date 2026-12-01 --top 20 --json")]
 pub struct StatsArgs {
     /// The day (UTC); today when absent.
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = date_arg)]
