@@ -95,7 +95,7 @@ EXPOSE 8080 9091
 # under load: VmHWM 316 MiB by default, 204 MiB with this, against a pod
 # limit of 384 MiB). It costs CPU where the search log allocates and frees
 # those buffers: ~10% more CPU per logged request (bench/ab.sh log), nothing
-# measurable on hits and misses without logging. README, "Sizing".
+# measurable on hits and misses without logging. docs/sizing.md.
 ENV MIMALLOC_PURGE_DELAY=0
 
 # leafcache handles SIGTERM itself (stop accepting, finish requests in flight

@@ -1,5 +1,5 @@
 //! `Accept-Encoding` enters the key normalized to the one coding leafcache
-//! asks the backend for (README, "Compressed answers"): real clients that
+//! asks the backend for (docs/keys-and-security.md, "Compressed answers"): real clients that
 //! word the same choice differently share one entry, a client that prefers
 //! another coding gets an entry of its own, and the backend only ever sees
 //! the normalized value. The `leafcache serve` binary, a real redis-server.

@@ -1,5 +1,5 @@
 //! Answers leafcache cannot read exactly as a client reads them never make a
-//! cart answer cacheable (README, "Compressed answers"): each shape below
+//! cart answer cacheable (docs/keys-and-security.md, "Compressed answers"): each shape below
 //! hides or blurs an `add_to_order` intent, and each must stream to the
 //! client, stay out of the cache, be logged with its reason and be counted
 //! on `/metrics`. The real binary, a real redis-server.
