@@ -32,6 +32,7 @@ mod origin;
 pub mod refresh;
 mod request;
 pub mod respond;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -113,6 +114,11 @@ impl Proxy {
             this: this.clone(),
             refresh,
         })
+    }
+
+    /// The backend client, for the readiness probe.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
     }
 
     /// Refresh-ahead's state, when it is on.

@@ -258,7 +258,11 @@ impl Proxy {
         let toml = config.render(addr, admin, upstream, redis, &dir.path().join("spool"));
         std::fs::write(&config_path, toml).expect("write proxy.toml");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("create proxy.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_leafcache"))
+        // LEAFCACHE_BIN: another build of the binary, e.g. when checkouts
+        // share one target dir, whose `debug/leafcache` is whichever built last.
+        let bin = std::env::var_os("LEAFCACHE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_leafcache").into());
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
