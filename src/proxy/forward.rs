@@ -126,6 +126,12 @@ impl Upstream {
         connector.set_nodelay(true);
         // The TLS connector below takes https URLs; plain ones pass through.
         connector.enforce_http(false);
+        if cfg.ca_file.is_some() && cfg.url.scheme() != Some(&Scheme::HTTPS) {
+            tracing::warn!(
+                upstream = %cfg.url,
+                "[upstream] ca_file is set but the backend is not https://; it is not used"
+            );
+        }
         let tls_config = super::tls::client_config(cfg);
         let tls = (cfg.url.scheme() == Some(&Scheme::HTTPS))
             .then(|| super::tls::server_name(&cfg.url))
@@ -240,7 +246,9 @@ impl Upstream {
             };
         }
         append_via(headers, parts.version);
-        // The backend connection is ours: HTTP/1.1 whatever the client spoke.
+        // The backend connection is ours: HTTP/1.1 whatever the client
+        // spoke, or HTTP/2 where an https backend chose h2 (the client then
+        // speaks HTTP/2 whatever the request says).
         parts.version = Version::HTTP_11;
     }
 
