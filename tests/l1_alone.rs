@@ -1,7 +1,8 @@
 //! The in-process cache on its own (README, "When things fail"): with Redis
 //! unreachable from the start, or killed mid-test, L1 keeps an expired copy
 //! for its stale window, and stale-if-error, conditional revalidation and
-//! RFC 9111's stale-while-revalidate behave as they do with Redis.
+//! RFC 9111's stale-while-revalidate behave as they do with Redis. While
+//! Redis answers, its copy is the one that counts.
 //!
 //! Freshness runs out in real time: answers live one second, and the tests
 //! poll until the stored copy is no longer a HIT.
@@ -213,4 +214,32 @@ async fn when_redis_dies_the_l1_copy_stands_in_for_a_failing_backend() {
     let stale = until_not_hit(&milk).await;
     assert_x_cache(&stale, "STALE");
     assert_eq!(stale.body, first.body, "L1's copy of the stored answer");
+}
+
+#[tokio::test]
+async fn while_redis_answers_its_copy_counts_not_l1s() {
+    // Redis up but without the entry (it lost it, or a purge's invalidation
+    // message did not reach this proxy): L1's expired copy is not used.
+    let script = Script::new(Reply::echo);
+    let backend = script.backend().await;
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(&search_config("1m"), &backend, &redis).await;
+    let milk = proxy.search(Some("u1"), json!({"query": "milk"}));
+
+    let first = milk.send().await;
+    assert_x_cache(&first, "MISS");
+    let key = format!("user:u1:cache:{}", first.key());
+    eventually("the entry to reach redis", || async {
+        redis.exists(&key).await.then_some(())
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("DEL");
+    script.set(|_| Reply::json(json!({"error": "overloaded"})).status(503));
+    let failed = until_not_hit(&milk).await;
+    assert_eq!(failed.status, 503, "{failed:?}");
+    assert_x_cache(&failed, "MISS");
 }
