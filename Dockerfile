@@ -67,8 +67,8 @@ FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 LABEL org.opencontainers.image.title="leafcache" \
       org.opencontainers.image.description="A caching, logging sidecar for search APIs"
 
-# ca-certificates: rediss:// without [redis] tls_ca_file trusts the system
-# roots (/etc/ssl/certs). Versions are not pinned: the Debian release is, and
+# ca-certificates: rediss:// without [redis] tls_ca_file, and an https://
+# backend (beside [upstream] ca_file), trust the system roots (/etc/ssl/certs). Versions are not pinned: the Debian release is, and
 # security updates should flow in on rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \

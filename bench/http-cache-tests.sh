@@ -20,6 +20,7 @@
 #   LEAFCACHE_BIN      leafcache binary; default: cargo build --release, then
 #                      ${CARGO_TARGET_DIR:-target}/release/leafcache
 #   HCT_LEAFCACHE_HEURISTIC=1   add heuristic = true to leafcache's route
+#   HCT_NO_REDIS=1     no redis-server: leafcache's Redis URL names a closed port
 #   HCT_PKG            a checkout of github.com/http-tests/cache-tests (its current
 #                      revision, with `npm install --omit=dev` run in it) to use
 #                      instead of the npm package; results then go to
@@ -214,7 +215,9 @@ start_varnish() {
 REDIS_PID=""
 start_leafcache() {
   local redis_url="redis://127.0.0.1:1"  # nothing listens: leafcache fails open to its L1 tier
-  if command -v redis-server >/dev/null; then
+  if [[ "${HCT_NO_REDIS:-}" == 1 ]]; then
+    say "HCT_NO_REDIS=1: leafcache runs on its in-process tier only (Redis unreachable)"
+  elif command -v redis-server >/dev/null; then
     local rport
     rport="$(free_port)"
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \

@@ -153,23 +153,10 @@ async fn readyz(proxy: &Proxy) -> AdminResponse {
     json(StatusCode::OK, body.to_string())
 }
 
-/// A TCP connect to the backend, bounded to 500 ms.
+/// A connection to the backend (with a verified TLS handshake for an https
+/// one), bounded to 500 ms.
 async fn upstream_reachable(proxy: &Proxy) -> bool {
-    let Some(authority) = proxy.config.upstream.url.authority() else {
-        return false;
-    };
-    let addr = match authority.port_u16() {
-        Some(_) => authority.as_str().to_string(),
-        None => format!("{}:80", authority.host()),
-    };
-    matches!(
-        tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(addr)
-        )
-        .await,
-        Ok(Ok(_))
-    )
+    proxy.upstream().reachable(Duration::from_millis(500)).await
 }
 
 /// Prometheus scrape, in the OpenMetrics text format.

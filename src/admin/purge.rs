@@ -451,8 +451,8 @@ async fn unlink(redis: &RedisPool, keys: &[Vec<u8>]) -> Result<u64, RedisFailure
         .await
 }
 
-/// Drops this process's L1 copies of the target (a soft purge too: L1
-/// holds only fresh copies, and Redis keeps the stale one).
+/// Drops this process's L1 copies of the target (a soft purge too: a
+/// purge runs through Redis, which keeps the stale one).
 pub fn forget_local(l1: &L1, prefix: &Prefix, target: &Target) {
     match target.single_key(prefix) {
         Some(key) => l1.remove(&key),

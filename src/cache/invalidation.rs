@@ -28,7 +28,7 @@ pub struct PurgeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supplier_ids: Option<Vec<String>>,
     /// Mark the entries stale instead of removing them; a proxy drops its
-    /// L1 copies either way (L1 holds only fresh copies).
+    /// L1 copies either way (a purge needs Redis, which keeps the stale one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub soft: bool,
 }

@@ -1,13 +1,16 @@
 //! The in-process tier: a concurrent cache bounded by bytes (`l1_max_bytes`),
-//! where a copy lives at most `l1_ttl` and never past its own freshness.
+//! where a copy is served as fresh at most `l1_ttl` and never past its own
+//! freshness, and is kept past that for the stale window, as Redis keeps
+//! it: to be revalidated, or to stand in for a failing backend, when Redis
+//! is unset or unreachable (README, "When things fail").
 //!
 //! Built on `quick_cache` (S3-FIFO eviction, sharded, weight-aware): a read
 //! takes a shard's read lock and bumps a frequency counter, an insertion
 //! evicts inline. moka, used before, recorded every read and write in
 //! channels for a housekeeping pass and rehashed its table under churn:
 //! 15% of a miss's CPU and ~9% of a hit's (bench/RESULTS.md). Expiry is
-//! checked on lookup: a copy past its time is dropped when it is next asked
-//! for, or evicted like any other once space is needed.
+//! checked on lookup: a copy past its stale window is dropped when it is
+//! next asked for, or evicted like any other once space is needed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +26,14 @@ const SHARD_BYTES_MIN: u64 = 16 << 20;
 /// Typical answer size, for the table's initial capacity.
 const TYPICAL_ENTRY_BYTES: u64 = 4096;
 
-/// What L1 holds per key: the entry and when this copy stops being served
-/// (the shorter of `l1_ttl` and the entry's own freshness).
+/// What L1 holds per key: the entry, when this copy stops being served as
+/// fresh (the shorter of `l1_ttl` and the entry's own freshness), and when
+/// it goes (its freshness plus the stale window it was stored with).
 #[derive(Clone)]
 struct Slot {
     entry: Arc<Entry>,
     until_ms: u64,
+    keep_until_ms: u64,
     /// Key and entry, counted once (the weigher is asked on every move).
     weight: u64,
 }
@@ -74,10 +79,21 @@ fn compact(entry: Arc<Entry>) -> Arc<Entry> {
     })
 }
 
+/// A copy L1 holds for a key.
+pub enum Held {
+    /// Within `l1_ttl` and its freshness: served as a hit.
+    Fresh(Arc<Entry>),
+    /// Past `l1_ttl` or its freshness, within its stale window: what Redis
+    /// would hold, for when Redis cannot be asked.
+    Kept(Arc<Entry>),
+}
+
 #[derive(Clone)]
 pub struct L1 {
     cache: Arc<Table>,
     ttl_ms: u64,
+    /// How long past its freshness [`L1::insert`] keeps a copy.
+    keep: Duration,
     /// Some route logs searches: every answer served will carry its derived
     /// log facts, so their size counts from insertion on.
     counts_log_facts: bool,
@@ -107,8 +123,16 @@ impl L1 {
         Some(L1 {
             cache: Arc::new(cache),
             ttl_ms: u64::try_from(l1_ttl.as_millis()).unwrap_or(u64::MAX),
+            keep: Duration::ZERO,
             counts_log_facts: false,
         })
+    }
+
+    /// Keeps every copy `window` past its freshness (the stale window of
+    /// `[cache] stale_if_error`); without it an expired copy is dropped.
+    pub fn keeping_expired(mut self, window: Duration) -> L1 {
+        self.keep = window;
+        self
     }
 
     /// Counts, for each entry, the log facts the search log will derive
@@ -120,22 +144,45 @@ impl L1 {
 
     /// A fresh copy, if there is one.
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        match self.lookup(key)? {
+            Held::Fresh(entry) => Some(entry),
+            Held::Kept(_) => None,
+        }
+    }
+
+    /// The copy held for `key`: fresh, or kept within its stale window.
+    pub fn lookup(&self, key: &str) -> Option<Held> {
         let slot = self.cache.get(key)?;
         // Checked to the millisecond, against the entry's own freshness too.
         let now = now_ms();
         if now < slot.until_ms && slot.entry.is_fresh(now) {
-            return Some(slot.entry);
+            return Some(Held::Fresh(slot.entry));
+        }
+        if now < slot.keep_until_ms {
+            return Some(Held::Kept(slot.entry));
         }
         self.cache.remove(key);
         None
     }
 
+    /// Holds `entry`, kept the L1's stale window past its freshness.
     pub fn insert(&self, key: String, entry: Arc<Entry>) {
+        self.insert_kept(key, entry, self.keep);
+    }
+
+    /// Holds `entry`, kept `keep` past its freshness (origin routes keep
+    /// an entry with validators longer, to revalidate it).
+    pub fn insert_kept(&self, key: String, entry: Arc<Entry>, keep: Duration) {
         let now = now_ms();
-        if !entry.is_fresh(now) {
+        let left = entry
+            .fresh_for
+            .saturating_add(keep)
+            .saturating_sub(entry.age(now));
+        if left.is_zero() {
             return;
         }
         let lives = self.ttl_ms.min(entry.remaining(now).as_millis() as u64);
+        let keep_until_ms = now.saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
         let entry = compact(entry);
         let slot = Slot {
             weight: (key.len()
@@ -147,6 +194,7 @@ impl L1 {
                 }) as u64,
             entry,
             until_ms: now.saturating_add(lives),
+            keep_until_ms,
         };
         self.cache.insert(key, slot);
     }
@@ -261,12 +309,43 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_lives_at_most_l1_ttl() {
-        let l1 = L1::new(1 << 20, Duration::from_millis(1)).unwrap();
+    fn an_expired_copy_is_kept_for_the_stale_window() {
+        let l1 = L1::new(1 << 20, Duration::from_secs(30))
+            .unwrap()
+            .keeping_expired(Duration::from_secs(60));
+        l1.insert("k".into(), entry(1, 10));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(l1.get("k").is_none(), "not served as fresh");
+        assert!(matches!(l1.lookup("k"), Some(Held::Kept(_))));
+    }
+
+    #[test]
+    fn a_copy_past_its_stale_window_goes() {
+        let l1 = L1::new(1 << 20, Duration::from_secs(30))
+            .unwrap()
+            .keeping_expired(Duration::from_secs(60));
+        l1.insert_kept("k".into(), entry(1, 10), Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(l1.lookup("k").is_none());
+        assert_eq!(l1.usage().1, 0, "dropped on lookup");
+        // Stored already older than freshness plus window: never held.
+        let old = Arc::new(Entry {
+            stored_at_ms: now_ms() - 120_000,
+            ..Entry::clone(&entry(1_000, 10))
+        });
+        l1.insert("old".into(), old);
+        assert!(l1.lookup("old").is_none());
+    }
+
+    #[test]
+    fn a_copy_is_served_at_most_l1_ttl_and_kept_while_fresh() {
+        let l1 = L1::new(1 << 20, Duration::from_millis(1))
+            .unwrap()
+            .keeping_expired(Duration::from_secs(60));
         l1.insert("k".into(), entry(60_000, 10));
         std::thread::sleep(Duration::from_millis(5));
         assert!(l1.get("k").is_none());
-        assert_eq!(l1.usage().1, 0, "the lapsed copy was dropped on lookup");
+        assert!(matches!(l1.lookup("k"), Some(Held::Kept(_))));
     }
 
     #[test]

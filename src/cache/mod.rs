@@ -10,6 +10,13 @@
 //! Lookups are bounded by one deadline per request (`redis.timeout` in total,
 //! however many scopes are asked); stores never make the client wait. Redis
 //! is reached through [`crate::redis::CacheTier`], which hides the topology.
+//!
+//! Both tiers keep an expired entry for its stale window. While Redis
+//! answers, its copy is the one that counts, and L1 serves only fresh copies
+//! within `l1_ttl`; when Redis is unset or cannot be asked, L1's own copies
+//! stand in: fresh ones as hits, expired ones to revalidate or to serve
+//! stale, so stale-if-error, revalidation and RFC 9111 behave the same
+//! without Redis (README, "When things fail").
 
 pub mod coalesce;
 pub mod envelope;
@@ -27,7 +34,7 @@ use crate::redis::{CacheTier, RedisPool, TierStats};
 use crate::time::now_ms;
 use coalesce::Coalescer;
 use envelope::Entry;
-use l1::L1;
+use l1::{Held, L1};
 
 /// Where a hit came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +95,7 @@ impl Cache {
         hit_for_pass: Duration,
     ) -> Cache {
         let redis = redis.map(CacheTier::new);
+        let l1 = l1.map(|l1| l1.keeping_expired(stale_window));
         let stats = Arc::new(CacheStats {
             redis_decode_errors: AtomicU64::new(0),
             tier: redis
@@ -138,27 +146,49 @@ impl Cache {
     }
 
     /// Looks the keys up in order, L1 first for all of them, then Redis in one
-    /// round trip. The first fresh entry wins.
+    /// round trip. The first fresh entry wins. When Redis is unset or cannot
+    /// be asked, L1's kept copies answer for it (see the module's doc).
     pub async fn lookup(&self, keys: &[&str], deadline: Instant) -> Lookup {
+        // L1's kept copies, for when Redis cannot be asked: the first still
+        // fresh (past `l1_ttl`), and the first expired.
+        let mut kept = Lookup::default();
         if let Some(l1) = &self.l1 {
             for (i, key) in keys.iter().enumerate() {
-                if let Some(entry) = l1.get(key) {
-                    return Lookup {
-                        fresh: Some(Found {
+                match l1.lookup(key) {
+                    Some(Held::Fresh(entry)) => {
+                        return Lookup {
+                            fresh: Some(Found {
+                                entry,
+                                tier: Tier::L1,
+                                key_index: i,
+                            }),
+                            stale: None,
+                        };
+                    }
+                    Some(Held::Kept(entry)) => {
+                        let slot = if entry.is_fresh(now_ms()) {
+                            &mut kept.fresh
+                        } else {
+                            &mut kept.stale
+                        };
+                        slot.get_or_insert(Found {
                             entry,
                             tier: Tier::L1,
                             key_index: i,
-                        }),
-                        stale: None,
-                    };
+                        });
+                    }
+                    None => {}
                 }
             }
         }
-        let Some(redis) = &self.redis else {
-            return Lookup::default();
+        let values = match &self.redis {
+            Some(redis) => redis.get_many(keys, deadline).await,
+            None => None,
         };
-        let Some(values) = redis.get_many(keys, deadline).await else {
-            return Lookup::default();
+        let Some(values) = values else {
+            // A fresh entry is a hit: `l1_ttl` bounds how long a copy is
+            // trusted over Redis's, and there is no Redis to ask.
+            return kept;
         };
         let now = now_ms();
         let mut found = Lookup::default();
@@ -213,14 +243,22 @@ impl Cache {
         }
     }
 
-    /// Origin routes: the entry under `key`, fresh or stale: L1 (which holds
-    /// only fresh copies), then Redis, within `deadline`.
+    /// Origin routes: the entry under `key`, fresh or stale: L1's fresh
+    /// copy, else Redis's within `deadline`, else (Redis unset or not
+    /// answering) L1's kept one.
     pub async fn lookup_any(&self, key: &str, deadline: Instant) -> Option<Arc<Entry>> {
-        if let Some(entry) = self.l1.as_ref().and_then(|l1| l1.get(key)) {
-            return Some(entry);
-        }
-        let redis = self.redis.as_ref()?;
-        let raw = redis.get_many(&[key], deadline).await?.pop().flatten()?;
+        let kept = match self.l1.as_ref().and_then(|l1| l1.lookup(key)) {
+            Some(Held::Fresh(entry)) => return Some(entry),
+            Some(Held::Kept(entry)) => Some(entry),
+            None => None,
+        };
+        let Some(redis) = self.redis.as_ref() else {
+            return kept;
+        };
+        let Some(mut values) = redis.get_many(&[key], deadline).await else {
+            return kept;
+        };
+        let raw = values.pop().flatten()?;
         match envelope::decode(raw) {
             Ok(entry) => {
                 let entry = Arc::new(entry);
@@ -240,7 +278,7 @@ impl Cache {
     }
 
     /// Origin routes: stores one entry under each of `keys` (its URI's
-    /// primary key and its variant key). Redis keeps it `keep` past its
+    /// primary key and its variant key). Both tiers keep it `keep` past its
     /// freshness, so that a stale entry can still be revalidated or stand
     /// in for a failing backend.
     pub fn store_kept(&self, keys: &[String], entry: Arc<Entry>, keep: Duration) {
@@ -254,7 +292,7 @@ impl Cache {
                 redis.set_ex(key, &value, ex_secs, &tags);
             }
             if let Some(l1) = &self.l1 {
-                l1.insert(key.clone(), entry.clone());
+                l1.insert_kept(key.clone(), entry.clone(), keep);
             }
         }
     }

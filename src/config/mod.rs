@@ -86,16 +86,35 @@ impl fmt::Debug for Config {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamConfig {
-    /// `http://host:port` only: requests keep their own path.
+    /// `http://host:port` or `https://host[:port]`, without a path:
+    /// requests keep their own path.
     pub url: http::uri::Uri,
+    /// `ca_file`, resolved against the config file's folder: extra roots
+    /// an https backend's certificate may chain to (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Its PEM text, read and checked at load.
+    pub ca_pem: Option<Vec<u8>>,
     pub connect_timeout: Duration,
     /// Until the backend's status and headers arrive.
     pub timeout: Duration,
     /// The longest pause between two chunks of the backend's body: a slow
     /// but steady body is never cut, a stalled one is.
     pub idle_timeout: Duration,
+}
+
+/// The CA's PEM text is left out: the file names it.
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -318,7 +337,8 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` names it in errors and
-    /// anchors a relative `events.spool_dir` and `redis.tls_ca_file`.
+    /// anchors a relative `events.spool_dir`, `redis.tls_ca_file` and
+    /// `upstream.ca_file`.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         let path_text = path.map_or_else(|| BUILTIN_NAME.to_owned(), |p| p.display().to_string());
         let syntax_error = |e: toml::de::Error| {

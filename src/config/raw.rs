@@ -88,6 +88,7 @@ impl Default for RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawUpstream {
     url: UpstreamUrl,
+    ca_file: Option<PathBuf>,
     connect_timeout: Dur,
     timeout: Dur,
     idle_timeout: Dur,
@@ -97,6 +98,7 @@ impl Default for RawUpstream {
     fn default() -> Self {
         RawUpstream {
             url: UpstreamUrl(http::Uri::from_static("http://127.0.0.1:8000")),
+            ca_file: None,
             connect_timeout: secs(1),
             timeout: secs(10),
             idle_timeout: secs(30),
@@ -277,7 +279,7 @@ impl RawConfig {
             max_connections: self.max_connections.0,
             trust_forwarded: self.trust_forwarded,
             admin_token: self.admin_token.map(|t| t.0),
-            upstream: self.upstream.into_upstream(loc)?,
+            upstream: self.upstream.into_upstream(loc, config_file)?,
             redis: self.redis.into_redis(loc, config_file)?,
             cache,
             identity,
@@ -298,9 +300,24 @@ fn resolve_path(path: PathBuf, config_file: Option<&Path>) -> PathBuf {
 }
 
 impl RawUpstream {
-    fn into_upstream(self, loc: &Locator) -> Result<UpstreamConfig, ConfigError> {
+    fn into_upstream(
+        self,
+        loc: &Locator,
+        config_file: Option<&Path>,
+    ) -> Result<UpstreamConfig, ConfigError> {
+        let (ca_file, ca_pem) = match self.ca_file {
+            Some(file) => {
+                let file = resolve_path(file, config_file);
+                let pem = read_ca_file(&file)
+                    .map_err(|m| loc.error(&[K("upstream"), K("ca_file")], m))?;
+                (Some(file), Some(pem))
+            }
+            None => (None, None),
+        };
         Ok(UpstreamConfig {
             url: self.url.0,
+            ca_file,
+            ca_pem,
             connect_timeout: positive(
                 loc,
                 &[K("upstream"), K("connect_timeout")],

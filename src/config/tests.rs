@@ -544,11 +544,11 @@ fn status_outside_100_to_599_is_rejected() {
 #[test]
 fn bad_upstream_urls_are_rejected_with_reasons() {
     assert_error(
-        "[upstream]\nurl = \"https://api.example.com\"\n",
+        "[upstream]\nurl = \"ftp://api.example.com\"\n",
         2,
         7,
         "upstream.url",
-        "not supported yet",
+        "https://host",
     );
     assert_error(
         "[upstream]\nurl = \"http://backend:8000/api\"\n",
@@ -861,6 +861,83 @@ fn tls_ca_file_with_a_broken_certificate_is_a_config_error() {
     }
 }
 
+// --- upstream.ca_file ------------------------------------------------------
+
+#[test]
+fn https_upstreams_are_accepted_with_or_without_a_port() {
+    let c = parse("[upstream]\nurl = \"https://search.example.run.app\"\n").unwrap();
+    assert_eq!(c.upstream.url, "https://search.example.run.app/");
+    assert!(c.upstream.ca_file.is_none() && c.upstream.ca_pem.is_none());
+    let c = parse("[upstream]\nurl = \"https://10.0.0.7:8443\"\n").unwrap();
+    assert_eq!(c.upstream.url.port_u16(), Some(8443));
+}
+
+#[test]
+fn upstream_ca_file_is_read_relative_to_the_config_folder() {
+    let dir = temp_folder();
+    let pem = ca_pem();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/private-ca.pem"), &pem).unwrap();
+    let c = Config::parse(
+        "[upstream]\nurl = \"https://backend:8443\"\nca_file = \"certs/private-ca.pem\"\n",
+        Some(&dir.path().join("proxy.toml")),
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstream.ca_file.as_deref(),
+        Some(dir.path().join("certs/private-ca.pem").as_path())
+    );
+    assert_eq!(c.upstream.ca_pem.as_deref(), Some(pem.as_bytes()));
+    let shown = format!("{:?}", c.upstream);
+    assert!(shown.contains("private-ca.pem"), "{shown}");
+    assert!(
+        !shown.contains("BEGIN"),
+        "the PEM text is not shown: {shown}"
+    );
+}
+
+/// The error for `[upstream] ca_file = <name>` written in a fresh folder
+/// with `contents` (none: the file is missing): line, field and message.
+fn upstream_ca_error(contents: Option<&str>) -> (usize, String, String) {
+    let dir = temp_folder();
+    if let Some(contents) = contents {
+        std::fs::write(dir.path().join("ca.pem"), contents).unwrap();
+    }
+    let text = "[upstream]\nurl = \"https://backend\"\nca_file = \"ca.pem\"\n";
+    match Config::parse(text, Some(&dir.path().join("proxy.toml"))) {
+        Err(ConfigError::Invalid {
+            line,
+            field,
+            message,
+            ..
+        }) => (line, field, message),
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_upstream_ca_file_is_a_config_error_naming_file_line_and_field() {
+    let (line, field, message) = upstream_ca_error(None);
+    assert_eq!((line, field.as_str()), (3, "upstream.ca_file"));
+    assert!(message.contains("cannot read"), "{message}");
+    assert!(message.contains("ca.pem"), "{message}");
+}
+
+#[test]
+fn upstream_ca_file_without_a_certificate_is_a_config_error() {
+    let (line, field, message) = upstream_ca_error(Some("not a certificate\n"));
+    assert_eq!((line, field.as_str()), (3, "upstream.ca_file"));
+    assert!(message.contains("no PEM certificate"), "{message}");
+}
+
+#[test]
+fn upstream_ca_file_with_a_broken_certificate_is_a_config_error() {
+    let broken = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let (line, field, message) = upstream_ca_error(Some(broken));
+    assert_eq!((line, field.as_str()), (3, "upstream.ca_file"));
+    assert!(message.contains("ca.pem"), "{message}");
+}
+
 #[test]
 fn debug_of_the_redis_config_shows_the_ca_file_but_not_the_password() {
     let dir = temp_folder();
@@ -1004,7 +1081,7 @@ fn bad_override_values_name_the_flag_or_variable() {
         (Overrides::default(), vec![("PORT", "80800")], "PORT: "),
         (
             Overrides {
-                upstream: Some("https://x".into()),
+                upstream: Some("https://x/api".into()),
                 ..Overrides::default()
             },
             vec![],

@@ -74,22 +74,18 @@ pub fn parse_method(text: &str) -> Result<Method, String> {
     Method::from_bytes(text.as_bytes()).map_err(|_| format!("invalid method {text:?}"))
 }
 
-/// The backend: plain http with a host and no path, because requests are
-/// forwarded with their own path and a base path would silently be dropped.
+/// The backend: http or https with a host and no path, because requests
+/// are forwarded with their own path and a base path would silently be
+/// dropped.
 pub fn parse_upstream_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("invalid URL {text:?}: {e}"))?;
     match uri.scheme() {
-        Some(s) if *s == Scheme::HTTP => {}
-        Some(s) if *s == Scheme::HTTPS => {
-            return Err(format!(
-                "{text:?}: https upstreams are not supported yet; use http:// to the backend"
-            ));
-        }
+        Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => {}
         _ => {
             return Err(format!(
-                "invalid URL {text:?} (use http://host:port, e.g. \"http://127.0.0.1:8000\")"
+                "invalid URL {text:?} (use http://host:port or https://host[:port], e.g. \"http://127.0.0.1:8000\")"
             ));
         }
     }
@@ -313,11 +309,12 @@ mod tests {
     }
 
     #[test]
-    fn upstream_must_be_plain_http_without_path() {
+    fn upstream_must_be_http_or_https_without_path() {
         assert!(parse_upstream_url("http://127.0.0.1:8000").is_ok());
         assert!(parse_upstream_url("http://backend:8000/").is_ok());
-        let https = parse_upstream_url("https://backend").unwrap_err();
-        assert!(https.contains("not supported yet"), "{https}");
+        assert!(parse_upstream_url("https://backend").is_ok());
+        assert!(parse_upstream_url("https://backend.run.app:8443").is_ok());
+        assert!(parse_upstream_url("https://backend/api").is_err());
         assert!(parse_upstream_url("http://backend/api").is_err());
         assert!(parse_upstream_url("http://backend/?x=1").is_err());
         assert!(parse_upstream_url("127.0.0.1:8000").is_err());

@@ -59,7 +59,7 @@ impl ProxyError {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             ProxyError::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
-            ProxyError::Backend(UpstreamError::Unavailable(_)) => {
+            ProxyError::Backend(UpstreamError::Unavailable(_) | UpstreamError::Certificate(_)) => {
                 (StatusCode::BAD_GATEWAY, "upstream_unavailable")
             }
             ProxyError::Backend(UpstreamError::Timeout(_) | UpstreamError::Stalled(_)) => {
@@ -97,6 +97,12 @@ mod tests {
             (ProxyError::NotCached, 504),
             (
                 ProxyError::from(UpstreamError::Unavailable("refused".into())),
+                502,
+            ),
+            (
+                ProxyError::from(UpstreamError::Certificate(
+                    "the backend's certificate is signed by an unknown authority".into(),
+                )),
                 502,
             ),
             (

@@ -1,14 +1,18 @@
-//! Talking to the backend: the pooled client, the request rewrite (hop-by-hop
-//! headers out, `Host`, `X-Forwarded-*` and `Via` in), the check of the
-//! answer's framing and the mapping of backend failures to 502/504.
+//! Talking to the backend: the pooled client (plain or TLS, see
+//! [`super::tls`]), the request rewrite (hop-by-hop headers out, `Host`,
+//! `X-Forwarded-*` and `Via` in), the check of the answer's framing and the
+//! mapping of backend failures to 502/504.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::TokioExecutor;
@@ -72,6 +76,10 @@ pub enum UpstreamError {
     /// Refused, reset, unreachable, or closed before an answer: 502.
     #[error("{0}")]
     Unavailable(String),
+    /// An https backend whose certificate does not verify (what failed is
+    /// in the message): 502, like any backend that cannot be reached.
+    #[error("{0}")]
+    Certificate(String),
     /// No answer within `[upstream] timeout`: 504.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -88,14 +96,27 @@ pub enum UpstreamError {
 pub struct InvalidFraming;
 
 pub struct Upstream {
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: Scheme,
     authority: Authority,
-    host: HeaderValue,
+    /// The `Host` a plain http backend receives. An https one gets none
+    /// from here: the client sets `Host` from the URL on an HTTP/1.1
+    /// connection, and HTTP/2 carries the authority in `:authority` alone
+    /// (nginx refuses both together, RFC 9113 section 8.3.1).
+    host: Option<HeaderValue>,
     pub timeout: Duration,
     pub idle_timeout: Duration,
     trust_forwarded: bool,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// An https backend: the TLS configuration and the name its
+    /// certificate must hold, for the readiness probe's handshake.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// The backend's certificate failed to verify, and has not verified
+    /// since: the warning is logged once per change, not per request.
+    certificate_failing: AtomicBool,
 }
 
 impl Upstream {
@@ -103,7 +124,25 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        // The TLS connector below takes https URLs; plain ones pass through.
+        connector.enforce_http(false);
+        if cfg.ca_file.is_some() && cfg.url.scheme() != Some(&Scheme::HTTPS) {
+            tracing::warn!(
+                upstream = %cfg.url,
+                "[upstream] ca_file is set but the backend is not https://; it is not used"
+            );
+        }
+        let tls_config = super::tls::client_config(cfg);
+        let tls = (cfg.url.scheme() == Some(&Scheme::HTTPS))
+            .then(|| super::tls::server_name(&cfg.url))
+            .flatten()
+            .map(|name| (Arc::new(tls_config.clone()), name));
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -113,17 +152,22 @@ impl Upstream {
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("127.0.0.1:8000"));
-        let host = HeaderValue::from_str(authority.as_str())
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let host = (scheme != Scheme::HTTPS).then(|| {
+            HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+        });
         Upstream {
             client,
-            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            scheme,
             authority,
             host,
             timeout: cfg.timeout,
             idle_timeout: cfg.idle_timeout,
             trust_forwarded,
             metrics: None,
+            tls,
+            certificate_failing: AtomicBool::new(false),
         }
     }
 
@@ -164,7 +208,9 @@ impl Upstream {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers.insert(header::HOST, self.host.clone());
+        if let Some(host) = &self.host {
+            headers.insert(header::HOST, host.clone());
+        }
 
         let ip = client.ip().to_string();
         let ip = HeaderValue::from_str(&ip).expect("an IP address is a valid header value");
@@ -200,7 +246,9 @@ impl Upstream {
             };
         }
         append_via(headers, parts.version);
-        // The backend connection is ours: HTTP/1.1 whatever the client spoke.
+        // The backend connection is ours: HTTP/1.1 whatever the client
+        // spoke, or HTTP/2 where an https backend chose h2 (the client then
+        // speaks HTTP/2 whatever the request says).
         parts.version = Version::HTTP_11;
     }
 
@@ -244,12 +292,66 @@ impl Upstream {
                 }
                 Ok(resp)
             }
-            Ok(Err(e)) => Err(UpstreamError::Unavailable(describe(&e))),
+            Ok(Err(e)) => Err(self.describe(&e)),
         };
         if let Some(m) = &self.metrics {
             m.backend(started.elapsed());
         }
+        match &result {
+            Err(UpstreamError::Certificate(detail)) => {
+                if !self.certificate_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        backend = %self.authority,
+                        "backend TLS certificate does not verify; its requests fail with 502 until it does: {detail}"
+                    );
+                }
+            }
+            Ok(_) => {
+                if self.certificate_failing.load(Ordering::Relaxed)
+                    && self.certificate_failing.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!(backend = %self.authority, "backend TLS certificate verifies again");
+                }
+            }
+            Err(_) => {}
+        }
         result
+    }
+
+    /// The readiness probe's check (README, "Admin API"): a TCP connection
+    /// to the backend within `within`, and for an https backend a TLS
+    /// handshake whose certificate verifies, as requests need.
+    pub async fn reachable(&self, within: Duration) -> bool {
+        let https = self.scheme == Scheme::HTTPS;
+        let port = self
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let addr = format!("{}:{port}", self.authority.host());
+        let probe = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            match &self.tls {
+                None if https => None,
+                None => Some(()),
+                Some((config, name)) => tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .ok()
+                    .map(drop),
+            }
+        };
+        matches!(tokio::time::timeout(within, probe).await, Ok(Some(())))
+    }
+
+    /// The most specific cause of a client error, for the 502 body: a
+    /// certificate that did not verify says so and what failed.
+    fn describe(&self, e: &hyper_util::client::legacy::Error) -> UpstreamError {
+        if let Some(detail) = super::tls::tls_error(e)
+            .and_then(|tls| super::tls::certificate_failure(tls, self.authority.host()))
+        {
+            return UpstreamError::Certificate(detail);
+        }
+        UpstreamError::Unavailable(describe(e))
     }
 }
 
@@ -345,6 +447,8 @@ mod tests {
     fn upstream(trust: bool) -> Upstream {
         let cfg = UpstreamConfig {
             url: Uri::from_static("http://127.0.0.1:9000"),
+            ca_file: None,
+            ca_pem: None,
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),

@@ -13,7 +13,8 @@
 //!    read the answer's facts, store.
 //! 5. [`log`]: the search logged once the answer is known.
 //!
-//! Around them: [`forward`] (the backend client and header hygiene),
+//! Around them: [`forward`] (the backend client and header hygiene, over
+//! TLS to an https backend with `tls`),
 //! [`body`] (whole, streamed or resumed bodies), [`respond`] (stored
 //! answers and the cache headers), [`error`] (the one error type and its
 //! statuses), [`invalidate`] (what unsafe requests drop on origin routes),
@@ -32,6 +33,7 @@ mod origin;
 pub mod refresh;
 mod request;
 pub mod respond;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -113,6 +115,11 @@ impl Proxy {
             this: this.clone(),
             refresh,
         })
+    }
+
+    /// The backend client, for the readiness probe.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
     }
 
     /// Refresh-ahead's state, when it is on.

@@ -14,6 +14,7 @@
 //! - [`Harness`] / [`setup`]: the three started together, as most tests do.
 //! - `proxy`: [`Proxy`], the server in process (or the `leafcache serve`
 //!   process), and the proxy.toml it reads ([`ProxyConfig`], [`Route`]).
+//! - `tls_backend`: nginx over https with a test CA's certificate.
 //! - `client`: [`Req`], [`Resp`] and the [`CacheStatus`] parser.
 //! - `assertions`: the X-Cache / Cache-Status forms of the contract.
 //!
@@ -32,6 +33,7 @@ pub mod ops;
 mod proxy;
 mod redis_cluster;
 mod redis_server;
+pub mod tls_backend;
 
 #[allow(unused_imports)] // not every test file asserts with these
 pub use assertions::*;
