@@ -128,7 +128,7 @@ pub fn normalize_query(query: &str) -> String {
 }
 
 /// The one content coding leafcache asks the backend for on behalf of a
-/// client's `Accept-Encoding` (README, "Compressed answers"): the
+/// client's `Accept-Encoding` (docs/keys-and-security.md, "Compressed answers"): the
 /// acceptable coding the client prefers most among gzip, br and zstd, ties
 /// going to gzip, then br, then zstd; `identity` when it accepts none of
 /// them. `gzip, deflate` (httpx, requests), `gzip` (Go, okhttp) and

@@ -1,5 +1,5 @@
 //! The answer as a client reads it: its content codings undone, within a
-//! bound on the decoded size (README, "Compressed answers").
+//! bound on the decoded size (docs/keys-and-security.md, "Compressed answers").
 //!
 //! A backend that compresses sends the search facts inside the coded bytes,
 //! so the intent, results and products are read from the decoded body. Every

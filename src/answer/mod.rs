@@ -15,7 +15,7 @@ use crate::route::json_pointer;
 /// Why an answer's search facts could not be read exactly as a client reads
 /// them (the record's `answer_unreadable`). On a route with
 /// `bypass_intents` such an answer is never stored: what cannot be read may
-/// be a cart answer (README, "Compressed answers").
+/// be a cart answer (docs/keys-and-security.md, "Compressed answers").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unreadable {

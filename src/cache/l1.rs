@@ -2,7 +2,7 @@
 //! where a copy is served as fresh at most `l1_ttl` and never past its own
 //! freshness, and is kept past that for the stale window, as Redis keeps
 //! it: to be revalidated, or to stand in for a failing backend, when Redis
-//! is unset or unreachable (README, "When things fail").
+//! is unset or unreachable (docs/failures.md).
 //!
 //! Built on `quick_cache` (S3-FIFO eviction, sharded, weight-aware): a read
 //! takes a shard's read lock and bumps a frequency counter, an insertion

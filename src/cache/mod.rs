@@ -16,7 +16,7 @@
 //! within `l1_ttl`; when Redis is unset or cannot be asked, L1's own copies
 //! stand in: fresh ones as hits, expired ones to revalidate or to serve
 //! stale, so stale-if-error, revalidation and RFC 9111 behave the same
-//! without Redis (README, "When things fail").
+//! without Redis (docs/failures.md).
 
 pub mod coalesce;
 pub mod envelope;

@@ -42,8 +42,8 @@
 //! The line ends with what ranking tools read: `impressions`, the search's
 //! `product_ids` with their 1-based positions in result order, and `ubi`,
 //! the search and its feedback in the shape of OpenSearch User Behavior
-//! Insights (a `ubi_queries` document and `ubi_events` documents; README,
-//! "Search quality", gives the mapping).
+//! Insights (a `ubi_queries` document and `ubi_events` documents;
+//! docs/operations.md, "Search quality", gives the mapping).
 
 use std::collections::HashMap;
 

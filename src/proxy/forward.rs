@@ -318,7 +318,7 @@ impl Upstream {
         result
     }
 
-    /// The readiness probe's check (README, "Admin API"): a TCP connection
+    /// The readiness probe's check (docs/operations.md, "The admin listener"): a TCP connection
     /// to the backend within `within`, and for an https backend a TLS
     /// handshake whose certificate verifies, as requests need.
     pub async fn reachable(&self, within: Duration) -> bool {

@@ -1,4 +1,4 @@
-//! TLS to an `https://` backend (README, "HTTPS backends"): the roots its
+//! TLS to an `https://` backend (docs/deployment.md, "HTTPS backends"): the roots its
 //! certificate may chain to, the protocols offered, and what a failed
 //! verification is called in the 502 and the log.
 //!
