@@ -109,6 +109,7 @@ mod tests {
             user_uuid: vec![],
             session_id: vec![],
             hash_user_id: false,
+            max_bytes: 256,
         }
     }
 

@@ -128,6 +128,12 @@ pub struct IdentityConfig {
     pub session_id: Vec<Source>,
     /// SHA-256 the user id before it is keyed and logged (e.g. when it is a bearer token).
     pub hash_user_id: bool,
+    /// The longest identity value, in bytes, a request may carry and still
+    /// be cached and logged with it: client-chosen ids end up in cache keys,
+    /// hit-for-pass marks and Redis key names, so their length is bounded
+    /// (README, "Security model"). Compared with the value as kept: with
+    /// `hash_user_id`, the 64-digit hash.
+    pub max_bytes: usize,
 }
 
 /// Where a value is found in a request.
@@ -387,7 +393,14 @@ impl Config {
         }
 
         if let Some(token) = env("LEAFCACHE_ADMIN_TOKEN") {
-            self.admin_token = Some(token);
+            // Trimmed as the file's token and the presented bearer are.
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(bad("LEAFCACHE_ADMIN_TOKEN")(
+                    "admin_token must not be empty".to_owned(),
+                ));
+            }
+            self.admin_token = Some(token.to_owned());
         }
         Ok(())
     }
