@@ -44,6 +44,10 @@ pub enum BypassReason {
     /// the path is one a lenient backend could read as a `scope = "off"`
     /// route's: never cached.
     PathNotCanonical,
+    /// An identity value longer than `[identity] max_bytes`: client-chosen
+    /// ids would otherwise grow keys, marks and Redis without bound. The
+    /// search is logged without that value.
+    IdentityTooLong,
 }
 
 impl BypassReason {
@@ -61,6 +65,7 @@ impl BypassReason {
             BypassReason::AmbiguousBody => "ambiguous-body",
             BypassReason::Credentialed => "credentialed",
             BypassReason::PathNotCanonical => "path-not-canonical",
+            BypassReason::IdentityTooLong => "identity-too-long",
         }
     }
 
@@ -269,6 +274,37 @@ pub fn store_scope(scope: Scope, has_user: bool, public: bool) -> StoreScope {
     }
 }
 
+/// How a request spelled its search text, against the normal form the key
+/// holds (NFKC, lowercase, trimmed, inner whitespace collapsed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spelling {
+    /// Already in normal form, or no search text: the backend read what
+    /// the key stands for.
+    Normal,
+    /// Any other spelling (`ＹＯＧＨＵＲＴ`, `Cheese  `): the backend
+    /// answered another text than the key's.
+    Other,
+}
+
+impl Spelling {
+    pub fn of(query: Option<&str>, normalized: Option<&str>) -> Spelling {
+        match (query, normalized) {
+            (Some(q), Some(n)) if q != n => Spelling::Other,
+            _ => Spelling::Normal,
+        }
+    }
+}
+
+/// Whether a request's own answer may be kept under a key, or mark it
+/// hit-for-pass, or confirm it by revalidation (README, "Security model"):
+/// a shared key holds only the backend's answer to the normalized text, so
+/// another spelling may be answered from a shared entry but never fills,
+/// replaces, extends or passes it, not even with `no-cache`. A user's own
+/// key only ever reaches that user, so any spelling may fill it.
+pub fn may_store_spelling(spelling: Spelling, shared_key: bool) -> bool {
+    spelling == Spelling::Normal || !shared_key
+}
+
 /// An answer that announces more than `max_object_bytes` is not read for
 /// the store: it streams on.
 pub fn declared_size(headers: &HeaderMap, max_object_bytes: usize) -> Result<(), NotStored> {
@@ -331,6 +367,26 @@ mod tests {
     use crate::testing::headers;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn only_the_normal_spelling_fills_a_shared_key() {
+        let normal = Spelling::of(Some("cheese"), Some("cheese"));
+        assert_eq!(normal, Spelling::Normal);
+        assert_eq!(Spelling::of(None, None), Spelling::Normal);
+        for sent in ["CHEESE  ", "Cheese", "ｃｈｅｅｓｅ", " cheese"] {
+            let other = Spelling::of(Some(sent), Some("cheese"));
+            assert_eq!(other, Spelling::Other, "{sent:?}");
+            assert!(
+                !may_store_spelling(other, true),
+                "{sent:?} fills a shared key"
+            );
+            assert!(
+                may_store_spelling(other, false),
+                "{sent:?} in a user's own key"
+            );
+        }
+        assert!(may_store_spelling(normal, true));
+    }
 
     fn rules(scope: Scope, has_user: bool) -> StoreRules<'static> {
         StoreRules {

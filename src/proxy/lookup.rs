@@ -16,6 +16,7 @@ use crate::cache::Found;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
 use crate::cache::envelope::{Entry, Variant};
 use crate::config::Freshness;
+use crate::policy::Spelling;
 use crate::served::Served;
 use crate::time::now_ms;
 
@@ -105,7 +106,9 @@ impl Proxy {
         let Some(refresh) = &self.refresh else {
             return;
         };
-        if c.keys.len() != 1 || c.user_key_index.is_some() {
+        // Only the normal spelling refetches a shared entry: the refetch
+        // asks with this request's text.
+        if c.keys.len() != 1 || c.user_key_index.is_some() || c.spelling != Spelling::Normal {
             return;
         }
         let Some(draft) = flow.draft.as_ref().or(c.draft.as_ref()) else {

@@ -43,7 +43,7 @@ use crate::http_cache::freshness::Exchange;
 use crate::http_cache::store::{self, OriginRules};
 use crate::http_cache::{conditional, date, vary};
 use crate::key::KeyHash;
-use crate::policy::{self, NotStored, StoreRules, StoreScope};
+use crate::policy::{self, NotStored, Spelling, StoreRules, StoreScope};
 use crate::served::Served;
 use crate::time::now_ms;
 
@@ -68,6 +68,9 @@ pub(super) struct Miss {
     /// waiters learn what came of it.
     pub guard: Option<FlightGuard>,
     pub rules: Rules,
+    /// How the request spelled its search text: another spelling than the
+    /// normal form never fills, passes or revalidates a shared key.
+    pub spelling: Spelling,
 }
 
 /// The seam between the two freshness models.
@@ -132,6 +135,18 @@ impl Miss {
             (StoreScope::User, Some(i)) => i,
             _ => self.keys.len().saturating_sub(1),
         }
+    }
+
+    /// Whether this request's own answer may be kept under the key an
+    /// answer of `scope` goes to ([`policy::may_store_spelling`]).
+    fn may_keep(&self, scope: StoreScope) -> bool {
+        let shared = Some(self.store_key_index(scope)) != self.user_key_index;
+        policy::may_store_spelling(self.spelling, shared)
+    }
+
+    /// Whether this request's answer may mark its primary key hit-for-pass.
+    fn may_pass(&self) -> bool {
+        policy::may_store_spelling(self.spelling, self.user_key_index != Some(0))
     }
 
     /// An answer the client gets whole, marked a miss.
@@ -200,10 +215,21 @@ impl Proxy {
         } else {
             self.judge(flow, &miss, &answer).map_err(Some)
         };
+        // Another spelling's answer streams on, neither stored nor marking
+        // the shared key (README, "Security model").
+        let judged = judged.and_then(|j| {
+            if miss.may_keep(j.scope) {
+                Ok(j)
+            } else {
+                Err(None)
+            }
+        });
         match judged {
             Ok(judged) => self.collect_and_store(flow, miss, answer, judged).await,
             Err(reason) => {
-                if let Some(reason) = reason {
+                if let Some(reason) = reason
+                    && miss.may_pass()
+                {
                     self.not_stored(&miss.keys[0], reason);
                 }
                 miss.finish(Outcome::GoDirect);
@@ -251,7 +277,9 @@ impl Proxy {
         if let Err(reason) =
             policy::decide_body(intent, &route.bypass_intents, body.len(), max_object)
         {
-            self.not_stored(&miss.keys[0], reason);
+            if miss.may_pass() {
+                self.not_stored(&miss.keys[0], reason);
+            }
             miss.finish(Outcome::GoDirect);
             let resp = miss.full_response(parts, body);
             return self.log_now(flow, resp, Served::Miss, meta);
@@ -276,9 +304,15 @@ impl Proxy {
     /// Whether the request goes out conditional on the stored copy: it has
     /// validators, and on a route-freshness route the client asks no
     /// condition of its own (an origin route answers those itself).
+    /// Another spelling never validates a shared entry: a `304` to it
+    /// would keep the entry fresh on the word of another text.
     fn validating(&self, miss: &Miss, request: &HeaderMap) -> Option<Usable> {
         miss.stale
             .as_ref()
+            .filter(|s| {
+                Some(s.key_index) == miss.user_key_index
+                    || policy::may_store_spelling(miss.spelling, true)
+            })
             .filter(|s| {
                 conditional::has_validators(&s.entry.headers)
                     && (miss.origin().is_some() || !conditional::has_preconditions(request))

@@ -161,9 +161,10 @@ impl Proxy {
         }) = crate::route::match_route(routes, req.method(), req.uri().path())
         else {
             let (parts, body) = req.into_parts();
-            let resp = self
-                .forward_streaming(parts, ProxyBody::stream(body), client)
-                .await;
+            let resp = match request::read_ahead(&self.config, &parts.headers, body).await {
+                Ok(body) => self.forward_streaming(parts, body, client).await,
+                Err(e) => e.response(),
+            };
             return (None, (resp, Served::None));
         };
         let ctx = ReadCtx {

@@ -315,6 +315,14 @@ impl Proxy {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 
+    /// The process id of a proxy started with [`Proxy::start_process`].
+    pub fn pid(&self) -> Option<u32> {
+        match &self.runner {
+            Runner::Process(child) => Some(child.id()),
+            Runner::InProcess(_) => None,
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("proxy.toml")
     }
