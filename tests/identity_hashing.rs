@@ -114,6 +114,18 @@ async fn an_identity_longer_than_max_bytes_bypasses_and_is_logged_without_it() {
         assert!(!text.contains(&long), "logged with the long id: {text}");
         assert_eq!(record.json()["query"], "milk");
     }
+    // explain names the bypass too.
+    let explained = Req::new(proxy.admin, "POST", "/v1/explain")
+        .json(&json!({
+            "method": "POST",
+            "path": "/api/v1/search",
+            "headers": {"content-type": "application/json", "x-user-id": long},
+            "body": r#"{"query": "milk"}"#,
+        }))
+        .send()
+        .await;
+    assert_eq!(explained.status, 200, "{explained:?}");
+    assert_eq!(explained.json()["bypass"]["reason"], "identity-too-long");
     // Nothing in Redis names the long id.
     let mut store = LogStore::new(&redis.url()).await;
     for key in store.all_keys().await {
