@@ -660,6 +660,16 @@ async fn a_malformed_chunked_body_answers_400_and_never_reaches_the_backend() {
     let status = raw_status(proxy.addr, good.as_bytes()).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(&backend.last().body[..], b"hello");
+    // Past max_request_body the body streams: a bad chunk there is still
+    // the client's failure, 400, not the backend's 502.
+    let big = "a".repeat(70 * 1024);
+    let late = format!(
+        "POST /elsewhere HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n\
+         {:x}\r\n{big}\r\nzz\r\nmore\r\n0\r\n\r\n",
+        big.len()
+    );
+    let status = raw_status(proxy.addr, late.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
 }
 
 #[tokio::test]

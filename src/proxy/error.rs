@@ -44,7 +44,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProxyError::ClientBody(_) | ProxyError::NotCached => ErrorSource::Client,
+            ProxyError::ClientBody(_)
+            | ProxyError::NotCached
+            | ProxyError::Backend(UpstreamError::ClientBody(_)) => ErrorSource::Client,
             ProxyError::Backend(_) | ProxyError::MustRevalidate => ErrorSource::Backend,
         }
     }
@@ -55,7 +57,8 @@ impl ProxyError {
             ProxyError::ClientBody(CollectError::Timeout) => {
                 (StatusCode::REQUEST_TIMEOUT, "bad_request")
             }
-            ProxyError::ClientBody(CollectError::Body(_)) => {
+            ProxyError::ClientBody(CollectError::Body(_))
+            | ProxyError::Backend(UpstreamError::ClientBody(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             ProxyError::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
@@ -108,6 +111,10 @@ mod tests {
                 504,
             ),
             (ProxyError::MustRevalidate, 504),
+            (
+                ProxyError::from(UpstreamError::ClientBody("bad chunk".into())),
+                400,
+            ),
         ];
         for (e, status) in cases {
             let resp = e.response();

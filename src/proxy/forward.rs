@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::TokioExecutor;
 
-use super::body::ProxyBody;
+use super::body::{ClientBodyError, ProxyBody};
 use crate::config::UpstreamConfig;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -78,6 +78,10 @@ pub enum UpstreamError {
     /// The body paused longer than `[upstream] idle_timeout`: 504.
     #[error("the answer paused for more than {0:?}")]
     Stalled(Duration),
+    /// The client's own request body broke off while it streamed to the
+    /// backend (bad framing past `max_request_body`): 400, the client's.
+    #[error("{0}")]
+    ClientBody(String),
 }
 
 /// Marks, in its extensions, a backend answer whose framing was invalid
@@ -244,6 +248,7 @@ impl Upstream {
                 }
                 Ok(resp)
             }
+            Ok(Err(e)) if client_body_broke(&e) => Err(UpstreamError::ClientBody(describe(&e))),
             Ok(Err(e)) => Err(UpstreamError::Unavailable(describe(&e))),
         };
         if let Some(m) = &self.metrics {
@@ -286,6 +291,19 @@ fn suspect_connection(status: StatusCode, headers: &HeaderMap) -> bool {
 }
 
 /// The most specific cause of a client error, for the 502 body.
+/// Whether the request failed because the client's body did
+/// ([`ClientBodyError`] somewhere in its sources).
+fn client_body_broke(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<ClientBodyError>().is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut msg = if e.is_connect() {
         "cannot connect to the backend".to_string()

@@ -130,7 +130,7 @@ impl LogProxy {
         let toml = config.render(addr, admin, upstream, redis, &spool);
         std::fs::write(&config_path, toml).expect("write proxy.toml");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("create proxy.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_leafcache"))
+        let child = Command::new(super::leafcache_bin())
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -91,6 +91,16 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Ports come from below the kernel's ephemeral range, so the many outgoing
 /// connections of a test run can never take one between this check and the
 /// server's bind; a process-wide counter keeps parallel tests apart.
+/// The `leafcache` binary the tests run: `LEAFCACHE_BIN` when set (a copy
+/// of this tree's build, where several trees share one target directory and
+/// another tree's build may replace `target/debug/leafcache` meanwhile),
+/// else the one cargo built for these tests.
+pub fn leafcache_bin() -> std::path::PathBuf {
+    std::env::var_os("LEAFCACHE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_leafcache").into())
+}
+
 pub fn free_port() -> u16 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

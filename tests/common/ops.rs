@@ -42,7 +42,7 @@ impl CliRun {
 /// A `leafcache` command line, run with `--config` and a clean environment
 /// (plus `env`), bounded by [`WAIT`].
 pub fn leafcache(config: &Path, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_leafcache"));
+    let mut cmd = tokio::process::Command::new(super::leafcache_bin());
     cmd.args(args)
         .arg("--config")
         .arg(config)

@@ -258,7 +258,7 @@ impl Proxy {
         let toml = config.render(addr, admin, upstream, redis, &dir.path().join("spool"));
         std::fs::write(&config_path, toml).expect("write proxy.toml");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("create proxy.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_leafcache"))
+        let child = Command::new(super::leafcache_bin())
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
