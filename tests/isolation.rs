@@ -14,12 +14,12 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
 const USERS: [&str; 5] = ["u-ann", "u-bob", "u-cy", "u-dee", "u-eve"];
-/// Guests: no user id, only a user uuid (SPEC section 7: two guests never
-/// share an entry).
+/// Guests: no user id, only a user uuid (README, "Security model": two
+/// guests never share an entry).
 const GUESTS: [&str; 3] = ["g-fox", "g-gil", "g-hal"];
 const QUERIES: [&str; 4] = ["milk", "bread", "oat milk", "eggs"];
 
-/// How the client names itself: each identity source of SPEC section 2.
+/// How the client names itself: each identity source of `[identity]`.
 #[derive(Clone, Copy, Debug)]
 enum Via {
     Header,
@@ -187,8 +187,8 @@ async fn a_guests_session_id_is_volatile_and_its_uuid_header_is_keyed_by_default
             .header("x-session-id", session)
     };
     assert_miss_stored(&guest("g-1", "s-1").send().await);
-    // Another session of the same guest shares the entry (SPEC section 3,
-    // step 5: requests that differ only in session id share one).
+    // Another session of the same guest shares the entry (README, "How the
+    // key is built": requests that differ only in session id share one).
     assert_hit(&guest("g-1", "s-2").send().await);
     let other = guest("g-2", "s-1").send().await;
     assert_miss_stored(&other);
