@@ -4,11 +4,11 @@
 //! - leafcache's writer: events/s, Redis commands, Redis CPU (from
 //!   `/proc/<pid>/stat`) and Redis memory per event, the bytes of a record
 //!   and its daily-index entry (`MEMORY USAGE`), and `SLOWLOG` (commands
-//!   over 1 and 3 ms: SPEC section 5 bounds a transaction to about 1 ms);
+//!   over 1 and 3 ms: docs/contract.md section 5 bounds a transaction to about 1 ms);
 //! - a baseline: the same events written one at a time, one transaction
 //!   each (what a per-request logger does);
 //! - the record encodings side by side (issue 18): the hash of 17 fields
-//!   under their SPEC names that leafcache wrote before, a listpack-sized
+//!   under their docs/contract.md names that leafcache wrote before, a listpack-sized
 //!   hash, and the string of compact JSON it writes now, each with its
 //!   daily-index entry: Redis CPU, commands and bytes per record.
 //!
@@ -357,7 +357,7 @@ fn family_of(key: &str) -> &'static str {
 /// How a record is stored, for the comparison of encodings.
 #[derive(Clone, Copy)]
 enum Encoding {
-    /// Before issue 18: a hash of 17 fields under their SPEC names, then
+    /// Before issue 18: a hash of 17 fields under their docs/contract.md names, then
     /// `EXPIRE`.
     OldHash,
     /// The compact record's values as a hash (fields named by position)
@@ -371,7 +371,7 @@ enum Encoding {
 impl Encoding {
     fn name(self) -> &'static str {
         match self {
-            Encoding::OldHash => "hash, SPEC field names (old)",
+            Encoding::OldHash => "hash, docs/contract.md field names (old)",
             Encoding::ListpackHash => "listpack-sized hash",
             Encoding::CompactString => "string of compact JSON (new)",
         }

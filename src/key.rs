@@ -1,5 +1,5 @@
 //! The cache key: query normalization and the SHA-256 over every input that
-//! reaches the backend (SPEC section 3, step 5). Pure functions, so that what
+//! reaches the backend (docs/contract.md section 3, step 5). Pure functions, so that what
 //! shares an entry can be read, and property-tested, in one place.
 //!
 //! Every field enters the hash length-prefixed (u64, big endian) and tagged, so

@@ -1,6 +1,6 @@
 //! leafcache: a caching, logging sidecar for search APIs.
 //!
-//! A request's way through the crate (SPEC section 3):
+//! A request's way through the crate (docs/contract.md section 3):
 //!
 //! 1. it enters in [`server`] (the accept loop; [`app::run`] starts it on
 //!    bound listeners) and is answered by [`proxy::Proxy::handle`];

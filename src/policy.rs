@@ -1,5 +1,5 @@
 //! What may be served from the cache and what may be stored: pure decisions
-//! over facts of the request and the answer (SPEC section 3, steps 4, 8, 9).
+//! over facts of the request and the answer (docs/contract.md section 3, steps 4, 8, 9).
 //!
 //! Each decision names its reason, so the reason shows in `Cache-Status` and in
 //! the logs, and each runs at one point of the request flow: [`BypassReason`]
@@ -45,6 +45,10 @@ pub enum BypassReason {
     /// the path is one a lenient backend could read as a `scope = "off"`
     /// route's: never cached.
     PathNotCanonical,
+    /// An identity value longer than `[identity] max_bytes`: client-chosen
+    /// ids would otherwise grow keys, marks and Redis without bound. The
+    /// search is logged without that value.
+    IdentityTooLong,
 }
 
 impl BypassReason {
@@ -62,11 +66,12 @@ impl BypassReason {
             BypassReason::AmbiguousBody => "ambiguous-body",
             BypassReason::Credentialed => "credentialed",
             BypassReason::PathNotCanonical => "path-not-canonical",
+            BypassReason::IdentityTooLong => "identity-too-long",
         }
     }
 
     /// Whether a search bypassed for this reason is still a search worth
-    /// logging (SPEC: a request without a usable query is not logged).
+    /// logging (docs/contract.md: a request without a usable query is not logged).
     pub fn logged(self) -> bool {
         !matches!(self, BypassReason::NoQuery)
     }
@@ -82,7 +87,7 @@ pub struct Arrival<'a> {
     pub max_request_body: usize,
 }
 
-/// The bypass rules that need no body (SPEC section 3, step 4), in order:
+/// The bypass rules that need no body (docs/contract.md section 3, step 4), in order:
 /// a `scope = "off"` route, a method the cache does not answer, a path met
 /// only after normalization, and an announced body past
 /// `max_request_body`.
@@ -116,7 +121,7 @@ pub struct SearchRequest<'a> {
     pub has_user: bool,
 }
 
-/// The bypass rules of a read request (SPEC section 3, step 4), in order:
+/// The bypass rules of a read request (docs/contract.md section 3, step 4), in order:
 /// a `bypass_query` match on the normalized text (`ＣＡＲＴ` is a cart
 /// query), the client's `no-store`, a POST on an origin route (RFC 9110:
 /// it invalidates instead), and credentials without a user id on a route
@@ -143,7 +148,7 @@ pub fn bypass_search(route: &RouteConfig, req: &SearchRequest<'_>) -> Option<Byp
 
 /// Whether a request carries credentials a backend may personalize by:
 /// `Cookie`, and `Authorization` except on origin routes, where RFC 9111
-/// section 3.5 decides per answer (SPEC 3b).
+/// section 3.5 decides per answer (docs/contract.md 3b).
 pub fn credentialed(headers: &HeaderMap, origin: bool) -> bool {
     headers.contains_key(http::header::COOKIE)
         || (!origin && headers.contains_key(http::header::AUTHORIZATION))
@@ -277,6 +282,37 @@ pub fn store_scope(scope: Scope, has_user: bool, public: bool) -> StoreScope {
     }
 }
 
+/// How a request spelled its search text, against the normal form the key
+/// holds (NFKC, lowercase, trimmed, inner whitespace collapsed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spelling {
+    /// Already in normal form, or no search text: the backend read what
+    /// the key stands for.
+    Normal,
+    /// Any other spelling (`ＹＯＧＨＵＲＴ`, `Cheese  `): the backend
+    /// answered another text than the key's.
+    Other,
+}
+
+impl Spelling {
+    pub fn of(query: Option<&str>, normalized: Option<&str>) -> Spelling {
+        match (query, normalized) {
+            (Some(q), Some(n)) if q != n => Spelling::Other,
+            _ => Spelling::Normal,
+        }
+    }
+}
+
+/// Whether a request's own answer may be kept under a key, or mark it
+/// hit-for-pass, or confirm it by revalidation (README, "Security model"):
+/// a shared key holds only the backend's answer to the normalized text, so
+/// another spelling may be answered from a shared entry but never fills,
+/// replaces, extends or passes it, not even with `no-cache`. A user's own
+/// key only ever reaches that user, so any spelling may fill it.
+pub fn may_store_spelling(spelling: Spelling, shared_key: bool) -> bool {
+    spelling == Spelling::Normal || !shared_key
+}
+
 /// An answer that announces more than `max_object_bytes` is not read for
 /// the store: it streams on.
 pub fn declared_size(headers: &HeaderMap, max_object_bytes: usize) -> Result<(), NotStored> {
@@ -386,6 +422,26 @@ mod tests {
     use crate::testing::headers;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn only_the_normal_spelling_fills_a_shared_key() {
+        let normal = Spelling::of(Some("cheese"), Some("cheese"));
+        assert_eq!(normal, Spelling::Normal);
+        assert_eq!(Spelling::of(None, None), Spelling::Normal);
+        for sent in ["CHEESE  ", "Cheese", "ｃｈｅｅｓｅ", " cheese"] {
+            let other = Spelling::of(Some(sent), Some("cheese"));
+            assert_eq!(other, Spelling::Other, "{sent:?}");
+            assert!(
+                !may_store_spelling(other, true),
+                "{sent:?} fills a shared key"
+            );
+            assert!(
+                may_store_spelling(other, false),
+                "{sent:?} in a user's own key"
+            );
+        }
+        assert!(may_store_spelling(normal, true));
+    }
 
     fn rules(scope: Scope, has_user: bool) -> StoreRules<'static> {
         StoreRules {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{IdentityConfig, RouteConfig, Scope, Source};
 
-/// The route a request falls under (SPEC section 3, step 1).
+/// The route a request falls under (docs/contract.md section 3, step 1).
 #[derive(Clone, Copy, Debug)]
 pub struct RouteMatch<'a> {
     /// Metrics and route names are kept per index.
@@ -372,6 +372,22 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The identity without any value longer than `max_bytes`, and whether
+    /// one was dropped (`identity-too-long`). Borrows nothing and costs a
+    /// length check per field when every value fits.
+    pub fn bounded(mut self, max_bytes: usize) -> (Identity, bool) {
+        let mut dropped = false;
+        for field in [&mut self.user_id, &mut self.user_uuid, &mut self.session_id] {
+            if field.as_ref().is_some_and(|v| v.len() > max_bytes) {
+                *field = None;
+                dropped = true;
+            }
+        }
+        (self, dropped)
+    }
+}
+
 /// Whether any identity, query or ignore rule of the route reads the JSON
 /// body, i.e. whether the body must be parsed at all.
 pub fn reads_json(route: &RouteConfig, identity: &IdentityConfig) -> bool {
@@ -701,12 +717,29 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_value_past_max_bytes_is_dropped_and_said_so() {
+        let id = Identity {
+            user_id: Some("u".repeat(8)),
+            user_uuid: Some("g".repeat(9)),
+            session_id: Some("s".repeat(3)),
+        };
+        let (fits, dropped) = id.clone().bounded(9);
+        assert_eq!((fits, dropped), (id.clone(), false));
+        let (bounded, dropped) = id.bounded(8);
+        assert!(dropped);
+        assert_eq!(bounded.user_id.as_deref(), Some("uuuuuuuu"));
+        assert_eq!(bounded.user_uuid, None);
+        assert_eq!(bounded.session_id.as_deref(), Some("sss"));
+    }
+
+    #[test]
     fn hashed_user_id_never_keeps_the_raw_value() {
         let cfg = IdentityConfig {
             user_id: vec![Source::Header(HeaderName::from_static("authorization"))],
             user_uuid: vec![],
             session_id: vec![],
             hash_user_id: true,
+            max_bytes: 256,
         };
         let mut h = HeaderMap::new();
         h.insert(

@@ -69,7 +69,7 @@ impl Served {
     }
 
     /// The search log's `cache` field: a revalidated answer is a hit, and
-    /// a failed backend request a miss (SPEC section 5).
+    /// a failed backend request a miss (docs/contract.md section 5).
     pub fn logged_as(self) -> CacheResult {
         match self {
             Served::Hit | Served::Revalidated => CacheResult::Hit,

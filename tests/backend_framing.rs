@@ -1,4 +1,4 @@
-//! A backend that frames its answers badly, or sends them slowly (SPEC
+//! A backend that frames its answers badly, or sends them slowly (docs/contract.md
 //! section 3 step 11, section 7): a badly framed answer is never stored, never
 //! desyncs the client's keep-alive connection, and the backend connection it
 //! came on is not used again; a slow but steady body is never cut, a body

@@ -1,4 +1,4 @@
-//! Requests that skip the cache (SPEC section 3, steps 2–4 and 12).
+//! Requests that skip the cache (docs/contract.md section 3, steps 2–4 and 12).
 
 mod common;
 

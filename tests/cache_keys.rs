@@ -1,5 +1,5 @@
 //! What shares a cache entry and what does not: hits from L1 and Redis,
-//! normalization, and every input that reaches the backend (SPEC section 3, step 5).
+//! normalization, and every input that reaches the backend (docs/contract.md section 3, step 5).
 //! Who may see an entry is in scopes.rs.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Concurrent misses share one backend request; unstorable keys do not queue
-//! (SPEC section 3, step 10).
+//! (docs/contract.md section 3, step 10).
 
 mod common;
 
@@ -196,7 +196,7 @@ async fn a_cart_intent_answer_puts_the_key_in_hit_for_pass() {
     wait_for_hit_for_pass(&milk).await;
 }
 
-/// SPEC 3: the key is remembered as "pass" only for `hit_for_pass`.
+/// docs/contract.md 3: the key is remembered as "pass" only for `hit_for_pass`.
 #[tokio::test]
 async fn hit_for_pass_lapses_after_its_duration() {
     let redis = Redis::start().await;

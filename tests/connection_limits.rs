@@ -2,7 +2,7 @@
 //! accepting, so a further client waits in the listen backlog (it is neither
 //! accepted and dropped nor served) until a connection closes. Silent
 //! connections cannot hold the bound: one with nothing in flight is closed
-//! after `header_read_timeout` (SPEC section 7), on the data port (HTTP/1.1
+//! after `header_read_timeout` (docs/contract.md section 7), on the data port (HTTP/1.1
 //! and h2c) and the admin port alike.
 
 mod common;

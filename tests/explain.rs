@@ -1,4 +1,4 @@
-//! `leafcache explain` and `POST /v1/explain` (SPEC section 1): the hash
+//! `leafcache explain` and `POST /v1/explain` (docs/contract.md section 1): the hash
 //! they show is the key in the real request's `Cache-Status`, and a bypass
 //! is named with its reason, without the backend being asked.
 
@@ -83,8 +83,11 @@ async fn explain_shows_the_hash_the_real_request_is_stored_under() {
                 ("host", "shop.example"),
                 ("content-type", "application/json"),
                 ("accept-encoding", "gzip"),
+                ("x-user-uuid", "g-7"),
             ],
-            body: r#"{"query": "Milk", "session_id": "s1", "filters": {"b": 1, "a": 2}}"#,
+            // The normal spelling: a guest's other spellings are answered
+            // from the shared entry but never fill it.
+            body: r#"{"query": "milk", "session_id": "s1", "filters": {"b": 1, "a": 2}}"#,
         },
     ];
     for case in &cases {
@@ -114,6 +117,12 @@ async fn explain_shows_the_hash_the_real_request_is_stored_under() {
     assert_eq!(
         post["key"]["body"]["json"],
         json!({"filters": {"a": 2, "b": 1}})
+    );
+    // A guest's uuid header is keyed: two guests never share an entry.
+    let headers = post["key"]["headers"].to_string();
+    assert!(
+        headers.contains("x-user-uuid") && headers.contains("g-7"),
+        "{headers}"
     );
 }
 

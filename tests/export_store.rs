@@ -1,4 +1,4 @@
-//! `leafcache export` to object stores and in its other formats (SPEC
+//! `leafcache export` to object stores and in its other formats (docs/contract.md
 //! section 10), as a real process against a real Redis and real emulators:
 //! moto's S3 server and fake-gcs-server.
 

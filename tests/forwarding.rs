@@ -1,5 +1,5 @@
 //! What the backend sees and what the client gets back: header hygiene,
-//! forwarded headers, streaming, and upstream failures (SPEC section 3, steps 8,
+//! forwarded headers, streaming, and upstream failures (docs/contract.md section 3, steps 8,
 //! 11 and 12).
 
 mod common;

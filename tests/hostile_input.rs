@@ -1,4 +1,4 @@
-//! Hostile and odd clients (SPEC section 7, bad input): whatever a client
+//! Hostile and odd clients (docs/contract.md section 7, bad input): whatever a client
 //! sends, the proxy answers or rejects it cleanly, caches nothing it cannot key
 //! safely, and stays healthy for everyone else.
 

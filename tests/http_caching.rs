@@ -1,4 +1,4 @@
-//! Standard HTTP caching on `freshness = "origin"` routes (SPEC section 3b,
+//! Standard HTTP caching on `freshness = "origin"` routes (docs/contract.md section 3b,
 //! RFC 9111), end to end: a real backend whose answers each test scripts, a
 //! real redis-server, the real binary.
 //!

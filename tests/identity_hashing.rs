@@ -1,6 +1,6 @@
 //! `hash_user_id = true`: the user key is derived from a secret such as the
 //! Authorization header without the raw value ever reaching Redis or the
-//! logs (SPEC section 2 `[identity]`, issue 5).
+//! logs (docs/contract.md section 2 `[identity]`, issue 5).
 
 mod common;
 
@@ -72,4 +72,67 @@ async fn a_hashed_authorization_identity_scopes_entries_and_never_reaches_redis(
     }
     // Nor does the proxy's own log.
     assert!(!proxy.log().contains(secret), "the log holds the token");
+}
+
+/// `[identity] max_bytes` (README, "Security model"): a client-chosen id
+/// longer than it bypasses the cache and is logged without that id, from
+/// whatever source it comes; one that fits is cached as before.
+#[tokio::test]
+async fn an_identity_longer_than_max_bytes_bypasses_and_is_logged_without_it() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let config = ProxyConfig::search().identity("max_bytes = 64");
+    let proxy = Proxy::start_process(&config, &backend, &redis).await;
+    let long = "x".repeat(65);
+    let milk = json!({"query": "milk"});
+    let sent = [
+        proxy.search(Some(&long), milk.clone()),
+        proxy.search(None, json!({"query": "milk", "user_id": long})),
+        proxy
+            .post(&format!("/api/v1/search?user_id={long}"))
+            .json(&milk),
+        proxy
+            .search(None, milk.clone())
+            .header("x-user-uuid", &long),
+        proxy.search(Some("u1"), json!({"query": "milk", "session_id": long})),
+    ];
+    for req in sent {
+        let resp = req.send().await;
+        assert_bypass(&resp, "identity-too-long");
+        let id = resp
+            .header("x-search-id")
+            .unwrap_or_else(|| panic!("the search is logged: {resp:?}"))
+            .to_owned();
+        let record = eventually("the search record", || async {
+            let r = Req::new(proxy.admin, "GET", &format!("/v1/searches/{id}"))
+                .send()
+                .await;
+            (r.status == 200).then_some(r)
+        })
+        .await;
+        let text = String::from_utf8_lossy(&record.body);
+        assert!(!text.contains(&long), "logged with the long id: {text}");
+        assert_eq!(record.json()["query"], "milk");
+    }
+    // explain names the bypass too.
+    let explained = Req::new(proxy.admin, "POST", "/v1/explain")
+        .json(&json!({
+            "method": "POST",
+            "path": "/api/v1/search",
+            "headers": {"content-type": "application/json", "x-user-id": long},
+            "body": r#"{"query": "milk"}"#,
+        }))
+        .send()
+        .await;
+    assert_eq!(explained.status, 200, "{explained:?}");
+    assert_eq!(explained.json()["bypass"]["reason"], "identity-too-long");
+    // Nothing in Redis names the long id.
+    let mut store = LogStore::new(&redis.url()).await;
+    for key in store.all_keys().await {
+        assert!(!key.contains(&long), "{key}");
+    }
+    // An id within the bound is cached and logged as before.
+    let fits = "x".repeat(64);
+    assert_miss_stored(&proxy.search(Some(&fits), milk.clone()).send().await);
+    assert_hit(&proxy.search(Some(&fits), milk.clone()).send().await);
 }

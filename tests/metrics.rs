@@ -1,5 +1,5 @@
 //! `GET /metrics` on the admin listener moves with the traffic that flows
-//! through the proxy (SPEC section 6).
+//! through the proxy (docs/contract.md section 6).
 
 mod common;
 

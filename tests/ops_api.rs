@@ -1,4 +1,4 @@
-//! The admin `/v1` API against a real proxy, Redis and backend (SPEC
+//! The admin `/v1` API against a real proxy, Redis and backend (docs/contract.md
 //! sections 5 and 6): feedback, manual logging, history, stats, export,
 //! purge across proxies, and the bearer token.
 

@@ -1,4 +1,4 @@
-//! The batch commands (SPEC section 1) as real processes against a real
+//! The batch commands (docs/contract.md section 1) as real processes against a real
 //! Redis: export, history, stats, purge and replay.
 
 mod common;
@@ -65,7 +65,7 @@ async fn export_writes_the_same_jsonl_as_the_api_to_a_file_gzipped_or_per_day() 
     );
     cmd.arg("--daily").arg(&daily);
     assert_eq!(run(cmd).await.code, 0);
-    // Hive partitions, as in a bucket (SPEC section 10).
+    // Hive partitions, as in a bucket (docs/contract.md section 10).
     let day1 = std::fs::read(daily.join(format!("date={from}/searches.jsonl"))).unwrap();
     let day2 = std::fs::read(daily.join(format!("date={to}/searches.jsonl"))).unwrap();
     let q = |rows: Vec<Value>| rows.iter().map(|r| r["query"].clone()).collect::<Vec<_>>();

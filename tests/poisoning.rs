@@ -1,4 +1,4 @@
-//! Cache poisoning (SPEC section 7): inputs that do not reach the key never
+//! Cache poisoning (docs/contract.md section 7): inputs that do not reach the key never
 //! change the answer a different key gets, and error answers are never stored.
 
 mod common;
@@ -209,4 +209,176 @@ async fn a_504_for_a_slow_backend_is_never_stored() {
     let fresh = req.send().await;
     assert_miss_stored(&fresh);
     assert_eq!(fresh.backend_n(), 3);
+}
+
+/// Normalization (README, "Security model"): the key holds
+/// the normalized search text while the backend reads the text as sent, so
+/// another spelling may be answered from the normal entry but its own
+/// answer is never stored there.
+#[tokio::test]
+async fn another_spelling_is_answered_from_the_shared_entry_but_never_fills_it() {
+    let redis = Redis::start().await;
+    let backend = reflecting_backend().await;
+    let config = ProxyConfig::new().route(Route::search().scope("global"));
+    let proxy = Proxy::start_process(&config, &backend, &redis).await;
+    let ask = |q: &str| proxy.search(None, json!({"query": q}));
+
+    // The attacker spells it fullwidth first: served, never stored.
+    let attack = ask("ｙｏｇｈｕｒｔ").send().await;
+    assert_miss_not_stored(&attack);
+    assert_eq!(attack.json()["query"], "ｙｏｇｈｕｒｔ");
+    let victim = ask("yoghurt").send().await;
+    assert_miss_stored(&victim);
+    assert_eq!(victim.json()["query"], "yoghurt");
+    // Now every spelling is answered from the entry the normal text filled.
+    for spelling in ["ｙｏｇｈｕｒｔ", "YOGHURT", "  yoghurt ", "yoghurt"] {
+        let resp = ask(spelling).send().await;
+        assert_hit(&resp);
+        assert_eq!(resp.json()["query"], "yoghurt", "{spelling:?}");
+    }
+}
+
+#[tokio::test]
+async fn no_cache_with_another_spelling_never_replaces_a_live_entry() {
+    let redis = Redis::start().await;
+    let backend = reflecting_backend().await;
+    // `auto`: its global entries are shared too.
+    for scope in ["global", "auto"] {
+        let config = ProxyConfig::new().route(Route::search().scope(scope));
+        let proxy = Proxy::start_process(&config, &backend, &redis).await;
+        let query = format!("cheese {scope}");
+        let first = proxy.search(None, json!({"query": query})).send().await;
+        assert_miss_stored(&first);
+        let refresh = proxy
+            .search(
+                None,
+                json!({"query": format!("{}  ", query.to_uppercase())}),
+            )
+            .header("cache-control", "no-cache")
+            .send()
+            .await;
+        assert_eq!(refresh.x_cache(), Some("MISS"), "{refresh:?}");
+        assert!(!refresh.cache_status().has("stored"), "{refresh:?}");
+        let after = proxy.search(None, json!({"query": query})).send().await;
+        assert_hit(&after);
+        assert_eq!(after.json()["n"], first.json()["n"], "{scope}: replaced");
+        assert_eq!(after.json()["query"], query.as_str());
+        // The normal spelling's no-cache still refreshes it.
+        let renewed = proxy
+            .search(None, json!({"query": query}))
+            .header("cache-control", "no-cache")
+            .send()
+            .await;
+        assert!(renewed.cache_status().has("stored"), "{renewed:?}");
+        let now = proxy.search(None, json!({"query": query})).send().await;
+        assert_hit(&now);
+        assert_eq!(now.json()["n"], renewed.json()["n"]);
+    }
+}
+
+#[tokio::test]
+async fn in_a_users_own_scope_any_spelling_fills_the_users_entry() {
+    let redis = Redis::start().await;
+    let backend = reflecting_backend().await;
+    let proxy = Proxy::start_process(&ProxyConfig::search(), &backend, &redis).await;
+    let first = proxy
+        .search(Some("u1"), json!({"query": "Cheese"}))
+        .send()
+        .await;
+    assert_miss_stored(&first);
+    assert_hit(
+        &proxy
+            .search(Some("u1"), json!({"query": "cheese"}))
+            .send()
+            .await,
+    );
+}
+
+mod spelling_property {
+    use super::*;
+    use futures_util::future::join_all;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const QUERIES: [&str; 4] = ["yoghurt", "cheese", "oat milk", "butter"];
+
+    /// One spelling of a query: as is, shouted, padded, fullwidth, title
+    /// case, or with its inner space doubled.
+    fn spell(query: &str, how: usize) -> String {
+        match how {
+            0 => query.to_owned(),
+            1 => query.to_uppercase(),
+            2 => format!("  {query} "),
+            3 => query
+                .chars()
+                .map(|c| match c {
+                    'a'..='z' => char::from_u32(c as u32 + 0xFEE0).unwrap_or(c),
+                    other => other,
+                })
+                .collect(),
+            4 => {
+                let mut chars = query.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default()
+            }
+            _ => query.replace(' ', "  "),
+        }
+    }
+
+    #[test]
+    fn a_shared_entry_holds_the_backends_answer_to_the_normalized_text_whatever_the_spelling() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("build a runtime");
+        let (_redis, _backend, proxies) = rt.block_on(async {
+            let redis = Redis::start().await;
+            let backend = reflecting_backend().await;
+            let mut proxies = Vec::new();
+            for scope in ["global", "auto"] {
+                let config = ProxyConfig::new().route(Route::search().scope(scope));
+                proxies.push(Proxy::start(&config, &backend, &redis).await);
+            }
+            (redis, backend, proxies)
+        });
+        let mut runner = TestRunner::new(Config {
+            cases: 24,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let request = (0..QUERIES.len(), 0..6usize, any::<bool>(), 0..2usize);
+        let outcome = runner.run(&prop::collection::vec(request, 4..24), |asks| {
+            let proxies = &proxies;
+            rt.block_on(async move {
+                // Sent at once, so spellings also meet in coalesced misses.
+                let sent = asks.iter().map(|&(q, how, no_cache, p)| async move {
+                    let mut req = proxies[p].search(None, json!({"query": spell(QUERIES[q], how)}));
+                    if no_cache {
+                        req = req.header("cache-control", "no-cache");
+                    }
+                    (q, req.send().await)
+                });
+                for (q, resp) in join_all(sent).await {
+                    prop_assert_eq!(resp.status, 200);
+                    if resp.x_cache() == Some("HIT") {
+                        prop_assert_eq!(&resp.json()["query"], QUERIES[q], "{:?}", resp);
+                    }
+                }
+                // What each shared entry now holds.
+                for proxy in proxies {
+                    for query in QUERIES {
+                        let resp = proxy.search(None, json!({"query": query})).send().await;
+                        prop_assert_eq!(&resp.json()["query"], query, "{:?}", resp);
+                    }
+                }
+                Ok(())
+            })
+        });
+        if let Err(e) = outcome {
+            panic!("{e}");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Purge by product and supplier (SPEC sections 1, 6 and 9), through the
+//! Purge by product and supplier (docs/contract.md sections 1, 6 and 9), through the
 //! real binary and the admin API against a real redis-server: exactly the
 //! answers that show the product go, in every scope and from the L1 of
 //! every proxy sharing the Redis; `--soft` leaves them stale, still served

@@ -1,4 +1,4 @@
-//! Redis down at start or mid-flight: the proxy fails open (SPEC section 7).
+//! Redis down at start or mid-flight: the proxy fails open (docs/contract.md section 7).
 
 mod common;
 
@@ -72,7 +72,7 @@ async fn caching_resumes_after_redis_comes_back() {
     assert_eq!(milk.send().await.status, 200);
     redis.restart().await;
 
-    // Reconnects back off up to 5 s (SPEC section 7): allow a few rounds.
+    // Reconnects back off up to 5 s (docs/contract.md section 7): allow a few rounds.
     let hit = eventually_within(
         Duration::from_secs(30),
         "a hit from the restarted redis",

@@ -1,6 +1,6 @@
 //! A slow Redis (paused with SIGSTOP): lookups give up after `redis.timeout`
 //! and count as misses, the breaker then skips Redis, and everything comes
-//! back on its own when Redis answers again (SPEC section 7).
+//! back on its own when Redis answers again (docs/contract.md section 7).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Refresh-ahead (SPEC section 9) through the real proxy, a real
+//! Refresh-ahead (docs/contract.md section 9) through the real proxy, a real
 //! redis-server and a counting backend: a popular key stays a hit across its
 //! ttl, refetches stay within `refresh_rate`, and stored lifetimes are
 //! jittered.

@@ -1,4 +1,4 @@
-//! Who may see an entry: user, global and auto scopes (SPEC section 3, steps 4,
+//! Who may see an entry: user, global and auto scopes (docs/contract.md section 3, steps 4,
 //! 6 and 9; section 7, user isolation).
 
 mod common;

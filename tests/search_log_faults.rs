@@ -1,4 +1,4 @@
-//! The search log under faults (SPEC section 5): logging never delays an
+//! The search log under faults (docs/contract.md section 5): logging never delays an
 //! answer, and no logged search is lost when Redis pauses, dies, or is down
 //! from the start, nor when the proxy is stopped with SIGTERM.
 
@@ -240,7 +240,7 @@ async fn searches_spooled_while_redis_is_down(spool: &std::path::Path, n: usize)
     ids
 }
 
-/// SPEC sections 5 and 7: a full spool does not drop events while the
+/// docs/contract.md sections 5 and 7: a full spool does not drop events while the
 /// queue has room; they wait, and reach Redis once it answers again.
 #[tokio::test]
 async fn with_redis_down_and_the_spool_full_events_wait_and_arrive_when_redis_returns() {
@@ -278,7 +278,7 @@ async fn with_redis_down_and_the_spool_full_events_wait_and_arrive_when_redis_re
     assert_eq!(metric(proxy.admin, "events_waiting").await, 0);
 }
 
-/// SPEC section 5: only when the queue and the spool are both full is an
+/// docs/contract.md section 5: only when the queue and the spool are both full is an
 /// event dropped; each drop is counted, and warned about once per episode.
 #[tokio::test]
 async fn with_redis_down_and_queue_and_spool_full_events_are_dropped_counted_and_warned_once() {
@@ -349,7 +349,7 @@ impl Drop for SmallDisk {
     }
 }
 
-/// SPEC section 7: a full disk is a full spool. The reported case: on a full
+/// docs/contract.md section 7: a full disk is a full spool. The reported case: on a full
 /// disk most events were dropped while the queue had room.
 #[tokio::test]
 async fn a_full_disk_drops_nothing_while_the_queue_has_room_and_every_search_arrives() {
@@ -454,7 +454,7 @@ async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() 
         (1..=2).contains(&execs),
         "records replayed together: {execs} transactions"
     );
-    // SPEC section 5: replayed in order (several records: batch_max = 4).
+    // docs/contract.md section 5: replayed in order (several records: batch_max = 4).
     let history: Vec<String> = store
         .list("user:u1:searches")
         .await
@@ -471,7 +471,7 @@ async fn searches_spooled_while_redis_was_down_are_replayed_at_the_next_start() 
     );
 }
 
-/// SPEC section 5: a replay whose outcome is unknown (Redis holds the
+/// docs/contract.md section 5: a replay whose outcome is unknown (Redis holds the
 /// transaction past the writer's timeout) is sent again once Redis takes
 /// writes, and the searches still arrive once each, in order.
 #[tokio::test]

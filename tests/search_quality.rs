@@ -1,4 +1,4 @@
-//! The search quality report and UBI impressions (SPEC section 9) against a
+//! The search quality report and UBI impressions (docs/contract.md section 9) against a
 //! real Redis: a scripted day of user sessions written by the real event
 //! writer and the real feedback recorder at chosen times, read back by the
 //! `leafcache stats` binary and `/v1/stats`; and a live session through the

@@ -1,4 +1,4 @@
-//! A bounded soak (SPEC section 7, issue 5): steady load through the real
+//! A bounded soak (docs/contract.md section 7, issue 5): steady load through the real
 //! proxy while Redis is killed and restarted and the backend fails on part
 //! of the traffic. Run by `.ci/run` (ignored in a plain `cargo test` because
 //! it takes SOAK_SECS, default 30 s):

@@ -1,4 +1,4 @@
-//! stale-if-error (SPEC section 3, step 11): when the backend fails, an
+//! stale-if-error (docs/contract.md section 3, step 11): when the backend fails, an
 //! expired copy younger than `stale_if_error` is served as `X-Cache: STALE`
 //! and logged with cache=stale; past that window the failure shows.
 

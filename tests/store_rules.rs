@@ -1,4 +1,4 @@
-//! What may be stored, and for how long (SPEC section 3, step 8).
+//! What may be stored, and for how long (docs/contract.md section 3, step 8).
 
 mod common;
 

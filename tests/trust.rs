@@ -1,4 +1,4 @@
-//! Trust (SPEC sections 3 and 7): what an attacker tries against a cache in
+//! Trust (docs/contract.md sections 3 and 7): what an attacker tries against a cache in
 //! front of personalised search. Each test sends the attacker's request
 //! first, then a victim's that must not be answered with it: any input that
 //! reaches the backend but not the key is a poisoning bug, and any identity
@@ -87,9 +87,9 @@ async fn a_q_param_that_did_not_supply_the_search_text_stays_in_the_key() {
 
     // The parameter that did supply the text still leaves the key: a `q`
     // search shares its entry with the same text in other case and spacing.
-    let q = proxy.get("/api/v1/search?q=Milk").send().await;
+    let q = proxy.get("/api/v1/search?q=milk").send().await;
     assert_miss_stored(&q);
-    assert_hit(&proxy.get("/api/v1/search?q=%20milk%20").send().await);
+    assert_hit(&proxy.get("/api/v1/search?q=%20Milk%20").send().await);
 }
 
 #[tokio::test]
@@ -609,4 +609,79 @@ async fn a_partial_answer_to_one_clients_range_is_never_stored() {
     let whole = proxy.get("/api/v1/search?q=milk").send().await;
     assert_eq!(whole.status, 200, "{whole:?}");
     assert_miss_stored(&whole);
+}
+
+/// Sends `raw` on a new connection and reads the answer's status line.
+async fn raw_status(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    conn.write_all(raw).await.expect("send the request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("an answer within WAIT");
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_answers_400_and_never_reaches_the_backend() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let config = ProxyConfig::search().route(
+        Route::new("orders")
+            .set("path_prefix", r#""/api/v1/order""#)
+            .scope("off"),
+    );
+    let proxy = Proxy::start_process(&config, &backend, &redis).await;
+    // Unmatched, a `scope = "off"` route, and a cached route.
+    for path in ["/elsewhere", "/api/v1/order", "/api/v1/search"] {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nhost: shop.example\r\ncontent-type: application/json\r\n\
+             transfer-encoding: chunked\r\n\r\nzz\r\n{{\"query\": \"milk\"}}\r\n0\r\n\r\n"
+        );
+        let status = raw_status(proxy.addr, raw.as_bytes()).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{path}: {status}");
+    }
+    assert_eq!(backend.count(), 0, "{:?}", backend.requests());
+    // A well-formed chunked body still goes through.
+    let good = "POST /elsewhere HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n\
+                5\r\nhello\r\n0\r\n\r\n";
+    let status = raw_status(proxy.addr, good.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(&backend.last().body[..], b"hello");
+    // Past max_request_body the body streams: a bad chunk there is still
+    // the client's failure, 400, not the backend's 502.
+    let big = "a".repeat(70 * 1024);
+    let late = format!(
+        "POST /elsewhere HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n\
+         {:x}\r\n{big}\r\nzz\r\nmore\r\n0\r\n\r\n",
+        big.len()
+    );
+    let status = raw_status(proxy.addr, late.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+}
+
+#[tokio::test]
+async fn an_admin_token_written_with_a_trailing_newline_still_lets_its_admin_in() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo().await;
+    let config = ProxyConfig::search().top(r#"admin_token = "s3cret\n""#);
+    let proxy = Proxy::start_process(&config, &backend, &redis).await;
+    let stats =
+        |auth: &str| Req::new(proxy.admin, "GET", "/v1/stats").header("authorization", auth);
+    let ok = stats("Bearer s3cret").send().await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(stats("Bearer s3cret\t").send().await.status, 200);
+    assert_eq!(stats("Bearer other").send().await.status, 401);
 }

@@ -1,4 +1,4 @@
-//! The `/v1` endpoints of the admin listener (SPEC section 6). Every error
+//! The `/v1` endpoints of the admin listener (docs/contract.md section 6). Every error
 //! is a JSON `{"error", "detail"}` (plus `field` for a bad field), mapped to
 //! its status in one place, [`ApiError::response`].
 
@@ -77,7 +77,7 @@ impl ApiError {
             ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": "method not allowed", "detail": "see SPEC section 6 for the methods of /v1"}),
+                json!({"error": "method not allowed", "detail": "see docs/contract.md section 6 for the methods of /v1"}),
             ),
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

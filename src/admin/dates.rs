@@ -1,5 +1,5 @@
 //! UTC calendar dates (`YYYY-MM-DD`) as day numbers, for the daily keys of
-//! SPEC section 4 and the `--date` / `--from` / `--to` arguments.
+//! docs/contract.md section 4 and the `--date` / `--from` / `--to` arguments.
 
 use std::time::UNIX_EPOCH;
 

@@ -1,4 +1,4 @@
-//! Export of logged searches as JSONL (SPEC section 1: `leafcache export`,
+//! Export of logged searches as JSONL (docs/contract.md section 1: `leafcache export`,
 //! and `GET /v1/export`), the training data of the ranking model.
 //!
 //! The searches are read a page at a time by [`Pages`] (the reader the

@@ -1,4 +1,4 @@
-//! Feedback on a logged search (SPEC section 5): a click, an add to order
+//! Feedback on a logged search (docs/contract.md section 5): a click, an add to order
 //! or a purchase of one of its results, the labels a ranking model needs.
 
 use std::time::Duration;

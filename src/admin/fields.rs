@@ -1,5 +1,5 @@
 //! Reading the fields of a JSON request body, so that a missing or mistyped
-//! field answers 400 naming it (SPEC section 5).
+//! field answers 400 naming it (docs/contract.md section 5).
 
 use serde_json::{Map, Value};
 
@@ -95,7 +95,7 @@ pub fn req_id(obj: &Map<String, Value>, name: &str) -> Result<String, BadField> 
 }
 
 /// An id that must be a non-empty string (the product id of feedback,
-/// SPEC section 7).
+/// docs/contract.md section 7).
 pub fn req_text_id(obj: &Map<String, Value>, name: &str) -> Result<String, BadField> {
     non_blank(name, req_str(obj, name)?)
 }

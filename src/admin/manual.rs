@@ -1,4 +1,4 @@
-//! Manual logging (SPEC section 5): a search that did not pass through the
+//! Manual logging (docs/contract.md section 5): a search that did not pass through the
 //! proxy, sent by the application with the fields of the original
 //! `log_search`, becomes a [`SearchEvent`] with route `manual` and cache
 //! `none`, written by the same writer as proxied searches.
@@ -39,6 +39,21 @@ pub fn from_json(
     });
     let user_uuid = optional_text(obj, "user_uuid")?;
     let session_id = optional_text(obj, "session_id")?;
+    // The bound the proxy holds its requests to: an id past it would name
+    // Redis keys (history, profile) of any length.
+    for (name, value) in [
+        ("user_id", &user_id),
+        ("user_uuid", &user_uuid),
+        ("session_id", &session_id),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > identity.max_bytes) {
+            let max = identity.max_bytes;
+            return Err(BadField::new(
+                name,
+                format!("must be at most [identity] max_bytes ({max} bytes)"),
+            ));
+        }
+    }
     let intent = optional_text(obj, "intent")?;
     let confidence = fields::opt_f64(obj, "confidence")?;
     let response_time_ms = fields::opt_non_negative_f64(obj, "response_time_ms")?.unwrap_or(0.0);
@@ -110,6 +125,7 @@ mod tests {
             user_uuid: vec![],
             session_id: vec![],
             hash_user_id: false,
+            max_bytes: 256,
         }
     }
 
@@ -147,6 +163,17 @@ mod tests {
             assert_eq!(ev.session_id, None);
             assert_eq!(ev.meta.intent, None);
         }
+    }
+
+    #[test]
+    fn an_id_past_max_bytes_is_a_bad_field() {
+        let long = "u".repeat(257);
+        for name in ["user_id", "user_uuid", "session_id"] {
+            let err = parse(json!({"query": "milk", name: long})).unwrap_err();
+            assert_eq!(err.field, name);
+        }
+        let fits = "u".repeat(256);
+        assert!(parse(json!({"query": "milk", "user_id": fits})).is_ok());
     }
 
     #[test]

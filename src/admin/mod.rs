@@ -1,5 +1,5 @@
 //! The admin listener: health and readiness for probes, and the `/v1` API of
-//! SPEC section 6. It runs on a runtime of its own so that probes answer even
+//! docs/contract.md section 6. It runs on a runtime of its own so that probes answer even
 //! when the data path is saturated.
 //!
 //! - [`api`]: the `/v1` endpoints (bearer token, JSON errors).

@@ -1,4 +1,4 @@
-//! Purging cache entries (SPEC sections 1 and 6): from Redis, and from the
+//! Purging cache entries (docs/contract.md sections 1 and 6): from Redis, and from the
 //! L1 of every running proxy through the `leafcache:invalidate` channel.
 //!
 //! The message on the channel is the purge request itself, as JSON (see
@@ -43,7 +43,7 @@ pub enum Target {
     /// Every global entry.
     AllGlobal,
     /// Every entry, in any scope, whose answer shows these products or
-    /// products of these suppliers (SPEC section 9).
+    /// products of these suppliers (docs/contract.md section 9).
     Tagged(Tagged),
 }
 

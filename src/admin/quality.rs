@@ -1,4 +1,4 @@
-//! The search quality report of a day (SPEC section 9), computed from the
+//! The search quality report of a day (docs/contract.md section 9), computed from the
 //! day's logged searches and their feedback. Pure: [`Tally`] is fed one
 //! search at a time (by [`super::stats`], which reads them a page at a
 //! time) and keeps only small facts of each, never records.

@@ -1,4 +1,4 @@
-//! A logged search's record (`search:<search_id>`, SPEC section 4): what a
+//! A logged search's record (`search:<search_id>`, docs/contract.md section 4): what a
 //! search id is, and reading records with their feedback, for
 //! `GET /v1/searches/<id>`, feedback and the export. Feedback and that
 //! endpoint both go through here, so an id that is not a logged search is

@@ -1,6 +1,6 @@
-//! The daily statistics report (SPEC section 1: `leafcache stats`, and
+//! The daily statistics report (docs/contract.md section 1: `leafcache stats`, and
 //! `GET /v1/stats`), read from the analytics counters of one day, and its
-//! search quality part (SPEC section 9), computed by [`super::quality`]
+//! search quality part (docs/contract.md section 9), computed by [`super::quality`]
 //! from the day's records, read a page at a time by [`super::pages`].
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,5 +1,5 @@
 //! Request coalescing: concurrent misses for one key send one backend request
-//! (SPEC section 3, step 10).
+//! (docs/contract.md section 3, step 10).
 //!
 //! The first request for a key becomes the leader and holds a [`FlightGuard`];
 //! the others wait on its outcome. The guard's `Drop` publishes

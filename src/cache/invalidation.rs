@@ -21,7 +21,7 @@ pub struct PurgeRequest {
     pub hash: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_global: bool,
-    /// Answers that show any of these products (SPEC section 9).
+    /// Answers that show any of these products (docs/contract.md section 9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product_ids: Option<Vec<String>>,
     /// Answers that show a product of any of these suppliers.

@@ -5,7 +5,7 @@
 //! - [`coalesce`]: one backend request per key at a time.
 //! - [`invalidation`]: the notices that tell every proxy to drop L1 copies.
 //! - [`tags`]: the products and suppliers a stored answer is filed under,
-//!   for purges by product (SPEC section 9).
+//!   for purges by product (docs/contract.md section 9).
 //!
 //! Lookups are bounded by one deadline per request (`redis.timeout` in total,
 //! however many scopes are asked); stores never make the client wait. Redis
@@ -116,7 +116,7 @@ impl Cache {
     }
 
     /// Files every answer stored in Redis under the tag indexes of its
-    /// products and suppliers (SPEC section 9), under `prefix`.
+    /// products and suppliers (docs/contract.md section 9), under `prefix`.
     pub fn tagging(mut self, prefix: &str) -> Cache {
         self.tag_prefix = Some(prefix.to_owned());
         self
@@ -330,30 +330,44 @@ impl Cache {
     }
 }
 
-/// Hit-for-pass marks: at most `PASS_MARKS` keys (the least used go first),
-/// each for `hit_for_pass`.
+/// Hit-for-pass marks: at most [`PASS_MARKS_BYTES`] of keys (the least used
+/// go first), each for `hit_for_pass`.
 struct PassMarks {
-    marks: quick_cache::sync::Cache<
-        String,
-        u64,
-        quick_cache::UnitWeighter,
-        foldhash::fast::RandomState,
-    >,
+    marks: quick_cache::sync::Cache<String, u64, KeyBytes, foldhash::fast::RandomState>,
     for_ms: u64,
     /// When the newest mark lapses: past it no key is marked, and lookups
     /// skip the table.
     last_until_ms: AtomicU64,
 }
 
-const PASS_MARKS: usize = 100_000;
+/// The marks' budget, in bytes of key plus a mark's own share of the table:
+/// a key names a user id, so marks are bounded by what they hold, not by
+/// their number (README, "Security model"). About 100,000 marks of usual
+/// keys.
+const PASS_MARKS_BYTES: u64 = 16 << 20;
+/// What a mark costs besides its key: the table's slot, the expiry and the
+/// `String` header.
+const PASS_MARK_OVERHEAD: u64 = 64;
+/// How many marks the table is sized for at first.
+const PASS_MARKS_ESTIMATE: usize = 100_000;
+
+/// Weighs a mark by its key's bytes.
+#[derive(Clone)]
+struct KeyBytes;
+
+impl quick_cache::Weighter<String, u64> for KeyBytes {
+    fn weight(&self, key: &String, _until: &u64) -> u64 {
+        key.len() as u64 + PASS_MARK_OVERHEAD
+    }
+}
 
 impl PassMarks {
     fn new(hit_for_pass: Duration) -> PassMarks {
         PassMarks {
             marks: quick_cache::sync::Cache::with(
-                PASS_MARKS,
-                PASS_MARKS as u64,
-                quick_cache::UnitWeighter,
+                PASS_MARKS_ESTIMATE,
+                PASS_MARKS_BYTES,
+                KeyBytes,
                 foldhash::fast::RandomState::default(),
                 Default::default(),
             ),
@@ -413,5 +427,31 @@ fn jitter(key: &str, entry: &Entry) -> Entry {
     Entry {
         fresh_for: entry.fresh_for.saturating_sub(cut),
         ..entry.clone()
+    }
+}
+
+#[cfg(test)]
+mod pass_tests {
+    use super::*;
+
+    #[test]
+    fn pass_marks_are_bounded_by_the_bytes_of_their_keys() {
+        let marks = PassMarks::new(Duration::from_secs(120));
+        let long = |i: usize| format!("user:{i:06}{}:cache:h", "x".repeat(64 << 10));
+        for i in 0..1_000 {
+            marks.mark(&long(i));
+        }
+        let kept = (0..1_000).filter(|&i| marks.contains(&long(i))).count();
+        let fit = (PASS_MARKS_BYTES / (64 << 10)) as usize;
+        assert!(kept > 0 && kept <= fit, "{kept} marks of 64 KiB keys kept");
+        // Usual keys: about as many as before.
+        let marks = PassMarks::new(Duration::from_secs(120));
+        for i in 0..50_000 {
+            marks.mark(&format!("cache:global:{i:064}"));
+        }
+        let usual = (0..50_000)
+            .filter(|i| marks.contains(&format!("cache:global:{i:064}")))
+            .count();
+        assert!(usual > 40_000, "{usual} of 50,000 usual marks kept");
     }
 }

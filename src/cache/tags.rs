@@ -1,4 +1,4 @@
-//! Tags of a stored answer (SPEC section 9): the products and suppliers its
+//! Tags of a stored answer (docs/contract.md section 9): the products and suppliers its
 //! results show, so that `purge --product P` finds exactly the answers that
 //! show P without scanning the cache.
 //!

@@ -1,4 +1,4 @@
-//! The batch commands of SPEC section 1: `export`, `history`, `stats`,
+//! The batch commands of docs/contract.md section 1: `export`, `history`, `stats`,
 //! `purge`, `replay` and `explain`. The binary hands them the config exactly
 //! as `serve` gets it (`--config`, else ./proxy.toml; then the environment,
 //! `REDIS_URL` and the others; then `--redis-url`). They print tables on a

@@ -1,5 +1,5 @@
 //! proxy.toml: the schema with its defaults, validation with precise errors,
-//! and the flag/environment overrides (SPEC sections 1 and 2).
+//! and the flag/environment overrides (docs/contract.md sections 1 and 2).
 //!
 //! Everything is checked here, before any port is bound: the rest of the crate
 //! receives a `Config` whose values are all usable as they are.
@@ -133,7 +133,7 @@ pub struct CacheConfig {
     /// How long a key whose answer could not be stored skips coalescing.
     pub hit_for_pass: Duration,
     /// Refetch the global entries of this many of the day's most popular
-    /// queries shortly before they expire (SPEC section 9); 0 is off.
+    /// queries shortly before they expire (docs/contract.md section 9); 0 is off.
     pub refresh_ahead: usize,
     /// At most this many refresh-ahead backend requests per second.
     pub refresh_rate: f64,
@@ -147,6 +147,12 @@ pub struct IdentityConfig {
     pub session_id: Vec<Source>,
     /// SHA-256 the user id before it is keyed and logged (e.g. when it is a bearer token).
     pub hash_user_id: bool,
+    /// The longest identity value, in bytes, a request may carry and still
+    /// be cached and logged with it: client-chosen ids end up in cache keys,
+    /// hit-for-pass marks and Redis key names, so their length is bounded
+    /// (README, "Security model"). Compared with the value as kept: with
+    /// `hash_user_id`, the 64-digit hash.
+    pub max_bytes: usize,
 }
 
 /// Where a value is found in a request.
@@ -291,7 +297,7 @@ pub enum Freshness {
     /// The route's `ttl`, shortened by the backend's max-age.
     #[default]
     Route,
-    /// RFC 9111 semantics of the backend's headers (SPEC 3b).
+    /// RFC 9111 semantics of the backend's headers (docs/contract.md 3b).
     Origin,
 }
 
@@ -407,7 +413,14 @@ impl Config {
         }
 
         if let Some(token) = env("LEAFCACHE_ADMIN_TOKEN") {
-            self.admin_token = Some(token);
+            // Trimmed as the file's token and the presented bearer are.
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(bad("LEAFCACHE_ADMIN_TOKEN")(
+                    "admin_token must not be empty".to_owned(),
+                ));
+            }
+            self.admin_token = Some(token.to_owned());
         }
         Ok(())
     }

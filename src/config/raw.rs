@@ -167,6 +167,7 @@ struct RawIdentity {
     user_uuid: Vec<SourceSpec>,
     session_id: Vec<SourceSpec>,
     hash_user_id: bool,
+    max_bytes: Count<usize>,
 }
 
 impl Default for RawIdentity {
@@ -176,6 +177,7 @@ impl Default for RawIdentity {
             user_uuid: sources(&["header:x-user-uuid", "json:/user_uuid"]),
             session_id: sources(&["header:x-session-id", "json:/session_id"]),
             hash_user_id: false,
+            max_bytes: Count(256),
         }
     }
 }
@@ -269,6 +271,7 @@ impl RawConfig {
             user_uuid: unwrap(self.identity.user_uuid),
             session_id: unwrap(self.identity.session_id),
             hash_user_id: self.identity.hash_user_id,
+            max_bytes: self.identity.max_bytes.0,
         };
         Ok(Config {
             source: config_file.map(Path::to_path_buf),

@@ -156,6 +156,7 @@ fn empty_file_is_valid_with_spec_defaults_and_no_routes() {
     );
     assert_eq!(c.identity.session_id.len(), 2);
     assert!(!c.identity.hash_user_id);
+    assert_eq!(c.identity.max_bytes, 256);
     assert_eq!(c.events.queue_capacity, 100_000);
     assert_eq!(c.events.batch_max, 512);
     assert_eq!(c.events.flush_interval, Duration::from_millis(20));
@@ -1205,5 +1206,38 @@ fn max_connections_defaults_to_10000_and_must_be_at_least_1() {
         19,
         "max_connections",
         "at least 1",
+    );
+}
+
+#[test]
+fn an_admin_token_is_trimmed_as_the_presented_one_is() {
+    let c = parse("admin_token = \"s3cret\\n\"\n").unwrap();
+    assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+    assert_error(
+        "admin_token = \" \\n\"\n",
+        1,
+        15,
+        "admin_token",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn identity_max_bytes_is_a_positive_count_checked_at_its_line() {
+    let c = parse("[identity]\nmax_bytes = 64\n").unwrap();
+    assert_eq!(c.identity.max_bytes, 64);
+    assert_error(
+        "[identity]\nmax_bytes = 0\n",
+        2,
+        13,
+        "identity.max_bytes",
+        "must be at least 1",
+    );
+    assert_error(
+        "[identity]\nmax_bytes = \"lots\"\n",
+        2,
+        13,
+        "identity.max_bytes",
+        "invalid type",
     );
 }

@@ -218,12 +218,14 @@ checked_string!(
     }
 );
 checked_string!(
-    /// An admin token; an empty one would let an empty bearer in.
+    /// An admin token; an empty one would let an empty bearer in. Trimmed
+    /// as the presented bearer is, so a token written with a trailing
+    /// newline (a heredoc, a secret file) still lets its admin in.
     Token(String) = |s| {
         if s.trim().is_empty() {
             Err("admin_token must not be empty".to_owned())
         } else {
-            Ok(s.to_owned())
+            Ok(s.trim().to_owned())
         }
     }
 );

@@ -1,6 +1,6 @@
 //! Analytics counters summed in process between flushes, so that a product
 //! returned by a thousand searches costs one `ZINCRBY`, not a thousand
-//! (SPEC section 5: shared counters "may be summed in process").
+//! (docs/contract.md section 5: shared counters "may be summed in process").
 //!
 //! Counters are grouped by UTC day (the day number, formatted only when
 //! written), and looked up by `&str`, so adding an event allocates only for
@@ -72,7 +72,7 @@ pub struct Counters {
     /// runs before a spool write, and [`Counters::for_each_write`] folds a copy.
     #[serde(skip)]
     groups: HashMap<GroupKey, Group, RandomState>,
-    /// Distinct members held in `days`, to bound memory.
+    /// Distinct members held in `days`, weighed by length, to bound memory.
     entries: usize,
     /// What `groups` holds, counted the same way.
     #[serde(skip)]
@@ -136,16 +136,27 @@ fn incr(map: &mut Map<i64>, member: &str, by: i64, entries: &mut usize) {
         *n += by;
     } else {
         map.insert(member.to_owned(), by);
-        *entries += 1;
+        *entries += weight(member);
     }
 }
+
+/// What a member counts toward [`Counters::entries`]: one, and one more for
+/// every [`MEMBER_UNIT`] bytes of its text, so that the bound on entries is
+/// a bound on bytes too (search texts run up to `max_request_body`).
+fn weight(member: &str) -> usize {
+    1 + member.len() / MEMBER_UNIT
+}
+
+/// The member length one entry stands for.
+const MEMBER_UNIT: usize = 64;
 
 impl Counters {
     pub fn is_empty(&self) -> bool {
         self.days.is_empty() && self.groups.is_empty()
     }
 
-    /// Distinct members held, and groups and queries not yet folded.
+    /// Distinct members held, and groups and queries not yet folded, each
+    /// weighed by its length (one entry more per 64 bytes).
     pub fn entries(&self) -> usize {
         self.entries + self.group_entries
     }
@@ -179,7 +190,7 @@ impl Counters {
         {
             Some((_, n)) => *n += 1,
             None => {
-                self.group_entries += 1;
+                self.group_entries += weight(&ev.query_normalized);
                 group.queries.push((ev.query_normalized.clone(), 1));
             }
         }
@@ -458,6 +469,25 @@ mod tests {
         assert_eq!(w["supplier:s2:queries:2025-11-25"]["whole milk"], 1);
         assert_eq!(w["queries:popular:2025-11-25"]["milk"], 4);
         assert_eq!(w["intent:stats:2025-11-25"]["product_search"], 5);
+    }
+
+    #[test]
+    fn long_members_weigh_by_their_length() {
+        let mut short = Counters::default();
+        short.add(&event("milk", &[], CacheResult::Miss));
+        let mut long = Counters::default();
+        let text = "m".repeat(64 * 1024);
+        let mut ev = event("milk", &[], CacheResult::Miss);
+        ev.query_normalized = text.clone();
+        long.add(&ev);
+        assert_eq!(short.entries(), 2, "a group and its query");
+        assert_eq!(long.entries(), 2 + 1024, "one entry per 64 bytes");
+        long.fold();
+        assert!(
+            long.entries() >= 2 * 1024,
+            "queries and zero results: {}",
+            long.entries()
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The search log: every logged search becomes a [`SearchEvent`], queued
 //! without blocking the request, written to Redis in batches by one writer
-//! (SPEC section 5).
+//! (docs/contract.md section 5).
 //!
 //! - [`counters`]: analytics counters summed in process between flushes.
 //! - [`record`]: the stored form of one search's record, and reading it
@@ -73,6 +73,20 @@ pub struct SearchEvent {
 }
 
 impl SearchEvent {
+    /// What the event weighs in the queue: its own size and the strings it
+    /// owns (search text, identities). The answer's facts are not counted:
+    /// a hit shares them with its cache entry. Computed from the event
+    /// alone, so the sender's and the writer's counts agree.
+    pub fn queued_bytes(&self) -> u64 {
+        let id = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        (std::mem::size_of::<SearchEvent>()
+            + self.query.len()
+            + self.query_normalized.len()
+            + id(&self.user_id)
+            + id(&self.user_uuid)
+            + id(&self.session_id)) as u64
+    }
+
     /// RFC 3339 with milliseconds, UTC: `2026-11-25T21:27:36.927Z`.
     pub fn timestamp(&self) -> String {
         rfc3339_ms(self.timestamp_ms)

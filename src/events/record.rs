@@ -1,4 +1,4 @@
-//! The record of one logged search, `search:<search_id>` (SPEC section 4):
+//! The record of one logged search, `search:<search_id>` (docs/contract.md section 4):
 //! one string of compact JSON, written with `SET .. EX` in one command.
 //!
 //! The record is the largest thing the search log keeps (one per search, for
@@ -183,7 +183,7 @@ const COUNTS: [(&str, &str); 3] = [
     ("purchases", "purchase"),
 ];
 
-/// One entry of `search:<id>:feedback` (SPEC section 4), as
+/// One entry of `search:<id>:feedback` (docs/contract.md section 4), as
 /// `POST /v1/feedback` writes it and the quality report reads it.
 #[derive(Clone, Debug, PartialEq, DeriveSerialize, Deserialize)]
 pub struct FeedbackEntry {

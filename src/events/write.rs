@@ -1,4 +1,4 @@
-//! The Redis commands that record searches (SPEC section 4), for a batch of
+//! The Redis commands that record searches (docs/contract.md section 4), for a batch of
 //! records or a counter flush; the writer sends them as transactions of a
 //! bounded size ([`crate::redis::log_target::TRANSACTION_MAX`]).
 //!
@@ -225,7 +225,7 @@ pub fn records_into(layout: &Layout, events: &[SearchEvent], out: &mut impl Comm
     let keep = keep_buf.format(keep).as_bytes();
     for (user, searches) in &users {
         user_history(out, p, user, searches, ttl, keep);
-        user_profile(out, &keys::user_profile(p, user), searches);
+        user_profile(out, &keys::user_profile(p, user), searches, ttl);
     }
 }
 
@@ -282,10 +282,12 @@ fn user_history(
 }
 
 /// `user:<id>:profile`: first and last seen, the latest uuid and session,
-/// the search count and the intents.
-fn user_profile(out: &mut impl Commands, profile: &str, searches: &[&Prepared<'_>]) {
+/// the search count and the intents; it expires `ttl` (`events.retention`)
+/// after its user's last search, as their history does, so ids that are
+/// seen once do not stay in Redis for good.
+fn user_profile(out: &mut impl Commands, profile: &str, searches: &[&Prepared<'_>], ttl: &[u8]) {
     // The profile is shared with the application: only our fields are
-    // written, and it never expires.
+    // written.
     let (first, last) = (searches[0], searches[searches.len() - 1]);
     out.command(&[
         b"HSETNX",
@@ -330,6 +332,7 @@ fn user_profile(out: &mut impl Commands, profile: &str, searches: &[&Prepared<'_
             count.format(n).as_bytes(),
         ]);
     }
+    out.command(&[b"EXPIRE", profile.as_bytes(), ttl]);
 }
 
 /// Appends the commands adding the summed counters.

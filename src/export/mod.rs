@@ -1,4 +1,4 @@
-//! The output side of `leafcache export` (SPEC sections 1 and 10): where the
+//! The output side of `leafcache export` (docs/contract.md sections 1 and 10): where the
 //! export's lines go and in what form. What is read from Redis, and the
 //! JSONL line of one search, are [`crate::admin::export`]'s; this module
 //! only turns those lines into objects.

@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 use super::date::{self, DateField};
 use crate::cache_control::CacheControl;
 
-/// Heuristic freshness is capped at one day (SPEC 3b).
+/// Heuristic freshness is capped at one day (docs/contract.md 3b).
 pub const HEURISTIC_CAP: Duration = Duration::from_secs(86_400);
 
 /// When the request that fetched an answer was sent and when its answer

@@ -1,5 +1,5 @@
 //! Standard HTTP caching (RFC 9111) for routes with `freshness = "origin"`
-//! (SPEC section 3b): the decisions, as pure functions, that the request flow
+//! (docs/contract.md section 3b): the decisions, as pure functions, that the request flow
 //! in the proxy asks at a few named points.
 //!
 //! - [`date`]: HTTP-date parsing (all three formats) and formatting.

@@ -1,4 +1,4 @@
-//! Whether an origin route may store an answer (RFC 9111 section 3, SPEC
+//! Whether an origin route may store an answer (RFC 9111 section 3, docs/contract.md
 //! 3b), and for how long it is fresh: a pure decision over the status, the
 //! answer's headers and a few facts of the request.
 
@@ -31,7 +31,7 @@ pub struct Storable {
     pub vary: Vec<http::HeaderName>,
 }
 
-/// RFC 9111 section 3 for a shared cache, with SPEC 3b's rule that answers
+/// RFC 9111 section 3 for a shared cache, with docs/contract.md 3b's rule that answers
 /// without explicit freshness are stored only with heuristics on, and that
 /// an answer stored only to be revalidated must carry a validator.
 pub fn decide(

@@ -22,6 +22,13 @@ pub enum ProxyBody {
     Stream(Stream),
 }
 
+/// A client's request body that broke off while it was forwarded (an
+/// invalid chunk size, a reset): the client's failure, not the backend's,
+/// answered 400 ([`super::forward::UpstreamError::ClientBody`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body broke off: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
 pub struct Stream {
     prefix: Option<Bytes>,
     rest: Incoming,
@@ -112,7 +119,9 @@ impl ProxyBody {
     }
 
     /// A body that yields `prefix` and then the rest of `body`, failing if
-    /// the rest pauses longer than `idle` between two chunks.
+    /// the rest pauses longer than `idle` between two chunks. `idle` is
+    /// `None` for a client's request body, and only then: its errors are
+    /// [`ClientBodyError`]s.
     pub fn resume(prefix: Bytes, body: Incoming, idle: Option<Duration>) -> ProxyBody {
         ProxyBody::Stream(Stream {
             prefix: (!prefix.is_empty()).then_some(prefix),
@@ -187,7 +196,18 @@ impl Body for ProxyBody {
                                 _ => tee.complete(),
                             }
                         }
-                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                        // A body read without an idle limit is the client's:
+                        // its errors are marked as the client's (400).
+                        let client = s.idle.is_none();
+                        Poll::Ready(frame.map(|f| {
+                            f.map_err(|e| {
+                                if client {
+                                    ClientBodyError(e).into()
+                                } else {
+                                    e.into()
+                                }
+                            })
+                        }))
                     }
                     Poll::Pending => {
                         if let Some(idle) = &mut s.idle {

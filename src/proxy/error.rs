@@ -32,7 +32,7 @@ pub enum ProxyError {
     /// `only-if-cached` (RFC 9111 section 5.2.1.7), and nothing stored fits.
     #[error("only-if-cached, and no stored answer fits the request")]
     NotCached,
-    /// No answer from the backend (SPEC section 3, step 11).
+    /// No answer from the backend (docs/contract.md section 3, step 11).
     #[error("{0}")]
     Backend(#[from] UpstreamError),
     /// A stored answer that must be revalidated, and the backend cannot be
@@ -44,7 +44,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProxyError::ClientBody(_) | ProxyError::NotCached => ErrorSource::Client,
+            ProxyError::ClientBody(_)
+            | ProxyError::NotCached
+            | ProxyError::Backend(UpstreamError::ClientBody(_)) => ErrorSource::Client,
             ProxyError::Backend(_) | ProxyError::MustRevalidate => ErrorSource::Backend,
         }
     }
@@ -55,7 +57,8 @@ impl ProxyError {
             ProxyError::ClientBody(CollectError::Timeout) => {
                 (StatusCode::REQUEST_TIMEOUT, "bad_request")
             }
-            ProxyError::ClientBody(CollectError::Body(_)) => {
+            ProxyError::ClientBody(CollectError::Body(_))
+            | ProxyError::Backend(UpstreamError::ClientBody(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             ProxyError::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
@@ -69,7 +72,7 @@ impl ProxyError {
         }
     }
 
-    /// The JSON error answer of SPEC section 3, step 11.
+    /// The JSON error answer of docs/contract.md section 3, step 11.
     pub fn response(&self) -> Response<ProxyBody> {
         let (status, code) = self.status();
         json_error(status, code, &self.to_string())
@@ -114,6 +117,10 @@ mod tests {
                 504,
             ),
             (ProxyError::MustRevalidate, 504),
+            (
+                ProxyError::from(UpstreamError::ClientBody("bad chunk".into())),
+                400,
+            ),
         ];
         for (e, status) in cases {
             let resp = e.response();

@@ -1,4 +1,4 @@
-//! `leafcache explain` and `POST /v1/explain` (SPEC section 1): what the
+//! `leafcache explain` and `POST /v1/explain` (docs/contract.md section 1): what the
 //! proxy would do with a request under the config, without contacting the
 //! backend. It runs the request flow's own steps (route matching, the bypass
 //! rules, field extraction, key derivation), so the hash it shows is the
@@ -161,7 +161,7 @@ fn build(req: &ExplainRequest) -> Result<http::request::Parts, String> {
     Ok(parts)
 }
 
-/// Every input of the key (SPEC section 3, step 5), as it is hashed.
+/// Every input of the key (docs/contract.md section 3, step 5), as it is hashed.
 fn key_inputs(input: &KeyInput<'_>, vary_names: &[HeaderName]) -> Value {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let body = match &input.body {

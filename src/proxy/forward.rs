@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::TokioExecutor;
 
-use super::body::ProxyBody;
+use super::body::{ClientBodyError, ProxyBody};
 use crate::config::UpstreamConfig;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -86,6 +86,10 @@ pub enum UpstreamError {
     /// The body paused longer than `[upstream] idle_timeout`: 504.
     #[error("the answer paused for more than {0:?}")]
     Stalled(Duration),
+    /// The client's own request body broke off while it streamed to the
+    /// backend (bad framing past `max_request_body`): 400, the client's.
+    #[error("{0}")]
+    ClientBody(String),
 }
 
 /// Marks, in its extensions, a backend answer whose framing was invalid
@@ -256,7 +260,7 @@ impl Upstream {
     /// headers (the body is bounded by `idle_timeout`, enforced by whoever
     /// reads it).
     ///
-    /// An answer with invalid framing (SPEC section 7) comes back with its
+    /// An answer with invalid framing (docs/contract.md section 7) comes back with its
     /// framing headers fixed to what was actually read, marked
     /// [`InvalidFraming`], and the connection it came on is never used again:
     /// whatever followed on it cannot be trusted to start the next answer.
@@ -292,6 +296,7 @@ impl Upstream {
                 }
                 Ok(resp)
             }
+            Ok(Err(e)) if client_body_broke(&e) => Err(UpstreamError::ClientBody(describe(&e))),
             Ok(Err(e)) => Err(self.describe(&e)),
         };
         if let Some(m) = &self.metrics {
@@ -388,6 +393,19 @@ fn suspect_connection(status: StatusCode, headers: &HeaderMap) -> bool {
 }
 
 /// The most specific cause of a client error, for the 502 body.
+/// Whether the request failed because the client's body did
+/// ([`ClientBodyError`] somewhere in its sources).
+fn client_body_broke(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<ClientBodyError>().is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut msg = if e.is_connect() {
         "cannot connect to the backend".to_string()

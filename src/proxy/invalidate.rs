@@ -1,4 +1,4 @@
-//! Invalidation after unsafe requests (SPEC 3b, RFC 9111 section 4.4): a
+//! Invalidation after unsafe requests (docs/contract.md 3b, RFC 9111 section 4.4): a
 //! non-error answer to POST, PUT, DELETE, PATCH or any method not known to be
 //! safe, on a URI that an origin route covers, drops the stored entries of
 //! that URI and of its same-origin `Location` and `Content-Location`.

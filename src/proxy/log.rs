@@ -1,4 +1,4 @@
-//! Where the search is logged (SPEC step 13): a logged request becomes a
+//! Where the search is logged (docs/contract.md step 13): a logged request becomes a
 //! [`SearchEvent`] from what is known when the request is read (the
 //! [`SearchDraft`]) and what is known once the answer is out (status, how it
 //! was served, the answer's search facts). An answer in hand is logged at

@@ -1,4 +1,4 @@
-//! Asking the cache (SPEC section 3, steps 6 to 10): L1 then Redis within
+//! Asking the cache (docs/contract.md section 3, steps 6 to 10): L1 then Redis within
 //! one deadline, hit-for-pass, and the coalescing of concurrent misses.
 //! What the cache cannot answer goes down the [`super::miss`] pipeline.
 
@@ -16,6 +16,7 @@ use crate::cache::Found;
 use crate::cache::coalesce::{self, FlightGuard, Join, Outcome};
 use crate::cache::envelope::{Entry, Variant};
 use crate::config::Freshness;
+use crate::policy::Spelling;
 use crate::served::Served;
 use crate::time::now_ms;
 
@@ -53,7 +54,7 @@ impl Proxy {
             refresh: c.refresh,
             ..MissDetail::default()
         };
-        // One budget for every Redis lookup of this request (SPEC step 14),
+        // One budget for every Redis lookup of this request (docs/contract.md step 14),
         // however many coalescing rounds it takes.
         let deadline = Instant::now() + self.config.redis.timeout;
         let mut stale = None;
@@ -105,7 +106,9 @@ impl Proxy {
         let Some(refresh) = &self.refresh else {
             return;
         };
-        if c.keys.len() != 1 || c.user_key_index.is_some() {
+        // Only the normal spelling refetches a shared entry: the refetch
+        // asks with this request's text.
+        if c.keys.len() != 1 || c.user_key_index.is_some() || c.spelling != Spelling::Normal {
             return;
         }
         let Some(draft) = flow.draft.as_ref().or(c.draft.as_ref()) else {

@@ -1,4 +1,4 @@
-//! The miss pipeline (SPEC section 3, steps 10 to 13; section 3b): what the
+//! The miss pipeline (docs/contract.md section 3, steps 10 to 13; section 3b): what the
 //! cache could not answer goes to the backend, and the answer is judged,
 //! collected, read and stored, in phases that route and origin freshness
 //! share:
@@ -44,7 +44,7 @@ use crate::http_cache::freshness::Exchange;
 use crate::http_cache::store::{self, OriginRules};
 use crate::http_cache::{conditional, date, vary};
 use crate::key::KeyHash;
-use crate::policy::{self, NotStored, StoreRules, StoreScope};
+use crate::policy::{self, NotStored, Spelling, StoreRules, StoreScope};
 use crate::served::Served;
 use crate::time::now_ms;
 
@@ -72,14 +72,17 @@ pub(super) struct Miss {
     /// The one content coding the backend was asked for (the normalized
     /// `Accept-Encoding`): the only one an entry may be stored in.
     pub asked_coding: Option<HeaderValue>,
+    /// How the request spelled its search text: another spelling than the
+    /// normal form never fills, passes or revalidates a shared key.
+    pub spelling: Spelling,
 }
 
 /// The seam between the two freshness models.
 pub(super) enum Rules {
     /// `freshness = "route"`: the route's ttl, shortened by the backend's
-    /// `max-age` (SPEC section 3).
+    /// `max-age` (docs/contract.md section 3).
     Route,
-    /// `freshness = "origin"`: RFC 9111 (SPEC section 3b).
+    /// `freshness = "origin"`: RFC 9111 (docs/contract.md section 3b).
     Origin(OriginAsk),
 }
 
@@ -136,6 +139,18 @@ impl Miss {
             (StoreScope::User, Some(i)) => i,
             _ => self.keys.len().saturating_sub(1),
         }
+    }
+
+    /// Whether this request's own answer may be kept under the key an
+    /// answer of `scope` goes to ([`policy::may_store_spelling`]).
+    fn may_keep(&self, scope: StoreScope) -> bool {
+        let shared = Some(self.store_key_index(scope)) != self.user_key_index;
+        policy::may_store_spelling(self.spelling, shared)
+    }
+
+    /// Whether this request's answer may mark its primary key hit-for-pass.
+    fn may_pass(&self) -> bool {
+        policy::may_store_spelling(self.spelling, self.user_key_index != Some(0))
     }
 
     /// An answer the client gets whole, marked a miss.
@@ -198,16 +213,27 @@ impl Proxy {
             return reply;
         }
         let judged = if answer.misframed {
-            // Never stored (SPEC section 7), and no hit-for-pass: the next
+            // Never stored (docs/contract.md section 7), and no hit-for-pass: the next
             // answer may well be framed right.
             Err(None)
         } else {
             self.judge(flow, &miss, &answer).map_err(Some)
         };
+        // Another spelling's answer streams on, neither stored nor marking
+        // the shared key (README, "Security model").
+        let judged = judged.and_then(|j| {
+            if miss.may_keep(j.scope) {
+                Ok(j)
+            } else {
+                Err(None)
+            }
+        });
         match judged {
             Ok(judged) => self.collect_and_store(flow, miss, answer, judged).await,
             Err(reason) => {
-                if let Some(reason) = reason {
+                if let Some(reason) = reason
+                    && miss.may_pass()
+                {
                     self.not_stored(&miss.keys[0], reason);
                 }
                 miss.finish(Outcome::GoDirect);
@@ -260,7 +286,9 @@ impl Proxy {
         if let Err(reason) =
             policy::decide_body(&meta, &route.bypass_intents, body.len(), max_object)
         {
-            self.not_stored(&miss.keys[0], reason);
+            if miss.may_pass() {
+                self.not_stored(&miss.keys[0], reason);
+            }
             miss.finish(Outcome::GoDirect);
             let resp = miss.full_response(parts, body);
             return self.log_now(flow, resp, Served::Miss, meta);
@@ -285,9 +313,15 @@ impl Proxy {
     /// Whether the request goes out conditional on the stored copy: it has
     /// validators, and on a route-freshness route the client asks no
     /// condition of its own (an origin route answers those itself).
+    /// Another spelling never validates a shared entry: a `304` to it
+    /// would keep the entry fresh on the word of another text.
     fn validating(&self, miss: &Miss, request: &HeaderMap) -> Option<Usable> {
         miss.stale
             .as_ref()
+            .filter(|s| {
+                Some(s.key_index) == miss.user_key_index
+                    || policy::may_store_spelling(miss.spelling, true)
+            })
             .filter(|s| {
                 conditional::has_validators(&s.entry.headers)
                     && (miss.origin().is_some() || !conditional::has_preconditions(request))
@@ -458,7 +492,7 @@ impl Proxy {
     }
 
     /// The backend gave no usable answer: the stored copy where it may
-    /// stand in, else the error (SPEC step 11).
+    /// stand in, else the error (docs/contract.md step 11).
     fn failed(&self, flow: &mut Flow<'_>, miss: &Miss, e: impl Into<ProxyError>) -> Reply {
         let e = e.into();
         if let Some(reply) = self.stand_in(flow, miss, None) {
@@ -490,7 +524,7 @@ impl Proxy {
         let stale_for = age.saturating_sub(entry.fresh_for);
         let resp = match miss.origin() {
             None => {
-                // SPEC step 11: younger than its freshness plus the window.
+                // docs/contract.md step 11: younger than its freshness plus the window.
                 if age >= entry.fresh_for + window {
                     return None;
                 }
@@ -566,7 +600,7 @@ impl Proxy {
         self.log_now(flow, resp, Served::Revalidated, entry.meta.clone())
     }
 
-    /// What a route-freshness route stores by (SPEC section 3, step 9).
+    /// What a route-freshness route stores by (docs/contract.md section 3, step 9).
     fn route_rules<'a>(&'a self, route: &'a RouteConfig, miss: &Miss) -> StoreRules<'a> {
         StoreRules {
             scope: route.scope,

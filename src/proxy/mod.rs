@@ -1,4 +1,4 @@
-//! The request flow of SPEC section 3, one step per module:
+//! The request flow of docs/contract.md section 3, one step per module:
 //!
 //! 1. [`Proxy::handle`] (here): the request enters, is matched to a route,
 //!    and leaves with its response and how it was [`Served`] (which the
@@ -168,9 +168,10 @@ impl Proxy {
         }) = crate::route::match_route(routes, req.method(), req.uri().path())
         else {
             let (parts, body) = req.into_parts();
-            let resp = self
-                .forward_streaming(parts, ProxyBody::stream(body), client)
-                .await;
+            let resp = match request::read_ahead(&self.config, &parts.headers, body).await {
+                Ok(body) => self.forward_streaming(parts, body, client).await,
+                Err(e) => e.response(),
+            };
             return (None, (resp, Served::None));
         };
         let ctx = ReadCtx {

@@ -1,4 +1,4 @@
-//! Refresh-ahead (SPEC section 9): the global entries of the day's most
+//! Refresh-ahead (docs/contract.md section 9): the global entries of the day's most
 //! popular queries are refetched in the background shortly before they
 //! expire, so a popular key does not go cold and a warm cache does not
 //! expire all at once.

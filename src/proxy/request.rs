@@ -1,4 +1,4 @@
-//! Reading a routed request into the facts the cache needs (SPEC section 3,
+//! Reading a routed request into the facts the cache needs (docs/contract.md section 3,
 //! steps 2 to 5): its body within `max_request_body`, its search text and
 //! identity, the bypass rules, and its cache keys.
 
@@ -19,9 +19,9 @@ use super::respond::MissDetail;
 use crate::cache::coalesce::FlightGuard;
 use crate::cache::envelope::Variant;
 use crate::cache_control::CacheControl;
-use crate::config::{Config, Freshness, RouteConfig, Scope};
+use crate::config::{Config, Freshness, RouteConfig, Scope, Source};
 use crate::key::{self, BodyKey, KeyHash, KeyInput};
-use crate::policy::{self, Arrival, BypassReason};
+use crate::policy::{self, Arrival, BypassReason, Spelling};
 use crate::redis::keys;
 use crate::request_json::{self, Body as JsonBody};
 use crate::route::{self, Field, Identity, Kind, RequestView, Supplied, Unkeyed};
@@ -56,6 +56,9 @@ pub struct Cacheable {
     pub draft: Option<SearchDraft>,
     /// The user id that scopes the user key, for invalidation notices.
     pub user_id: Option<String>,
+    /// How the search text was spelled: only the normal form fills a
+    /// shared entry ([`policy::may_store_spelling`]).
+    pub spelling: Spelling,
 }
 
 impl Cacheable {
@@ -79,6 +82,7 @@ impl Cacheable {
             refresh: false,
             draft: None,
             user_id: self.user_id.clone(),
+            spelling: self.spelling,
         }
     }
 
@@ -110,6 +114,7 @@ impl Cacheable {
             detail,
             guard,
             rules,
+            spelling: self.spelling,
         };
         (self.parts, self.body, miss)
     }
@@ -135,7 +140,10 @@ pub async fn read(
     let limit = config.max_request_body;
     let seen = arrival(config, &parts, ctx.literal);
     if let Some(reason) = policy::bypass_on_arrival(route, &seen) {
-        return Routed::Bypass(reason, parts, ProxyBody::stream(body), None);
+        return match read_ahead(config, &parts.headers, body).await {
+            Ok(body) => Routed::Bypass(reason, parts, body, None),
+            Err(e) => Routed::ClientError(e),
+        };
     }
     let bytes = if body.is_end_stream() {
         Bytes::new()
@@ -150,6 +158,27 @@ pub async fn read(
         }
     };
     decide(config, route, parts, bytes, ctx)
+}
+
+/// The body of a request forwarded without the cache. A body of
+/// unannounced length (chunked) is read up to `max_request_body` first, so
+/// that bad framing from the client (an invalid chunk size) answers 400 and
+/// never reaches the backend; a larger one streams on from there. A body of
+/// announced length streams as it comes.
+pub(super) async fn read_ahead(
+    config: &Config,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<ProxyBody, ProxyError> {
+    if body.is_end_stream() || headers.contains_key(CONTENT_LENGTH) {
+        return Ok(ProxyBody::stream(body));
+    }
+    let limit = config.max_request_body;
+    match collect_limited(body, limit, Some(config.upstream.timeout)).await {
+        Ok(Collected::Complete(b)) => Ok(ProxyBody::full(b)),
+        Ok(Collected::Overflow(prefix, rest)) => Ok(ProxyBody::resume(prefix, rest, None)),
+        Err(e) => Err(ProxyError::ClientBody(e)),
+    }
 }
 
 /// What the arrival bypass rules look at: the method, whether the path met
@@ -197,7 +226,7 @@ fn decide(
     decide_observed(config, route, parts, bytes, ctx, &mut ())
 }
 
-/// Steps 3 to 5 of SPEC section 3 for a request whose body is in hand: its
+/// Steps 3 to 5 of docs/contract.md section 3 for a request whose body is in hand: its
 /// fields, the bypass rules, its key.
 pub(crate) fn decide_observed(
     config: &Config,
@@ -224,7 +253,11 @@ pub(crate) fn decide_observed(
         query,
         supplied,
     } = fields;
+    // A value past `max_bytes` is dropped here, before anything keeps it:
+    // the search is logged without it, and the request bypasses below.
+    let (identity, too_long) = identity.bounded(config.identity.max_bytes);
     let query_normalized = query.as_deref().map(key::normalize_query);
+    let spelling = Spelling::of(query.as_deref(), query_normalized.as_deref());
     seen.fields(query.as_deref(), query_normalized.as_deref(), &identity);
     let draft = match (query, &query_normalized) {
         (Some(q), Some(n)) if route.log => Some(SearchDraft::new(
@@ -236,6 +269,14 @@ pub(crate) fn decide_observed(
         )),
         _ => None,
     };
+    if too_long {
+        return Routed::Bypass(
+            BypassReason::IdentityTooLong,
+            parts,
+            ProxyBody::full(bytes),
+            draft,
+        );
+    }
     let cc = CacheControl::from_request(&parts.headers);
     let search = policy::SearchRequest {
         method: &parts.method,
@@ -270,6 +311,7 @@ pub(crate) fn decide_observed(
         body: body_key,
         params: &key_params,
         query_normalized: query_normalized.as_deref(),
+        guest: identity.user_id.is_none(),
     };
     let hash = derive_key(config, route, input, seen);
     let (keys, user_key_index) = cache_keys(config, route, identity.user_id.as_deref(), &hash);
@@ -282,6 +324,7 @@ pub(crate) fn decide_observed(
         refresh: cc.no_cache,
         draft,
         user_id: identity.user_id,
+        spelling,
     })
 }
 
@@ -337,7 +380,7 @@ fn read_fields(
     })
 }
 
-/// The cache key (SPEC section 3, step 5): the route, method, path,
+/// The cache key (docs/contract.md section 3, step 5): the route, method, path,
 /// normalized search text, body without the unkeyed fields, the keyed
 /// parameters, the route's `vary_headers` and the headers that change how
 /// the backend reads the request.
@@ -353,6 +396,7 @@ fn derive_key(
         body: body_key,
         params: key_params,
         query_normalized,
+        guest,
     } = facts;
     // Origin routes keep variants by the answer's own Vary instead.
     let origin = route.freshness == Freshness::Origin;
@@ -377,7 +421,7 @@ fn derive_key(
         .then(|| joined(&parts.headers, &ACCEPT_ENCODING))
         .flatten();
     let body_headers = [content_type, content_encoding, accept_encoding];
-    let headers = keyed_headers(config, &parts.headers, uri, &body_headers);
+    let headers = keyed_headers(config, &parts.headers, uri, &body_headers, guest);
     let input = KeyInput {
         route: &route.name,
         // HEAD is answered from the stored GET.
@@ -404,6 +448,8 @@ struct KeyFacts<'a> {
     body: BodyKey<'a>,
     params: &'a [&'a str],
     query_normalized: Option<&'a str>,
+    /// No user id: the user uuid's headers are keyed (see [`keyed_headers`]).
+    guest: bool,
 }
 
 /// Replaces the client's `Accept-Encoding` with the one coding leafcache
@@ -456,16 +502,20 @@ fn joined<'a>(headers: &'a http::HeaderMap, name: &http::HeaderName) -> Option<C
 }
 
 /// The request headers besides `vary_headers` that reach the backend and
-/// may change its answer (SPEC section 3, step 5), in a fixed order: the
+/// may change its answer (docs/contract.md section 3, step 5), in a fixed order: the
 /// client's host, which the backend gets as `X-Forwarded-Host`; the body's
 /// `Content-Type` and `Content-Encoding`, which say how the backend reads
-/// the body; and, when `trust_forwarded` passes them on, the forwarding
-/// headers.
+/// the body; for a guest (no user id), the headers the user uuid is read
+/// from, since the uuid is all that tells two guests apart and the backend
+/// may personalize by it (its `json:` and `query:` sources stay in the key
+/// with the body and the query string); and, when `trust_forwarded` passes
+/// them on, the forwarding headers.
 fn keyed_headers<'a>(
-    config: &Config,
+    config: &'a Config,
     headers: &'a http::HeaderMap,
     uri: &'a http::Uri,
     body_headers: &'a [Option<Cow<'a, [u8]>>; 3],
+    guest: bool,
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
     let mut keyed: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(4);
     if let Some(host) = forward::client_host(headers, uri) {
@@ -477,6 +527,15 @@ fn keyed_headers<'a>(
     {
         if let Some(v) = value {
             keyed.push((name, Cow::Borrowed(v.as_ref())));
+        }
+    }
+    if guest {
+        for source in &config.identity.user_uuid {
+            if let Source::Header(name) = source
+                && let Some(value) = joined(headers, name)
+            {
+                keyed.push((name.as_str(), value));
+            }
         }
     }
     if config.trust_forwarded {
@@ -539,6 +598,8 @@ query = ["json:/query", "query:q"]
 scope = "{scope}"
 key_ignore = ["json:/session_id", "json:/request_id"]
 vary_headers = ["accept-encoding"]
+[identity]
+user_uuid = ["header:x-user-uuid", "json:/user_uuid", "query:user_uuid"]
 "#
         );
         Config::parse(&text, None).expect("a valid test config")
@@ -691,6 +752,10 @@ vary_headers = ["accept-encoding"]
         BodyUser(String),
         /// A member written twice.
         Duplicate(String),
+        /// A guest's user uuid, from each of its sources.
+        UuidHeader(String),
+        UuidBody(String),
+        UuidParam(String),
     }
 
     fn change() -> impl Strategy<Value = Change> {
@@ -719,6 +784,9 @@ vary_headers = ["accept-encoding"]
             Just(Change::Method),
             word().prop_map(Change::BodyUser),
             word().prop_map(Change::Duplicate),
+            word().prop_map(Change::UuidHeader),
+            word().prop_map(Change::UuidBody),
+            word().prop_map(Change::UuidParam),
         ]
     }
 
@@ -742,6 +810,9 @@ vary_headers = ["accept-encoding"]
             Change::Method => m.method = if m.method == "GET" { "POST" } else { "GET" },
             Change::BodyUser(u) => m.set_body("user_id", format!("{u:?}")),
             Change::Duplicate(v) => m.body.push(("query".into(), format!("{v:?}"))),
+            Change::UuidHeader(u) => m.set_header("x-user-uuid", u.clone()),
+            Change::UuidBody(u) => m.set_body("user_uuid", format!("{u:?}")),
+            Change::UuidParam(u) => m.params.push(("user_uuid".into(), u.clone())),
         }
         let after = m.parts_and_body();
         // The backend receives the normalized Accept-Encoding.
@@ -780,6 +851,12 @@ vary_headers = ["accept-encoding"]
             // and `auto` shares the backend's `public` answers across users:
             // by design. Users apart are the next property's.
             prop_assume!(!(scope != "user" && matches!(c, Change::BodyUser(_))));
+            // A user uuid beside a user id: the id scopes the entry (and in
+            // the shared scopes, by design, does not). Without one, the
+            // uuid is all that tells two guests apart: keyed from every
+            // source.
+            let uuid = matches!(c, Change::UuidHeader(_) | Change::UuidBody(_) | Change::UuidParam(_));
+            prop_assume!(!(uuid && m.headers.iter().any(|(k, _)| *k == "x-user-id")));
             // Without trust_forwarded the proxy drops these headers and sets
             // its own, so the backend never sees the change.
             let dropped = !trust && matches!(c, Change::Forwarding(..));

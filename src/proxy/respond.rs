@@ -130,6 +130,7 @@ pub fn bypass_status(reason: BypassReason) -> HeaderValue {
         BypassReason::AmbiguousBody => "leafcache; fwd=bypass; detail=ambiguous-body",
         BypassReason::Credentialed => "leafcache; fwd=bypass; detail=credentialed",
         BypassReason::PathNotCanonical => "leafcache; fwd=bypass; detail=path-not-canonical",
+        BypassReason::IdentityTooLong => "leafcache; fwd=bypass; detail=identity-too-long",
     })
 }
 

@@ -52,7 +52,7 @@ pub struct DirectConn {
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 /// The most commands in one transaction. Redis runs a transaction as one
-/// step, and cache lookups wait behind it: SPEC section 5 bounds a step to
+/// step, and cache lookups wait behind it: docs/contract.md section 5 bounds a step to
 /// about a millisecond. The log's commands take a few microseconds each
 /// (none carries more than `events::write::MEMBERS_MAX` members), so 128
 /// of them stay well inside it (`cargo bench --bench event_writer` reads

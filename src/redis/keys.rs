@@ -1,4 +1,4 @@
-//! Every Redis key name leafcache reads or writes (SPEC section 4), in one
+//! Every Redis key name leafcache reads or writes (docs/contract.md section 4), in one
 //! place, so the layout can be checked against a single file. Each function
 //! takes the configured `key_prefix` as a [`Prefix`].
 //!
@@ -8,7 +8,7 @@
 //! `user:{<id>}:profile`, `search:{<id>}` and `search:{<id>}:feedback`. A
 //! user's history and profile are then written in one transaction, and a
 //! search's record and feedback list read and written together. On a single
-//! node the layout is exactly SPEC section 4, without braces.
+//! node the layout is exactly docs/contract.md section 4, without braces.
 //!
 //! In cluster mode the keys of a day (`searches:daily:{<date>}`, the
 //! analytics counters such as `intent:stats:{<date>}` and
@@ -40,7 +40,7 @@ impl Prefix {
         }
     }
 
-    /// The single-node layout of SPEC section 4, under `text`.
+    /// The single-node layout of docs/contract.md section 4, under `text`.
     pub fn single_node(text: impl Into<String>) -> Prefix {
         Prefix::new(text, false)
     }
@@ -124,7 +124,7 @@ pub fn global_cache(prefix: &str, hash: &KeyHash) -> String {
 }
 
 /// `<cache key>:v:<generation>:<selection id>`: one `Vary` variant of an
-/// origin-route entry (SPEC 3b). A new generation starts whenever the URI
+/// origin-route entry (docs/contract.md 3b). A new generation starts whenever the URI
 /// key is gone, so variants of an invalidated URI are never reached again.
 pub fn variant_cache(key: &str, generation: u64, selection_id: &str) -> String {
     format!("{key}:v:{generation:016x}:{selection_id}")
@@ -141,7 +141,7 @@ pub fn global_cache_head(prefix: &str) -> String {
     format!("{prefix}cache:global:")
 }
 
-/// `cache:tag:product:<id>`: the tag index of a product (SPEC section 9),
+/// `cache:tag:product:<id>`: the tag index of a product (docs/contract.md section 9),
 /// a zset of the cache keys whose stored answer shows the product, each
 /// scored by the time (ms) its entry expires. Not tagged for the cluster:
 /// the index is read alone, and the keys it names are removed one by one.

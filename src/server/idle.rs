@@ -1,4 +1,4 @@
-//! Closing connections that stay silent (SPEC section 7): hyper's
+//! Closing connections that stay silent (docs/contract.md section 7): hyper's
 //! `header_read_timeout` only starts at a request's first byte, so a client
 //! that connects and sends nothing, or goes quiet after an answer, would hold
 //! one of the `max_connections` permits for ever.

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{POLL_EVERY, Redis, Reply, Req, Resp, WAIT, eventually, free_port, info_field};
 
-/// The search route of SPEC section 2 (JSON pointers left at their defaults:
+/// The search route of docs/contract.md section 2 (JSON pointers left at their defaults:
 /// `/intent`, `/confidence`, `/products`, `/product_id`, `/supplier`) and the
 /// unlogged `orders` route with scope `off`.
 const ROUTES: &str = r#"
@@ -191,7 +191,7 @@ impl LogProxy {
         self.child.id()
     }
 
-    /// Sends SIGTERM (the orderly stop of SPEC section 5).
+    /// Sends SIGTERM (the orderly stop of docs/contract.md section 5).
     pub fn terminate(&self) {
         signal(self.pid(), "TERM");
     }

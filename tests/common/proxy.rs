@@ -32,7 +32,7 @@ impl Route {
         }
     }
 
-    /// The search route of SPEC section 2, in user scope.
+    /// The search route of docs/contract.md section 2, in user scope.
     pub fn search() -> Route {
         Route::new("search")
             .set("methods", r#"["GET", "POST"]"#)
@@ -262,7 +262,7 @@ impl Proxy {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            // The environment overrides the file (SPEC section 1): keep it out.
+            // The environment overrides the file (docs/contract.md section 1): keep it out.
             .env_remove("REDIS_URL")
             .env_remove("LEAFCACHE_UPSTREAM")
             .env_remove("LEAFCACHE_LISTEN")
@@ -313,6 +313,14 @@ impl Proxy {
     /// in process writes none: start it with [`Proxy::start_process`]).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// The process id of a proxy started with [`Proxy::start_process`].
+    pub fn pid(&self) -> Option<u32> {
+        match &self.runner {
+            Runner::Process(child) => Some(child.id()),
+            Runner::InProcess(_) => None,
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {

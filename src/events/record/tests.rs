@@ -205,7 +205,7 @@ fn ten_products_make_a_record_of_a_few_hundred_bytes() {
         .collect();
     let stored = record_json(&event(&refs));
     // Field names and the supplier of each product take a fraction of what
-    // the hash's did (SPEC section 4's names, product_suppliers as an object).
+    // the hash's did (docs/contract.md section 4's names, product_suppliers as an object).
     assert!(stored.len() < 300, "{} bytes: {stored}", stored.len());
 }
 

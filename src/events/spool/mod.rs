@@ -1,5 +1,5 @@
 //! The disk spool: where event batches wait while Redis is unreachable
-//! (SPEC section 5), to be replayed in order once it answers again.
+//! (docs/contract.md section 5), to be replayed in order once it answers again.
 //!
 //! Delivery is at least once. A record is forgotten only after the caller
 //! confirms it reached Redis; a crash may re-send the one record whose

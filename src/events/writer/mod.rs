@@ -50,8 +50,15 @@ use crate::redis::log_target::{Batch, BatchKind};
 use link::Target;
 use spooling::{SharedSpool, SpoolRecord};
 
-/// Distinct counter members held before an early flush, to bound memory.
+/// Counter members held before an early flush, to bound memory, each
+/// weighed by its length ([`Counters::entries`]): about 200,000 members of
+/// usual length, or 12 MiB of long ones.
 const COUNTER_ENTRIES_MAX: usize = 200_000;
+/// The queue's budget in bytes ([`SearchEvent::queued_bytes`]), beside its
+/// `queue_capacity` in events: search texts run up to `max_request_body`,
+/// so a full queue of long ones is bounded by what it holds, not its
+/// length. About 200,000 events of usual size.
+pub const QUEUE_BYTES_MAX: u64 = 64 << 20;
 /// A flush goes to the Redis task in parts of about this many members
 /// (~10 ms of Redis at a few µs per `ZINCRBY`), each taking its turn with
 /// the batches of records: a flush of a long `counter_flush` on varied
@@ -81,6 +88,8 @@ pub struct EventStats {
     pub held: AtomicU64,
     /// Batch or counter writes Redis did not confirm.
     pub write_failures: AtomicU64,
+    /// What the events in the queue weigh ([`SearchEvent::queued_bytes`]).
+    pub queued_bytes: AtomicU64,
 }
 
 /// The sending side, cheap to clone; held by the proxy and the admin API.
@@ -101,7 +110,12 @@ impl EventSink {
         // stead: together they are bounded by its capacity.
         let held = self.stats.held.load(Ordering::Relaxed) as usize;
         let room = held == 0 || held + self.queue_depth() < self.capacity;
-        if room && self.tx.try_send(ev).is_ok() {
+        // Counted before the send, so that the writer never takes off more
+        // than was added; given back when the event does not go in.
+        let bytes = ev.queued_bytes();
+        let before = self.stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let fits = before.saturating_add(bytes) <= QUEUE_BYTES_MAX;
+        if room && fits && self.tx.try_send(ev).is_ok() {
             self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
             if self.overflowing.load(Ordering::Relaxed)
                 && self.overflowing.swap(false, Ordering::Relaxed)
@@ -109,6 +123,7 @@ impl EventSink {
                 tracing::info!("event queue is accepting events again");
             }
         } else {
+            self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if !self.overflowing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -194,6 +209,7 @@ pub fn spawn(
     };
     let queue = Queue {
         rx,
+        stats: stats.clone(),
         capacity,
         layout: cfg.layout,
         batch_max: cfg.batch_max.max(1),
@@ -244,6 +260,8 @@ impl Work {
 /// The queue task.
 struct Queue {
     rx: mpsc::Receiver<SearchEvent>,
+    /// Its `queued_bytes` goes down as events leave the queue.
+    stats: Arc<EventStats>,
     capacity: usize,
     layout: Layout,
     batch_max: usize,
@@ -274,6 +292,7 @@ impl Queue {
                     if n == 0 {
                         break; // closed and drained
                     }
+                    self.left_queue(&batch[batch.len().saturating_sub(n)..]);
                     self.fill(&mut batch).await;
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_max));
                     self.records(full).await;
@@ -353,10 +372,19 @@ impl Queue {
     fn take_queued(&mut self, batch: &mut Vec<SearchEvent>, max: usize) {
         while batch.len() < max {
             match self.rx.try_recv() {
-                Ok(ev) => batch.push(ev),
+                Ok(ev) => {
+                    self.left_queue(std::slice::from_ref(&ev));
+                    batch.push(ev);
+                }
                 Err(_) => break,
             }
         }
+    }
+
+    /// Gives the queue's byte budget back for events taken out of it.
+    fn left_queue(&self, events: &[SearchEvent]) {
+        let bytes: u64 = events.iter().map(SearchEvent::queued_bytes).sum();
+        self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Whether Redis takes writes now: it is up and nothing older waits in
@@ -501,5 +529,59 @@ pub fn replay_records(
             from = taken.end;
         }
         spool.recycle(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::CacheResult;
+
+    fn event(query: String) -> SearchEvent {
+        SearchEvent {
+            search_id: crate::events::new_search_id(),
+            timestamp_ms: 1_764_106_056_927,
+            user_id: None,
+            user_uuid: None,
+            session_id: None,
+            query_normalized: query.clone(),
+            query,
+            meta: Arc::default(),
+            response_time_ms: 1.0,
+            cache: CacheResult::Miss,
+            status: 200,
+            route: Arc::from("search"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_as_well_as_in_events() {
+        let (tx, mut rx) = mpsc::channel(1_000_000);
+        let sink = EventSink {
+            tx,
+            capacity: 1_000_000,
+            stats: Arc::new(EventStats::default()),
+            overflowing: Arc::new(AtomicBool::new(false)),
+        };
+        // Texts of 64 KiB (max_request_body): far fewer than the capacity.
+        let long = "x".repeat(64 << 10);
+        for _ in 0..1_000 {
+            sink.send(event(long.clone()));
+        }
+        let queued = sink.stats.queued_bytes.load(Ordering::Relaxed);
+        assert!(queued <= QUEUE_BYTES_MAX, "{queued} bytes queued");
+        let taken = sink.stats.enqueued.load(Ordering::Relaxed);
+        assert!(
+            taken > 0 && taken < 1_000,
+            "{taken} of 1,000 long events queued"
+        );
+        // Short events still fit once the writer takes the long ones out.
+        let mut out = Vec::new();
+        rx.recv_many(&mut out, 1_000).await;
+        let bytes: u64 = out.iter().map(SearchEvent::queued_bytes).sum();
+        sink.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        assert_eq!(sink.stats.queued_bytes.load(Ordering::Relaxed), 0);
+        sink.send(event("milk".into()));
+        assert_eq!(sink.stats.enqueued.load(Ordering::Relaxed), taken + 1);
     }
 }

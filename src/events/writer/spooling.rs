@@ -9,7 +9,7 @@
 //! first; once the disk is empty the Redis task replays waiting records
 //! straight to Redis. The events waiting count against the queue's
 //! capacity ([`EventStats::held`]), so an event is dropped only when the
-//! queue is full too (SPEC sections 5 and 7). The sink learns of a refused
+//! queue is full too (docs/contract.md sections 5 and 7). The sink learns of a refused
 //! record only after the append, so what the writer had taken from the
 //! queue meanwhile can wait too: at most twice the queue's capacity.
 

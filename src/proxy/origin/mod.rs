@@ -1,4 +1,4 @@
-//! The request flow of an origin route (SPEC section 3b): RFC 9111
+//! The request flow of an origin route (docs/contract.md section 3b): RFC 9111
 //! semantics of the backend's own headers.
 //!
 //! The decisions are the pure functions of [`crate::http_cache`]; this module

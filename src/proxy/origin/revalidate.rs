@@ -82,6 +82,11 @@ impl Proxy {
         stored: &Stored,
         client: SocketAddr,
     ) {
+        // The refetch asks with this request's text: another spelling's
+        // answer would not be stored anyway (README, "Security model").
+        if c.spelling != crate::policy::Spelling::Normal {
+            return;
+        }
         let Some(proxy) = self.this.upgrade() else {
             return;
         };
