@@ -304,7 +304,7 @@ impl Spelling {
 }
 
 /// Whether a request's own answer may be kept under a key, or mark it
-/// hit-for-pass, or confirm it by revalidation (README, "Security model"):
+/// hit-for-pass, or confirm it by revalidation (docs/keys-and-security.md, "Security model"):
 /// a shared key holds only the backend's answer to the normalized text, so
 /// another spelling may be answered from a shared entry but never fills,
 /// replaces, extends or passes it, not even with `no-cache`. A user's own

@@ -1,4 +1,4 @@
-//! Client-chosen values cost bounded memory (README, "Security model"):
+//! Client-chosen values cost bounded memory (docs/keys-and-security.md, "Security model"):
 //! ids of any length never grow the proxy or Redis past a bound, because an
 //! identity longer than `[identity] max_bytes` bypasses the cache and is
 //! logged without it.

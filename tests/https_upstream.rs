@@ -1,4 +1,4 @@
-//! `[upstream] url = "https://..."` (README, "HTTPS backends"): the real
+//! `[upstream] url = "https://..."` (docs/deployment.md, "HTTPS backends"): the real
 //! `leafcache serve` in front of nginx over TLS, with a CA made by the test.
 //!
 //! - the backend's certificate verifies through `ca_file`, leafcache speaks

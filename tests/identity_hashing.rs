@@ -74,7 +74,7 @@ async fn a_hashed_authorization_identity_scopes_entries_and_never_reaches_redis(
     assert!(!proxy.log().contains(secret), "the log holds the token");
 }
 
-/// `[identity] max_bytes` (README, "Security model"): a client-chosen id
+/// `[identity] max_bytes` (docs/keys-and-security.md, "Security model"): a client-chosen id
 /// longer than it bypasses the cache and is logged without that id, from
 /// whatever source it comes; one that fits is cached as before.
 #[tokio::test]

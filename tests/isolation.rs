@@ -14,7 +14,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
 const USERS: [&str; 5] = ["u-ann", "u-bob", "u-cy", "u-dee", "u-eve"];
-/// Guests: no user id, only a user uuid (README, "Security model": two
+/// Guests: no user id, only a user uuid (docs/keys-and-security.md, "Security model": two
 /// guests never share an entry).
 const GUESTS: [&str; 3] = ["g-fox", "g-gil", "g-hal"];
 const QUERIES: [&str; 4] = ["milk", "bread", "oat milk", "eggs"];
@@ -187,7 +187,7 @@ async fn a_guests_session_id_is_volatile_and_its_uuid_header_is_keyed_by_default
             .header("x-session-id", session)
     };
     assert_miss_stored(&guest("g-1", "s-1").send().await);
-    // Another session of the same guest shares the entry (README, "How the
+    // Another session of the same guest shares the entry (docs/keys-and-security.md, "How the
     // key is built": requests that differ only in session id share one).
     assert_hit(&guest("g-1", "s-2").send().await);
     let other = guest("g-2", "s-1").send().await;
@@ -220,7 +220,7 @@ fn no_user_ever_receives_another_users_answer_under_concurrency() {
         ..Config::default()
     });
     // Another spelling of a guest's search is answered from the shared
-    // entry but never stored there (README, "Security model"): those
+    // entry but never stored there (docs/keys-and-security.md, "Security model"): those
     // requests may all reach the backend.
     let unstored = std::sync::atomic::AtomicUsize::new(0);
     let outcome = runner.run(&prop::collection::vec(search(), 8..40), |searches| {

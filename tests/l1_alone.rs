@@ -1,4 +1,4 @@
-//! The in-process cache on its own (README, "When things fail"): with Redis
+//! The in-process cache on its own (docs/failures.md): with Redis
 //! unreachable from the start, or killed mid-test, L1 keeps an expired copy
 //! for its stale window, and stale-if-error, conditional revalidation and
 //! RFC 9111's stale-while-revalidate behave as they do with Redis. While

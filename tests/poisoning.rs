@@ -211,7 +211,7 @@ async fn a_504_for_a_slow_backend_is_never_stored() {
     assert_eq!(fresh.backend_n(), 3);
 }
 
-/// Normalization (README, "Security model"): the key holds
+/// Normalization (docs/keys-and-security.md, "Security model"): the key holds
 /// the normalized search text while the backend reads the text as sent, so
 /// another spelling may be answered from the normal entry but its own
 /// answer is never stored there.

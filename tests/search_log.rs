@@ -343,7 +343,7 @@ async fn a_mix_of_searches_leaves_exactly_the_records_and_counters_of_the_layout
     let e = search(&proxy, u2, "what did I buy").await;
     let f = search(&proxy, user("u1"), "unicorn steak").await;
     // In the shared scope only the normal spelling fills the entry; any
-    // spelling is then answered from it (README, "Security model").
+    // spelling is then answered from it (docs/keys-and-security.md, "Security model").
     let g = search(&proxy, ANONYMOUS, "milk").await;
     let h = search(&proxy, ANONYMOUS, "Milk").await;
     let script = [

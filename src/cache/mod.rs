@@ -342,7 +342,7 @@ struct PassMarks {
 
 /// The marks' budget, in bytes of key plus a mark's own share of the table:
 /// a key names a user id, so marks are bounded by what they hold, not by
-/// their number (README, "Security model"). About 100,000 marks of usual
+/// their number (docs/keys-and-security.md, "Security model"). About 100,000 marks of usual
 /// keys.
 const PASS_MARKS_BYTES: u64 = 16 << 20;
 /// What a mark costs besides its key: the table's slot, the expiry and the

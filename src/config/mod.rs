@@ -150,7 +150,7 @@ pub struct IdentityConfig {
     /// The longest identity value, in bytes, a request may carry and still
     /// be cached and logged with it: client-chosen ids end up in cache keys,
     /// hit-for-pass marks and Redis key names, so their length is bounded
-    /// (README, "Security model"). Compared with the value as kept: with
+    /// (docs/keys-and-security.md, "Security model"). Compared with the value as kept: with
     /// `hash_user_id`, the 64-digit hash.
     pub max_bytes: usize,
 }

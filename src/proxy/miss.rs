@@ -220,7 +220,7 @@ impl Proxy {
             self.judge(flow, &miss, &answer).map_err(Some)
         };
         // Another spelling's answer streams on, neither stored nor marking
-        // the shared key (README, "Security model").
+        // the shared key (docs/keys-and-security.md, "Security model").
         let judged = judged.and_then(|j| {
             if miss.may_keep(j.scope) {
                 Ok(j)

@@ -83,7 +83,7 @@ impl Proxy {
         client: SocketAddr,
     ) {
         // The refetch asks with this request's text: another spelling's
-        // answer would not be stored anyway (README, "Security model").
+        // answer would not be stored anyway (docs/keys-and-security.md, "Security model").
         if c.spelling != crate::policy::Spelling::Normal {
             return;
         }
