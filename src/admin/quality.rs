@@ -46,8 +46,14 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::feedback::Action;
-use super::stats::QueryCount;
 use crate::events::record::{FeedbackEntry, Record, millis_of};
+
+/// A query and how often it was searched (the report's query lists).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryCount {
+    pub query: String,
+    pub count: u64,
+}
 
 /// The longest pause between a search and the next of its session for the
 /// first to count as reformulated.

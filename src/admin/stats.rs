@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::dates;
 use super::pages::Pages;
+pub use super::quality::QueryCount;
 use super::quality::{Quality, Search, Tally};
 use crate::redis::RedisFailure;
 use crate::redis::RedisPool;
@@ -39,12 +40,6 @@ pub struct Stats {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProductCount {
     pub id: String,
-    pub count: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct QueryCount {
-    pub query: String,
     pub count: u64,
 }
 

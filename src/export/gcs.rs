@@ -14,7 +14,7 @@
 //! - a POST opens a session for one object name;
 //! - the object's bytes follow in chunks, PUT in order with
 //!   `Content-Range: bytes a-b/*` (every chunk but the last a multiple of
-//!   256 KiB: [`super::sink::PART`] is);
+//!   256 KiB: [`PART`] is);
 //! - the last PUT gives the total size, and only then does the object
 //!   appear, whole, replacing any older one of that name;
 //! - an upload given up is DELETEd, and a session never finished expires:
@@ -39,7 +39,10 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::sink::PART;
+/// The size of one part of a multipart upload (S3 and GCS take 5 MiB to
+/// 5 GiB), and the most an object's writer buffers; here, below the sink
+/// that uses it, since a resumable session's chunks are parts too.
+pub const PART: usize = 8 << 20;
 
 // Every chunk but the last must be a multiple of 256 KiB.
 const _: () = assert!(PART.is_multiple_of(256 * 1024));

@@ -22,9 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::gcs;
 
-/// The size of one part of a multipart upload (S3 and GCS take 5 MiB to
-/// 5 GiB), and the most an object's writer buffers.
-pub const PART: usize = 8 << 20;
+pub use super::gcs::PART;
 /// Parts uploaded at once: with [`PART`], at most ~24 MiB of an export is in
 /// memory on its way to the store.
 pub const PARTS_IN_FLIGHT: usize = 2;

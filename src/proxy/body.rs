@@ -12,8 +12,6 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::log::PendingLog;
-
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 pub enum ProxyBody {
@@ -35,19 +33,32 @@ pub struct Stream {
     /// `[upstream] idle_timeout`, when this body comes from the backend.
     idle: Option<Idle>,
     /// A copy kept for the search log, on logged answers that are not stored.
-    tee: Option<Box<Tee>>,
+    tee: Option<Box<dyn Teed>>,
+}
+
+/// What a logged body tells when it ends: its whole copy, or `None` when it
+/// was larger than what is kept. The search log's pending entry implements
+/// it; a trait here, so that the body does not depend on the log.
+pub trait OnEnd: Send + Sync + 'static {
+    fn complete(self, copy: Option<&[u8]>);
 }
 
 /// Keeps a copy of a streamed body (up to a limit) and completes the search
 /// log entry when the body ends or is dropped.
-pub struct Tee {
+pub struct Tee<L: OnEnd> {
     copy: BytesMut,
     limit: usize,
     overflowed: bool,
-    log: Option<PendingLog>,
+    log: Option<L>,
 }
 
-impl Tee {
+/// A [`Tee`] whatever completes it: one box per logged body, as before.
+trait Teed: Send + Sync {
+    fn keep(&mut self, data: &Bytes);
+    fn complete(&mut self);
+}
+
+impl<L: OnEnd> Teed for Tee<L> {
     fn keep(&mut self, data: &Bytes) {
         if self.overflowed {
             return;
@@ -68,9 +79,9 @@ impl Tee {
     }
 }
 
-impl Drop for Tee {
+impl<L: OnEnd> Drop for Tee<L> {
     fn drop(&mut self) {
-        self.complete();
+        Teed::complete(self);
     }
 }
 
@@ -133,7 +144,7 @@ impl ProxyBody {
 
     /// Keeps a copy of what streams (up to `limit` bytes, the already-read
     /// prefix included) for `log`; whole bodies complete the log at once.
-    pub fn logged(self, log: PendingLog, limit: usize) -> ProxyBody {
+    pub fn logged(self, log: impl OnEnd, limit: usize) -> ProxyBody {
         match self {
             ProxyBody::Stream(mut s) => {
                 let mut tee = Tee {

@@ -18,7 +18,7 @@ use crate::route::Identity;
 use crate::served::Served;
 use crate::time::now_ms;
 
-use super::body::ProxyBody;
+use super::body::{OnEnd, ProxyBody};
 use super::{Flow, Proxy, Reply, mark};
 
 pub static X_SEARCH_ID: http::HeaderName = http::HeaderName::from_static("x-search-id");
@@ -100,10 +100,10 @@ pub struct PendingLog {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl PendingLog {
+impl OnEnd for PendingLog {
     /// `copy` is the whole answer body, or `None` when it was larger than
     /// what is kept.
-    pub fn complete(self, copy: Option<&[u8]>) {
+    fn complete(self, copy: Option<&[u8]>) {
         let meta = match (copy, self.config.routes.get(self.route_index)) {
             (Some(body), Some(route)) => {
                 let limit = self.config.cache.max_object_bytes;
