@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::miss::Usable;
-use super::request::Cacheable;
+use super::request::{Cacheable, Usable};
 use super::respond::{self, MissDetail};
 use super::{Flow, Proxy, Reply};
 use crate::cache::Found;

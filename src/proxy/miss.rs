@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, DATE, HeaderValue};
+use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, DATE, HeaderValue};
+use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -32,7 +33,8 @@ use tokio::time::Instant;
 use super::body::{self, Collected, ProxyBody, collect_backend};
 use super::error::ProxyError;
 use super::forward::{InvalidFraming, UpstreamError, strip_hop_by_hop};
-use super::origin::{reply::strip_targeted, variant_generation};
+use super::origin::{reply::strip_targeted, variant::variant_generation};
+use super::request::{Cacheable, Usable};
 use super::respond::{self, MissDetail};
 use super::{Flow, Proxy, Reply, mark};
 use crate::answer::SearchMeta;
@@ -47,14 +49,6 @@ use crate::key::KeyHash;
 use crate::policy::{self, NotStored, Spelling, StoreRules, StoreScope};
 use crate::served::Served;
 use crate::time::now_ms;
-
-/// A stored entry the request may fall back on, with the key it was found
-/// under.
-#[derive(Clone)]
-pub(super) struct Usable {
-    pub entry: Arc<Entry>,
-    pub key_index: usize,
-}
 
 /// A request on its way to the backend: what the later phases need of it
 /// once its parts have gone.
@@ -116,6 +110,41 @@ struct Answer {
     /// Its framing was invalid: never stored, never built on.
     misframed: bool,
     exchange: Exchange,
+}
+
+impl Cacheable {
+    /// The request parts and body for the backend, and what the miss
+    /// pipeline keeps of the rest. `primaries` is `Some` on origin routes:
+    /// the variants the URI entries hold.
+    pub(super) fn into_miss(
+        self,
+        primaries: Option<Vec<Option<Arc<Variant>>>>,
+        stale: Option<Usable>,
+        guard: Option<FlightGuard>,
+        detail: MissDetail,
+    ) -> (Parts, Bytes, Miss) {
+        let rules = match primaries {
+            None => Rules::Route,
+            Some(primaries) => Rules::Origin(OriginAsk {
+                method: self.parts.method.clone(),
+                headers: self.parts.headers.clone(),
+                primaries,
+            }),
+        };
+        let asked_coding = self.parts.headers.get(ACCEPT_ENCODING).cloned();
+        let miss = Miss {
+            asked_coding,
+            hash: self.hash,
+            keys: self.keys,
+            user_key_index: self.user_key_index,
+            stale,
+            detail,
+            guard,
+            rules,
+            spelling: self.spelling,
+        };
+        (self.parts, self.body, miss)
+    }
 }
 
 impl Miss {

@@ -14,10 +14,7 @@ use serde_json::Value;
 use super::body::{Collected, ProxyBody, collect_limited};
 use super::error::ProxyError;
 use super::forward;
-use super::miss::{Miss, OriginAsk, Rules, Usable};
-use super::respond::MissDetail;
-use crate::cache::coalesce::FlightGuard;
-use crate::cache::envelope::Variant;
+use crate::cache::envelope::Entry;
 use crate::cache_control::CacheControl;
 use crate::config::{Config, Freshness, RouteConfig, Scope, Source};
 use crate::key::{self, BodyKey, KeyHash, KeyInput};
@@ -30,6 +27,14 @@ use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 use super::log::SearchDraft;
 use std::sync::Arc;
 use tokio::time::Instant;
+
+/// A stored entry the request may fall back on, with the key it was found
+/// under.
+#[derive(Clone)]
+pub(super) struct Usable {
+    pub entry: Arc<Entry>,
+    pub key_index: usize,
+}
 
 /// What the proxy does with a routed request.
 pub enum Routed {
@@ -84,39 +89,6 @@ impl Cacheable {
             user_id: self.user_id.clone(),
             spelling: self.spelling,
         }
-    }
-
-    /// The request parts and body for the backend, and what the miss
-    /// pipeline keeps of the rest. `primaries` is `Some` on origin routes:
-    /// the variants the URI entries hold.
-    pub(super) fn into_miss(
-        self,
-        primaries: Option<Vec<Option<Arc<Variant>>>>,
-        stale: Option<Usable>,
-        guard: Option<FlightGuard>,
-        detail: MissDetail,
-    ) -> (Parts, Bytes, Miss) {
-        let rules = match primaries {
-            None => Rules::Route,
-            Some(primaries) => Rules::Origin(OriginAsk {
-                method: self.parts.method.clone(),
-                headers: self.parts.headers.clone(),
-                primaries,
-            }),
-        };
-        let asked_coding = self.parts.headers.get(ACCEPT_ENCODING).cloned();
-        let miss = Miss {
-            asked_coding,
-            hash: self.hash,
-            keys: self.keys,
-            user_key_index: self.user_key_index,
-            stale,
-            detail,
-            guard,
-            rules,
-            spelling: self.spelling,
-        };
-        (self.parts, self.body, miss)
     }
 }
 

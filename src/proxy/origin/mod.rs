@@ -27,6 +27,7 @@
 
 pub(super) mod reply;
 mod revalidate;
+pub(super) mod variant;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,8 +39,8 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use super::lookup::Flight;
-use super::miss::Usable;
 use super::request::Cacheable;
+use super::request::Usable;
 use super::respond::{self, MissDetail};
 use super::{Flow, Proxy, Reply, mark};
 use crate::cache::envelope::{Entry, Variant};
@@ -226,24 +227,4 @@ fn fits(entry: &Entry, request: &HeaderMap, shared: bool) -> bool {
     !(shared
         && request.contains_key(AUTHORIZATION)
         && !store::authorized_may_share(&CacheControl::for_shared_cache(&entry.headers)))
-}
-
-fn same_names(a: &vary::Selection, b: &vary::Selection) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|((x, _), (y, _))| x == y)
-}
-
-/// The generation a new variant joins: its URI entry's, when that varies
-/// by the same names; else a new one.
-pub(super) fn variant_generation(
-    primary: Option<&Option<Arc<Variant>>>,
-    selection: &vary::Selection,
-) -> u64 {
-    primary
-        .and_then(Option::as_ref)
-        .filter(|v| same_names(&v.selection, selection))
-        .map_or_else(new_generation, |v| v.generation)
-}
-
-fn new_generation() -> u64 {
-    uuid::Uuid::new_v4().as_u64_pair().0
 }
