@@ -7,30 +7,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use common::*;
-
-type Handler = Box<dyn Fn(&Recorded) -> Reply + Send + Sync>;
-
-/// A backend whose answer the test can change between requests.
-#[derive(Clone)]
-struct Script(Arc<Mutex<Handler>>);
-
-impl Script {
-    fn new(f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Script {
-        Script(Arc::new(Mutex::new(Box::new(f))))
-    }
-
-    fn set(&self, f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
-        *self.0.lock().expect("not poisoned") = Box::new(f);
-    }
-
-    async fn backend(&self) -> Backend {
-        let me = self.clone();
-        Backend::start(move |req| (me.0.lock().expect("not poisoned"))(req)).await
-    }
-}
 
 /// An echo answer (its body names the backend request `n`) with these headers.
 fn echo(req: &Recorded, headers: &[(&str, &str)]) -> Reply {

@@ -318,3 +318,24 @@ async fn serve(
         .body(body)
         .expect("test replies are valid responses"))
 }
+
+type ScriptHandler = Box<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A backend whose answer the test can change between requests.
+#[derive(Clone)]
+pub struct Script(std::sync::Arc<std::sync::Mutex<ScriptHandler>>);
+
+impl Script {
+    pub fn new(f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Script {
+        Script(std::sync::Arc::new(std::sync::Mutex::new(Box::new(f))))
+    }
+
+    pub fn set(&self, f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
+        *self.0.lock().expect("not poisoned") = Box::new(f);
+    }
+
+    pub async fn backend(&self) -> Backend {
+        let me = self.clone();
+        Backend::start(move |req| (me.0.lock().expect("not poisoned"))(req)).await
+    }
+}
