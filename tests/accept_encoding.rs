@@ -117,3 +117,45 @@ async fn an_answer_in_a_coding_not_asked_for_is_not_stored() {
         .await;
     assert_eq!(again.x_cache(), Some("HIT"), "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_route_stores_a_coded_answer_only_when_its_vary_names_accept_encoding() {
+    // Both answer gzip, fresh for a minute; only /varied says so in Vary.
+    let backend = Backend::start(|req| {
+        let reply = Reply::echo(req)
+            .header("content-encoding", "gzip")
+            .header("cache-control", "max-age=60");
+        if req.path_and_query.starts_with("/varied") {
+            reply.header("vary", "Accept-Encoding")
+        } else {
+            reply
+        }
+    })
+    .await;
+    let origin = |name: &str, path: &str| {
+        Route::new(name)
+            .set("path", &format!("{path:?}"))
+            .set("freshness", r#""origin""#)
+            .scope("global")
+    };
+    let config = ProxyConfig::new()
+        .route(origin("unvaried", "/unvaried"))
+        .route(origin("varied", "/varied"));
+    let redis = Redis::start().await;
+    let proxy = Proxy::start_process(&config, &backend, &redis).await;
+    let gzip = |path: &str| proxy.get(path).header("accept-encoding", "gzip");
+    // Without Vary the entry could not tell a gzip client from one that
+    // accepts no coding: never stored.
+    for _ in 0..2 {
+        let resp = gzip("/unvaried").send().await;
+        assert_eq!(resp.x_cache(), Some("MISS"), "{resp:?}");
+    }
+    assert_eq!(backend.count(), 2);
+    // With Vary: Accept-Encoding it is a variant for gzip clients only.
+    assert_eq!(gzip("/varied").send().await.x_cache(), Some("MISS"));
+    let hit = gzip("/varied").send().await;
+    assert_eq!(hit.x_cache(), Some("HIT"), "{hit:?}");
+    let plain = proxy.get("/varied").send().await;
+    assert_ne!(plain.x_cache(), Some("HIT"), "{plain:?}");
+    assert_eq!(backend.last().header("accept-encoding"), Some("identity"));
+}

@@ -172,14 +172,12 @@ impl Miss {
 
     /// Whether this request's own answer may be kept under the key an
     /// answer of `scope` goes to ([`policy::may_store_spelling`]).
-    fn may_keep(&self, scope: StoreScope) -> bool {
-        let shared = Some(self.store_key_index(scope)) != self.user_key_index;
+    /// Whether this request's own answer may fill, pass or revalidate the
+    /// key at `key_index`: a shared key only by the normal spelling of the
+    /// search text (docs/keys-and-security.md, "Security model").
+    fn may_fill(&self, key_index: usize) -> bool {
+        let shared = Some(key_index) != self.user_key_index;
         policy::may_store_spelling(self.spelling, shared)
-    }
-
-    /// Whether this request's answer may mark its primary key hit-for-pass.
-    fn may_pass(&self) -> bool {
-        policy::may_store_spelling(self.spelling, self.user_key_index != Some(0))
     }
 
     /// An answer the client gets whole, marked a miss.
@@ -251,7 +249,7 @@ impl Proxy {
         // Another spelling's answer streams on, neither stored nor marking
         // the shared key (docs/keys-and-security.md, "Security model").
         let judged = judged.and_then(|j| {
-            if miss.may_keep(j.scope) {
+            if miss.may_fill(miss.store_key_index(j.scope)) {
                 Ok(j)
             } else {
                 Err(None)
@@ -260,10 +258,8 @@ impl Proxy {
         match judged {
             Ok(judged) => self.collect_and_store(flow, miss, answer, judged).await,
             Err(reason) => {
-                if let Some(reason) = reason
-                    && miss.may_pass()
-                {
-                    self.not_stored(&miss.keys[0], reason);
+                if let Some(reason) = reason {
+                    self.not_stored(&miss, reason);
                 }
                 miss.finish(Outcome::GoDirect);
                 let body = ProxyBody::from_backend(answer.body, self.upstream.idle_timeout);
@@ -315,9 +311,7 @@ impl Proxy {
         if let Err(reason) =
             policy::decide_body(&meta, &route.bypass_intents, body.len(), max_object)
         {
-            if miss.may_pass() {
-                self.not_stored(&miss.keys[0], reason);
-            }
+            self.not_stored(&miss, reason);
             miss.finish(Outcome::GoDirect);
             let resp = miss.full_response(parts, body);
             return self.log_now(flow, resp, Served::Miss, meta);
@@ -347,10 +341,7 @@ impl Proxy {
     fn validating(&self, miss: &Miss, request: &HeaderMap) -> Option<Usable> {
         miss.stale
             .as_ref()
-            .filter(|s| {
-                Some(s.key_index) == miss.user_key_index
-                    || policy::may_store_spelling(miss.spelling, true)
-            })
+            .filter(|s| miss.may_fill(s.key_index))
             .filter(|s| {
                 conditional::has_validators(&s.entry.headers)
                     && (miss.origin().is_some() || !conditional::has_preconditions(request))
@@ -441,7 +432,10 @@ impl Proxy {
             }
         };
         policy::declared_size(headers, self.config.cache.max_object_bytes)?;
-        policy::coding_as_asked(miss.asked_coding.as_ref(), headers)?;
+        // A route-freshness key always holds the asked coding; an origin
+        // entry is told apart by the answer's own Vary, which must name it.
+        let coding_keyed = miss.origin().is_none() || judged.vary.contains(&ACCEPT_ENCODING);
+        policy::coding_as_asked(miss.asked_coding.as_ref(), headers, coding_keyed)?;
         Ok(judged)
     }
 
@@ -640,10 +634,13 @@ impl Proxy {
         }
     }
 
-    pub(super) fn not_stored(&self, primary_key: &str, reason: NotStored) {
+    /// An answer not stored; the key it coalesces on is remembered as
+    /// "pass" when the reason says the next answer will be alike, and when
+    /// this request may fill that key at all.
+    pub(super) fn not_stored(&self, miss: &Miss, reason: NotStored) {
         tracing::debug!(?reason, "answer not stored");
-        if reason.sets_pass() {
-            self.cache.mark_pass(primary_key);
+        if reason.sets_pass() && miss.may_fill(0) {
+            self.cache.mark_pass(&miss.keys[0]);
         }
     }
 }
