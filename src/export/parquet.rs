@@ -98,6 +98,7 @@ pub fn schema() -> SchemaRef {
         text("cache"),
         int("status"),
         text("route"),
+        text("answer_unreadable"),
         int("clicks"),
         int("orders"),
         int("purchases"),
@@ -126,6 +127,7 @@ struct Row<'a> {
     cache: Option<&'a str>,
     status: Option<i64>,
     route: Option<&'a str>,
+    answer_unreadable: Option<&'a str>,
     clicks: Option<i64>,
     orders: Option<i64>,
     purchases: Option<i64>,
@@ -215,6 +217,7 @@ impl<'a> Row<'a> {
             cache: text("cache"),
             status: int("status"),
             route: text("route"),
+            answer_unreadable: text("answer_unreadable"),
             clicks: int("clicks"),
             orders: int("orders"),
             purchases: int("purchases"),
@@ -298,7 +301,7 @@ mod tests {
     use bytes::Bytes;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    const LINE: &str = r#"{"search_id":"s1","timestamp":"2025-11-25T01:00:00.250Z","user_id":"u1","user_uuid":null,"session_id":null,"query":"milk","query_normalized":"milk","intent":"product_search","confidence":0.75,"results_count":2,"product_ids":["p1","p2"],"supplier_ids":["s1","s2"],"product_suppliers":{"p1":"s1","p2":"s2"},"response_time_ms":12.5,"cache":"miss","status":200,"route":"search","clicks":1,"orders":0,"purchases":0,"app":"x","feedback":[{"event":"click","product_id":"p2","position":2,"timestamp":"2025-11-25T01:00:05.000Z"}],"impressions":[{"product_id":"p1","position":1},{"product_id":"p2","position":2}]}"#;
+    const LINE: &str = r#"{"search_id":"s1","timestamp":"2025-11-25T01:00:00.250Z","user_id":"u1","user_uuid":null,"session_id":null,"query":"milk","query_normalized":"milk","intent":"product_search","confidence":0.75,"results_count":2,"product_ids":["p1","p2"],"supplier_ids":["s1","s2"],"product_suppliers":{"p1":"s1","p2":"s2"},"response_time_ms":12.5,"cache":"miss","status":200,"route":"search","answer_unreadable":"coding","clicks":1,"orders":0,"purchases":0,"app":"x","feedback":[{"event":"click","product_id":"p2","position":2,"timestamp":"2025-11-25T01:00:05.000Z"}],"impressions":[{"product_id":"p1","position":1},{"product_id":"p2","position":2}]}"#;
 
     fn read(file: Vec<u8>) -> Vec<arrow_array::RecordBatch> {
         ParquetRecordBatchReaderBuilder::try_new(Bytes::from(file))
@@ -356,6 +359,13 @@ mod tests {
         assert_eq!(positions.values(), &[1, 2]);
         assert!(impressions.is_null(1), "a line without impressions");
         assert!(batch.column_by_name("app").is_none());
+        let unreadable = batch.column_by_name("answer_unreadable").unwrap();
+        let unreadable = unreadable
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        assert_eq!(unreadable.value(0), "coding");
+        assert!(unreadable.is_null(1));
     }
 
     #[test]
