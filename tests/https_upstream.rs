@@ -51,7 +51,12 @@ async fn cached_over_tls(http2: bool, protocol: &str) {
     assert_eq!(first.x_cache(), Some("MISS"));
     assert_eq!(first.json()["protocol"], protocol);
     assert_eq!(first.header("x-backend-protocol"), Some(protocol));
-    let seen = nginx.requests();
+    // nginx writes its access log once the answer is sent: poll for it.
+    let seen = eventually("nginx to log the request", || async {
+        let seen = nginx.requests();
+        (!seen.is_empty()).then_some(seen)
+    })
+    .await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     // The backend's own authority as Host; the client spoke plain http.
     let host = format!("host=localhost:{}", nginx.port);
